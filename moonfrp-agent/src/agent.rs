@@ -1,0 +1,213 @@
+//! The agent's life: check privileges, mount what is missing, load and attach, then every
+//! interval read the kernel and /proc into a `Snapshot`; reload the config on SIGHUP or when the
+//! file changes; detach everything on SIGINT/SIGTERM.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    cli::ConfigArgs,
+    config::Config,
+    ebpf::{self, Kernel},
+    metrics, privileges, process,
+    server::{self, AppState},
+    snapshot::{AgentSample, Latest, Snapshot, read_tunnels},
+    sockets, sys,
+    watch::WatchTable,
+};
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub fn run(config: Config, args: ConfigArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(2)
+        .thread_name("moonfrp")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run_async(config, args))
+}
+
+/// Kernel state plus bookkeeping; what each interval's collection works on.
+struct Collector {
+    kernel: Kernel,
+    watch: WatchTable,
+    seq: u64,
+    config_ok: bool,
+    errors: BTreeMap<&'static str, u64>,
+}
+
+impl Collector {
+    fn apply_tunnels(&mut self, config: &Config) -> Result<(), crate::watch::WatchError> {
+        let errors = &mut self.errors;
+        let changes = self.watch.apply(&mut self.kernel.maps, &config.tunnels, |ports| {
+            sockets::seed_active(ports).unwrap_or_else(|e| {
+                warn!(error = %e, "cannot read the socket table; active connections start at 0");
+                *errors.entry("sockets").or_default() += 1;
+                std::collections::HashMap::new()
+            })
+        })?;
+        for t in &changes.added {
+            info!(tunnel = %t, "watching");
+        }
+        for t in &changes.removed {
+            info!(tunnel = %t, "no longer watching");
+        }
+        for t in &changes.renamed {
+            info!(tunnel = %t, "tunnel renamed; counters kept");
+        }
+        Ok(())
+    }
+
+    fn collect(&mut self) -> Snapshot {
+        let started = Instant::now();
+        let mut failures = 0;
+        let tunnels = read_tunnels(&self.kernel.maps, &self.watch, &mut failures);
+        if failures > 0 {
+            *self.errors.entry("kernel").or_default() += failures;
+        }
+        let process = process::sample()
+            .inspect_err(|e| {
+                warn!(error = %e, "cannot read /proc/self");
+                *self.errors.entry("process").or_default() += 1;
+            })
+            .ok();
+        self.seq += 1;
+        Snapshot {
+            seq: self.seq,
+            taken_at: SystemTime::now(),
+            build_duration: started.elapsed(),
+            tunnels,
+            probes: self.kernel.probes.clone(),
+            process,
+            agent: AgentSample {
+                slots_capacity: self.watch.capacity(),
+                slots_used: self.watch.len() as u32,
+                config_ok: self.config_ok,
+                errors: self.errors.clone(),
+            },
+        }
+    }
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels before 5.11 (which charge BPF memory to it). Newer kernels
+/// use memory cgroups instead; some sandboxes refuse the call, which is harmless there.
+fn raise_memlock() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) } != 0 {
+        info!(error = %std::io::Error::last_os_error(), "cannot raise RLIMIT_MEMLOCK (only needed on kernels before 5.11)");
+    }
+}
+
+/// Identity of the config file's content, to notice edits between intervals.
+fn file_stamp(path: Option<&Path>) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path?).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
+    privileges::check()?;
+    raise_memlock();
+
+    let mounts = sys::current_mounts()?;
+    let tracefs = sys::ensure_tracefs(&mounts).unwrap_or_else(|e| {
+        warn!(error = %e, "tracepoint probes will not attach");
+        PathBuf::from(sys::TRACEFS_PATH)
+    });
+    let cgroup = sys::cgroup2_root(&mounts)?;
+
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!("cannot listen on {}; choose another address with --listen or `listen` in the config file", config.listen)
+    })?;
+
+    let kernel = tokio::task::block_in_place(|| ebpf::load(&config.kernel, &tracefs, &cgroup))?;
+    let probes_ok = kernel.probes.iter().any(|p| p.attached);
+    if !probes_ok {
+        error!("no kernel probe attached: tunnel counters will stay at 0 (reasons above)");
+    }
+    let mut collector = Collector { watch: WatchTable::new(kernel.maps.slots()), kernel, seq: 0, config_ok: true, errors: BTreeMap::new() };
+    collector.apply_tunnels(&config).context("cannot set up the watch table")?;
+    let collector = Arc::new(Mutex::new(collector));
+
+    let latest = Arc::new(Latest::default());
+    let state = Arc::new(AppState { registry: metrics::registry(latest.clone()), latest: latest.clone(), probes_ok });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, state, stop_rx));
+    info!(listen = %config.listen, interval = ?config.interval, tunnels = config.tunnels.len(), "serving /metrics");
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stamp = file_stamp(args.config.as_deref());
+
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let now = file_stamp(args.config.as_deref());
+                if now != stamp {
+                    stamp = now;
+                    reload(&args, &mut config, &collector, &mut ticker);
+                }
+                let c = collector.clone();
+                let snap = tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).collect()).await?;
+                latest.publish(snap);
+            }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                stamp = file_stamp(args.config.as_deref());
+                reload(&args, &mut config, &collector, &mut ticker);
+            }
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    // Dropping the collector drops the programs and their links: nothing stays attached.
+    drop(collector);
+    info!("kernel programs detached; bye");
+    Ok(())
+}
+
+fn reload(args: &ConfigArgs, config: &mut Config, collector: &Mutex<Collector>, ticker: &mut tokio::time::Interval) {
+    let mut c = collector.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let new = match args.load() {
+        Ok(new) => new,
+        Err(e) => {
+            error!("configuration not reloaded, keeping the previous one: {e}");
+            c.config_ok = false;
+            *c.errors.entry("config").or_default() += 1;
+            return;
+        }
+    };
+    if new.listen != config.listen || new.kernel != config.kernel || new.log_level != config.log_level {
+        warn!("listen address, kernel sizes and log level only change on restart");
+    }
+    if let Err(e) = c.apply_tunnels(&new) {
+        error!("configuration not fully applied: {e}");
+        c.config_ok = false;
+        *c.errors.entry("config").or_default() += 1;
+        return;
+    }
+    c.config_ok = true;
+    if new.interval != config.interval {
+        info!(interval = ?new.interval, "collection interval changed");
+        *ticker = tokio::time::interval_at(tokio::time::Instant::now() + new.interval, new.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    *config = new;
+}

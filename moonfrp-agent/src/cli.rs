@@ -1,0 +1,59 @@
+//! Command line. Doc comments are the `--help` text.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, Overrides};
+
+/// eBPF-assisted metrics agent for hosts that run FRP tunnels.
+#[derive(Debug, Parser)]
+#[command(name = "moonfrp-agent", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the kernel programs and serve metrics (needs root or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN).
+    Run(ConfigArgs),
+    /// Validate the configuration and print the tunnels it defines, then exit (no privileges needed).
+    Check(ConfigArgs),
+}
+
+/// Where the configuration comes from; flags override the file.
+#[derive(Clone, Debug, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file (see README, section Configuration). Re-read on SIGHUP and when it changes.
+    #[arg(short, long, value_name = "PATH", env = "MOONFRP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// A tunnel to watch: NAME=PORT[/tcp|udp] (tcp if omitted). Repeat for more tunnels.
+    #[arg(short, long = "tunnel", value_name = "NAME=PORT[/PROTO]")]
+    pub tunnels: Vec<String>,
+    /// HTTP listen address [default: 127.0.0.1:9477].
+    #[arg(short, long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// Collection interval, at least 1s [default: 60s].
+    #[arg(short, long, value_name = "DURATION")]
+    pub interval: Option<String>,
+    /// Log level: error, warn, info, debug or trace [default: info]; RUST_LOG overrides it.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The flags as overrides of the file.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            interval: self.interval.clone(),
+            log_level: self.log_level.clone(),
+            tunnels: self.tunnels.clone(),
+        }
+    }
+
+    /// Loads and validates the configuration.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(self.config.as_deref(), &self.overrides())
+    }
+}

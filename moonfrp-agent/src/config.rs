@@ -1,0 +1,404 @@
+//! Agent configuration: a TOML file (`--config`) merged with command-line flags.
+//!
+//! Every error names the file or flag it comes from and what to do about it; nothing here needs
+//! privileges, so bad input is rejected before the agent touches the kernel.
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use moonfrp_common::{DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, MAX_SLOTS, Proto};
+use serde::Deserialize;
+
+/// Default address of the HTTP server: loopback only, so nothing is exposed by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
+/// Default collection interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// Shortest interval accepted.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where a tunnel definition came from (exported as the `source` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TunnelSource {
+    Cli,
+    ConfigFile,
+}
+
+impl TunnelSource {
+    /// Label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Cli => "cli",
+            Self::ConfigFile => "config",
+        }
+    }
+}
+
+/// One tunnel to watch: a name and a local (port, protocol).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TunnelSpec {
+    pub name: String,
+    pub port: u16,
+    pub proto: Proto,
+    pub source: TunnelSource,
+}
+
+/// The validated configuration the agent runs with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub interval: Duration,
+    pub log_level: String,
+    /// Sorted by name; names and (port, proto) pairs are unique.
+    pub tunnels: Vec<TunnelSpec>,
+    pub kernel: KernelConfig,
+}
+
+/// Sizes of the kernel tables, fixed when the programs are loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelConfig {
+    /// Counter slots: how many (port, protocol) pairs can be watched at once.
+    pub slots: u32,
+    /// Open connections tracked for the duration histogram (LRU beyond that).
+    pub tracked_connections: u32,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self { slots: DEFAULT_SLOTS, tracked_connections: DEFAULT_TRACKED_CONNECTIONS }
+    }
+}
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source} (check the path given to --config and its permissions)")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{origin}: {problem}")]
+    Invalid { origin: String, problem: String },
+}
+
+/// The file as written by the user; every field optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    interval: Option<String>,
+    log_level: Option<String>,
+    #[serde(default)]
+    tunnels: Vec<FileTunnel>,
+    #[serde(default)]
+    kernel: KernelConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTunnel {
+    name: String,
+    port: i64,
+    #[serde(default = "default_proto")]
+    proto: String,
+}
+
+fn default_proto() -> String {
+    "tcp".to_owned()
+}
+
+/// Settings given on the command line; they override the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub interval: Option<String>,
+    pub log_level: Option<String>,
+    /// Raw `--tunnel NAME=PORT[/tcp|udp]` values.
+    pub tunnels: Vec<String>,
+}
+
+impl Config {
+    /// Reads `path` (if any), applies `overrides` and validates the result.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let (file, file_origin) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                (parse_file(path, &text)?, format!("config file {}", path.display()))
+            }
+            None => (FileConfig::default(), String::new()),
+        };
+        Self::merge(file, &file_origin, overrides)
+    }
+
+    fn merge(file: FileConfig, file_origin: &str, o: &Overrides) -> Result<Self, ConfigError> {
+        let pick = |flag: &str, cli: &Option<String>, from_file: Option<String>| {
+            match (cli, from_file) {
+                (Some(v), _) => Some((v.clone(), format!("--{flag}"))),
+                (None, Some(v)) => Some((v, format!("{file_origin}: key `{}`", flag.replace('-', "_")))),
+                (None, None) => None,
+            }
+        };
+        let listen = match pick("listen", &o.listen, file.listen) {
+            Some((v, origin)) => v.parse().map_err(|e| invalid(&origin, format!(
+                "`{v}` is not an address:port ({e}); use e.g. 127.0.0.1:9477 or [::1]:9477"
+            )))?,
+            None => DEFAULT_LISTEN.parse().expect("default listen address parses"),
+        };
+        let interval = match pick("interval", &o.interval, file.interval) {
+            Some((v, origin)) => parse_interval(&v).map_err(|p| invalid(&origin, p))?,
+            None => DEFAULT_INTERVAL,
+        };
+        let log_level = match pick("log-level", &o.log_level, file.log_level) {
+            Some((v, origin)) => parse_log_level(&v).map_err(|p| invalid(&origin, p))?,
+            None => "info".to_owned(),
+        };
+        let kernel = file.kernel;
+        if kernel.slots == 0 || kernel.slots > MAX_SLOTS {
+            return Err(invalid(
+                &format!("{file_origin}: key `kernel.slots`"),
+                format!("{} is out of range; use 1..={MAX_SLOTS}", kernel.slots),
+            ));
+        }
+        if kernel.tracked_connections == 0 {
+            return Err(invalid(
+                &format!("{file_origin}: key `kernel.tracked_connections`"),
+                "must be at least 1".to_owned(),
+            ));
+        }
+
+        let mut tunnels = Vec::new();
+        for (i, t) in file.tunnels.into_iter().enumerate() {
+            let origin = format!("{file_origin}: tunnels[{i}] (`{}`)", t.name);
+            let port = u16::try_from(t.port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| invalid(&origin, format!("port {} is out of range; use 1..=65535", t.port)))?;
+            let proto = parse_proto(&t.proto).map_err(|p| invalid(&origin, p))?;
+            check_name(&t.name).map_err(|p| invalid(&origin, p))?;
+            tunnels.push((origin, TunnelSpec { name: t.name, port, proto, source: TunnelSource::ConfigFile }));
+        }
+        for raw in &o.tunnels {
+            let origin = format!("--tunnel {raw}");
+            let spec = raw.parse::<CliTunnel>().map_err(|p| invalid(&origin, p))?;
+            tunnels.push((origin, TunnelSpec { name: spec.name, port: spec.port, proto: spec.proto, source: TunnelSource::Cli }));
+        }
+        if tunnels.len() > kernel.slots as usize {
+            return Err(invalid(
+                "tunnels",
+                format!("{} tunnels but only {} kernel slots; raise `kernel.slots` in the config file", tunnels.len(), kernel.slots),
+            ));
+        }
+        let tunnels = check_unique(tunnels)?;
+        Ok(Self { listen, interval, log_level, tunnels, kernel })
+    }
+}
+
+fn invalid(origin: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { origin: origin.to_owned(), problem: problem.into() }
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().replace('\n', "\n  "),
+    })
+}
+
+/// Rejects a second tunnel with the same name or the same (port, proto), naming both places.
+fn check_unique(tunnels: Vec<(String, TunnelSpec)>) -> Result<Vec<TunnelSpec>, ConfigError> {
+    let mut by_name: BTreeMap<String, (String, TunnelSpec)> = BTreeMap::new();
+    let mut by_port: BTreeMap<(u16, Proto), String> = BTreeMap::new();
+    for (origin, t) in tunnels {
+        if let Some((first, _)) = by_name.get(&t.name) {
+            return Err(invalid(&origin, format!(
+                "duplicate tunnel name `{}` (first defined by {first}); give each tunnel its own name", t.name
+            )));
+        }
+        if let Some(first) = by_port.get(&(t.port, t.proto)) {
+            return Err(invalid(&origin, format!(
+                "port {}/{} is already watched by {first}; one port can belong to one tunnel",
+                t.port, t.proto.as_str()
+            )));
+        }
+        by_port.insert((t.port, t.proto), origin.clone());
+        by_name.insert(t.name.clone(), (origin, t));
+    }
+    Ok(by_name.into_values().map(|(_, t)| t).collect())
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(format!("tunnel name `{}` must be 1-128 printable characters", name.escape_debug()));
+    }
+    Ok(())
+}
+
+fn parse_proto(s: &str) -> Result<Proto, String> {
+    match s {
+        "tcp" => Ok(Proto::Tcp),
+        "udp" => Ok(Proto::Udp),
+        other => Err(format!("protocol `{other}` is not supported; use tcp or udp")),
+    }
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); use e.g. 60s, 10s, 1m"))?;
+    if d < MIN_INTERVAL {
+        return Err(format!("`{s}` is shorter than the minimum of 1s"));
+    }
+    Ok(d)
+}
+
+fn parse_log_level(s: &str) -> Result<String, String> {
+    match s.to_ascii_lowercase().as_str() {
+        l @ ("error" | "warn" | "info" | "debug" | "trace") => Ok(l.to_owned()),
+        _ => Err(format!("log level `{s}` is unknown; use error, warn, info, debug or trace")),
+    }
+}
+
+/// A `--tunnel NAME=PORT[/tcp|udp]` value.
+#[derive(Debug, PartialEq, Eq)]
+struct CliTunnel {
+    name: String,
+    port: u16,
+    proto: Proto,
+}
+
+impl FromStr for CliTunnel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, rest) = s
+            .split_once('=')
+            .ok_or_else(|| "expected NAME=PORT[/tcp|udp], e.g. ssh=6000 or dns=5353/udp".to_owned())?;
+        check_name(name)?;
+        let (port, proto) = match rest.split_once('/') {
+            Some((p, proto)) => (p, parse_proto(proto)?),
+            None => (rest, Proto::Tcp),
+        };
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("port `{port}` is out of range; use 1..=65535"))?;
+        Ok(Self { name: name.to_owned(), port, proto })
+    }
+}
+
+impl fmt::Display for TunnelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}/{}", self.name, self.port, self.proto.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, o: &Overrides) -> Result<Config, ConfigError> {
+        let file = parse_file(Path::new("/etc/moonfrp/moonfrp.toml"), text)?;
+        Config::merge(file, "config file /etc/moonfrp/moonfrp.toml", o)
+    }
+
+    #[test]
+    fn defaults_without_file_or_flags() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.interval, DEFAULT_INTERVAL);
+        assert_eq!(c.log_level, "info");
+        assert!(c.tunnels.is_empty());
+        assert_eq!(c.kernel, KernelConfig::default());
+    }
+
+    #[test]
+    fn file_and_flags_merge_flags_win() {
+        let o = Overrides {
+            interval: Some("5s".into()),
+            tunnels: vec!["dns=5353/udp".into(), "web=8080".into()],
+            ..Overrides::default()
+        };
+        let c = load_str(
+            "listen = \"[::1]:9100\"\ninterval = \"30s\"\n[[tunnels]]\nname = \"ssh\"\nport = 6000\n",
+            &o,
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "[::1]:9100");
+        assert_eq!(c.interval, Duration::from_secs(5));
+        let got: Vec<String> = c.tunnels.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["dns=5353/udp", "ssh=6000/tcp", "web=8080/tcp"]);
+        assert_eq!(c.tunnels[1].source, TunnelSource::ConfigFile);
+        assert_eq!(c.tunnels[0].source, TunnelSource::Cli);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let err = load_str("listen = \"127.0.0.1:1\"\nintervall = \"5s\"\n", &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/moonfrp/moonfrp.toml"), "{err}");
+        assert!(err.contains("intervall"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn port_out_of_range_in_file_and_flag() {
+        let err = load_str("[[tunnels]]\nname = \"x\"\nport = 70000\n", &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tunnels[0] (`x`)") && err.contains("70000"), "{err}");
+        let o = Overrides { tunnels: vec!["x=0".into()], ..Overrides::default() };
+        let err = Config::load(None, &o).unwrap_err().to_string();
+        assert!(err.starts_with("--tunnel x=0:") && err.contains("1..=65535"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_name_and_port_name_both_places() {
+        let o = Overrides { tunnels: vec!["ssh=7001".into()], ..Overrides::default() };
+        let err = load_str("[[tunnels]]\nname = \"ssh\"\nport = 6000\n", &o).unwrap_err().to_string();
+        assert!(err.contains("--tunnel ssh=7001") && err.contains("duplicate tunnel name `ssh`"), "{err}");
+        assert!(err.contains("tunnels[0]"), "{err}");
+        let o = Overrides { tunnels: vec!["a=6000".into(), "b=6000".into()], ..Overrides::default() };
+        let err = Config::load(None, &o).unwrap_err().to_string();
+        assert!(err.contains("port 6000/tcp is already watched by --tunnel a=6000"), "{err}");
+        let o = Overrides { tunnels: vec!["a=6000".into(), "b=6000/udp".into()], ..Overrides::default() };
+        assert_eq!(Config::load(None, &o).unwrap().tunnels.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        for (o, needle) in [
+            (Overrides { interval: Some("500ms".into()), ..Overrides::default() }, "minimum of 1s"),
+            (Overrides { interval: Some("soon".into()), ..Overrides::default() }, "not a duration"),
+            (Overrides { listen: Some("localhost".into()), ..Overrides::default() }, "not an address:port"),
+            (Overrides { log_level: Some("loud".into()), ..Overrides::default() }, "log level `loud`"),
+            (Overrides { tunnels: vec!["ssh".into()], ..Overrides::default() }, "expected NAME=PORT"),
+            (Overrides { tunnels: vec!["ssh=22/sctp".into()], ..Overrides::default() }, "`sctp`"),
+        ] {
+            let err = Config::load(None, &o).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err} should contain {needle}");
+        }
+    }
+
+    #[test]
+    fn unreadable_file_names_path() {
+        let err = Config::load(Some(Path::new("/nonexistent/moonfrp.toml")), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/moonfrp.toml") && err.contains("--config"), "{err}");
+    }
+
+    #[test]
+    fn kernel_sizes_are_checked() {
+        let err = load_str("[kernel]\nslots = 0\n", &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("kernel.slots"), "{err}");
+        let c = load_str("[kernel]\nslots = 8192\n", &Overrides::default()).unwrap();
+        assert_eq!(c.kernel.slots, 8192);
+        assert_eq!(c.kernel.tracked_connections, DEFAULT_TRACKED_CONNECTIONS);
+    }
+}

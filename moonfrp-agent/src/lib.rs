@@ -1,0 +1,14 @@
+//! moonfrp-agent: reads moonfrp's kernel counters every interval, builds a `Snapshot`, and serves
+//! it as Prometheus metrics. `main.rs` is a thin wrapper around [`agent::run`].
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod ebpf;
+pub mod metrics;
+pub mod privileges;
+pub mod process;
+pub mod server;
+pub mod snapshot;
+pub mod sockets;
+pub mod sys;
+pub mod watch;

@@ -1,0 +1,56 @@
+//! `moonfrp-agent`: parse the command line, set up logging, run; errors become exit codes
+//! (2: bad configuration or usage, 1: the agent could not start or failed).
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use clap::Parser;
+use moonfrp_agent::{
+    agent,
+    cli::{Cli, Command},
+};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (Command::Run(args) | Command::Check(args)) = &cli.command;
+    let config = match args.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("moonfrp-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Check(_) => {
+            println!(
+                "configuration is valid: listen {}, interval {:?}, {} tunnel(s)",
+                config.listen,
+                config.interval,
+                config.tunnels.len()
+            );
+            for t in &config.tunnels {
+                println!("  {t} (from {})", t.source.as_str());
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => {
+            init_logging(&config.log_level);
+            match agent::run(config, args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("moonfrp-agent: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

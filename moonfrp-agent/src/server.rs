@@ -1,0 +1,134 @@
+//! The HTTP server: `/metrics` (OpenMetrics or text 0.0.4 by content negotiation), `/healthz`,
+//! `/readyz`, and a small index page. Plain HTTP on loopback by default; TLS and auth come later.
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use tokio::{net::TcpListener, sync::watch};
+use tracing::{debug, warn};
+
+use crate::{metrics, snapshot::Latest};
+
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the handlers read.
+pub struct AppState {
+    pub registry: Registry,
+    pub latest: Arc<Latest>,
+    /// Probes attached (at least one); set once after loading.
+    pub probes_ok: bool,
+}
+
+/// True if the `Accept` header prefers OpenMetrics over the classic text format.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return false };
+    let (mut om, mut text) = (0.0f32, 0.0f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| p.strip_prefix("q="))
+            .and_then(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "application/openmetrics-text" => om = om.max(q),
+            "text/plain" | "*/*" => text = text.max(q),
+            _ => {}
+        }
+    }
+    om > 0.0 && om >= text
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+const INDEX: &str = "<!doctype html><title>moonfrp-agent</title><h1>moonfrp-agent</h1>\
+<ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a></li>\
+<li><a href=\"/readyz\">/readyz</a></li></ul>\n";
+
+fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET and HEAD\n");
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let om = metrics::encode_openmetrics(&state.registry);
+            if wants_openmetrics(accept) {
+                reply(StatusCode::OK, OPENMETRICS, om)
+            } else {
+                reply(StatusCode::OK, TEXT_004, metrics::openmetrics_to_text(&om))
+            }
+        }
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => match (state.probes_ok, state.latest.get()) {
+            (true, Some(_)) => reply(StatusCode::OK, "text/plain", "ready\n"),
+            (false, _) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no kernel probe attached (see the log)\n"),
+            (true, None) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no snapshot taken yet\n"),
+        },
+        "/" => reply(StatusCode::OK, "text/html; charset=utf-8", INDEX),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics\n"),
+    }
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let state = state.clone();
+        let mut conn_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let resp = handle(&state, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "connection ended with an error") },
+                _ = conn_shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_openmetrics;
+
+    #[test]
+    fn content_negotiation() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(wants_openmetrics(Some(prometheus)));
+        assert!(!wants_openmetrics(None));
+        assert!(!wants_openmetrics(Some("*/*")));
+        assert!(!wants_openmetrics(Some("text/plain;version=0.0.4")));
+        assert!(!wants_openmetrics(Some("application/openmetrics-text;q=0.2, text/plain")));
+        assert!(wants_openmetrics(Some("application/openmetrics-text")));
+    }
+}

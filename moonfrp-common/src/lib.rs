@@ -1,0 +1,342 @@
+//! Types shared by moonfrp's kernel programs and its agent.
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and free of implicit padding: the same bytes are
+//! written by the kernel side and read by userspace. Map and global names are constants used by
+//! both sides, so a rename cannot silently break the link between them.
+#![no_std]
+
+/// Map names (kernel object names are limited to 15 characters).
+pub mod names {
+    /// `Array<u32>` indexed by local port: the watch table (see [`super::WatchEntry`]).
+    pub const WATCH: &str = "WATCH";
+    /// `PerCpuArray<TrafficCounters>` indexed by slot.
+    pub const TRAFFIC: &str = "TRAFFIC";
+    /// `PerCpuArray<TcpCounters>` indexed by slot.
+    pub const TCP_STATS: &str = "TCP_STATS";
+    /// `LruHashMap<u64, u64>`: socket address → monotonic open time (ns), for durations.
+    pub const CONN_START: &str = "CONN_START";
+    /// Global [`super::TracepointLayout`], set at load time from tracefs `format` files.
+    pub const LAYOUT: &str = "LAYOUT";
+}
+
+/// Program names as they appear in the object file (and, truncated to 15 bytes, in the kernel).
+pub mod programs {
+    pub const SKB_INGRESS: &str = "mf_skb_ingress";
+    pub const SKB_EGRESS: &str = "mf_skb_egress";
+    pub const SOCK_STATE: &str = "mf_sock_state";
+    pub const RETRANSMIT: &str = "mf_retransmit";
+    pub const SEND_RESET: &str = "mf_send_reset";
+    pub const RECV_RESET: &str = "mf_recv_reset";
+}
+
+/// Number of entries in the watch table: one per possible local port.
+pub const WATCH_ENTRIES: u32 = 65_536;
+/// Default number of counter slots; one slot serves one (port, protocol) pair.
+pub const DEFAULT_SLOTS: u32 = 4_096;
+/// Hard ceiling on slots: a slot number (+1) must fit in 16 bits of a [`WatchEntry`].
+pub const MAX_SLOTS: u32 = 65_535;
+/// Default capacity of the open-connection table used for durations.
+pub const DEFAULT_TRACKED_CONNECTIONS: u32 = 65_536;
+
+/// Transport protocol of a watched port.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp = 0,
+    Udp = 1,
+}
+
+impl Proto {
+    /// IANA protocol number (as in the IP header).
+    pub const fn ip_number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+        }
+    }
+
+    /// Label value used in metrics and configuration.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// A watch-table entry, packed in a `u32`: `tcp slot + 1` in the low 16 bits, `udp slot + 1` in
+/// the high 16 bits; 0 means "not watched". One lookup by port answers for both protocols, so an
+/// unwatched packet costs a single array access and no header parsing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchEntry(pub u32);
+
+impl WatchEntry {
+    /// The counter slot for `proto`, if that protocol is watched on this port.
+    #[inline(always)]
+    pub const fn slot(self, proto: Proto) -> Option<u32> {
+        let raw = match proto {
+            Proto::Tcp => self.0 & 0xffff,
+            Proto::Udp => self.0 >> 16,
+        };
+        if raw == 0 { None } else { Some(raw - 1) }
+    }
+
+    /// This entry with `proto` mapped to `slot` (or unmapped with `None`).
+    #[must_use]
+    pub const fn with_slot(self, proto: Proto, slot: Option<u32>) -> Self {
+        let raw = match slot {
+            Some(s) => (s + 1) & 0xffff,
+            None => 0,
+        };
+        match proto {
+            Proto::Tcp => Self((self.0 & 0xffff_0000) | raw),
+            Proto::Udp => Self((self.0 & 0x0000_ffff) | (raw << 16)),
+        }
+    }
+}
+
+/// Direction index into [`TrafficCounters::dir`]: into the local socket.
+pub const INGRESS: usize = 0;
+/// Direction index into [`TrafficCounters::dir`]: out of the local socket.
+pub const EGRESS: usize = 1;
+
+/// Counters for one direction of one watched (port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirCounters {
+    /// IP-layer bytes (headers included, one set per GSO segment).
+    pub bytes: u64,
+    /// Transport payload bytes (IP and TCP/UDP headers excluded).
+    pub payload_bytes: u64,
+    /// Packets, counting each GSO/GRO segment.
+    pub packets: u64,
+}
+
+/// Traffic counters of one slot, per direction ([`INGRESS`], [`EGRESS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub dir: [DirCounters; 2],
+}
+
+impl TrafficCounters {
+    /// Element-wise sum, used to fold per-CPU values.
+    #[must_use]
+    pub fn add(mut self, other: &Self) -> Self {
+        for (a, b) in self.dir.iter_mut().zip(other.dir.iter()) {
+            a.bytes = a.bytes.wrapping_add(b.bytes);
+            a.payload_bytes = a.payload_bytes.wrapping_add(b.payload_bytes);
+            a.packets = a.packets.wrapping_add(b.packets);
+        }
+        self
+    }
+}
+
+/// Number of log2 buckets of the connection-duration histogram.
+///
+/// Bucket `b` counts connections whose duration in whole milliseconds `d` has bit length `b`
+/// (`d < 2^b` ms, and `d >= 2^(b-1)` ms for `b > 0`); the last bucket also takes everything longer.
+pub const DURATION_BUCKETS: usize = 28;
+
+/// TCP connection and error counters of one slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpCounters {
+    /// SYN_RECV → ESTABLISHED: connections accepted on the port.
+    pub opened_passive: u64,
+    /// SYN_SENT → ESTABLISHED: connections made from a socket bound to the port.
+    pub opened_active: u64,
+    /// Established (or closing) connections that reached CLOSE.
+    pub closed: u64,
+    /// RST sent because nobody listens on the port (a refused connection).
+    pub refused: u64,
+    /// Other RSTs sent by sockets on the port.
+    pub resets_sent: u64,
+    /// RSTs received by sockets on the port.
+    pub resets_received: u64,
+    /// Segments retransmitted by sockets on the port.
+    pub retransmits: u64,
+    /// Sum of the durations of closed connections whose open was seen, in nanoseconds.
+    pub duration_sum_ns: u64,
+    /// Closed connections whose open was seen, by duration (see [`DURATION_BUCKETS`]).
+    pub duration_buckets: [u64; DURATION_BUCKETS],
+}
+
+impl Default for TcpCounters {
+    fn default() -> Self {
+        Self {
+            opened_passive: 0,
+            opened_active: 0,
+            closed: 0,
+            refused: 0,
+            resets_sent: 0,
+            resets_received: 0,
+            retransmits: 0,
+            duration_sum_ns: 0,
+            duration_buckets: [0; DURATION_BUCKETS],
+        }
+    }
+}
+
+impl TcpCounters {
+    /// Element-wise sum, used to fold per-CPU values.
+    #[must_use]
+    pub fn add(mut self, o: &Self) -> Self {
+        self.opened_passive = self.opened_passive.wrapping_add(o.opened_passive);
+        self.opened_active = self.opened_active.wrapping_add(o.opened_active);
+        self.closed = self.closed.wrapping_add(o.closed);
+        self.refused = self.refused.wrapping_add(o.refused);
+        self.resets_sent = self.resets_sent.wrapping_add(o.resets_sent);
+        self.resets_received = self.resets_received.wrapping_add(o.resets_received);
+        self.retransmits = self.retransmits.wrapping_add(o.retransmits);
+        self.duration_sum_ns = self.duration_sum_ns.wrapping_add(o.duration_sum_ns);
+        for (a, b) in self
+            .duration_buckets
+            .iter_mut()
+            .zip(o.duration_buckets.iter())
+        {
+            *a = a.wrapping_add(*b);
+        }
+        self
+    }
+}
+
+/// Bucket index for a duration of `ms` whole milliseconds: its bit length, capped.
+#[inline(always)]
+pub const fn duration_bucket(ms: u64) -> usize {
+    let bits = (64 - ms.leading_zeros()) as usize;
+    if bits >= DURATION_BUCKETS {
+        DURATION_BUCKETS - 1
+    } else {
+        bits
+    }
+}
+
+/// Marker for an offset that the running kernel's tracepoint does not have.
+pub const NO_FIELD: u32 = u32::MAX;
+
+/// Field offsets of the tracepoints the programs read, taken from tracefs `format` files at start
+/// (layouts differ between kernels). All `u32` so the struct has no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointLayout {
+    /// `sock/inet_sock_set_state`
+    pub state_skaddr: u32,
+    pub state_oldstate: u32,
+    pub state_newstate: u32,
+    pub state_sport: u32,
+    pub state_protocol: u32,
+    /// `tcp/tcp_retransmit_skb`: local port (host order).
+    pub retrans_sport: u32,
+    /// `tcp/tcp_receive_reset`: local port (host order).
+    pub recv_reset_sport: u32,
+    /// `tcp/tcp_send_reset`: socket pointer (0 when no socket answered).
+    pub send_reset_skaddr: u32,
+    /// `tcp/tcp_send_reset`: `enum sk_rst_reason`, or [`NO_FIELD`] on kernels before 6.10.
+    pub send_reset_reason: u32,
+    /// `tcp/tcp_send_reset`: offset of the local port.
+    pub send_reset_port: u32,
+    /// 1 if the port at `send_reset_port` is big-endian (inside a `sockaddr`), 0 if host order.
+    pub send_reset_port_be: u32,
+    /// Value of `SK_RST_REASON_NO_SOCKET` on this kernel, from the format's print fmt.
+    pub reason_no_socket: u32,
+}
+
+impl TracepointLayout {
+    /// The layout of kernel 6.18 (x86_64), used only as the program's compiled-in default; the
+    /// agent always overrides it with what the running kernel says.
+    pub const DEFAULT: Self = Self {
+        state_skaddr: 8,
+        state_oldstate: 16,
+        state_newstate: 20,
+        state_sport: 24,
+        state_protocol: 30,
+        retrans_sport: 28,
+        recv_reset_sport: 16,
+        send_reset_skaddr: 16,
+        send_reset_reason: 28,
+        send_reset_port: 34,
+        send_reset_port_be: 1,
+        reason_no_socket: 1,
+    };
+}
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const FIN_WAIT1: i32 = 4;
+    pub const FIN_WAIT2: i32 = 5;
+    pub const TIME_WAIT: i32 = 6;
+    pub const CLOSE: i32 = 7;
+    pub const CLOSE_WAIT: i32 = 8;
+    pub const LAST_ACK: i32 = 9;
+    pub const LISTEN: i32 = 10;
+    pub const CLOSING: i32 = 11;
+
+    /// States from which a move to CLOSE ends a connection that had been established.
+    #[inline(always)]
+    pub const fn was_established(state: i32) -> bool {
+        matches!(
+            state,
+            ESTABLISHED | FIN_WAIT1 | FIN_WAIT2 | CLOSE_WAIT | LAST_ACK | CLOSING
+        )
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], Copy, made only of integers, with no padding
+    // (checked by the size assertions below).
+    unsafe impl aya::Pod for super::TrafficCounters {}
+    unsafe impl aya::Pod for super::TcpCounters {}
+    unsafe impl aya::Pod for super::TracepointLayout {}
+
+    const _: () = assert!(size_of::<super::TrafficCounters>() == 6 * 8);
+    const _: () = assert!(size_of::<super::TcpCounters>() == (8 + super::DURATION_BUCKETS) * 8);
+    const _: () = assert!(size_of::<super::TracepointLayout>() == 12 * 4);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_entry_packs_both_protocols_independently() {
+        let e = WatchEntry::default();
+        assert_eq!(e.slot(Proto::Tcp), None);
+        let e = e
+            .with_slot(Proto::Tcp, Some(0))
+            .with_slot(Proto::Udp, Some(4094));
+        assert_eq!(e.slot(Proto::Tcp), Some(0));
+        assert_eq!(e.slot(Proto::Udp), Some(4094));
+        let e = e.with_slot(Proto::Tcp, None);
+        assert_eq!(e.slot(Proto::Tcp), None);
+        assert_eq!(e.slot(Proto::Udp), Some(4094));
+        let e = e.with_slot(Proto::Udp, Some(MAX_SLOTS - 1));
+        assert_eq!(e.slot(Proto::Udp), Some(MAX_SLOTS - 1));
+        assert_eq!(e.with_slot(Proto::Udp, None), WatchEntry(0));
+    }
+
+    #[test]
+    fn duration_bucket_is_bit_length_capped() {
+        assert_eq!(duration_bucket(0), 0);
+        assert_eq!(duration_bucket(1), 1);
+        assert_eq!(duration_bucket(2), 2);
+        assert_eq!(duration_bucket(3), 2);
+        assert_eq!(duration_bucket(1023), 10);
+        assert_eq!(duration_bucket(1024), 11);
+        assert_eq!(duration_bucket(u64::MAX), DURATION_BUCKETS - 1);
+    }
+
+    #[test]
+    fn established_states() {
+        assert!(tcp_state::was_established(tcp_state::ESTABLISHED));
+        assert!(tcp_state::was_established(tcp_state::LAST_ACK));
+        assert!(!tcp_state::was_established(tcp_state::SYN_SENT));
+        assert!(!tcp_state::was_established(tcp_state::SYN_RECV));
+        assert!(!tcp_state::was_established(tcp_state::LISTEN));
+        assert!(!tcp_state::was_established(tcp_state::TIME_WAIT));
+    }
+}

@@ -1,0 +1,44 @@
+//! Maps and load-time globals shared by every program.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray},
+};
+use moonfrp_common::{
+    DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, Proto, TcpCounters, TracepointLayout,
+    TrafficCounters, WATCH_ENTRIES, WatchEntry,
+};
+
+/// Local port → [`WatchEntry`]; written by the agent at run time.
+#[map(name = "WATCH")]
+pub static WATCH: Array<u32> = Array::with_max_entries(WATCH_ENTRIES, 0);
+
+/// Per-slot traffic counters (the agent resizes this at load time).
+#[map(name = "TRAFFIC")]
+pub static TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(DEFAULT_SLOTS, 0);
+
+/// Per-slot TCP connection and error counters (the agent resizes this at load time).
+#[map(name = "TCP_STATS")]
+pub static TCP_STATS: PerCpuArray<TcpCounters> = PerCpuArray::with_max_entries(DEFAULT_SLOTS, 0);
+
+/// Socket address → open time (ns since boot) of established connections on watched ports.
+#[map(name = "CONN_START")]
+pub static CONN_START: LruHashMap<u64, u64> =
+    LruHashMap::with_max_entries(DEFAULT_TRACKED_CONNECTIONS, 0);
+
+/// Tracepoint field offsets of the running kernel, set by the agent at load time.
+#[unsafe(no_mangle)]
+static LAYOUT: TracepointLayout = TracepointLayout::DEFAULT;
+
+/// The tracepoint layout; read volatile so the compiler cannot fold in the compiled default.
+#[inline(always)]
+pub fn layout() -> TracepointLayout {
+    // SAFETY: LAYOUT is a plain static the loader rewrites before load; reading it is always valid.
+    unsafe { core::ptr::read_volatile(&raw const LAYOUT) }
+}
+
+/// The counter slot of a watched local port, if `proto` is watched on it.
+#[inline(always)]
+pub fn slot_of(port: u32, proto: Proto) -> Option<u32> {
+    let entry = WATCH.get(port)?;
+    WatchEntry(*entry).slot(proto)
+}
