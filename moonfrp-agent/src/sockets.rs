@@ -42,8 +42,7 @@ pub fn seed_active(ports: &[u16]) -> Result<HashMap<u16, u64>, procfs::ProcError
 
 #[cfg(test)]
 mod tests {
-    use procfs::FromRead;
-    use procfs::net::TcpNetEntries;
+    use procfs::{ExplicitSystemInfo, FromBufReadSI, net::TcpNetEntries};
 
     use super::*;
 
@@ -58,7 +57,8 @@ mod tests {
 
     #[test]
     fn counts_open_states_by_local_port_only() {
-        let entries = TcpNetEntries::from_read(TABLE.as_bytes()).unwrap().0;
+        let si = ExplicitSystemInfo { boot_time_secs: 0, ticks_per_second: 100, page_size: 4096, is_little_endian: true };
+        let entries = TcpNetEntries::from_buf_read(TABLE.as_bytes(), &si).unwrap().0;
         let counts = count_open(&entries, &[6000, 7000, 54321]);
         // 6000 (0x1770): ESTABLISHED + CLOSE_WAIT; LISTEN and TIME_WAIT do not count.
         assert_eq!(counts[&6000], 2);

@@ -1,0 +1,144 @@
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use moonfrp_common::{DURATION_BUCKETS, Proto, TcpCounters, TrafficCounters};
+
+use super::*;
+use crate::{
+    config::{TunnelSource, TunnelSpec},
+    ebpf::ProbeStatus,
+    process::ProcessSample,
+    snapshot::{AgentSample, TcpSample},
+};
+
+fn sample_snapshot() -> Snapshot {
+    let mut traffic = TrafficCounters::default();
+    traffic.dir[INGRESS].bytes = 1_052;
+    traffic.dir[INGRESS].payload_bytes = 1_000;
+    traffic.dir[INGRESS].packets = 1;
+    traffic.dir[EGRESS].bytes = 52;
+    traffic.dir[EGRESS].packets = 1;
+    let mut buckets = [0; DURATION_BUCKETS];
+    buckets[0] = 2; // < 1 ms
+    buckets[3] = 1; // 4..8 ms
+    buckets[DURATION_BUCKETS - 1] = 1; // days
+    let tcp = TcpCounters {
+        opened_passive: 4,
+        opened_active: 1,
+        closed: 4,
+        refused: 2,
+        resets_sent: 1,
+        resets_received: 3,
+        retransmits: 7,
+        duration_sum_ns: 1_500_000_000,
+        duration_buckets: buckets,
+    };
+    Snapshot {
+        seq: 3,
+        taken_at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        build_duration: Duration::from_micros(250),
+        tunnels: vec![
+            TunnelSample {
+                spec: TunnelSpec { name: "dns".into(), port: 5353, proto: Proto::Udp, source: TunnelSource::Cli },
+                traffic,
+                tcp: None,
+            },
+            TunnelSample {
+                spec: TunnelSpec { name: "ssh \"home\"".into(), port: 6000, proto: Proto::Tcp, source: TunnelSource::ConfigFile },
+                traffic,
+                tcp: Some(TcpSample { counters: tcp, active: 2 }),
+            },
+        ],
+        probes: vec![
+            ProbeStatus { probe: "traffic_ingress", attached: true, reason: None },
+            ProbeStatus { probe: "tcp_send_reset", attached: false, reason: Some("test".into()) },
+        ],
+        process: Some(ProcessSample {
+            cpu_seconds: 1.25,
+            resident_bytes: 10_485_760,
+            virtual_bytes: 104_857_600,
+            open_fds: 12,
+            max_fds: Some(1024),
+            start_time_seconds: 1_799_999_000.5,
+            threads: 3,
+        }),
+        agent: AgentSample { slots_capacity: 4096, slots_used: 2, config_ok: true, errors: BTreeMap::from([("kernel", 1)]) },
+    }
+}
+
+fn encoded(s: Option<Snapshot>) -> String {
+    let latest = Arc::new(Latest::default());
+    if let Some(s) = s {
+        latest.publish(s);
+    }
+    encode_openmetrics(&registry(latest))
+}
+
+/// Compares with a golden file; `MOONFRP_UPDATE_GOLDEN=1` rewrites it.
+fn golden(name: &str, got: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exposition").join(name);
+    if std::env::var_os("MOONFRP_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(want == got, "{name} differs from the golden file; rerun with MOONFRP_UPDATE_GOLDEN=1 and review the diff\n--- got:\n{got}");
+}
+
+#[test]
+fn openmetrics_exposition_matches_golden() {
+    let om = encoded(Some(sample_snapshot()));
+    assert!(om.ends_with("# EOF\n"));
+    golden("openmetrics.txt", &om);
+}
+
+#[test]
+fn text_004_exposition_matches_golden() {
+    let text = openmetrics_to_text(&encoded(Some(sample_snapshot())));
+    assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+    golden("text-0.0.4.txt", &text);
+}
+
+#[test]
+fn two_scrapes_of_one_snapshot_are_identical() {
+    let latest = Arc::new(Latest::default());
+    latest.publish(sample_snapshot());
+    let r = registry(latest);
+    assert_eq!(encode_openmetrics(&r), encode_openmetrics(&r));
+}
+
+#[test]
+fn before_the_first_snapshot_only_build_info() {
+    let om = encoded(None);
+    assert_eq!(om.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(), ["moonfrp_agent_build_info{version=\"0.1.0\"} 1"]);
+}
+
+#[test]
+fn duration_buckets_fold_every_second_log2_bucket() {
+    let mut k = [0u64; DURATION_BUCKETS];
+    for (i, v) in k.iter_mut().enumerate() {
+        *v = i as u64 + 1;
+    }
+    let b = duration_buckets(&k);
+    assert_eq!(b.len(), DURATION_BUCKETS / 2 + 1);
+    assert_eq!(b[0], (0.001, 1)); // kernel bucket 0: < 1 ms
+    assert_eq!(b[1], (0.004, 2 + 3)); // buckets 1, 2: < 4 ms
+    assert_eq!(b[2], (0.016, 4 + 5));
+    assert_eq!(b[13].0, 67_108.864);
+    assert_eq!(b[14], (f64::INFINITY, 28));
+    assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), k.iter().sum::<u64>());
+}
+
+#[test]
+fn text_translation_renames_counters_and_info() {
+    let om = "# HELP a_bytes Bytes.\n# TYPE a_bytes counter\n# UNIT a_bytes bytes\na_bytes_total 1\n\
+              # HELP b Build.\n# TYPE b info\nb_info{v=\"1\"} 1\n# HELP g Gauge.\n# TYPE g gauge\ng 2\n# EOF\n";
+    assert_eq!(
+        openmetrics_to_text(om),
+        "# HELP a_bytes_total Bytes.\n# TYPE a_bytes_total counter\na_bytes_total 1\n\
+         # HELP b_info Build.\n# TYPE b_info gauge\nb_info{v=\"1\"} 1\n# HELP g Gauge.\n# TYPE g gauge\ng 2\n"
+    );
+}
