@@ -51,13 +51,15 @@ struct Collector {
 impl Collector {
     fn apply_tunnels(&mut self, config: &Config) -> Result<(), crate::watch::WatchError> {
         let errors = &mut self.errors;
-        let changes = self.watch.apply(&mut self.kernel.maps, &config.tunnels, |ports| {
-            sockets::seed_active(ports).unwrap_or_else(|e| {
+        let changes = self
+            .watch
+            .apply(&mut self.kernel.maps, &config.tunnels, |ports| {
+                sockets::seed_active(ports).unwrap_or_else(|e| {
                 warn!(error = %e, "cannot read the socket table; active connections start at 0");
                 *errors.entry("sockets").or_default() += 1;
                 std::collections::HashMap::new()
             })
-        })?;
+            })?;
         for t in &changes.added {
             info!(tunnel = %t, "watching");
         }
@@ -104,7 +106,10 @@ impl Collector {
 /// Raises RLIMIT_MEMLOCK for kernels before 5.11 (which charge BPF memory to it). Newer kernels
 /// use memory cgroups instead; some sandboxes refuse the call, which is harmless there.
 fn raise_memlock() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) } != 0 {
         info!(error = %std::io::Error::last_os_error(), "cannot raise RLIMIT_MEMLOCK (only needed on kernels before 5.11)");
@@ -137,12 +142,24 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     if !probes_ok {
         error!("no kernel probe attached: tunnel counters will stay at 0 (reasons above)");
     }
-    let mut collector = Collector { watch: WatchTable::new(kernel.maps.slots()), kernel, seq: 0, config_ok: true, errors: BTreeMap::new() };
-    collector.apply_tunnels(&config).context("cannot set up the watch table")?;
+    let mut collector = Collector {
+        watch: WatchTable::new(kernel.maps.slots()),
+        kernel,
+        seq: 0,
+        config_ok: true,
+        errors: BTreeMap::new(),
+    };
+    collector
+        .apply_tunnels(&config)
+        .context("cannot set up the watch table")?;
     let collector = Arc::new(Mutex::new(collector));
 
     let latest = Arc::new(Latest::default());
-    let state = Arc::new(AppState { registry: metrics::registry(latest.clone()), latest: latest.clone(), probes_ok });
+    let state = Arc::new(AppState {
+        registry: metrics::registry(latest.clone()),
+        latest: latest.clone(),
+        probes_ok,
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, state, stop_rx));
     info!(listen = %config.listen, interval = ?config.interval, tunnels = config.tunnels.len(), "serving /metrics");
@@ -183,8 +200,15 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn reload(args: &ConfigArgs, config: &mut Config, collector: &Mutex<Collector>, ticker: &mut tokio::time::Interval) {
-    let mut c = collector.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+fn reload(
+    args: &ConfigArgs,
+    config: &mut Config,
+    collector: &Mutex<Collector>,
+    ticker: &mut tokio::time::Interval,
+) {
+    let mut c = collector
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let new = match args.load() {
         Ok(new) => new,
         Err(e) => {
@@ -194,7 +218,10 @@ fn reload(args: &ConfigArgs, config: &mut Config, collector: &Mutex<Collector>, 
             return;
         }
     };
-    if new.listen != config.listen || new.kernel != config.kernel || new.log_level != config.log_level {
+    if new.listen != config.listen
+        || new.kernel != config.kernel
+        || new.log_level != config.log_level
+    {
         warn!("listen address, kernel sizes and log level only change on restart");
     }
     if let Err(e) = c.apply_tunnels(&new) {
@@ -206,7 +233,8 @@ fn reload(args: &ConfigArgs, config: &mut Config, collector: &Mutex<Collector>, 
     c.config_ok = true;
     if new.interval != config.interval {
         info!(interval = ?new.interval, "collection interval changed");
-        *ticker = tokio::time::interval_at(tokio::time::Instant::now() + new.interval, new.interval);
+        *ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + new.interval, new.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     *config = new;

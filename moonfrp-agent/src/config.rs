@@ -70,15 +70,23 @@ pub struct KernelConfig {
 
 impl Default for KernelConfig {
     fn default() -> Self {
-        Self { slots: DEFAULT_SLOTS, tracked_connections: DEFAULT_TRACKED_CONNECTIONS }
+        Self {
+            slots: DEFAULT_SLOTS,
+            tracked_connections: DEFAULT_TRACKED_CONNECTIONS,
+        }
     }
 }
 
 /// Why a configuration was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source} (check the path given to --config and its permissions)")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot read config file {path}: {source} (check the path given to --config and its permissions)"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{origin}: {problem}")]
@@ -126,9 +134,14 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let (file, file_origin) = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                (parse_file(path, &text)?, format!("config file {}", path.display()))
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                (
+                    parse_file(path, &text)?,
+                    format!("config file {}", path.display()),
+                )
             }
             None => (FileConfig::default(), String::new()),
         };
@@ -136,18 +149,27 @@ impl Config {
     }
 
     fn merge(file: FileConfig, file_origin: &str, o: &Overrides) -> Result<Self, ConfigError> {
-        let pick = |flag: &str, cli: &Option<String>, from_file: Option<String>| {
-            match (cli, from_file) {
+        let pick =
+            |flag: &str, cli: &Option<String>, from_file: Option<String>| match (cli, from_file) {
                 (Some(v), _) => Some((v.clone(), format!("--{flag}"))),
-                (None, Some(v)) => Some((v, format!("{file_origin}: key `{}`", flag.replace('-', "_")))),
+                (None, Some(v)) => Some((
+                    v,
+                    format!("{file_origin}: key `{}`", flag.replace('-', "_")),
+                )),
                 (None, None) => None,
-            }
-        };
+            };
         let listen = match pick("listen", &o.listen, file.listen) {
-            Some((v, origin)) => v.parse().map_err(|e| invalid(&origin, format!(
-                "`{v}` is not an address:port ({e}); use e.g. 127.0.0.1:9477 or [::1]:9477"
-            )))?,
-            None => DEFAULT_LISTEN.parse().expect("default listen address parses"),
+            Some((v, origin)) => v.parse().map_err(|e| {
+                invalid(
+                    &origin,
+                    format!(
+                        "`{v}` is not an address:port ({e}); use e.g. 127.0.0.1:9477 or [::1]:9477"
+                    ),
+                )
+            })?,
+            None => DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses"),
         };
         let interval = match pick("interval", &o.interval, file.interval) {
             Some((v, origin)) => parse_interval(&v).map_err(|p| invalid(&origin, p))?,
@@ -177,29 +199,63 @@ impl Config {
             let port = u16::try_from(t.port)
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| invalid(&origin, format!("port {} is out of range; use 1..=65535", t.port)))?;
+                .ok_or_else(|| {
+                    invalid(
+                        &origin,
+                        format!("port {} is out of range; use 1..=65535", t.port),
+                    )
+                })?;
             let proto = parse_proto(&t.proto).map_err(|p| invalid(&origin, p))?;
             check_name(&t.name).map_err(|p| invalid(&origin, p))?;
-            tunnels.push((origin, TunnelSpec { name: t.name, port, proto, source: TunnelSource::ConfigFile }));
+            tunnels.push((
+                origin,
+                TunnelSpec {
+                    name: t.name,
+                    port,
+                    proto,
+                    source: TunnelSource::ConfigFile,
+                },
+            ));
         }
         for raw in &o.tunnels {
             let origin = format!("--tunnel {raw}");
             let spec = raw.parse::<CliTunnel>().map_err(|p| invalid(&origin, p))?;
-            tunnels.push((origin, TunnelSpec { name: spec.name, port: spec.port, proto: spec.proto, source: TunnelSource::Cli }));
+            tunnels.push((
+                origin,
+                TunnelSpec {
+                    name: spec.name,
+                    port: spec.port,
+                    proto: spec.proto,
+                    source: TunnelSource::Cli,
+                },
+            ));
         }
         if tunnels.len() > kernel.slots as usize {
             return Err(invalid(
                 "tunnels",
-                format!("{} tunnels but only {} kernel slots; raise `kernel.slots` in the config file", tunnels.len(), kernel.slots),
+                format!(
+                    "{} tunnels but only {} kernel slots; raise `kernel.slots` in the config file",
+                    tunnels.len(),
+                    kernel.slots
+                ),
             ));
         }
         let tunnels = check_unique(tunnels)?;
-        Ok(Self { listen, interval, log_level, tunnels, kernel })
+        Ok(Self {
+            listen,
+            interval,
+            log_level,
+            tunnels,
+            kernel,
+        })
     }
 }
 
 fn invalid(origin: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { origin: origin.to_owned(), problem: problem.into() }
+    ConfigError::Invalid {
+        origin: origin.to_owned(),
+        problem: problem.into(),
+    }
 }
 
 fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
@@ -215,15 +271,23 @@ fn check_unique(tunnels: Vec<(String, TunnelSpec)>) -> Result<Vec<TunnelSpec>, C
     let mut by_port: BTreeMap<(u16, Proto), String> = BTreeMap::new();
     for (origin, t) in tunnels {
         if let Some((first, _)) = by_name.get(&t.name) {
-            return Err(invalid(&origin, format!(
-                "duplicate tunnel name `{}` (first defined by {first}); give each tunnel its own name", t.name
-            )));
+            return Err(invalid(
+                &origin,
+                format!(
+                    "duplicate tunnel name `{}` (first defined by {first}); give each tunnel its own name",
+                    t.name
+                ),
+            ));
         }
         if let Some(first) = by_port.get(&(t.port, t.proto)) {
-            return Err(invalid(&origin, format!(
-                "port {}/{} is already watched by {first}; one port can belong to one tunnel",
-                t.port, t.proto.as_str()
-            )));
+            return Err(invalid(
+                &origin,
+                format!(
+                    "port {}/{} is already watched by {first}; one port can belong to one tunnel",
+                    t.port,
+                    t.proto.as_str()
+                ),
+            ));
         }
         by_port.insert((t.port, t.proto), origin.clone());
         by_name.insert(t.name.clone(), (origin, t));
@@ -233,7 +297,10 @@ fn check_unique(tunnels: Vec<(String, TunnelSpec)>) -> Result<Vec<TunnelSpec>, C
 
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-        return Err(format!("tunnel name `{}` must be 1-128 printable characters", name.escape_debug()));
+        return Err(format!(
+            "tunnel name `{}` must be 1-128 printable characters",
+            name.escape_debug()
+        ));
     }
     Ok(())
 }
@@ -242,7 +309,9 @@ fn parse_proto(s: &str) -> Result<Proto, String> {
     match s {
         "tcp" => Ok(Proto::Tcp),
         "udp" => Ok(Proto::Udp),
-        other => Err(format!("protocol `{other}` is not supported; use tcp or udp")),
+        other => Err(format!(
+            "protocol `{other}` is not supported; use tcp or udp"
+        )),
     }
 }
 
@@ -258,7 +327,9 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 fn parse_log_level(s: &str) -> Result<String, String> {
     match s.to_ascii_lowercase().as_str() {
         l @ ("error" | "warn" | "info" | "debug" | "trace") => Ok(l.to_owned()),
-        _ => Err(format!("log level `{s}` is unknown; use error, warn, info, debug or trace")),
+        _ => Err(format!(
+            "log level `{s}` is unknown; use error, warn, info, debug or trace"
+        )),
     }
 }
 
@@ -274,9 +345,9 @@ impl FromStr for CliTunnel {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (name, rest) = s
-            .split_once('=')
-            .ok_or_else(|| "expected NAME=PORT[/tcp|udp], e.g. ssh=6000 or dns=5353/udp".to_owned())?;
+        let (name, rest) = s.split_once('=').ok_or_else(|| {
+            "expected NAME=PORT[/tcp|udp], e.g. ssh=6000 or dns=5353/udp".to_owned()
+        })?;
         check_name(name)?;
         let (port, proto) = match rest.split_once('/') {
             Some((p, proto)) => (p, parse_proto(proto)?),
@@ -287,7 +358,11 @@ impl FromStr for CliTunnel {
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| format!("port `{port}` is out of range; use 1..=65535"))?;
-        Ok(Self { name: name.to_owned(), port, proto })
+        Ok(Self {
+            name: name.to_owned(),
+            port,
+            proto,
+        })
     }
 }
 
@@ -338,9 +413,12 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_and_key() {
-        let err = load_str("listen = \"127.0.0.1:1\"\nintervall = \"5s\"\n", &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = load_str(
+            "listen = \"127.0.0.1:1\"\nintervall = \"5s\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("/etc/moonfrp/moonfrp.toml"), "{err}");
         assert!(err.contains("intervall"), "{err}");
         assert!(err.contains("line 2"), "{err}");
@@ -348,37 +426,102 @@ mod tests {
 
     #[test]
     fn port_out_of_range_in_file_and_flag() {
-        let err = load_str("[[tunnels]]\nname = \"x\"\nport = 70000\n", &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("tunnels[0] (`x`)") && err.contains("70000"), "{err}");
-        let o = Overrides { tunnels: vec!["x=0".into()], ..Overrides::default() };
+        let err = load_str(
+            "[[tunnels]]\nname = \"x\"\nport = 70000\n",
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("tunnels[0] (`x`)") && err.contains("70000"),
+            "{err}"
+        );
+        let o = Overrides {
+            tunnels: vec!["x=0".into()],
+            ..Overrides::default()
+        };
         let err = Config::load(None, &o).unwrap_err().to_string();
-        assert!(err.starts_with("--tunnel x=0:") && err.contains("1..=65535"), "{err}");
+        assert!(
+            err.starts_with("--tunnel x=0:") && err.contains("1..=65535"),
+            "{err}"
+        );
     }
 
     #[test]
     fn duplicate_name_and_port_name_both_places() {
-        let o = Overrides { tunnels: vec!["ssh=7001".into()], ..Overrides::default() };
-        let err = load_str("[[tunnels]]\nname = \"ssh\"\nport = 6000\n", &o).unwrap_err().to_string();
-        assert!(err.contains("--tunnel ssh=7001") && err.contains("duplicate tunnel name `ssh`"), "{err}");
+        let o = Overrides {
+            tunnels: vec!["ssh=7001".into()],
+            ..Overrides::default()
+        };
+        let err = load_str("[[tunnels]]\nname = \"ssh\"\nport = 6000\n", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--tunnel ssh=7001") && err.contains("duplicate tunnel name `ssh`"),
+            "{err}"
+        );
         assert!(err.contains("tunnels[0]"), "{err}");
-        let o = Overrides { tunnels: vec!["a=6000".into(), "b=6000".into()], ..Overrides::default() };
+        let o = Overrides {
+            tunnels: vec!["a=6000".into(), "b=6000".into()],
+            ..Overrides::default()
+        };
         let err = Config::load(None, &o).unwrap_err().to_string();
-        assert!(err.contains("port 6000/tcp is already watched by --tunnel a=6000"), "{err}");
-        let o = Overrides { tunnels: vec!["a=6000".into(), "b=6000/udp".into()], ..Overrides::default() };
+        assert!(
+            err.contains("port 6000/tcp is already watched by --tunnel a=6000"),
+            "{err}"
+        );
+        let o = Overrides {
+            tunnels: vec!["a=6000".into(), "b=6000/udp".into()],
+            ..Overrides::default()
+        };
         assert_eq!(Config::load(None, &o).unwrap().tunnels.len(), 2);
     }
 
     #[test]
     fn bad_values_are_explained() {
         for (o, needle) in [
-            (Overrides { interval: Some("500ms".into()), ..Overrides::default() }, "minimum of 1s"),
-            (Overrides { interval: Some("soon".into()), ..Overrides::default() }, "not a duration"),
-            (Overrides { listen: Some("localhost".into()), ..Overrides::default() }, "not an address:port"),
-            (Overrides { log_level: Some("loud".into()), ..Overrides::default() }, "log level `loud`"),
-            (Overrides { tunnels: vec!["ssh".into()], ..Overrides::default() }, "expected NAME=PORT"),
-            (Overrides { tunnels: vec!["ssh=22/sctp".into()], ..Overrides::default() }, "`sctp`"),
+            (
+                Overrides {
+                    interval: Some("500ms".into()),
+                    ..Overrides::default()
+                },
+                "minimum of 1s",
+            ),
+            (
+                Overrides {
+                    interval: Some("soon".into()),
+                    ..Overrides::default()
+                },
+                "not a duration",
+            ),
+            (
+                Overrides {
+                    listen: Some("localhost".into()),
+                    ..Overrides::default()
+                },
+                "not an address:port",
+            ),
+            (
+                Overrides {
+                    log_level: Some("loud".into()),
+                    ..Overrides::default()
+                },
+                "log level `loud`",
+            ),
+            (
+                Overrides {
+                    tunnels: vec!["ssh".into()],
+                    ..Overrides::default()
+                },
+                "expected NAME=PORT",
+            ),
+            (
+                Overrides {
+                    tunnels: vec!["ssh=22/sctp".into()],
+                    ..Overrides::default()
+                },
+                "`sctp`",
+            ),
         ] {
             let err = Config::load(None, &o).unwrap_err().to_string();
             assert!(err.contains(needle), "{err} should contain {needle}");
@@ -387,15 +530,23 @@ mod tests {
 
     #[test]
     fn unreadable_file_names_path() {
-        let err = Config::load(Some(Path::new("/nonexistent/moonfrp.toml")), &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/nonexistent/moonfrp.toml") && err.contains("--config"), "{err}");
+        let err = Config::load(
+            Some(Path::new("/nonexistent/moonfrp.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/nonexistent/moonfrp.toml") && err.contains("--config"),
+            "{err}"
+        );
     }
 
     #[test]
     fn kernel_sizes_are_checked() {
-        let err = load_str("[kernel]\nslots = 0\n", &Overrides::default()).unwrap_err().to_string();
+        let err = load_str("[kernel]\nslots = 0\n", &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("kernel.slots"), "{err}");
         let c = load_str("[kernel]\nslots = 8192\n", &Overrides::default()).unwrap();
         assert_eq!(c.kernel.slots, 8192);

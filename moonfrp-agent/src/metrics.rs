@@ -29,7 +29,8 @@ pub fn registry(latest: Arc<Latest>) -> Registry {
 /// Encodes the registry as OpenMetrics text (with `# EOF`).
 pub fn encode_openmetrics(registry: &Registry) -> String {
     let mut out = String::with_capacity(64 * 1024);
-    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String cannot fail");
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
     out
 }
 
@@ -43,7 +44,11 @@ struct TunnelLabels<'a> {
 
 impl TunnelLabels<'_> {
     fn labels(&self) -> Labels<'_> {
-        [("tunnel", &self.sample.spec.name), ("port", &self.port), ("proto", self.sample.spec.proto.as_str())]
+        [
+            ("tunnel", &self.sample.spec.name),
+            ("port", &self.port),
+            ("proto", self.sample.spec.proto.as_str()),
+        ]
     }
 }
 
@@ -92,12 +97,30 @@ fn duration_buckets(kernel: &[u64; DURATION_BUCKETS]) -> Vec<(f64, u64)> {
 }
 
 fn encode_tunnels(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
-    let all: Vec<TunnelLabels> = s.tunnels.iter().map(|t| TunnelLabels { sample: t, port: t.spec.port.to_string() }).collect();
+    let all: Vec<TunnelLabels> = s
+        .tunnels
+        .iter()
+        .map(|t| TunnelLabels {
+            sample: t,
+            port: t.spec.port.to_string(),
+        })
+        .collect();
     let tcp: Vec<&TunnelLabels> = all.iter().filter(|t| t.sample.tcp.is_some()).collect();
 
-    gauge(enc, "moonfrp_tunnels", "Tunnels watched by this agent.", None, all.len() as i64)?;
+    gauge(
+        enc,
+        "moonfrp_tunnels",
+        "Tunnels watched by this agent.",
+        None,
+        all.len() as i64,
+    )?;
     {
-        let mut m = enc.encode_descriptor("moonfrp_tunnel", "Watched tunnels and where they were defined.", None, MetricType::Info)?;
+        let mut m = enc.encode_descriptor(
+            "moonfrp_tunnel",
+            "Watched tunnels and where they were defined.",
+            None,
+            MetricType::Info,
+        )?;
         for t in &all {
             let l = [
                 ("tunnel", t.sample.spec.name.as_str()),
@@ -111,17 +134,59 @@ fn encode_tunnels(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
 
     let bytes = Some(&Unit::Bytes);
     let traffic = |dir: usize, f: fn(&moonfrp_common::DirCounters) -> u64| {
-        all.iter().map(move |t| (t.labels(), f(&t.sample.traffic.dir[dir])))
+        all.iter()
+            .map(move |t| (t.labels(), f(&t.sample.traffic.dir[dir])))
     };
-    counters(enc, "moonfrp_tunnel_receive", "IP-layer bytes received on the tunnel's local port (headers of every segment included).", bytes, traffic(INGRESS, |d| d.bytes))?;
-    counters(enc, "moonfrp_tunnel_transmit", "IP-layer bytes sent from the tunnel's local port (headers of every segment included).", bytes, traffic(EGRESS, |d| d.bytes))?;
-    counters(enc, "moonfrp_tunnel_receive_payload", "TCP/UDP payload bytes received on the tunnel's local port.", bytes, traffic(INGRESS, |d| d.payload_bytes))?;
-    counters(enc, "moonfrp_tunnel_transmit_payload", "TCP/UDP payload bytes sent from the tunnel's local port.", bytes, traffic(EGRESS, |d| d.payload_bytes))?;
-    counters(enc, "moonfrp_tunnel_receive_packets", "Packets (GSO/GRO segments counted one by one) received on the tunnel's local port.", None, traffic(INGRESS, |d| d.packets))?;
-    counters(enc, "moonfrp_tunnel_transmit_packets", "Packets (GSO/GRO segments counted one by one) sent from the tunnel's local port.", None, traffic(EGRESS, |d| d.packets))?;
+    counters(
+        enc,
+        "moonfrp_tunnel_receive",
+        "IP-layer bytes received on the tunnel's local port (headers of every segment included).",
+        bytes,
+        traffic(INGRESS, |d| d.bytes),
+    )?;
+    counters(
+        enc,
+        "moonfrp_tunnel_transmit",
+        "IP-layer bytes sent from the tunnel's local port (headers of every segment included).",
+        bytes,
+        traffic(EGRESS, |d| d.bytes),
+    )?;
+    counters(
+        enc,
+        "moonfrp_tunnel_receive_payload",
+        "TCP/UDP payload bytes received on the tunnel's local port.",
+        bytes,
+        traffic(INGRESS, |d| d.payload_bytes),
+    )?;
+    counters(
+        enc,
+        "moonfrp_tunnel_transmit_payload",
+        "TCP/UDP payload bytes sent from the tunnel's local port.",
+        bytes,
+        traffic(EGRESS, |d| d.payload_bytes),
+    )?;
+    counters(
+        enc,
+        "moonfrp_tunnel_receive_packets",
+        "Packets (GSO/GRO segments counted one by one) received on the tunnel's local port.",
+        None,
+        traffic(INGRESS, |d| d.packets),
+    )?;
+    counters(
+        enc,
+        "moonfrp_tunnel_transmit_packets",
+        "Packets (GSO/GRO segments counted one by one) sent from the tunnel's local port.",
+        None,
+        traffic(EGRESS, |d| d.packets),
+    )?;
 
     let tcp_rows = |f: fn(&crate::snapshot::TcpSample) -> u64| {
-        tcp.iter().map(move |t| (t.labels(), f(t.sample.tcp.as_ref().expect("filtered on tcp"))))
+        tcp.iter().map(move |t| {
+            (
+                t.labels(),
+                f(t.sample.tcp.as_ref().expect("filtered on tcp")),
+            )
+        })
     };
     {
         let mut m = enc.encode_descriptor(
@@ -134,15 +199,32 @@ fn encode_tunnels(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
             let c = &t.sample.tcp.as_ref().expect("filtered on tcp").counters;
             for (direction, v) in [("inbound", c.opened_passive), ("outbound", c.opened_active)] {
                 let [a, b, p] = t.labels();
-                ConstCounter::new(v).encode(m.encode_family(&[a, b, p, ("direction", direction)])?)?;
+                ConstCounter::new(v).encode(m.encode_family(&[
+                    a,
+                    b,
+                    p,
+                    ("direction", direction),
+                ])?)?;
             }
         }
     }
-    counters(enc, "moonfrp_tunnel_connections_closed", "TCP connections on the tunnel's local port that were established and have closed.", None, tcp_rows(|t| t.counters.closed))?;
+    counters(
+        enc,
+        "moonfrp_tunnel_connections_closed",
+        "TCP connections on the tunnel's local port that were established and have closed.",
+        None,
+        tcp_rows(|t| t.counters.closed),
+    )?;
     {
-        let mut m = enc.encode_descriptor("moonfrp_tunnel_connections_active", "TCP connections open now on the tunnel's local port.", None, MetricType::Gauge)?;
+        let mut m = enc.encode_descriptor(
+            "moonfrp_tunnel_connections_active",
+            "TCP connections open now on the tunnel's local port.",
+            None,
+            MetricType::Gauge,
+        )?;
         for t in &tcp {
-            ConstGauge::new(t.sample.tcp.as_ref().expect("filtered on tcp").active).encode(m.encode_family(&t.labels())?)?;
+            ConstGauge::new(t.sample.tcp.as_ref().expect("filtered on tcp").active)
+                .encode(m.encode_family(&t.labels())?)?;
         }
     }
     {
@@ -157,50 +239,163 @@ fn encode_tunnels(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
             let buckets = duration_buckets(&c.duration_buckets);
             let count = c.duration_buckets.iter().sum();
             m.encode_family(&t.labels())?
-                .encode_histogram::<NoLabelSet>(c.duration_sum_ns as f64 / 1e9, count, &buckets, None)?;
+                .encode_histogram::<NoLabelSet>(
+                    c.duration_sum_ns as f64 / 1e9,
+                    count,
+                    &buckets,
+                    None,
+                )?;
         }
     }
-    counters(enc, "moonfrp_tunnel_connections_refused", "Connection attempts answered with RST because nothing listened on the port.", None, tcp_rows(|t| t.counters.refused))?;
-    counters(enc, "moonfrp_tunnel_resets_sent", "RSTs sent by sockets on the tunnel's local port (refused connections not included).", None, tcp_rows(|t| t.counters.resets_sent))?;
-    counters(enc, "moonfrp_tunnel_resets_received", "RSTs received by sockets on the tunnel's local port.", None, tcp_rows(|t| t.counters.resets_received))?;
-    counters(enc, "moonfrp_tunnel_retransmits", "TCP segments retransmitted by sockets on the tunnel's local port.", None, tcp_rows(|t| t.counters.retransmits))?;
+    counters(
+        enc,
+        "moonfrp_tunnel_connections_refused",
+        "Connection attempts answered with RST because nothing listened on the port.",
+        None,
+        tcp_rows(|t| t.counters.refused),
+    )?;
+    counters(
+        enc,
+        "moonfrp_tunnel_resets_sent",
+        "RSTs sent by sockets on the tunnel's local port (refused connections not included).",
+        None,
+        tcp_rows(|t| t.counters.resets_sent),
+    )?;
+    counters(
+        enc,
+        "moonfrp_tunnel_resets_received",
+        "RSTs received by sockets on the tunnel's local port.",
+        None,
+        tcp_rows(|t| t.counters.resets_received),
+    )?;
+    counters(
+        enc,
+        "moonfrp_tunnel_retransmits",
+        "TCP segments retransmitted by sockets on the tunnel's local port.",
+        None,
+        tcp_rows(|t| t.counters.retransmits),
+    )?;
     Ok(())
 }
 
 fn encode_agent(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
     {
-        let mut m = enc.encode_descriptor("moonfrp_agent_probe_attached", "1 if the kernel probe is attached, 0 if it was skipped (the reason is in the log).", None, MetricType::Gauge)?;
+        let mut m = enc.encode_descriptor(
+            "moonfrp_agent_probe_attached",
+            "1 if the kernel probe is attached, 0 if it was skipped (the reason is in the log).",
+            None,
+            MetricType::Gauge,
+        )?;
         for p in &s.probes {
-            ConstGauge::new(i64::from(p.attached)).encode(m.encode_family(&[("probe", p.probe)])?)?;
+            ConstGauge::new(i64::from(p.attached))
+                .encode(m.encode_family(&[("probe", p.probe)])?)?;
         }
     }
     {
-        let m = enc.encode_descriptor("moonfrp_agent_snapshots", "Snapshots taken since the agent started.", None, MetricType::Counter)?;
+        let m = enc.encode_descriptor(
+            "moonfrp_agent_snapshots",
+            "Snapshots taken since the agent started.",
+            None,
+            MetricType::Counter,
+        )?;
         ConstCounter::new(s.seq).encode(m)?;
     }
-    gauge(enc, "moonfrp_agent_snapshot_duration", "Time taken to build the latest snapshot.", Some(&Unit::Seconds), s.build_duration.as_secs_f64())?;
-    let taken = s.taken_at.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    gauge(enc, "moonfrp_agent_last_snapshot_timestamp", "Unix time of the latest snapshot.", Some(&Unit::Seconds), taken)?;
+    gauge(
+        enc,
+        "moonfrp_agent_snapshot_duration",
+        "Time taken to build the latest snapshot.",
+        Some(&Unit::Seconds),
+        s.build_duration.as_secs_f64(),
+    )?;
+    let taken = s
+        .taken_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge(
+        enc,
+        "moonfrp_agent_last_snapshot_timestamp",
+        "Unix time of the latest snapshot.",
+        Some(&Unit::Seconds),
+        taken,
+    )?;
     {
-        let mut m = enc.encode_descriptor("moonfrp_agent_collection_errors", "Failed reads since start, by source.", None, MetricType::Counter)?;
+        let mut m = enc.encode_descriptor(
+            "moonfrp_agent_collection_errors",
+            "Failed reads since start, by source.",
+            None,
+            MetricType::Counter,
+        )?;
         for (source, n) in &s.agent.errors {
             ConstCounter::new(*n).encode(m.encode_family(&[("source", *source)])?)?;
         }
     }
-    gauge(enc, "moonfrp_agent_config_last_reload_successful", "1 if the last configuration load was accepted.", None, i64::from(s.agent.config_ok))?;
-    gauge(enc, "moonfrp_agent_watch_slots_capacity", "Kernel counter slots (watched port/protocol pairs) available.", None, i64::from(s.agent.slots_capacity))?;
-    gauge(enc, "moonfrp_agent_watch_slots_used", "Kernel counter slots in use.", None, i64::from(s.agent.slots_used))?;
+    gauge(
+        enc,
+        "moonfrp_agent_config_last_reload_successful",
+        "1 if the last configuration load was accepted.",
+        None,
+        i64::from(s.agent.config_ok),
+    )?;
+    gauge(
+        enc,
+        "moonfrp_agent_watch_slots_capacity",
+        "Kernel counter slots (watched port/protocol pairs) available.",
+        None,
+        i64::from(s.agent.slots_capacity),
+    )?;
+    gauge(
+        enc,
+        "moonfrp_agent_watch_slots_used",
+        "Kernel counter slots in use.",
+        None,
+        i64::from(s.agent.slots_used),
+    )?;
 
     if let Some(p) = &s.process {
-        let m = enc.encode_descriptor("process_cpu", "Total user and system CPU time spent by the agent.", Some(&Unit::Seconds), MetricType::Counter)?;
+        let m = enc.encode_descriptor(
+            "process_cpu",
+            "Total user and system CPU time spent by the agent.",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?;
         ConstCounter::new(p.cpu_seconds).encode(m)?;
-        gauge(enc, "process_resident_memory", "Resident memory size of the agent.", Some(&Unit::Bytes), p.resident_bytes as i64)?;
-        gauge(enc, "process_virtual_memory", "Virtual memory size of the agent.", Some(&Unit::Bytes), p.virtual_bytes as i64)?;
-        gauge(enc, "process_open_fds", "Open file descriptors of the agent.", None, p.open_fds as i64)?;
+        gauge(
+            enc,
+            "process_resident_memory",
+            "Resident memory size of the agent.",
+            Some(&Unit::Bytes),
+            p.resident_bytes as i64,
+        )?;
+        gauge(
+            enc,
+            "process_virtual_memory",
+            "Virtual memory size of the agent.",
+            Some(&Unit::Bytes),
+            p.virtual_bytes as i64,
+        )?;
+        gauge(
+            enc,
+            "process_open_fds",
+            "Open file descriptors of the agent.",
+            None,
+            p.open_fds as i64,
+        )?;
         if let Some(max) = p.max_fds {
-            gauge(enc, "process_max_fds", "Maximum number of open file descriptors of the agent.", None, max as i64)?;
+            gauge(
+                enc,
+                "process_max_fds",
+                "Maximum number of open file descriptors of the agent.",
+                None,
+                max as i64,
+            )?;
         }
-        gauge(enc, "process_start_time", "Start time of the agent since the Unix epoch.", Some(&Unit::Seconds), p.start_time_seconds)?;
+        gauge(
+            enc,
+            "process_start_time",
+            "Start time of the agent since the Unix epoch.",
+            Some(&Unit::Seconds),
+            p.start_time_seconds,
+        )?;
     }
     Ok(())
 }
@@ -208,10 +403,17 @@ fn encode_agent(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         {
-            let m = enc.encode_descriptor("moonfrp_agent_build", "Version of the running agent.", None, MetricType::Info)?;
+            let m = enc.encode_descriptor(
+                "moonfrp_agent_build",
+                "Version of the running agent.",
+                None,
+                MetricType::Info,
+            )?;
             Info::new([("version", env!("CARGO_PKG_VERSION"))]).encode(m)?;
         }
-        let Some(s) = self.latest.get() else { return Ok(()) };
+        let Some(s) = self.latest.get() else {
+            return Ok(());
+        };
         encode_tunnels(&s, &mut enc)?;
         encode_agent(&s, &mut enc)
     }

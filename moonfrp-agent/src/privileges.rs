@@ -9,9 +9,21 @@ const CAP_BPF: u32 = 39;
 /// The capabilities we need, with what each is for. CAP_SYS_ADMIN stands in for all of them
 /// (kernels before 5.8 have neither CAP_BPF nor CAP_PERFMON).
 const NEEDED: &[(u32, &str, &str)] = &[
-    (CAP_BPF, "CAP_BPF", "load the programs and create their maps"),
-    (CAP_PERFMON, "CAP_PERFMON", "attach to tracepoints and read kernel pointers"),
-    (CAP_NET_ADMIN, "CAP_NET_ADMIN", "attach the traffic programs to the cgroup"),
+    (
+        CAP_BPF,
+        "CAP_BPF",
+        "load the programs and create their maps",
+    ),
+    (
+        CAP_PERFMON,
+        "CAP_PERFMON",
+        "attach to tracepoints and read kernel pointers",
+    ),
+    (
+        CAP_NET_ADMIN,
+        "CAP_NET_ADMIN",
+        "attach the traffic programs to the cgroup",
+    ),
 ];
 
 /// Missing privileges.
@@ -25,11 +37,15 @@ pub fn check_mask(cap_eff: u64) -> Result<(), MissingCapabilities> {
     if has(CAP_SYS_ADMIN) && has(CAP_NET_ADMIN) {
         return Ok(());
     }
-    let missing: Vec<_> = NEEDED.iter().filter(|(cap, ..)| !has(*cap) && !has(CAP_SYS_ADMIN)).collect();
+    let missing: Vec<_> = NEEDED
+        .iter()
+        .filter(|(cap, ..)| !has(*cap) && !has(CAP_SYS_ADMIN))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let mut msg = String::from("moonfrp-agent lacks the privileges to load its kernel programs: missing ");
+    let mut msg =
+        String::from("moonfrp-agent lacks the privileges to load its kernel programs: missing ");
     for (i, (_, name, why)) in missing.iter().enumerate() {
         let sep = if i == 0 { "" } else { ", " };
         let _ = write!(msg, "{sep}{name} (to {why})");
@@ -71,12 +87,16 @@ mod tests {
 
     #[test]
     fn names_exactly_what_is_missing() {
-        let err = check_mask((1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN)).unwrap_err().0;
+        let err = check_mask((1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN))
+            .unwrap_err()
+            .0;
         assert!(err.contains("missing CAP_BPF (to load"), "{err}");
         assert!(!err.contains("CAP_PERFMON ("), "{err}");
         assert!(err.contains("setcap") && err.contains("root"), "{err}");
         let err = check_mask(0).unwrap_err().0;
-        assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("CAP_NET_ADMIN"));
+        assert!(
+            err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("CAP_NET_ADMIN")
+        );
     }
 
     #[test]

@@ -57,11 +57,18 @@ const INDEX: &str = "<!doctype html><title>moonfrp-agent</title><h1>moonfrp-agen
 
 fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET and HEAD\n");
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET and HEAD\n",
+        );
     }
     match req.uri().path() {
         "/metrics" => {
-            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
             let om = metrics::encode_openmetrics(&state.registry);
             if wants_openmetrics(accept) {
                 reply(StatusCode::OK, OPENMETRICS, om)
@@ -72,16 +79,32 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => match (state.probes_ok, state.latest.get()) {
             (true, Some(_)) => reply(StatusCode::OK, "text/plain", "ready\n"),
-            (false, _) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no kernel probe attached (see the log)\n"),
-            (true, None) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no snapshot taken yet\n"),
+            (false, _) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "no kernel probe attached (see the log)\n",
+            ),
+            (true, None) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "no snapshot taken yet\n",
+            ),
         },
         "/" => reply(StatusCode::OK, "text/html; charset=utf-8", INDEX),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics\n"),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics\n",
+        ),
     }
 }
 
 /// Serves until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -103,7 +126,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: wa
                 async move { Ok::<_, Infallible>(resp) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -128,7 +153,9 @@ mod tests {
         assert!(!wants_openmetrics(None));
         assert!(!wants_openmetrics(Some("*/*")));
         assert!(!wants_openmetrics(Some("text/plain;version=0.0.4")));
-        assert!(!wants_openmetrics(Some("application/openmetrics-text;q=0.2, text/plain")));
+        assert!(!wants_openmetrics(Some(
+            "application/openmetrics-text;q=0.2, text/plain"
+        )));
         assert!(wants_openmetrics(Some("application/openmetrics-text")));
     }
 }

@@ -72,7 +72,11 @@ impl CounterSource for crate::ebpf::KernelMaps {
 
 /// Reads every watched slot once. A slot that cannot be read is left out and counted in
 /// `failures`; the others are still reported.
-pub fn read_tunnels(source: &impl CounterSource, watch: &WatchTable, failures: &mut u64) -> Vec<TunnelSample> {
+pub fn read_tunnels(
+    source: &impl CounterSource,
+    watch: &WatchTable,
+    failures: &mut u64,
+) -> Vec<TunnelSample> {
     let mut out = Vec::with_capacity(watch.len());
     for w in watch.iter() {
         let traffic = match source.traffic(w.slot) {
@@ -85,7 +89,10 @@ pub fn read_tunnels(source: &impl CounterSource, watch: &WatchTable, failures: &
         };
         let tcp = if w.spec.proto == Proto::Tcp {
             match source.tcp(w.slot) {
-                Ok(c) => Some(TcpSample { active: active(w.seed_active, &c), counters: c }),
+                Ok(c) => Some(TcpSample {
+                    active: active(w.seed_active, &c),
+                    counters: c,
+                }),
                 Err(e) => {
                     tracing::warn!(tunnel = %w.spec, error = %e, "cannot read TCP counters");
                     *failures += 1;
@@ -95,7 +102,11 @@ pub fn read_tunnels(source: &impl CounterSource, watch: &WatchTable, failures: &
         } else {
             None
         };
-        out.push(TunnelSample { spec: w.spec.clone(), traffic, tcp });
+        out.push(TunnelSample {
+            spec: w.spec.clone(),
+            traffic,
+            tcp,
+        });
     }
     out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     out
@@ -113,11 +124,17 @@ pub struct Latest(RwLock<Option<Arc<Snapshot>>>);
 
 impl Latest {
     pub fn publish(&self, s: Snapshot) {
-        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(s));
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(s));
     }
 
     pub fn get(&self) -> Option<Arc<Snapshot>> {
-        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -151,16 +168,31 @@ mod tests {
             Ok(t)
         }
         fn tcp(&self, slot: u32) -> Result<TcpCounters, MapError> {
-            Ok(TcpCounters { opened_passive: 5, opened_active: 1, closed: 4 + u64::from(slot), ..TcpCounters::default() })
+            Ok(TcpCounters {
+                opened_passive: 5,
+                opened_active: 1,
+                closed: 4 + u64::from(slot),
+                ..TcpCounters::default()
+            })
         }
     }
 
     #[test]
     fn reads_sorted_by_name_skips_failed_slots_and_computes_active() {
-        let spec = |name: &str, port, proto| TunnelSpec { name: name.into(), port, proto, source: TunnelSource::Cli };
+        let spec = |name: &str, port, proto| TunnelSpec {
+            name: name.into(),
+            port,
+            proto,
+            source: TunnelSource::Cli,
+        };
         let mut w = WatchTable::new(8);
-        let tunnels = [spec("zeta", 1000, Proto::Tcp), spec("alpha", 2000, Proto::Udp), spec("broken", 3000, Proto::Tcp)];
-        w.apply(&mut Fake, &tunnels, |_| HashMap::from([(1000, 3)])).unwrap();
+        let tunnels = [
+            spec("zeta", 1000, Proto::Tcp),
+            spec("alpha", 2000, Proto::Udp),
+            spec("broken", 3000, Proto::Tcp),
+        ];
+        w.apply(&mut Fake, &tunnels, |_| HashMap::from([(1000, 3)]))
+            .unwrap();
         let mut failures = 0;
         let got = read_tunnels(&Fake, &w, &mut failures);
         assert_eq!(failures, 1);
@@ -174,7 +206,10 @@ mod tests {
 
     #[test]
     fn active_never_wraps() {
-        let c = TcpCounters { closed: 3, ..TcpCounters::default() };
+        let c = TcpCounters {
+            closed: 3,
+            ..TcpCounters::default()
+        };
         assert_eq!(active(1, &c), 0);
     }
 }

@@ -18,7 +18,10 @@ fn is_open(state: &TcpState) -> bool {
 }
 
 /// Open connections per local port among `ports`.
-pub fn count_open<'a>(entries: impl IntoIterator<Item = &'a TcpNetEntry>, ports: &[u16]) -> HashMap<u16, u64> {
+pub fn count_open<'a>(
+    entries: impl IntoIterator<Item = &'a TcpNetEntry>,
+    ports: &[u16],
+) -> HashMap<u16, u64> {
     let mut out: HashMap<u16, u64> = ports.iter().map(|p| (*p, 0)).collect();
     for e in entries {
         if is_open(&e.state)
@@ -57,8 +60,15 @@ mod tests {
 
     #[test]
     fn counts_open_states_by_local_port_only() {
-        let si = ExplicitSystemInfo { boot_time_secs: 0, ticks_per_second: 100, page_size: 4096, is_little_endian: true };
-        let entries = TcpNetEntries::from_buf_read(TABLE.as_bytes(), &si).unwrap().0;
+        let si = ExplicitSystemInfo {
+            boot_time_secs: 0,
+            ticks_per_second: 100,
+            page_size: 4096,
+            is_little_endian: true,
+        };
+        let entries = TcpNetEntries::from_buf_read(TABLE.as_bytes(), &si)
+            .unwrap()
+            .0;
         let counts = count_open(&entries, &[6000, 7000, 54321]);
         // 6000 (0x1770): ESTABLISHED + CLOSE_WAIT; LISTEN and TIME_WAIT do not count.
         assert_eq!(counts[&6000], 2);

@@ -6,8 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use procfs::FromBufRead;
-use procfs::process::MountInfos;
+use procfs::{FromBufRead, process::MountInfos};
 use tracing::info;
 
 /// Where tracefs is mounted when the agent has to mount it itself.
@@ -20,10 +19,18 @@ pub const BPFFS_PATH: &str = "/sys/fs/bpf";
 pub enum SysError {
     #[error("cannot read /proc/self/mountinfo: {0}")]
     MountInfo(String),
-    #[error("no cgroup v2 filesystem is mounted (looked for fstype cgroup2 in /proc/self/mountinfo); mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`")]
+    #[error(
+        "no cgroup v2 filesystem is mounted (looked for fstype cgroup2 in /proc/self/mountinfo); mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+    )]
     NoCgroup2,
-    #[error("cannot mount {fstype} at {path}: {reason} (needs CAP_SYS_ADMIN, or mount it before starting the agent: `mount -t {fstype} {fstype} {path}`)")]
-    Mount { fstype: &'static str, path: String, reason: String },
+    #[error(
+        "cannot mount {fstype} at {path}: {reason} (needs CAP_SYS_ADMIN, or mount it before starting the agent: `mount -t {fstype} {fstype} {path}`)"
+    )]
+    Mount {
+        fstype: &'static str,
+        path: String,
+        reason: String,
+    },
 }
 
 /// Mount points of the filesystems we care about, from a mountinfo table.
@@ -39,14 +46,23 @@ pub struct Mounts {
 pub fn parse_mounts(r: impl BufRead) -> Result<Mounts, SysError> {
     let infos = MountInfos::from_buf_read(r).map_err(|e| SysError::MountInfo(e.to_string()))?;
     let find = |fstype: &str| {
-        infos.0.iter().find(|m| m.fs_type == fstype).map(|m| m.mount_point.clone())
+        infos
+            .0
+            .iter()
+            .find(|m| m.fs_type == fstype)
+            .map(|m| m.mount_point.clone())
     };
-    Ok(Mounts { cgroup2: find("cgroup2"), tracefs: find("tracefs"), bpffs: find("bpf") })
+    Ok(Mounts {
+        cgroup2: find("cgroup2"),
+        tracefs: find("tracefs"),
+        bpffs: find("bpf"),
+    })
 }
 
 /// The current mounts of this process's mount namespace.
 pub fn current_mounts() -> Result<Mounts, SysError> {
-    let f = std::fs::File::open("/proc/self/mountinfo").map_err(|e| SysError::MountInfo(e.to_string()))?;
+    let f = std::fs::File::open("/proc/self/mountinfo")
+        .map_err(|e| SysError::MountInfo(e.to_string()))?;
     parse_mounts(std::io::BufReader::new(f))
 }
 
@@ -69,13 +85,23 @@ fn ensure(found: Option<&Path>, fstype: &'static str, path: &str) -> Result<Path
     if let Some(p) = found {
         return Ok(p.to_owned());
     }
-    let err = |reason: String| SysError::Mount { fstype, path: path.to_owned(), reason };
+    let err = |reason: String| SysError::Mount {
+        fstype,
+        path: path.to_owned(),
+        reason,
+    };
     std::fs::create_dir_all(path).map_err(|e| err(e.to_string()))?;
     let c = |s: &str| CString::new(s).expect("no NUL in mount arguments");
     let (src, target, fs) = (c(fstype), c(path), c(fstype));
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), fs.as_ptr(), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fs.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(err(std::io::Error::last_os_error().to_string()));
@@ -89,14 +115,19 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Mounts {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mountinfo").join(name);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/mountinfo")
+            .join(name);
         parse_mounts(std::io::BufReader::new(std::fs::File::open(path).unwrap())).unwrap()
     }
 
     #[test]
     fn hybrid_layout_finds_unified() {
         let m = fixture("hybrid.txt");
-        assert_eq!(m.cgroup2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            m.cgroup2.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
         assert_eq!(m.tracefs, None);
     }
 
@@ -111,6 +142,11 @@ mod tests {
     #[test]
     fn no_cgroup2_is_a_clear_error() {
         let m = parse_mounts(&b"22 1 259:2 / / rw - ext4 /dev/sda rw\n"[..]).unwrap();
-        assert!(cgroup2_root(&m).unwrap_err().to_string().contains("no cgroup v2"));
+        assert!(
+            cgroup2_root(&m)
+                .unwrap_err()
+                .to_string()
+                .contains("no cgroup v2")
+        );
     }
 }

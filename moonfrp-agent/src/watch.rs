@@ -44,7 +44,9 @@ impl Changes {
 /// Why the table could not take a change.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("no free counter slot for tunnel {0} (all {1} in use); raise `kernel.slots` in the config and restart")]
+    #[error(
+        "no free counter slot for tunnel {0} (all {1} in use); raise `kernel.slots` in the config and restart"
+    )]
     Full(String, u32),
     #[error("cannot update the kernel watch table for port {port}: {source}")]
     Map { port: u16, source: MapError },
@@ -62,7 +64,11 @@ pub struct WatchTable {
 impl WatchTable {
     /// An empty table with `capacity` slots.
     pub fn new(capacity: u32) -> Self {
-        Self { entries: BTreeMap::new(), free: (0..capacity).rev().collect(), capacity }
+        Self {
+            entries: BTreeMap::new(),
+            free: (0..capacity).rev().collect(),
+            capacity,
+        }
     }
 
     /// Watched pairs, ordered by (port, proto).
@@ -83,9 +89,11 @@ impl WatchTable {
     }
 
     fn entry_of(&self, port: u16) -> WatchEntry {
-        [Proto::Tcp, Proto::Udp].into_iter().fold(WatchEntry::default(), |e, proto| {
-            e.with_slot(proto, self.entries.get(&(port, proto)).map(|w| w.slot))
-        })
+        [Proto::Tcp, Proto::Udp]
+            .into_iter()
+            .fold(WatchEntry::default(), |e, proto| {
+                e.with_slot(proto, self.entries.get(&(port, proto)).map(|w| w.slot))
+            })
     }
 
     /// Makes the table watch exactly `desired`. `seed` is asked, after the new TCP ports are in the
@@ -96,12 +104,21 @@ impl WatchTable {
         desired: &[TunnelSpec],
         seed: impl FnOnce(&[u16]) -> HashMap<u16, u64>,
     ) -> Result<Changes, WatchError> {
-        let want: BTreeMap<(u16, Proto), &TunnelSpec> = desired.iter().map(|t| ((t.port, t.proto), t)).collect();
+        let want: BTreeMap<(u16, Proto), &TunnelSpec> =
+            desired.iter().map(|t| ((t.port, t.proto), t)).collect();
         let mut changes = Changes::default();
 
-        let gone: Vec<(u16, Proto)> = self.entries.keys().filter(|k| !want.contains_key(k)).copied().collect();
+        let gone: Vec<(u16, Proto)> = self
+            .entries
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
         for key in gone {
-            let w = self.entries.remove(&key).expect("key listed from the table");
+            let w = self
+                .entries
+                .remove(&key)
+                .expect("key listed from the table");
             let port = key.0;
             backend
                 .set_entry(port, self.entry_of(port))
@@ -121,7 +138,10 @@ impl WatchTable {
                 }
                 continue;
             }
-            let slot = self.free.pop().ok_or_else(|| WatchError::Full(spec.to_string(), self.capacity))?;
+            let slot = self
+                .free
+                .pop()
+                .ok_or_else(|| WatchError::Full(spec.to_string(), self.capacity))?;
             let port = key.0;
             let installed = backend.reset_slot(slot).and_then(|()| {
                 let entry = self.entry_of(port).with_slot(key.1, Some(slot));
@@ -131,7 +151,14 @@ impl WatchTable {
                 self.free.push(slot);
                 return Err(WatchError::Map { port, source });
             }
-            self.entries.insert(key, Watched { spec: spec.clone(), slot, seed_active: 0 });
+            self.entries.insert(
+                key,
+                Watched {
+                    spec: spec.clone(),
+                    slot,
+                    seed_active: 0,
+                },
+            );
             if key.1 == Proto::Tcp {
                 new_tcp.push(port);
             }
@@ -182,15 +209,28 @@ mod tests {
     }
 
     fn spec(name: &str, port: u16, proto: Proto) -> TunnelSpec {
-        TunnelSpec { name: name.into(), port, proto, source: TunnelSource::Cli }
+        TunnelSpec {
+            name: name.into(),
+            port,
+            proto,
+            source: TunnelSource::Cli,
+        }
     }
 
     #[test]
     fn add_remove_and_reuse_slots() {
         let mut k = FakeKernel::default();
         let mut t = WatchTable::new(4);
-        let both = [spec("a", 6000, Proto::Tcp), spec("a-udp", 6000, Proto::Udp), spec("b", 7000, Proto::Tcp)];
-        let ch = t.apply(&mut k, &both, |ports| ports.iter().map(|p| (*p, u64::from(*p) / 1000)).collect()).unwrap();
+        let both = [
+            spec("a", 6000, Proto::Tcp),
+            spec("a-udp", 6000, Proto::Udp),
+            spec("b", 7000, Proto::Tcp),
+        ];
+        let ch = t
+            .apply(&mut k, &both, |ports| {
+                ports.iter().map(|p| (*p, u64::from(*p) / 1000)).collect()
+            })
+            .unwrap();
         assert_eq!(ch.added.len(), 3);
         assert_eq!(WatchEntry(k.watch[&6000]).slot(Proto::Tcp), Some(0));
         assert_eq!(WatchEntry(k.watch[&6000]).slot(Proto::Udp), Some(1));
@@ -220,8 +260,11 @@ mod tests {
     fn rename_keeps_slot_and_counters() {
         let mut k = FakeKernel::default();
         let mut t = WatchTable::new(2);
-        t.apply(&mut k, &[spec("old", 6000, Proto::Tcp)], |_| HashMap::new()).unwrap();
-        let ch = t.apply(&mut k, &[spec("new", 6000, Proto::Tcp)], |_| HashMap::new()).unwrap();
+        t.apply(&mut k, &[spec("old", 6000, Proto::Tcp)], |_| HashMap::new())
+            .unwrap();
+        let ch = t
+            .apply(&mut k, &[spec("new", 6000, Proto::Tcp)], |_| HashMap::new())
+            .unwrap();
         assert_eq!(ch.renamed.len(), 1);
         assert!(ch.added.is_empty() && ch.removed.is_empty());
         assert_eq!(k.resets, [0]);
@@ -233,16 +276,27 @@ mod tests {
         let mut k = FakeKernel::default();
         let mut t = WatchTable::new(1);
         let err = t
-            .apply(&mut k, &[spec("a", 1, Proto::Tcp), spec("b", 2, Proto::Tcp)], |_| HashMap::new())
+            .apply(
+                &mut k,
+                &[spec("a", 1, Proto::Tcp), spec("b", 2, Proto::Tcp)],
+                |_| HashMap::new(),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("kernel.slots"), "{err}");
         assert_eq!(t.len(), 1);
 
-        let mut k = FakeKernel { fail_port: Some(9), ..FakeKernel::default() };
+        let mut k = FakeKernel {
+            fail_port: Some(9),
+            ..FakeKernel::default()
+        };
         let mut t = WatchTable::new(1);
-        assert!(t.apply(&mut k, &[spec("x", 9, Proto::Tcp)], |_| HashMap::new()).is_err());
+        assert!(
+            t.apply(&mut k, &[spec("x", 9, Proto::Tcp)], |_| HashMap::new())
+                .is_err()
+        );
         assert!(t.is_empty());
-        t.apply(&mut k, &[spec("y", 10, Proto::Tcp)], |_| HashMap::new()).unwrap();
+        t.apply(&mut k, &[spec("y", 10, Proto::Tcp)], |_| HashMap::new())
+            .unwrap();
         assert_eq!(t.iter().next().unwrap().slot, 0);
     }
 }

@@ -1,1 +1,55 @@
-fn main() {}
+//! Developer commands. `cargo xtask run` and `cargo xtask test` are the README's two commands:
+//! each installs what it needs first (see `setup`).
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "moonfrp developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the toolchain pieces (nightly rust-src, bpf-linker) and, with --test-deps, the
+    /// Debian packages the tests use. Idempotent; fast when everything is there.
+    Setup {
+        #[arg(long)]
+        test_deps: bool,
+    },
+    /// Build the agent (release) with its kernel programs.
+    Build,
+    /// Set up, build, and run the agent here. Without agent arguments it uses
+    /// examples/moonfrp.toml; anything after `--` goes to `moonfrp-agent run`.
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up (with test packages), then run every test: unit tests and the privileged
+    /// integration tests (needs root).
+    Test,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Setup { test_deps } => setup::all(test_deps),
+        Command::Build => setup::toolchain()
+            .and_then(|()| run::build_release())
+            .map(|_| ()),
+        Command::Run { args } => run::run(&args),
+        Command::Test => test::all(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

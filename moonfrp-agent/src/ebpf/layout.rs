@@ -22,11 +22,25 @@ pub struct Format {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LayoutError {
     #[error("{tracepoint}: no field `{field}` in its format file (kernel layout not supported)")]
-    MissingField { tracepoint: &'static str, field: &'static str },
+    MissingField {
+        tracepoint: &'static str,
+        field: &'static str,
+    },
     #[error("{tracepoint}: field `{field}` has size {size}, expected {expected}")]
-    FieldSize { tracepoint: &'static str, field: &'static str, size: u32, expected: u32 },
-    #[error("{tracepoint}: cannot read {path}: {reason} (is tracefs mounted at /sys/kernel/tracing?)")]
-    Unreadable { tracepoint: &'static str, path: String, reason: String },
+    FieldSize {
+        tracepoint: &'static str,
+        field: &'static str,
+        size: u32,
+        expected: u32,
+    },
+    #[error(
+        "{tracepoint}: cannot read {path}: {reason} (is tracefs mounted at /sys/kernel/tracing?)"
+    )]
+    Unreadable {
+        tracepoint: &'static str,
+        path: String,
+        reason: String,
+    },
 }
 
 /// Parses the text of a tracefs `format` file.
@@ -38,7 +52,9 @@ pub fn parse_format(text: &str) -> Format {
             fmt.trim().clone_into(&mut out.print_fmt);
             continue;
         }
-        let Some(rest) = line.strip_prefix("field:") else { continue };
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
         let mut parts = rest.split(';').map(str::trim);
         let Some(decl) = parts.next() else { continue };
         let mut offset = None;
@@ -66,13 +82,26 @@ pub fn symbolic_value(print_fmt: &str, symbol: &str) -> Option<u32> {
     let at = print_fmt.find(&needle)?;
     let before = &print_fmt[..at];
     let open = before.rfind('{')?;
-    before[open + 1..].trim().trim_end_matches(',').trim().parse().ok()
+    before[open + 1..]
+        .trim()
+        .trim_end_matches(',')
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn field(f: &Format, tp: &'static str, name: &'static str, size: u32) -> Result<u32, LayoutError> {
-    let field = f.fields.get(name).ok_or(LayoutError::MissingField { tracepoint: tp, field: name })?;
+    let field = f.fields.get(name).ok_or(LayoutError::MissingField {
+        tracepoint: tp,
+        field: name,
+    })?;
     if field.size != size {
-        return Err(LayoutError::FieldSize { tracepoint: tp, field: name, size: field.size, expected: size });
+        return Err(LayoutError::FieldSize {
+            tracepoint: tp,
+            field: name,
+            size: field.size,
+            expected: size,
+        });
     }
     Ok(field.offset)
 }
@@ -96,12 +125,14 @@ pub fn build(read: impl Fn(&'static str) -> Result<String, LayoutError>) -> Layo
     let mut layout = TracepointLayout::DEFAULT;
     let mut problems = HashMap::new();
 
-    let mut apply = |tp: &'static str, f: &mut dyn FnMut(&Format, &mut TracepointLayout) -> Result<(), LayoutError>| {
-        let result = read(tp).and_then(|text| f(&parse_format(&text), &mut layout));
-        if let Err(e) = result {
-            problems.insert(tp, e);
-        }
-    };
+    let mut apply =
+        |tp: &'static str,
+         f: &mut dyn FnMut(&Format, &mut TracepointLayout) -> Result<(), LayoutError>| {
+            let result = read(tp).and_then(|text| f(&parse_format(&text), &mut layout));
+            if let Err(e) = result {
+                problems.insert(tp, e);
+            }
+        };
     apply(SOCK_STATE, &mut |f, l| {
         l.state_skaddr = field(f, SOCK_STATE, "skaddr", 8)?;
         l.state_oldstate = field(f, SOCK_STATE, "oldstate", 4)?;
@@ -129,7 +160,10 @@ pub fn build(read: impl Fn(&'static str) -> Result<String, LayoutError>) -> Layo
             l.send_reset_port = field(f, SEND_RESET, "sport", 2)?;
             l.send_reset_port_be = 0;
         }
-        match (field(f, SEND_RESET, "reason", 4), symbolic_value(&f.print_fmt, "NO_SOCKET")) {
+        match (
+            field(f, SEND_RESET, "reason", 4),
+            symbolic_value(&f.print_fmt, "NO_SOCKET"),
+        ) {
             (Ok(off), Some(v)) => {
                 l.send_reset_reason = off;
                 l.reason_no_socket = v;
@@ -160,7 +194,9 @@ mod tests {
     use super::*;
 
     fn fixtures(kernel: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tracefs").join(kernel)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tracefs")
+            .join(kernel)
     }
 
     fn read_fixture(kernel: &'static str) -> impl Fn(&'static str) -> Result<String, LayoutError> {
@@ -183,11 +219,24 @@ mod tests {
 
     #[test]
     fn parses_fields_and_arrays() {
-        let text = std::fs::read_to_string(fixtures("6.18").join("tcp/tcp_send_reset.format")).unwrap();
+        let text =
+            std::fs::read_to_string(fixtures("6.18").join("tcp/tcp_send_reset.format")).unwrap();
         let f = parse_format(&text);
         assert_eq!(f.fields["skbaddr"], Field { offset: 8, size: 8 });
-        assert_eq!(f.fields["saddr"], Field { offset: 32, size: 28 });
-        assert_eq!(f.fields["reason"], Field { offset: 28, size: 4 });
+        assert_eq!(
+            f.fields["saddr"],
+            Field {
+                offset: 32,
+                size: 28
+            }
+        );
+        assert_eq!(
+            f.fields["reason"],
+            Field {
+                offset: 28,
+                size: 4
+            }
+        );
         assert_eq!(symbolic_value(&f.print_fmt, "NO_SOCKET"), Some(1));
         assert_eq!(symbolic_value(&f.print_fmt, "TCP_STATE"), Some(14));
         assert_eq!(symbolic_value(&f.print_fmt, "NOPE"), None);
@@ -196,7 +245,11 @@ mod tests {
     #[test]
     fn pre_6_10_send_reset_falls_back_to_socketless_resets() {
         let read = |tp: &'static str| {
-            if tp == SEND_RESET { read_fixture("5.15")(tp) } else { read_fixture("6.18")(tp) }
+            if tp == SEND_RESET {
+                read_fixture("5.15")(tp)
+            } else {
+                read_fixture("6.18")(tp)
+            }
         };
         let l = build(read);
         assert!(l.problems.is_empty(), "{:?}", l.problems);
@@ -209,14 +262,30 @@ mod tests {
     #[test]
     fn a_missing_or_odd_tracepoint_only_affects_itself() {
         let read = |tp: &'static str| match tp {
-            RETRANSMIT => Err(LayoutError::Unreadable { tracepoint: tp, path: "x".into(), reason: "gone".into() }),
-            RECV_RESET => Ok("format:\n\tfield:__u32 sport;\toffset:16;\tsize:4;\tsigned:0;\n".to_owned()),
+            RETRANSMIT => Err(LayoutError::Unreadable {
+                tracepoint: tp,
+                path: "x".into(),
+                reason: "gone".into(),
+            }),
+            RECV_RESET => {
+                Ok("format:\n\tfield:__u32 sport;\toffset:16;\tsize:4;\tsigned:0;\n".to_owned())
+            }
             _ => read_fixture("6.18")(tp),
         };
         let l = build(read);
         assert_eq!(l.problems.len(), 2, "{:?}", l.problems);
-        assert!(matches!(l.problems[RECV_RESET], LayoutError::FieldSize { size: 4, expected: 2, .. }));
-        assert!(matches!(l.problems[RETRANSMIT], LayoutError::Unreadable { .. }));
+        assert!(matches!(
+            l.problems[RECV_RESET],
+            LayoutError::FieldSize {
+                size: 4,
+                expected: 2,
+                ..
+            }
+        ));
+        assert!(matches!(
+            l.problems[RETRANSMIT],
+            LayoutError::Unreadable { .. }
+        ));
         assert_eq!(l.layout.state_sport, 24);
     }
 }

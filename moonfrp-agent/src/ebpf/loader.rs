@@ -36,12 +36,36 @@ pub struct ProbeSpec {
 
 /// Every probe the agent runs.
 pub const PROBES: &[ProbeSpec] = &[
-    ProbeSpec { probe: "traffic_ingress", program: programs::SKB_INGRESS, hook: Hook::CgroupSkb(CgroupSkbAttachType::Ingress) },
-    ProbeSpec { probe: "traffic_egress", program: programs::SKB_EGRESS, hook: Hook::CgroupSkb(CgroupSkbAttachType::Egress) },
-    ProbeSpec { probe: "sock_state", program: programs::SOCK_STATE, hook: Hook::TracePoint(layout::SOCK_STATE) },
-    ProbeSpec { probe: "tcp_retransmit", program: programs::RETRANSMIT, hook: Hook::TracePoint(layout::RETRANSMIT) },
-    ProbeSpec { probe: "tcp_send_reset", program: programs::SEND_RESET, hook: Hook::TracePoint(layout::SEND_RESET) },
-    ProbeSpec { probe: "tcp_receive_reset", program: programs::RECV_RESET, hook: Hook::TracePoint(layout::RECV_RESET) },
+    ProbeSpec {
+        probe: "traffic_ingress",
+        program: programs::SKB_INGRESS,
+        hook: Hook::CgroupSkb(CgroupSkbAttachType::Ingress),
+    },
+    ProbeSpec {
+        probe: "traffic_egress",
+        program: programs::SKB_EGRESS,
+        hook: Hook::CgroupSkb(CgroupSkbAttachType::Egress),
+    },
+    ProbeSpec {
+        probe: "sock_state",
+        program: programs::SOCK_STATE,
+        hook: Hook::TracePoint(layout::SOCK_STATE),
+    },
+    ProbeSpec {
+        probe: "tcp_retransmit",
+        program: programs::RETRANSMIT,
+        hook: Hook::TracePoint(layout::RETRANSMIT),
+    },
+    ProbeSpec {
+        probe: "tcp_send_reset",
+        program: programs::SEND_RESET,
+        hook: Hook::TracePoint(layout::SEND_RESET),
+    },
+    ProbeSpec {
+        probe: "tcp_receive_reset",
+        program: programs::RECV_RESET,
+        hook: Hook::TracePoint(layout::RECV_RESET),
+    },
 ];
 
 /// Whether a probe runs, and why not if it does not.
@@ -56,8 +80,13 @@ pub struct ProbeStatus {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot open the cgroup v2 root {path}: {source}")]
-    Cgroup { path: String, source: std::io::Error },
-    #[error("the kernel refused moonfrp's maps or programs: {0} (needs a kernel >= 5.8 with BPF, and CAP_BPF; see README, section Privileges)")]
+    Cgroup {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the kernel refused moonfrp's maps or programs: {0} (needs a kernel >= 5.8 with BPF, and CAP_BPF; see README, section Privileges)"
+    )]
     Object(#[from] aya::EbpfError),
     #[error("map {0} is missing from the object or has the wrong type: {1}")]
     Map(&'static str, String),
@@ -108,13 +137,20 @@ pub fn load(cfg: &KernelConfig, tracefs: &Path, cgroup_root: &Path) -> Result<Ke
             }
         })
         .collect();
-    Ok(Kernel { _ebpf: ebpf, maps, probes })
+    Ok(Kernel {
+        _ebpf: ebpf,
+        maps,
+        probes,
+    })
 }
 
 fn program_error(e: &ProgramError) -> String {
     match e {
         // Keep the end of the verifier log: that is where it says what it rejected.
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             let log = verifier_log.to_string();
             let tail: Vec<&str> = log.lines().rev().take(8).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -132,11 +168,17 @@ fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), Str
         .try_into()
         .map_err(|e: ProgramError| e.to_string())?;
     prog.load().map_err(|e| program_error(&e))?;
-    prog.attach(category, name).map_err(|e| format!("attach to {tp}: {e}"))?;
+    prog.attach(category, name)
+        .map_err(|e| format!("attach to {tp}: {e}"))?;
     Ok(())
 }
 
-fn attach_cgroup_skb(ebpf: &mut Ebpf, program: &str, cgroup: &File, at: CgroupSkbAttachType) -> Result<(), String> {
+fn attach_cgroup_skb(
+    ebpf: &mut Ebpf,
+    program: &str,
+    cgroup: &File,
+    at: CgroupSkbAttachType,
+) -> Result<(), String> {
     let prog: &mut CgroupSkb = ebpf
         .program_mut(program)
         .ok_or_else(|| format!("program {program} missing from the object"))?
@@ -145,7 +187,8 @@ fn attach_cgroup_skb(ebpf: &mut Ebpf, program: &str, cgroup: &File, at: CgroupSk
     prog.load().map_err(|e| program_error(&e))?;
     // aya 0.14 attaches through a BPF link, which the kernel always treats as "multi": other
     // programs on the root cgroup (systemd's, another agent's) are left alone.
-    prog.attach(cgroup, at, CgroupAttachMode::Single).map_err(|e| format!("attach to cgroup: {e}"))?;
+    prog.attach(cgroup, at, CgroupAttachMode::Single)
+        .map_err(|e| format!("attach to cgroup: {e}"))?;
     Ok(())
 }
 
@@ -157,13 +200,25 @@ mod tests {
     fn object_has_every_program_map_and_global() {
         let obj = aya_obj::Object::parse(OBJECT).expect("the built object parses");
         for spec in PROBES {
-            assert!(obj.programs.contains_key(spec.program), "program {} missing", spec.program);
+            assert!(
+                obj.programs.contains_key(spec.program),
+                "program {} missing",
+                spec.program
+            );
         }
-        for map in [names::WATCH, names::TRAFFIC, names::TCP_STATS, names::CONN_START] {
+        for map in [
+            names::WATCH,
+            names::TRAFFIC,
+            names::TCP_STATS,
+            names::CONN_START,
+        ] {
             assert!(obj.maps.contains_key(map), "map {map} missing");
         }
         // The global is found by name when the loader overrides it (`must_exist = true`).
         let symbol = format!("{}\0", names::LAYOUT);
-        assert!(OBJECT.windows(symbol.len()).any(|w| w == symbol.as_bytes()), "global LAYOUT missing");
+        assert!(
+            OBJECT.windows(symbol.len()).any(|w| w == symbol.as_bytes()),
+            "global LAYOUT missing"
+        );
     }
 }

@@ -19,7 +19,9 @@ fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| LoadError::Map(name, "not in the object".into()))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| LoadError::Map(name, "not in the object".into()))?;
     T::try_from(map).map_err(|e| LoadError::Map(name, e.to_string()))
 }
 
@@ -41,13 +43,17 @@ impl KernelMaps {
     /// Traffic counters of `slot`, summed over CPUs.
     pub fn traffic(&self, slot: u32) -> Result<TrafficCounters, MapError> {
         let per_cpu = self.traffic.get(&slot, 0)?;
-        Ok(per_cpu.iter().fold(TrafficCounters::default(), |acc, v| acc.add(v)))
+        Ok(per_cpu
+            .iter()
+            .fold(TrafficCounters::default(), |acc, v| acc.add(v)))
     }
 
     /// TCP counters of `slot`, summed over CPUs.
     pub fn tcp(&self, slot: u32) -> Result<TcpCounters, MapError> {
         let per_cpu = self.tcp.get(&slot, 0)?;
-        Ok(per_cpu.iter().fold(TcpCounters::default(), |acc, v| acc.add(v)))
+        Ok(per_cpu
+            .iter()
+            .fold(TcpCounters::default(), |acc, v| acc.add(v)))
     }
 }
 

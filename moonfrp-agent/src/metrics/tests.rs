@@ -43,19 +43,40 @@ fn sample_snapshot() -> Snapshot {
         build_duration: Duration::from_micros(250),
         tunnels: vec![
             TunnelSample {
-                spec: TunnelSpec { name: "dns".into(), port: 5353, proto: Proto::Udp, source: TunnelSource::Cli },
+                spec: TunnelSpec {
+                    name: "dns".into(),
+                    port: 5353,
+                    proto: Proto::Udp,
+                    source: TunnelSource::Cli,
+                },
                 traffic,
                 tcp: None,
             },
             TunnelSample {
-                spec: TunnelSpec { name: "ssh \"home\"".into(), port: 6000, proto: Proto::Tcp, source: TunnelSource::ConfigFile },
+                spec: TunnelSpec {
+                    name: "ssh \"home\"".into(),
+                    port: 6000,
+                    proto: Proto::Tcp,
+                    source: TunnelSource::ConfigFile,
+                },
                 traffic,
-                tcp: Some(TcpSample { counters: tcp, active: 2 }),
+                tcp: Some(TcpSample {
+                    counters: tcp,
+                    active: 2,
+                }),
             },
         ],
         probes: vec![
-            ProbeStatus { probe: "traffic_ingress", attached: true, reason: None },
-            ProbeStatus { probe: "tcp_send_reset", attached: false, reason: Some("test".into()) },
+            ProbeStatus {
+                probe: "traffic_ingress",
+                attached: true,
+                reason: None,
+            },
+            ProbeStatus {
+                probe: "tcp_send_reset",
+                attached: false,
+                reason: Some("test".into()),
+            },
         ],
         process: Some(ProcessSample {
             cpu_seconds: 1.25,
@@ -66,7 +87,12 @@ fn sample_snapshot() -> Snapshot {
             start_time_seconds: 1_799_999_000.5,
             threads: 3,
         }),
-        agent: AgentSample { slots_capacity: 4096, slots_used: 2, config_ok: true, errors: BTreeMap::from([("kernel", 1)]) },
+        agent: AgentSample {
+            slots_capacity: 4096,
+            slots_used: 2,
+            config_ok: true,
+            errors: BTreeMap::from([("kernel", 1)]),
+        },
     }
 }
 
@@ -80,12 +106,17 @@ fn encoded(s: Option<Snapshot>) -> String {
 
 /// Compares with a golden file; `MOONFRP_UPDATE_GOLDEN=1` rewrites it.
 fn golden(name: &str, got: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exposition").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/exposition")
+        .join(name);
     if std::env::var_os("MOONFRP_UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, got).unwrap();
     }
     let want = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(want == got, "{name} differs from the golden file; rerun with MOONFRP_UPDATE_GOLDEN=1 and review the diff\n--- got:\n{got}");
+    assert!(
+        want == got,
+        "{name} differs from the golden file; rerun with MOONFRP_UPDATE_GOLDEN=1 and review the diff\n--- got:\n{got}"
+    );
 }
 
 #[test]
@@ -113,7 +144,12 @@ fn two_scrapes_of_one_snapshot_are_identical() {
 #[test]
 fn before_the_first_snapshot_only_build_info() {
     let om = encoded(None);
-    assert_eq!(om.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(), ["moonfrp_agent_build_info{version=\"0.1.0\"} 1"]);
+    assert_eq!(
+        om.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>(),
+        ["moonfrp_agent_build_info{version=\"0.1.0\"} 1"]
+    );
 }
 
 #[test]
