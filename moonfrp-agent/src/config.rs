@@ -17,7 +17,7 @@ use serde::Deserialize;
 /// Default address of the HTTP server: loopback only, so nothing is exposed by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
 /// Default collection interval.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_INTERVAL: Duration = Duration::from_mins(1);
 /// Shortest interval accepted.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 

@@ -122,7 +122,7 @@ pub struct TrafficCounters {
 impl TrafficCounters {
     /// Element-wise sum, used to fold per-CPU values.
     #[must_use]
-    pub fn add(mut self, other: &Self) -> Self {
+    pub fn merged(mut self, other: &Self) -> Self {
         for (a, b) in self.dir.iter_mut().zip(other.dir.iter()) {
             a.bytes = a.bytes.wrapping_add(b.bytes);
             a.payload_bytes = a.payload_bytes.wrapping_add(b.payload_bytes);
@@ -181,7 +181,7 @@ impl Default for TcpCounters {
 impl TcpCounters {
     /// Element-wise sum, used to fold per-CPU values.
     #[must_use]
-    pub fn add(mut self, o: &Self) -> Self {
+    pub fn merged(mut self, o: &Self) -> Self {
         self.opened_passive = self.opened_passive.wrapping_add(o.opened_passive);
         self.opened_active = self.opened_active.wrapping_add(o.opened_active);
         self.closed = self.closed.wrapping_add(o.closed);

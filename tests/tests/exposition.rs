@@ -34,11 +34,11 @@ fn promtool_check(text: &str) -> (bool, String) {
 fn metrics_pass_promtool_and_scrapes_are_stable() {
     let (tcp, udp) = (free_port(), free_port());
     let agent = Agent::start(&["-t", &format!("web={tcp}"), "-t", &format!("dns={udp}/udp")]);
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, tcp)).unwrap();
-    let c = TcpStream::connect((Ipv4Addr::LOCALHOST, tcp)).unwrap();
-    let (s, _) = l.accept().unwrap();
-    (&c).write_all(b"hello").unwrap();
-    drop((c, s));
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, tcp)).unwrap();
+    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, tcp)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    client.write_all(b"hello").unwrap();
+    drop((client, server));
     agent.wait_for("a closed connection", |m| {
         m.get(
             "moonfrp_tunnel_connections_closed_total",

@@ -1,5 +1,6 @@
 //! The watch table changes at run time without reloading or detaching any program.
 use std::{
+    fmt::Write as _,
     io::{Read, Write},
     net::{Ipv4Addr, TcpListener, TcpStream},
     thread,
@@ -10,7 +11,7 @@ use moonfrp_tests::Agent;
 fn config(tunnels: &[(&str, u16)]) -> String {
     let mut s = String::from("interval = \"1s\"\n");
     for (name, port) in tunnels {
-        s.push_str(&format!("[[tunnels]]\nname = \"{name}\"\nport = {port}\n"));
+        let _ = write!(s, "[[tunnels]]\nname = \"{name}\"\nport = {port}\n");
     }
     s
 }

@@ -2,6 +2,7 @@
 //! each installs what it needs first (see `setup`).
 mod run;
 mod setup;
+mod smoke;
 mod test;
 
 use std::process::ExitCode;

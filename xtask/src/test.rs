@@ -1,12 +1,62 @@
 //! `cargo xtask test`: every test in the workspace. Unit tests first (no privileges), then the
 //! integration tests in `tests/`, which start the real agent, load its programs and send real
-//! traffic (root), including a run of the README's `cargo xtask run` command.
-use anyhow::ensure;
+//! traffic (root); last, a run of the README's `cargo xtask run` command. Ends with one
+//! `tests: N passed, N failed` line summing every cargo test run.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, ensure};
 
 use crate::{
     run::root,
     setup::{self, cargo, sh},
 };
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    /// Adds a libtest `test result: ok. 3 passed; 0 failed; ...` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next())
+                && let Ok(n) = n.parse::<u64>()
+            {
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs a `cargo test` command, echoing its output and counting its results.
+fn cargo_test(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
+    eprintln!("xtask: $ {cmd:?}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let status = child.wait()?;
+    ensure!(status.success(), "tests failed ({status}); see above");
+    Ok(())
+}
 
 pub fn all() -> anyhow::Result<()> {
     setup::all(true)?;
@@ -18,22 +68,57 @@ pub fn all() -> anyhow::Result<()> {
     );
 
     let ws = root();
-    sh(cargo().current_dir(&ws).args([
+    let mut tally = Tally::default();
+    let unit = [
         "test",
+        "--lib",
+        "--bins",
+        "--tests",
         "-p",
         "moonfrp-common",
         "-p",
         "moonfrp-agent",
         "-p",
         "xtask",
-    ]))?;
+    ];
+    cargo_test(cargo().current_dir(&ws).args(unit), &mut tally)?;
     sh(cargo()
         .current_dir(&ws)
         .args(["build", "-p", "moonfrp-agent"]))?;
-    sh(cargo()
-        .current_dir(&ws)
-        .args(["test", "-p", "moonfrp-tests", "--", "--test-threads=2"])
-        .env("MOONFRP_AGENT_BIN", ws.join("target/debug/moonfrp-agent"))
-        .env("MOONFRP_WORKSPACE", &ws))?;
+    cargo_test(
+        cargo()
+            .current_dir(&ws)
+            .args([
+                "test",
+                "--lib",
+                "--tests",
+                "-p",
+                "moonfrp-tests",
+                "--",
+                "--test-threads=2",
+            ])
+            .env("MOONFRP_AGENT_BIN", ws.join("target/debug/moonfrp-agent"))
+            .env("MOONFRP_WORKSPACE", &ws),
+        &mut tally,
+    )?;
+    crate::smoke::readme_run()?;
+    tally.passed += 1;
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn sums_libtest_result_lines() {
+        let mut t = Tally::default();
+        t.add_line("test result: ok. 33 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.03s");
+        t.add_line(
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 4 tests");
+        assert_eq!((t.passed, t.failed), (35, 1));
+    }
 }

@@ -45,7 +45,7 @@ impl KernelMaps {
         let per_cpu = self.traffic.get(&slot, 0)?;
         Ok(per_cpu
             .iter()
-            .fold(TrafficCounters::default(), |acc, v| acc.add(v)))
+            .fold(TrafficCounters::default(), TrafficCounters::merged))
     }
 
     /// TCP counters of `slot`, summed over CPUs.
@@ -53,7 +53,7 @@ impl KernelMaps {
         let per_cpu = self.tcp.get(&slot, 0)?;
         Ok(per_cpu
             .iter()
-            .fold(TcpCounters::default(), |acc, v| acc.add(v)))
+            .fold(TcpCounters::default(), TcpCounters::merged))
     }
 }
 

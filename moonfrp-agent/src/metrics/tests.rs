@@ -5,14 +5,14 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-use moonfrp_common::{DURATION_BUCKETS, Proto, TcpCounters, TrafficCounters};
+use moonfrp_common::{DURATION_BUCKETS, EGRESS, INGRESS, Proto, TcpCounters, TrafficCounters};
 
-use super::*;
+use super::{tunnels::duration_buckets, *};
 use crate::{
     config::{TunnelSource, TunnelSpec},
     ebpf::ProbeStatus,
     process::ProcessSample,
-    snapshot::{AgentSample, TcpSample},
+    snapshot::{AgentSample, Snapshot, TcpSample, TunnelSample},
 };
 
 fn sample_snapshot() -> Snapshot {
@@ -39,7 +39,7 @@ fn sample_snapshot() -> Snapshot {
     };
     Snapshot {
         seq: 3,
-        taken_at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        taken_at: UNIX_EPOCH + Duration::from_hours(500_000),
         build_duration: Duration::from_micros(250),
         tunnels: vec![
             TunnelSample {

@@ -1,0 +1,125 @@
+//! The agent's own series: probes, snapshots, errors, configuration, and `process_*`.
+use std::fmt;
+
+use prometheus_client::{encoding::DescriptorEncoder, registry::Unit};
+
+use super::{counter, counters, gauge, gauges};
+use crate::snapshot::Snapshot;
+
+pub(super) fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let seconds = Some(&Unit::Seconds);
+    let bytes = Some(&Unit::Bytes);
+    gauges(
+        enc,
+        "moonfrp_agent_probe_attached",
+        "1 if the kernel probe is attached, 0 if it was skipped (the reason is in the log).",
+        None,
+        s.probes
+            .iter()
+            .map(|p| ([("probe", p.probe)], i64::from(p.attached))),
+    )?;
+    counter(
+        enc,
+        "moonfrp_agent_snapshots",
+        "Snapshots taken since the agent started.",
+        None,
+        s.seq,
+    )?;
+    gauge(
+        enc,
+        "moonfrp_agent_snapshot_duration",
+        "Time taken to build the latest snapshot.",
+        seconds,
+        s.build_duration.as_secs_f64(),
+    )?;
+    let taken = s
+        .taken_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge(
+        enc,
+        "moonfrp_agent_last_snapshot_timestamp",
+        "Unix time of the latest snapshot.",
+        seconds,
+        taken,
+    )?;
+    counters(
+        enc,
+        "moonfrp_agent_collection_errors",
+        "Failed reads since start, by source.",
+        None,
+        s.agent
+            .errors
+            .iter()
+            .map(|(source, n)| ([("source", *source)], *n)),
+    )?;
+    gauge(
+        enc,
+        "moonfrp_agent_config_last_reload_successful",
+        "1 if the last configuration load was accepted.",
+        None,
+        i64::from(s.agent.config_ok),
+    )?;
+    gauge(
+        enc,
+        "moonfrp_agent_watch_slots_capacity",
+        "Kernel counter slots (watched port/protocol pairs) available.",
+        None,
+        i64::from(s.agent.slots_capacity),
+    )?;
+    gauge(
+        enc,
+        "moonfrp_agent_watch_slots_used",
+        "Kernel counter slots in use.",
+        None,
+        i64::from(s.agent.slots_used),
+    )?;
+
+    if let Some(p) = &s.process {
+        counter(
+            enc,
+            "process_cpu",
+            "Total user and system CPU time spent by the agent.",
+            seconds,
+            p.cpu_seconds,
+        )?;
+        gauge(
+            enc,
+            "process_resident_memory",
+            "Resident memory size of the agent.",
+            bytes,
+            p.resident_bytes as i64,
+        )?;
+        gauge(
+            enc,
+            "process_virtual_memory",
+            "Virtual memory size of the agent.",
+            bytes,
+            p.virtual_bytes as i64,
+        )?;
+        gauge(
+            enc,
+            "process_open_fds",
+            "Open file descriptors of the agent.",
+            None,
+            p.open_fds as i64,
+        )?;
+        if let Some(max) = p.max_fds {
+            gauge(
+                enc,
+                "process_max_fds",
+                "Maximum number of open file descriptors of the agent.",
+                None,
+                max as i64,
+            )?;
+        }
+        gauge(
+            enc,
+            "process_start_time",
+            "Start time of the agent since the Unix epoch.",
+            seconds,
+            p.start_time_seconds,
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! Per-tunnel series.
+use std::fmt;
+
+use moonfrp_common::{DURATION_BUCKETS, DirCounters, EGRESS, INGRESS};
+use prometheus_client::{
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Unit,
+};
+
+use super::{counters, gauges};
+use crate::snapshot::{Snapshot, TcpSample, TunnelSample};
+
+type Labels<'a> = [(&'static str, &'a str); 3];
+
+/// A tunnel and its label values, computed once per scrape.
+struct Row<'a> {
+    sample: &'a TunnelSample,
+    port: String,
+}
+
+impl Row<'_> {
+    fn labels(&self) -> Labels<'_> {
+        [
+            ("tunnel", &self.sample.spec.name),
+            ("port", &self.port),
+            ("proto", self.sample.spec.proto.as_str()),
+        ]
+    }
+
+    fn tcp(&self) -> &TcpSample {
+        self.sample.tcp.as_ref().expect("rows are filtered on tcp")
+    }
+}
+
+/// A traffic family: name without unit, unit, direction, field, help.
+type TrafficFamily = (
+    &'static str,
+    Option<Unit>,
+    usize,
+    fn(&DirCounters) -> u64,
+    &'static str,
+);
+/// A TCP counter family: name, field, help.
+type TcpFamily = (&'static str, fn(&TcpSample) -> u64, &'static str);
+
+const TRAFFIC: [TrafficFamily; 6] = [
+    (
+        "moonfrp_tunnel_receive",
+        Some(Unit::Bytes),
+        INGRESS,
+        |d| d.bytes,
+        "IP-layer bytes received on the tunnel's local port (headers of every segment included).",
+    ),
+    (
+        "moonfrp_tunnel_transmit",
+        Some(Unit::Bytes),
+        EGRESS,
+        |d| d.bytes,
+        "IP-layer bytes sent from the tunnel's local port (headers of every segment included).",
+    ),
+    (
+        "moonfrp_tunnel_receive_payload",
+        Some(Unit::Bytes),
+        INGRESS,
+        |d| d.payload_bytes,
+        "TCP/UDP payload bytes received on the tunnel's local port.",
+    ),
+    (
+        "moonfrp_tunnel_transmit_payload",
+        Some(Unit::Bytes),
+        EGRESS,
+        |d| d.payload_bytes,
+        "TCP/UDP payload bytes sent from the tunnel's local port.",
+    ),
+    (
+        "moonfrp_tunnel_receive_packets",
+        None,
+        INGRESS,
+        |d| d.packets,
+        "Packets (GSO/GRO segments counted one by one) received on the tunnel's local port.",
+    ),
+    (
+        "moonfrp_tunnel_transmit_packets",
+        None,
+        EGRESS,
+        |d| d.packets,
+        "Packets (GSO/GRO segments counted one by one) sent from the tunnel's local port.",
+    ),
+];
+
+/// TCP counter families exported after the connection gauges and histogram.
+const TCP: [TcpFamily; 5] = [
+    (
+        "moonfrp_tunnel_connections_closed",
+        |t| t.counters.closed,
+        "TCP connections on the tunnel's local port that were established and have closed.",
+    ),
+    (
+        "moonfrp_tunnel_connections_refused",
+        |t| t.counters.refused,
+        "Connection attempts answered with RST because nothing listened on the port.",
+    ),
+    (
+        "moonfrp_tunnel_resets_sent",
+        |t| t.counters.resets_sent,
+        "RSTs sent by sockets on the tunnel's local port (refused connections not included).",
+    ),
+    (
+        "moonfrp_tunnel_resets_received",
+        |t| t.counters.resets_received,
+        "RSTs received by sockets on the tunnel's local port.",
+    ),
+    (
+        "moonfrp_tunnel_retransmits",
+        |t| t.counters.retransmits,
+        "TCP segments retransmitted by sockets on the tunnel's local port.",
+    ),
+];
+
+/// Histogram upper bounds exported for connection durations: every second log2 bucket
+/// (1 ms, 4 ms, 16 ms, … ≈ 18.6 h), then +Inf.
+const EXPORTED_BOUNDS: usize = DURATION_BUCKETS / 2;
+
+/// (upper bound in seconds, count in that bucket) from the kernel's log2-millisecond buckets:
+/// export bucket k covers kernel buckets up to 2k, i.e. durations below 4^k ms.
+pub(super) fn duration_buckets(kernel: &[u64; DURATION_BUCKETS]) -> Vec<(f64, u64)> {
+    let mut out = Vec::with_capacity(EXPORTED_BOUNDS + 1);
+    let mut b = 0;
+    for k in 0..EXPORTED_BOUNDS {
+        let top = 2 * k;
+        let n: u64 = kernel[b..=top].iter().sum();
+        b = top + 1;
+        out.push(((1u64 << top) as f64 / 1000.0, n));
+    }
+    out.push((f64::INFINITY, kernel[b..].iter().sum()));
+    out
+}
+
+pub(super) fn encode(snap: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let all: Vec<Row> = snap
+        .tunnels
+        .iter()
+        .map(|t| Row {
+            sample: t,
+            port: t.spec.port.to_string(),
+        })
+        .collect();
+    let tcp: Vec<&Row> = all.iter().filter(|t| t.sample.tcp.is_some()).collect();
+
+    super::gauge(
+        enc,
+        "moonfrp_tunnels",
+        "Tunnels watched by this agent.",
+        None,
+        all.len() as i64,
+    )?;
+    {
+        let mut m = enc.encode_descriptor(
+            "moonfrp_tunnel",
+            "Watched tunnels and where they were defined.",
+            None,
+            MetricType::Info,
+        )?;
+        for t in &all {
+            let [tunnel, port, proto] = t.labels();
+            m.encode_info(&[
+                tunnel,
+                port,
+                proto,
+                ("source", t.sample.spec.source.as_str()),
+            ])?;
+        }
+    }
+    for (name, unit, dir, field, help) in &TRAFFIC {
+        counters(
+            enc,
+            name,
+            help,
+            unit.as_ref(),
+            all.iter()
+                .map(|t| (t.labels(), field(&t.sample.traffic.dir[*dir]))),
+        )?;
+    }
+
+    let opened = tcp.iter().flat_map(|t| {
+        let c = &t.tcp().counters;
+        let [tunnel, port, proto] = t.labels();
+        [("inbound", c.opened_passive), ("outbound", c.opened_active)]
+            .map(|(direction, v)| ([tunnel, port, proto, ("direction", direction)], v))
+    });
+    counters(
+        enc,
+        "moonfrp_tunnel_connections_opened",
+        "TCP connections established on the tunnel's local port; direction inbound = accepted (passive open), outbound = connected from the port (active open).",
+        None,
+        opened,
+    )?;
+    gauges(
+        enc,
+        "moonfrp_tunnel_connections_active",
+        "TCP connections open now on the tunnel's local port.",
+        None,
+        tcp.iter().map(|t| (t.labels(), t.tcp().active)),
+    )?;
+    {
+        let mut m = enc.encode_descriptor(
+            "moonfrp_tunnel_connection_duration",
+            "Lifetime of closed TCP connections whose open the agent saw.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for t in &tcp {
+            let c = &t.tcp().counters;
+            let count = c.duration_buckets.iter().sum();
+            m.encode_family(&t.labels())?
+                .encode_histogram::<NoLabelSet>(
+                    c.duration_sum_ns as f64 / 1e9,
+                    count,
+                    &duration_buckets(&c.duration_buckets),
+                    None,
+                )?;
+        }
+    }
+    for (name, field, help) in &TCP {
+        counters(
+            enc,
+            name,
+            help,
+            None,
+            tcp.iter().map(|t| (t.labels(), field(t.tcp()))),
+        )?;
+    }
+    Ok(())
+}
