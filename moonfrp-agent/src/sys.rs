@@ -1,5 +1,5 @@
-//! The kernel filesystems the agent needs: cgroup v2 (where the traffic programs attach), tracefs
-//! (tracepoint formats and attach points) and bpffs (pinning). Found from mountinfo, never assumed.
+//! The kernel filesystems the agent needs: cgroup v2 (where the traffic programs attach) and
+//! tracefs (tracepoint formats and attach points). Found from mountinfo, never assumed.
 use std::{
     ffi::CString,
     io::BufRead,
@@ -11,8 +11,6 @@ use tracing::info;
 
 /// Where tracefs is mounted when the agent has to mount it itself.
 pub const TRACEFS_PATH: &str = "/sys/kernel/tracing";
-/// Where bpffs is mounted when the agent has to mount it itself.
-pub const BPFFS_PATH: &str = "/sys/fs/bpf";
 
 /// A kernel filesystem that could not be found or mounted.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +37,6 @@ pub struct Mounts {
     /// The first cgroup2 mount (pure layout: /sys/fs/cgroup; hybrid: /sys/fs/cgroup/unified).
     pub cgroup2: Option<PathBuf>,
     pub tracefs: Option<PathBuf>,
-    pub bpffs: Option<PathBuf>,
 }
 
 /// Parses a mountinfo table.
@@ -55,7 +52,6 @@ pub fn parse_mounts(r: impl BufRead) -> Result<Mounts, SysError> {
     Ok(Mounts {
         cgroup2: find("cgroup2"),
         tracefs: find("tracefs"),
-        bpffs: find("bpf"),
     })
 }
 
@@ -74,11 +70,6 @@ pub fn cgroup2_root(m: &Mounts) -> Result<PathBuf, SysError> {
 /// Returns tracefs's mount point, mounting it at [`TRACEFS_PATH`] if it is not mounted.
 pub fn ensure_tracefs(m: &Mounts) -> Result<PathBuf, SysError> {
     ensure(m.tracefs.as_deref(), "tracefs", TRACEFS_PATH)
-}
-
-/// Returns bpffs's mount point, mounting it at [`BPFFS_PATH`] if it is not mounted.
-pub fn ensure_bpffs(m: &Mounts) -> Result<PathBuf, SysError> {
-    ensure(m.bpffs.as_deref(), "bpf", BPFFS_PATH)
 }
 
 fn ensure(found: Option<&Path>, fstype: &'static str, path: &str) -> Result<PathBuf, SysError> {
@@ -136,7 +127,6 @@ mod tests {
         let m = fixture("pure-v2.txt");
         assert_eq!(cgroup2_root(&m).unwrap(), Path::new("/sys/fs/cgroup"));
         assert_eq!(m.tracefs.as_deref(), Some(Path::new("/sys/kernel/tracing")));
-        assert_eq!(m.bpffs.as_deref(), Some(Path::new("/sys/fs/bpf")));
     }
 
     #[test]
