@@ -80,25 +80,24 @@ fn bad_configuration_is_named_and_exits_2() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("dns=5353/udp"));
 }
 
-#[test]
-fn missing_capabilities_are_named_with_the_fix() {
-    let bin = agent_bin();
-    let bin = bin.to_str().unwrap();
-    // Root without CAP_BPF (and without CAP_SYS_ADMIN, which would stand in for it).
+/// Runs `moonfrp-agent run` under `setpriv <opts>`; expects exit code 1 and returns stderr.
+fn run_under_setpriv(opts: &[&str]) -> String {
     let out = Command::new("setpriv")
-        .args([
-            "--bounding-set=-bpf,-sys_admin",
-            "--inh-caps=-all",
-            "--",
-            bin,
-            "run",
-            "-t",
-            "web=8080",
-        ])
+        .args(opts)
+        .arg("--")
+        .arg(agent_bin())
+        .args(["run", "-t", "web=8080"])
         .output()
         .unwrap();
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(1), "setpriv {opts:?}: {err}");
+    err
+}
+
+#[test]
+fn missing_capabilities_are_named_with_the_fix() {
+    // Root without CAP_BPF (and without CAP_SYS_ADMIN, which would stand in for it).
+    let err = run_under_setpriv(&["--bounding-set=-bpf,-sys_admin", "--inh-caps=-all"]);
     assert!(err.contains("missing CAP_BPF"), "{err}");
     assert!(
         !err.contains("CAP_PERFMON ("),
@@ -110,21 +109,7 @@ fn missing_capabilities_are_named_with_the_fix() {
     );
 
     // An unprivileged user lacks all three.
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            bin,
-            "run",
-            "-t",
-            "web=8080",
-        ])
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = run_under_setpriv(&["--reuid=65534", "--regid=65534", "--clear-groups"]);
     for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"] {
         assert!(err.contains(cap), "{cap} not named: {err}");
     }

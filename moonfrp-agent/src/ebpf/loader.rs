@@ -4,7 +4,9 @@ use std::{fs::File, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError, TracePoint,
+    },
 };
 use moonfrp_common::{names, programs};
 use tracing::{info, warn};
@@ -160,13 +162,20 @@ fn program_error(e: &ProgramError) -> String {
     }
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), String> {
-    let (category, name) = tp.split_once('/').expect("tracepoints are category/name");
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing from the object"))?
+/// The program `name` of the object, as its concrete type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?
         .try_into()
-        .map_err(|e: ProgramError| e.to_string())?;
+        .map_err(|e: ProgramError| e.to_string())
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, program_name: &str, tp: &str) -> Result<(), String> {
+    let (category, name) = tp.split_once('/').expect("tracepoints are category/name");
+    let prog: &mut TracePoint = program(ebpf, program_name)?;
     prog.load().map_err(|e| program_error(&e))?;
     prog.attach(category, name)
         .map_err(|e| format!("attach to {tp}: {e}"))?;
@@ -175,15 +184,11 @@ fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), Str
 
 fn attach_cgroup_skb(
     ebpf: &mut Ebpf,
-    program: &str,
+    program_name: &str,
     cgroup: &File,
     at: CgroupSkbAttachType,
 ) -> Result<(), String> {
-    let prog: &mut CgroupSkb = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing from the object"))?
-        .try_into()
-        .map_err(|e: ProgramError| e.to_string())?;
+    let prog: &mut CgroupSkb = program(ebpf, program_name)?;
     prog.load().map_err(|e| program_error(&e))?;
     // aya 0.14 attaches through a BPF link, which the kernel always treats as "multi": other
     // programs on the root cgroup (systemd's, another agent's) are left alone.

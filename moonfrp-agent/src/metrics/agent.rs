@@ -4,11 +4,10 @@ use std::fmt;
 use prometheus_client::{encoding::DescriptorEncoder, registry::Unit};
 
 use super::{counter, counters, gauge, gauges};
-use crate::snapshot::Snapshot;
+use crate::{process::ProcessSample, snapshot::Snapshot};
 
 pub(super) fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
     let seconds = Some(&Unit::Seconds);
-    let bytes = Some(&Unit::Bytes);
     gauges(
         enc,
         "moonfrp_agent_probe_attached",
@@ -76,50 +75,58 @@ pub(super) fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
     )?;
 
     if let Some(p) = &s.process {
-        counter(
-            enc,
-            "process_cpu",
-            "Total user and system CPU time spent by the agent.",
-            seconds,
-            p.cpu_seconds,
-        )?;
+        encode_process(p, enc)?;
+    }
+    Ok(())
+}
+
+/// The standard `process_*` series, as Prometheus client libraries export them.
+fn encode_process(p: &ProcessSample, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let seconds = Some(&Unit::Seconds);
+    let bytes = Some(&Unit::Bytes);
+    counter(
+        enc,
+        "process_cpu",
+        "Total user and system CPU time spent by the agent.",
+        seconds,
+        p.cpu_seconds,
+    )?;
+    gauge(
+        enc,
+        "process_resident_memory",
+        "Resident memory size of the agent.",
+        bytes,
+        p.resident_bytes as i64,
+    )?;
+    gauge(
+        enc,
+        "process_virtual_memory",
+        "Virtual memory size of the agent.",
+        bytes,
+        p.virtual_bytes as i64,
+    )?;
+    gauge(
+        enc,
+        "process_open_fds",
+        "Open file descriptors of the agent.",
+        None,
+        p.open_fds as i64,
+    )?;
+    if let Some(max) = p.max_fds {
         gauge(
             enc,
-            "process_resident_memory",
-            "Resident memory size of the agent.",
-            bytes,
-            p.resident_bytes as i64,
-        )?;
-        gauge(
-            enc,
-            "process_virtual_memory",
-            "Virtual memory size of the agent.",
-            bytes,
-            p.virtual_bytes as i64,
-        )?;
-        gauge(
-            enc,
-            "process_open_fds",
-            "Open file descriptors of the agent.",
+            "process_max_fds",
+            "Maximum number of open file descriptors of the agent.",
             None,
-            p.open_fds as i64,
-        )?;
-        if let Some(max) = p.max_fds {
-            gauge(
-                enc,
-                "process_max_fds",
-                "Maximum number of open file descriptors of the agent.",
-                None,
-                max as i64,
-            )?;
-        }
-        gauge(
-            enc,
-            "process_start_time",
-            "Start time of the agent since the Unix epoch.",
-            seconds,
-            p.start_time_seconds,
+            max as i64,
         )?;
     }
+    gauge(
+        enc,
+        "process_start_time",
+        "Start time of the agent since the Unix epoch.",
+        seconds,
+        p.start_time_seconds,
+    )?;
     Ok(())
 }
