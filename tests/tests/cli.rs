@@ -2,6 +2,7 @@
 //! that cannot attach; and that a clean stop leaves nothing attached.
 use std::{
     net::{Ipv4Addr, TcpListener, TcpStream},
+    os::unix::fs::PermissionsExt as _,
     process::{Command, Output},
     time::{Duration, Instant},
 };
@@ -82,10 +83,15 @@ fn bad_configuration_is_named_and_exits_2() {
 
 /// Runs `moonfrp-agent run` under `setpriv <opts>`; expects exit code 1 and returns stderr.
 fn run_under_setpriv(opts: &[&str]) -> String {
+    // A copy any user can execute, wherever the checkout lives (it may be under a 0700 home).
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("moonfrp-agent");
+    std::fs::copy(agent_bin(), &bin).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new("setpriv")
         .args(opts)
         .arg("--")
-        .arg(agent_bin())
+        .arg(&bin)
         .args(["run", "-t", "web=8080"])
         .output()
         .unwrap();
