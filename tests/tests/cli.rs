@@ -126,7 +126,9 @@ fn a_probe_that_cannot_attach_is_skipped_and_the_rest_work() {
     // Hide one tracepoint's format file in a private mount namespace: its probe cannot be set
     // up, the other five must keep counting.
     let port = free_port();
-    let hide = "mount -t tmpfs none /sys/kernel/tracing/events/tcp/tcp_retransmit_skb && exec \"$0\" \"$@\"";
+    // (A fresh VM may not have tracefs mounted yet: mount it in the namespace first.)
+    let hide = "T=/sys/kernel/tracing; mountpoint -q $T || mount -t tracefs tracefs $T; \
+                mount -t tmpfs none $T/events/tcp/tcp_retransmit_skb && exec \"$0\" \"$@\"";
     let agent = Agent::spawn_wrapped(
         &[
             "unshare",
