@@ -150,3 +150,42 @@ fn connect_without_listener_is_one_refusal_and_nothing_else() {
         }
     }
 }
+
+#[test]
+fn connections_open_before_start_are_seeded() {
+    let port = free_port();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listener = TcpListener::bind(addr).unwrap();
+    let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let servers: Vec<TcpStream> = (0..3).map(|_| listener.accept().unwrap().0).collect();
+
+    let agent = Agent::start(&["-t", &format!("web={port}")]);
+    let m = agent.metrics();
+    assert_eq!(
+        m.tunnel("web", "moonfrp_tunnel_connections_active"),
+        3.0,
+        "right from the first scrape"
+    );
+    assert_eq!(
+        m.get(
+            "moonfrp_tunnel_connections_opened_total",
+            &[("tunnel", "web"), ("direction", "inbound")]
+        ),
+        Some(0.0)
+    );
+
+    drop(clients);
+    drop(servers);
+    let m = agent.wait_for("3 closed connections", |m| {
+        m.get(
+            "moonfrp_tunnel_connections_closed_total",
+            &[("tunnel", "web")],
+        ) == Some(3.0)
+    });
+    assert_eq!(m.tunnel("web", "moonfrp_tunnel_connections_active"), 0.0);
+    // Their opens were not seen, so they have no duration.
+    assert_eq!(
+        m.tunnel("web", "moonfrp_tunnel_connection_duration_seconds_count"),
+        0.0
+    );
+}
