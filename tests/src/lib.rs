@@ -45,6 +45,103 @@ pub fn loopback(v6: bool) -> std::net::IpAddr {
     }
 }
 
+/// How to start the agent: `moonfrp-agent run --interval <interval> --listen 127.0.0.1:<free>
+/// --log-level <level> <args>`, optionally through a wrapper command.
+#[derive(Clone, Debug)]
+pub struct AgentCmd {
+    bin: PathBuf,
+    wrapper: Vec<String>,
+    interval: String,
+    log_level: String,
+    args: Vec<String>,
+}
+
+impl AgentCmd {
+    /// The agent from [`agent_bin`], interval 1 s, debug logs.
+    pub fn new(args: &[&str]) -> Self {
+        Self {
+            bin: agent_bin(),
+            wrapper: Vec::new(),
+            interval: "1s".into(),
+            log_level: "debug".into(),
+            args: args.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[must_use]
+    pub fn bin(mut self, bin: impl Into<PathBuf>) -> Self {
+        self.bin = bin.into();
+        self
+    }
+
+    #[must_use]
+    pub fn wrapper(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(ToString::to_string).collect();
+        self
+    }
+
+    #[must_use]
+    pub fn interval(mut self, interval: &str) -> Self {
+        interval.clone_into(&mut self.interval);
+        self
+    }
+
+    #[must_use]
+    pub fn log_level(mut self, level: &str) -> Self {
+        level.clone_into(&mut self.log_level);
+        self
+    }
+
+    /// Starts the agent and waits for its first snapshot.
+    pub fn start(self) -> Agent {
+        let agent = self.spawn();
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts the agent without waiting for anything.
+    pub fn spawn(self) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("agent.log");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let mut cmd = match self.wrapper.as_slice() {
+            [] => Command::new(&self.bin),
+            [first, rest @ ..] => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&self.bin);
+                c
+            }
+        };
+        let child = cmd
+            .arg("run")
+            .args([
+                "--interval",
+                &self.interval,
+                "--listen",
+                &addr.to_string(),
+                "--log-level",
+                &self.log_level,
+            ])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e} (build it with `cargo xtask test`)",
+                    self.bin.display()
+                )
+            });
+        Agent {
+            pid: child.id(),
+            child: Mutex::new(Some(child)),
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+}
+
 /// A running agent; stopped (SIGTERM, then SIGKILL) when dropped. Its log is printed if the
 /// test fails.
 pub struct Agent {
@@ -59,62 +156,25 @@ impl Agent {
     /// Starts `moonfrp-agent run --interval 1s --listen 127.0.0.1:<free> <args>` and waits for
     /// its first snapshot.
     pub fn start(args: &[&str]) -> Self {
-        let agent = Self::spawn(args);
-        agent.wait_for("the first snapshot", |m| {
-            m.get("moonfrp_agent_snapshots_total", &[]).is_some()
-        });
-        agent
+        AgentCmd::new(args).start()
     }
 
     /// Starts the agent without waiting for anything.
     pub fn spawn(args: &[&str]) -> Self {
-        Self::spawn_wrapped(&[], args)
+        AgentCmd::new(args).spawn()
     }
 
     /// Starts the agent through `wrapper` (a command that ends by exec'ing its arguments, so the
     /// agent keeps its PID), without waiting for anything.
     pub fn spawn_wrapped(wrapper: &[&str], args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("agent.log");
-        let port = free_port();
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let bin = agent_bin();
-        let mut cmd = match wrapper {
-            [] => Command::new(&bin),
-            [first, rest @ ..] => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(&bin);
-                c
-            }
-        };
-        let child = cmd
-            .args([
-                "run",
-                "--interval",
-                "1s",
-                "--listen",
-                &addr.to_string(),
-                "--log-level",
-                "debug",
-            ])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {}: {e} (build it with `cargo xtask test`)",
-                    agent_bin().display()
-                )
-            });
-        let child_pid = child.id();
-        Self {
-            child: Mutex::new(Some(child)),
-            pid: child_pid,
-            addr,
-            log,
-            _dir: dir,
-        }
+        AgentCmd::new(args).wrapper(wrapper).spawn()
+    }
+
+    /// Waits for the first snapshot.
+    pub fn wait_ready(&self) {
+        self.wait_for("the first snapshot", |m| {
+            m.get("moonfrp_agent_snapshots_total", &[]).is_some()
+        });
     }
 
     pub fn pid(&self) -> u32 {

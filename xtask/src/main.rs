@@ -1,5 +1,6 @@
 //! Developer commands. `cargo xtask run` and `cargo xtask test` are the README's two commands:
 //! each installs what it needs first (see `setup`).
+mod bench;
 mod run;
 mod setup;
 mod smoke;
@@ -32,6 +33,9 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure the agent's overhead: CPU and memory, kernel hook cost, datapath A/B, scrape
+    /// (root). Prints a table and writes overhead.json.
+    BenchOverhead(bench::Opts),
     /// Set up (with test packages), then run every test: unit tests and the privileged
     /// integration tests (needs root).
     Test,
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
             .and_then(|()| run::build_release())
             .map(|_| ()),
         Command::Run { args } => run::run(&args),
+        Command::BenchOverhead(opts) => bench::run(&opts).map(|_| ()),
         Command::Test => test::all(),
     };
     match result {

@@ -2,8 +2,7 @@
 //! stops it: the last step of `cargo xtask test`. It runs after the cargo test runs finish,
 //! because the command builds in the same target directory.
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     os::unix::process::CommandExt as _,
     process::{Child, Stdio},
     time::{Duration, Instant},
@@ -20,15 +19,6 @@ const EXPECTED: &[&str] = &[
     "process_cpu_seconds_total ",
     "process_resident_memory_bytes ",
 ];
-
-fn get(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
 
 struct Group(Child);
 
@@ -68,7 +58,7 @@ pub fn readme_run() -> anyhow::Result<()> {
         if let Some(status) = group.0.try_wait()? {
             bail!("`cargo xtask run` exited early ({status})");
         }
-        if let Ok(body) = get(addr)
+        if let Ok((200, _, body)) = moonfrp_tests::http_get(addr, "/metrics", None)
             && EXPECTED.iter().all(|e| body.contains(e))
         {
             break;

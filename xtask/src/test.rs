@@ -103,7 +103,28 @@ pub fn all() -> anyhow::Result<()> {
     )?;
     crate::smoke::readme_run()?;
     tally.passed += 1;
+    bench_smoke()?;
+    tally.passed += 1;
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+    Ok(())
+}
+
+/// `bench-overhead --quick`: the harness must produce every figure (timings are not judged).
+fn bench_smoke() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let opts = crate::bench::Opts {
+        quick: true,
+        tunnels: vec![10, 100, 1000],
+        interval: vec!["60s".into(), "10s".into(), "1s".into()],
+        out: Some(out.path().to_owned()),
+    };
+    let report = crate::bench::run(&opts)?;
+    report.check_complete(&opts)?;
+    ensure!(
+        out.path().join("overhead.json").is_file(),
+        "overhead.json not written"
+    );
+    println!("bench-overhead --quick: every figure produced");
     Ok(())
 }
 

@@ -1,0 +1,199 @@
+//! Derived figures, verdicts and the printed table.
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::Serialize;
+
+use super::{AgentCpu, CPU_BUDGET_PCT, KernelCost, Report};
+
+/// One budget and whether this run kept it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub budget: String,
+    pub value: f64,
+    pub limit: f64,
+    pub ratio_to_budget: f64,
+    pub pass: bool,
+}
+
+/// Sums the per-run costs of each (load, program) and computes the rates.
+pub fn merge_costs(costs: Vec<KernelCost>) -> Vec<KernelCost> {
+    let mut by: BTreeMap<(String, String), KernelCost> = BTreeMap::new();
+    for c in costs {
+        let key = (format!("{:?}", c.load), c.program.clone());
+        by.entry(key)
+            .and_modify(|m| {
+                m.runs += c.runs;
+                m.run_ns += c.run_ns;
+                m.wall_s += c.wall_s;
+            })
+            .or_insert(c);
+    }
+    by.into_values()
+        .map(|mut c| {
+            c.runs_per_s = c.runs as f64 / c.wall_s;
+            c.ns_per_run = if c.runs > 0 {
+                c.run_ns / c.runs as f64
+            } else {
+                0.0
+            };
+            c.cpu_pct = c.run_ns / 1e9 / c.wall_s * 100.0;
+            c
+        })
+        .collect()
+}
+
+/// Quick mode: an interval longer than the window saw too few collections to measure. Its CPU
+/// is estimated as the idle rate (the longest interval's agent, which collected nothing in the
+/// window) plus the cost of one collection (from the shortest interval's agent) per interval.
+pub fn estimate_long_intervals(rows: &mut [AgentCpu]) {
+    let tunnel_counts: Vec<u32> = rows.iter().map(|r| r.tunnels).collect();
+    for n in tunnel_counts {
+        let same: Vec<&AgentCpu> = rows.iter().filter(|r| r.tunnels == n).collect();
+        let Some(fast) = same
+            .iter()
+            .min_by(|a, b| a.interval_s.total_cmp(&b.interval_s))
+            .copied()
+            .cloned()
+        else {
+            continue;
+        };
+        let Some(idle) = same
+            .iter()
+            .find(|r| r.collections_in_window == 0)
+            .copied()
+            .cloned()
+        else {
+            continue;
+        };
+        if fast.collections_in_window == 0 {
+            continue;
+        }
+        let per = |fast_pct: f64, idle_pct: f64| {
+            (fast_pct - idle_pct).max(0.0) / 100.0 * fast.window_s
+                / fast.collections_in_window as f64
+        };
+        let per_stat = per(fast.cpu_pct_stat, idle.cpu_pct_stat);
+        let per_sched = per(fast.cpu_pct_ns, idle.cpu_pct_ns);
+        for r in rows
+            .iter_mut()
+            .filter(|r| r.tunnels == n && r.interval_s > r.window_s / 2.0)
+        {
+            r.cpu_pct_stat = idle.cpu_pct_stat + per_stat / r.interval_s * 100.0;
+            r.cpu_pct_ns = idle.cpu_pct_ns + per_sched / r.interval_s * 100.0;
+            r.method = "estimated";
+        }
+    }
+}
+
+pub fn verdicts(r: &Report) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let floor = r
+        .agent_cpu
+        .iter()
+        .filter(|a| a.interval_s >= 60.0)
+        .max_by_key(|a| a.tunnels);
+    if let Some(a) = floor {
+        // The CPU clock's nanoseconds decide: clock ticks cannot resolve a few ms per minute.
+        out.push(Verdict {
+            budget: format!(
+                "agent CPU, {} tunnels, {} s interval (% of one core)",
+                a.tunnels, a.interval_s
+            ),
+            value: a.cpu_pct_ns,
+            limit: CPU_BUDGET_PCT,
+            ratio_to_budget: a.cpu_pct_ns / CPU_BUDGET_PCT,
+            pass: a.cpu_pct_ns < CPU_BUDGET_PCT,
+        });
+    }
+    out
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1024.0 / 1024.0
+}
+
+pub fn print(r: &Report, took: Duration) {
+    println!(
+        "\nmoonfrp bench-overhead ({}) — {} CPUs, kernel {}, {:.0} s",
+        r.mode,
+        r.cpus,
+        r.kernel,
+        took.as_secs_f64()
+    );
+    println!(
+        "\nAgent CPU under background load (tcp 200 Mbit/s, udp 2,000/s, 100 conn/s on watched ports)"
+    );
+    println!(
+        "{:>8} {:>9} {:>12} {:>13} {:>8} {:>12}  method",
+        "tunnels", "interval", "cpu % stat", "cpu % ns", "RSS MiB", "collections"
+    );
+    for a in &r.agent_cpu {
+        println!(
+            "{:>8} {:>8}s {:>12.4} {:>13.4} {:>8.1} {:>12}  {} over {:.0} s",
+            a.tunnels,
+            a.interval_s,
+            a.cpu_pct_stat,
+            a.cpu_pct_ns,
+            mib(a.rss_bytes),
+            a.collections_in_window,
+            a.method,
+            a.window_s
+        );
+    }
+    println!("\nKernel programs (BPF run-time stats, runs with programs attached, flat-out load)");
+    println!(
+        "{:>10} {:<16} {:>12} {:>9} {:>12}",
+        "load", "program", "runs/s", "ns/run", "cpu % core"
+    );
+    for c in &r.kernel_cost {
+        println!(
+            "{:>10} {:<16} {:>12.0} {:>9.0} {:>12.3}",
+            super::Kind::name(c.load),
+            c.program,
+            c.runs_per_s,
+            c.ns_per_run,
+            c.cpu_pct
+        );
+    }
+    println!(
+        "\nDatapath, interleaved pairs (A = no programs; B = programs attached and the port watched)"
+    );
+    println!(
+        "{:>10} {:>4} {:>14} {:>14} {:>14} {:>8} {:>17}",
+        "load", "pair", "unit", "A median", "B median", "B/A", "B/A min..max"
+    );
+    for x in &r.ab {
+        println!(
+            "{:>10} {:>4} {:>14} {:>14.2} {:>14.2} {:>8.3} {:>8.3}..{:<8.3}",
+            x.load.name(),
+            x.kind,
+            x.unit,
+            x.a_median,
+            x.b_median,
+            x.ratio_median,
+            x.ratio_min,
+            x.ratio_max
+        );
+    }
+    let s = &r.scrape;
+    println!(
+        "\nScrape at {} tunnels: text 0.0.4 {:.2} ms, {} KiB; OpenMetrics {:.2} ms, {} KiB; snapshot build {:.2} ms (medians)",
+        s.tunnels,
+        s.text_ms_median,
+        s.text_bytes / 1024,
+        s.openmetrics_ms_median,
+        s.openmetrics_bytes / 1024,
+        s.snapshot_ms_median
+    );
+    println!();
+    for v in &r.verdicts {
+        println!(
+            "{} {}: {:.4} (budget < {}; {:.3}× the budget)",
+            if v.pass { "PASS" } else { "FAIL" },
+            v.budget,
+            v.value,
+            v.limit,
+            v.ratio_to_budget
+        );
+    }
+}
