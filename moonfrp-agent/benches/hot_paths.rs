@@ -70,7 +70,7 @@ fn snapshot_of(source: &impl CounterSource, watch: &WatchTable) -> Snapshot {
             slots_capacity: 4096,
             slots_used: u32::from(TUNNELS),
             config_ok: true,
-            errors: Default::default(),
+            errors: std::collections::BTreeMap::default(),
         },
     }
 }
@@ -89,11 +89,11 @@ fn userspace(c: &mut Criterion) {
     latest.publish(snapshot_of(&Synthetic, &watch));
     let registry = metrics::registry(latest);
     c.bench_function("encode: OpenMetrics, 1000 tunnels", |b| {
-        b.iter(|| metrics::encode_openmetrics(&registry))
+        b.iter(|| metrics::encode_openmetrics(&registry));
     });
     let om = metrics::encode_openmetrics(&registry);
     c.bench_function("encode: OpenMetrics to text 0.0.4, 1000 tunnels", |b| {
-        b.iter(|| metrics::openmetrics_to_text(&om))
+        b.iter(|| metrics::openmetrics_to_text(&om));
     });
 }
 
@@ -116,7 +116,7 @@ fn kernel_maps(c: &mut Criterion) {
         .apply(&mut kernel.maps, &specs(), |_| HashMap::new())
         .unwrap();
     c.bench_function("kernel: read + sum CPUs, 1000 tunnels", |b| {
-        b.iter(|| snapshot_of(&kernel.maps, &watch))
+        b.iter(|| snapshot_of(&kernel.maps, &watch));
     });
 }
 
