@@ -66,11 +66,12 @@ fn snapshot_of(source: &impl CounterSource, watch: &WatchTable) -> Snapshot {
         tunnels: read_tunnels(source, watch, &mut failures),
         probes: Vec::new(),
         process: None,
+        system: moonfrp_agent::collect::SystemSample::default(),
         agent: AgentSample {
             slots_capacity: 4096,
             slots_used: u32::from(TUNNELS),
             config_ok: true,
-            errors: std::collections::BTreeMap::default(),
+            ..AgentSample::default()
         },
     }
 }

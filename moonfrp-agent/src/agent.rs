@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use moonfrp_common::names;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -18,6 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     cli::ConfigArgs,
+    collect::{CollectorRun, Collectors},
     config::Config,
     ebpf::{self, Kernel},
     metrics, privileges, process,
@@ -43,9 +45,12 @@ pub fn run(config: Config, args: ConfigArgs) -> anyhow::Result<()> {
 struct Collector {
     kernel: Kernel,
     watch: WatchTable,
+    host: Collectors,
+    maps: Vec<(&'static str, u32)>,
     seq: u64,
     config_ok: bool,
     errors: BTreeMap<&'static str, u64>,
+    textfile_error: Option<String>,
 }
 
 impl Collector {
@@ -79,6 +84,13 @@ impl Collector {
         if failures > 0 {
             *self.errors.entry("kernel").or_default() += failures;
         }
+        let kernel_run = CollectorRun {
+            name: "kernel",
+            duration: started.elapsed(),
+            ok: failures == 0,
+        };
+        let (system, mut runs) = self.host.collect(&mut self.errors);
+        runs.insert(0, kernel_run);
         let process = process::sample()
             .inspect_err(|e| {
                 warn!(error = %e, "cannot read /proc/self");
@@ -93,12 +105,35 @@ impl Collector {
             tunnels,
             probes: self.kernel.probes.clone(),
             process,
+            system,
             agent: AgentSample {
                 slots_capacity: self.watch.capacity(),
                 slots_used: self.watch.len() as u32,
                 config_ok: self.config_ok,
                 errors: self.errors.clone(),
+                collectors: runs,
+                bpf: self.kernel.program_stats(),
+                maps: self.maps.clone(),
             },
+        }
+    }
+
+    /// Counts and logs (once per change) the outcome of a textfile write.
+    fn textfile_result(&mut self, result: Result<(), crate::textfile::TextfileError>) {
+        match result {
+            Ok(()) => {
+                if self.textfile_error.take().is_some() {
+                    info!("textfile written again");
+                }
+            }
+            Err(e) => {
+                *self.errors.entry("textfile").or_default() += 1;
+                let msg = e.to_string();
+                if self.textfile_error.as_ref() != Some(&msg) {
+                    error!("{msg}");
+                    self.textfile_error = Some(msg);
+                }
+            }
         }
     }
 }
@@ -133,6 +168,11 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     });
     let cgroup = sys::cgroup2_root(&mounts)?;
 
+    let textfile = config
+        .textfile
+        .as_deref()
+        .map(crate::textfile::Writer::new)
+        .transpose()?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| {
         format!("cannot listen on {}; choose another address with --listen or `listen` in the config file", config.listen)
     })?;
@@ -142,12 +182,21 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     if !probes_ok {
         error!("no kernel probe attached: tunnel counters will stay at 0 (reasons above)");
     }
+    let maps = vec![
+        (names::WATCH, moonfrp_common::WATCH_ENTRIES),
+        (names::TRAFFIC, kernel.maps.slots()),
+        (names::TCP_STATS, kernel.maps.slots()),
+        (names::CONN_START, config.kernel.tracked_connections),
+    ];
     let mut collector = Collector {
         watch: WatchTable::new(kernel.maps.slots()),
         kernel,
+        host: Collectors::new(&config.collectors.options()),
+        maps,
         seq: 0,
         config_ok: true,
         errors: BTreeMap::new(),
+        textfile_error: None,
     };
     collector
         .apply_tunnels(&config)
@@ -161,7 +210,7 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
         probes_ok,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, state, stop_rx));
+    let server = tokio::spawn(server::serve(listener, state.clone(), stop_rx));
     info!(listen = %config.listen, interval = ?config.interval, tunnels = config.tunnels.len(), "serving /metrics");
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -182,6 +231,11 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
                 let c = collector.clone();
                 let snap = tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).collect()).await?;
                 latest.publish(snap);
+                if let Some(w) = &textfile {
+                    let text = metrics::openmetrics_to_text(&metrics::encode_openmetrics(&state.registry));
+                    let result = tokio::task::block_in_place(|| w.write(&text));
+                    collector.lock().unwrap_or_else(std::sync::PoisonError::into_inner).textfile_result(result);
+                }
             }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the configuration");
@@ -221,9 +275,11 @@ fn reload(
     if new.listen != config.listen
         || new.kernel != config.kernel
         || new.log_level != config.log_level
+        || new.textfile != config.textfile
     {
-        warn!("listen address, kernel sizes and log level only change on restart");
+        warn!("listen address, textfile, kernel settings and log level only change on restart");
     }
+    c.host.set_options(&new.collectors.options());
     if let Err(e) = c.apply_tunnels(&new) {
         error!("configuration not fully applied: {e}");
         c.config_ok = false;

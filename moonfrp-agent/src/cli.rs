@@ -39,6 +39,10 @@ pub struct ConfigArgs {
     /// Log level: error, warn, info, debug or trace [default: info]; RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Also write the metrics to this file every interval (text format, atomically replaced),
+    /// e.g. into node_exporter's textfile directory.
+    #[arg(long, value_name = "PATH")]
+    pub textfile: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -49,6 +53,7 @@ impl ConfigArgs {
             interval: self.interval.clone(),
             log_level: self.log_level.clone(),
             tunnels: self.tunnels.clone(),
+            textfile: self.textfile.clone(),
         }
     }
 

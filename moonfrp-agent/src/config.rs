@@ -56,6 +56,9 @@ pub struct Config {
     /// Sorted by name; names and (port, proto) pairs are unique.
     pub tunnels: Vec<TunnelSpec>,
     pub kernel: KernelConfig,
+    pub collectors: CollectorsConfig,
+    /// Write the exposition here every interval (for node_exporter's textfile collector).
+    pub textfile: Option<PathBuf>,
 }
 
 /// Sizes of the kernel tables, fixed when the programs are loaded.
@@ -66,6 +69,9 @@ pub struct KernelConfig {
     pub slots: u32,
     /// Open connections tracked for the duration histogram (LRU beyond that).
     pub tracked_connections: u32,
+    /// Keep the kernel's BPF run-time statistics on while the agent runs (≈ 20 ns per program
+    /// run, for every BPF program on the host), for `moonfrp_agent_bpf_*`.
+    pub bpf_stats: bool,
 }
 
 impl Default for KernelConfig {
@@ -73,6 +79,36 @@ impl Default for KernelConfig {
         Self {
             slots: DEFAULT_SLOTS,
             tracked_connections: DEFAULT_TRACKED_CONNECTIONS,
+            bpf_stats: true,
+        }
+    }
+}
+
+/// What the host collectors look for.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorsConfig {
+    /// Process names (or executable file names) that are FRP.
+    pub processes: Vec<String>,
+    /// systemd unit patterns (globs as `systemctl` takes them).
+    pub units: Vec<String>,
+}
+
+impl Default for CollectorsConfig {
+    fn default() -> Self {
+        let d = crate::collect::CollectOptions::default();
+        Self {
+            processes: d.process_names,
+            units: d.unit_patterns,
+        }
+    }
+}
+
+impl CollectorsConfig {
+    pub fn options(&self) -> crate::collect::CollectOptions {
+        crate::collect::CollectOptions {
+            process_names: self.processes.clone(),
+            unit_patterns: self.units.clone(),
         }
     }
 }
@@ -104,6 +140,9 @@ struct FileConfig {
     tunnels: Vec<FileTunnel>,
     #[serde(default)]
     kernel: KernelConfig,
+    #[serde(default)]
+    collectors: CollectorsConfig,
+    textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +166,7 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// Raw `--tunnel NAME=PORT[/tcp|udp]` values.
     pub tunnels: Vec<String>,
+    pub textfile: Option<PathBuf>,
 }
 
 impl Config {
@@ -193,43 +233,7 @@ impl Config {
             ));
         }
 
-        let mut tunnels = Vec::new();
-        for (i, t) in file.tunnels.into_iter().enumerate() {
-            let origin = format!("{file_origin}: tunnels[{i}] (`{}`)", t.name);
-            let port = u16::try_from(t.port)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| {
-                    invalid(
-                        &origin,
-                        format!("port {} is out of range; use 1..=65535", t.port),
-                    )
-                })?;
-            let proto = parse_proto(&t.proto).map_err(|p| invalid(&origin, p))?;
-            check_name(&t.name).map_err(|p| invalid(&origin, p))?;
-            tunnels.push((
-                origin,
-                TunnelSpec {
-                    name: t.name,
-                    port,
-                    proto,
-                    source: TunnelSource::ConfigFile,
-                },
-            ));
-        }
-        for raw in &o.tunnels {
-            let origin = format!("--tunnel {raw}");
-            let spec = raw.parse::<CliTunnel>().map_err(|p| invalid(&origin, p))?;
-            tunnels.push((
-                origin,
-                TunnelSpec {
-                    name: spec.name,
-                    port: spec.port,
-                    proto: spec.proto,
-                    source: TunnelSource::Cli,
-                },
-            ));
-        }
+        let tunnels = all_tunnels(file.tunnels, file_origin, o)?;
         if tunnels.len() > kernel.slots as usize {
             return Err(invalid(
                 "tunnels",
@@ -241,14 +245,71 @@ impl Config {
             ));
         }
         let tunnels = check_unique(tunnels)?;
+        let textfile = o.textfile.clone().or(file.textfile);
+        if let Some(t) = &textfile
+            && t.file_name().is_none()
+        {
+            return Err(invalid(
+                "textfile",
+                format!("`{}` is not a file path", t.display()),
+            ));
+        }
         Ok(Self {
             listen,
             interval,
             log_level,
             tunnels,
             kernel,
+            collectors: file.collectors,
+            textfile,
         })
     }
+}
+
+/// Tunnels from the file, then from `--tunnel` flags, each with where it came from.
+fn all_tunnels(
+    file: Vec<FileTunnel>,
+    file_origin: &str,
+    o: &Overrides,
+) -> Result<Vec<(String, TunnelSpec)>, ConfigError> {
+    let mut tunnels = Vec::new();
+    for (i, t) in file.into_iter().enumerate() {
+        let origin = format!("{file_origin}: tunnels[{i}] (`{}`)", t.name);
+        let port = u16::try_from(t.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                invalid(
+                    &origin,
+                    format!("port {} is out of range; use 1..=65535", t.port),
+                )
+            })?;
+        let proto = parse_proto(&t.proto).map_err(|p| invalid(&origin, p))?;
+        check_name(&t.name).map_err(|p| invalid(&origin, p))?;
+        tunnels.push((
+            origin,
+            TunnelSpec {
+                name: t.name,
+                port,
+                proto,
+                source: TunnelSource::ConfigFile,
+            },
+        ));
+    }
+    for raw in &o.tunnels {
+        let origin = format!("--tunnel {raw}");
+        let spec = raw.parse::<CliTunnel>().map_err(|p| invalid(&origin, p))?;
+        tunnels.push((
+            origin,
+            TunnelSpec {
+                name: spec.name,
+                port: spec.port,
+                proto: spec.proto,
+                source: TunnelSource::Cli,
+            },
+        ));
+    }
+    Ok(tunnels)
 }
 
 fn invalid(origin: &str, problem: impl Into<String>) -> ConfigError {

@@ -2,6 +2,7 @@
 //! it as Prometheus metrics. `main.rs` is a thin wrapper around [`agent::run`].
 pub mod agent;
 pub mod cli;
+pub mod collect;
 pub mod config;
 pub mod ebpf;
 pub mod metrics;
@@ -11,4 +12,5 @@ pub mod server;
 pub mod snapshot;
 pub mod sockets;
 pub mod sys;
+pub mod textfile;
 pub mod watch;

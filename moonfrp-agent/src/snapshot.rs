@@ -9,7 +9,13 @@ use std::{
 use aya::maps::MapError;
 use moonfrp_common::{Proto, TcpCounters, TrafficCounters};
 
-use crate::{config::TunnelSpec, ebpf::ProbeStatus, process::ProcessSample, watch::WatchTable};
+use crate::{
+    collect::{CollectorRun, SystemSample},
+    config::TunnelSpec,
+    ebpf::{ProbeStatus, ProgramStats},
+    process::ProcessSample,
+    watch::WatchTable,
+};
 
 /// Everything known at the end of one collection.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,18 +29,27 @@ pub struct Snapshot {
     pub tunnels: Vec<TunnelSample>,
     pub probes: Vec<ProbeStatus>,
     pub process: Option<ProcessSample>,
+    /// Host, FRP processes, services.
+    pub system: SystemSample,
     pub agent: AgentSample,
 }
 
 /// The agent's own state.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct AgentSample {
     pub slots_capacity: u32,
     pub slots_used: u32,
     /// Whether the last configuration (re)load was accepted.
     pub config_ok: bool,
-    /// Failed collections since start, by source (`kernel`, `process`, `config`, `sockets`).
+    /// Failed collections since start, by source (`kernel`, `process`, `config`, `sockets`,
+    /// `textfile`, and each host collector).
     pub errors: BTreeMap<&'static str, u64>,
+    /// How each collector did this interval.
+    pub collectors: Vec<CollectorRun>,
+    /// Run-time statistics of each attached program (when kernel statistics are on).
+    pub bpf: Vec<ProgramStats>,
+    /// Maps and their capacity (max entries).
+    pub maps: Vec<(&'static str, u32)>,
 }
 
 /// One tunnel's counters (cumulative since its port started being watched).

@@ -94,12 +94,45 @@ pub enum LoadError {
     Map(&'static str, String),
 }
 
+/// Run-time statistics of one attached program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub probe: &'static str,
+    pub run_time: std::time::Duration,
+    pub run_count: u64,
+}
+
 /// The loaded object: programs (links detach when this is dropped), maps, probe states.
 pub struct Kernel {
     /// Owns the programs and their links; dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     pub maps: KernelMaps,
     pub probes: Vec<ProbeStatus>,
+    /// Keeps the kernel's BPF run-time statistics on while the agent runs; the kernel turns them
+    /// off (restores the previous state) when this fd closes.
+    stats: Option<std::os::fd::OwnedFd>,
+}
+
+impl Kernel {
+    /// Run time and run count of every attached program.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        if self.stats.is_none() {
+            return Vec::new();
+        }
+        PROBES
+            .iter()
+            .zip(&self.probes)
+            .filter(|(_, status)| status.attached)
+            .filter_map(|(spec, _)| {
+                let info = self.ebpf.program(spec.program)?.info().ok()?;
+                Some(ProgramStats {
+                    probe: spec.probe,
+                    run_time: info.run_time(),
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
+    }
 }
 
 /// Loads the object sized by `cfg`, then attaches every probe it can.
@@ -139,10 +172,18 @@ pub fn load(cfg: &KernelConfig, tracefs: &Path, cgroup_root: &Path) -> Result<Ke
             }
         })
         .collect();
+    let stats = if cfg.bpf_stats {
+        aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .inspect_err(|e| warn!(error = %e, "cannot enable BPF run-time statistics; moonfrp_agent_bpf_* stays empty"))
+            .ok()
+    } else {
+        None
+    };
     Ok(Kernel {
-        _ebpf: ebpf,
+        ebpf,
         maps,
         probes,
+        stats,
     })
 }
 

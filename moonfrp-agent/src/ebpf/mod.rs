@@ -3,5 +3,5 @@ pub mod layout;
 pub mod loader;
 pub mod maps;
 
-pub use loader::{Kernel, LoadError, ProbeStatus, load};
+pub use loader::{Kernel, LoadError, ProbeStatus, ProgramStats, load};
 pub use maps::KernelMaps;

@@ -74,6 +74,7 @@ pub(super) fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         i64::from(s.agent.slots_used),
     )?;
 
+    encode_collectors_and_bpf(s, enc)?;
     if let Some(p) = &s.process {
         encode_process(p, enc)?;
     }
@@ -127,6 +128,62 @@ fn encode_process(p: &ProcessSample, enc: &mut DescriptorEncoder) -> fmt::Result
         "Start time of the agent since the Unix epoch.",
         seconds,
         p.start_time_seconds,
+    )?;
+    Ok(())
+}
+
+/// Per-collector timing and success, BPF program statistics, map capacities.
+fn encode_collectors_and_bpf(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let seconds = Some(&Unit::Seconds);
+    gauges(
+        enc,
+        "moonfrp_agent_collector_duration",
+        "Time the collector took in the latest collection.",
+        seconds,
+        s.agent
+            .collectors
+            .iter()
+            .map(|c| ([("collector", c.name)], c.duration.as_secs_f64())),
+    )?;
+    gauges(
+        enc,
+        "moonfrp_agent_collector_success",
+        "1 if the collector worked in the latest collection, 0 if it failed (see collection_errors and the log).",
+        None,
+        s.agent
+            .collectors
+            .iter()
+            .map(|c| ([("collector", c.name)], i64::from(c.ok))),
+    )?;
+    counters(
+        enc,
+        "moonfrp_agent_bpf_run_time",
+        "Time the kernel spent running the probe's program (BPF run-time statistics).",
+        seconds,
+        s.agent
+            .bpf
+            .iter()
+            .map(|b| ([("probe", b.probe)], b.run_time.as_secs_f64())),
+    )?;
+    counters(
+        enc,
+        "moonfrp_agent_bpf_runs",
+        "Times the kernel ran the probe's program.",
+        None,
+        s.agent
+            .bpf
+            .iter()
+            .map(|b| ([("probe", b.probe)], b.run_count)),
+    )?;
+    gauges(
+        enc,
+        "moonfrp_agent_bpf_map_max_entries",
+        "Capacity of each kernel map.",
+        None,
+        s.agent
+            .maps
+            .iter()
+            .map(|(m, n)| ([("map", *m)], i64::from(*n))),
     )?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! and the Prometheus text format 0.0.4 derived from it for scrapers that do not ask for
 //! OpenMetrics. Kernel counters are cumulative, so they are exported as const counters.
 mod agent;
+mod system;
 mod text;
 mod tunnels;
 
@@ -9,7 +10,7 @@ use std::{fmt, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
@@ -53,17 +54,18 @@ impl Collector for SnapshotCollector {
             return Ok(());
         };
         tunnels::encode(&s, &mut enc)?;
+        system::encode(&s.system, &mut enc)?;
         agent::encode(&s, &mut enc)
     }
 }
 
 /// One family of counters, one sample per label set.
-fn counters<'a, L: prometheus_client::encoding::EncodeLabelSet + 'a>(
+fn counters<'a, L: prometheus_client::encoding::EncodeLabelSet + 'a, N: EncodeCounterValue>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    rows: impl IntoIterator<Item = (L, u64)>,
+    rows: impl IntoIterator<Item = (L, N)>,
 ) -> fmt::Result {
     let mut m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
     for (labels, v) in rows {
@@ -100,7 +102,7 @@ fn gauge<N: EncodeGaugeValue>(
 }
 
 /// A counter without labels.
-fn counter<N: prometheus_client::encoding::EncodeCounterValue>(
+fn counter<N: EncodeCounterValue>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,

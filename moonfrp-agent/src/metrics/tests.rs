@@ -9,8 +9,9 @@ use moonfrp_common::{DURATION_BUCKETS, EGRESS, INGRESS, Proto, TcpCounters, Traf
 
 use super::{tunnels::duration_buckets, *};
 use crate::{
+    collect::{CollectorRun, SystemSample},
     config::{TunnelSource, TunnelSpec},
-    ebpf::ProbeStatus,
+    ebpf::{ProbeStatus, ProgramStats},
     process::ProcessSample,
     snapshot::{AgentSample, Snapshot, TcpSample, TunnelSample},
 };
@@ -87,12 +88,132 @@ fn sample_snapshot() -> Snapshot {
             start_time_seconds: 1_799_999_000.5,
             threads: 3,
         }),
+        system: sample_system(),
         agent: AgentSample {
             slots_capacity: 4096,
             slots_used: 2,
             config_ok: true,
             errors: BTreeMap::from([("kernel", 1)]),
+            collectors: vec![
+                CollectorRun {
+                    name: "kernel",
+                    duration: Duration::from_micros(900),
+                    ok: true,
+                },
+                CollectorRun {
+                    name: "disk",
+                    duration: Duration::from_micros(40),
+                    ok: false,
+                },
+            ],
+            bpf: vec![ProgramStats {
+                probe: "traffic_ingress",
+                run_time: Duration::from_millis(3),
+                run_count: 20_000,
+            }],
+            maps: vec![("WATCH", 65_536), ("TRAFFIC", 4096)],
         },
+    }
+}
+
+/// A host sample with one of everything, and a process that was seen and is gone.
+fn sample_system() -> SystemSample {
+    use crate::collect::{
+        cpu, disk, filesystem, host, memory, netdev, netstat, processes, systemd,
+    };
+    let running = processes::ProcStats {
+        cpu_seconds: 2.5,
+        resident_bytes: 20_971_520,
+        threads: 8,
+        open_fds: 15,
+        start_time_seconds: 1_799_990_000.0,
+    };
+    SystemSample {
+        cpu: Some(cpu::CpuSample {
+            seconds: BTreeMap::from([("idle", 900.0), ("user", 80.5), ("system", 19.5)]),
+            cpus: 2,
+            boot_time: 1_799_000_000,
+            usage_ratio: Some(0.25),
+        }),
+        memory: Some(memory::MemorySample {
+            total: 4096,
+            available: 3072,
+            free: 1024,
+            used: 1024,
+            buffers: 512,
+            cached: 1536,
+            swap_total: 0,
+            swap_free: 0,
+        }),
+        host: Some(host::HostSample {
+            load1: 0.5,
+            load5: 0.25,
+            load15: 0.125,
+            uptime_seconds: 1000.0,
+            open_fds: 300,
+            max_fds: 1_000_000,
+        }),
+        netdev: Some(vec![netdev::NetDev {
+            name: "eth0.100".into(),
+            rx_bytes: 1000,
+            tx_bytes: 2000,
+            rx_packets: 10,
+            tx_packets: 20,
+            ..netdev::NetDev::default()
+        }]),
+        disks: Some(vec![disk::Disk {
+            name: "vda".into(),
+            reads: 3,
+            writes: 4,
+            read_bytes: 1536,
+            written_bytes: 2048,
+            read_seconds: 0.5,
+            write_seconds: 0.25,
+            io_seconds: 0.75,
+        }]),
+        filesystems: Some(vec![filesystem::Filesystem {
+            mount: filesystem::Mount {
+                mountpoint: "/".into(),
+                fstype: "ext4".into(),
+                device: "/dev/vda".into(),
+            },
+            size_bytes: 10_000,
+            avail_bytes: 4_000,
+            used_bytes: 5_000,
+        }]),
+        tcp: Some(netstat::HostTcp {
+            retrans_segs: 5,
+            out_rsts: 6,
+            curr_estab: 7,
+            listen_overflows: 1,
+            listen_drops: 2,
+            active_opens: 100,
+            passive_opens: 200,
+        }),
+        processes: Some(vec![
+            processes::FrpProcess {
+                process: "frpc".into(),
+                config: String::new(),
+                running: 0,
+                restarts: 0,
+                stats: None,
+            },
+            processes::FrpProcess {
+                process: "frps".into(),
+                config: "/etc/frp/frps.toml".into(),
+                running: 1,
+                restarts: 2,
+                stats: Some(running),
+            },
+        ]),
+        services: Some(systemd::Services {
+            units: vec![systemd::Unit {
+                name: "moonfrp-server.service".into(),
+                active_state: "failed".into(),
+                sub_state: "failed".into(),
+                restarts: 3,
+            }],
+        }),
     }
 }
 

@@ -1,0 +1,70 @@
+//! Memory and swap from /proc/meminfo (procfs).
+use procfs::{FromBufRead, Meminfo};
+
+use super::{CollectError, read_file};
+
+const PATH: &str = "/proc/meminfo";
+
+/// Bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemorySample {
+    pub total: u64,
+    pub available: u64,
+    pub free: u64,
+    /// total − available: what applications hold and cannot give back.
+    pub used: u64,
+    pub buffers: u64,
+    /// Page cache plus reclaimable slab.
+    pub cached: u64,
+    pub swap_total: u64,
+    pub swap_free: u64,
+}
+
+pub fn parse(text: &str) -> Result<MemorySample, CollectError> {
+    let m = Meminfo::from_buf_read(text.as_bytes()).map_err(|e| CollectError::parse(PATH, e))?;
+    // procfs has already turned the file's kB into bytes.
+    // procfs has already turned the file's kB into bytes.
+    let available = m.mem_available.unwrap_or(m.mem_free + m.buffers + m.cached);
+    Ok(MemorySample {
+        total: m.mem_total,
+        available,
+        free: m.mem_free,
+        used: m.mem_total.saturating_sub(available),
+        buffers: m.buffers,
+        cached: m.cached + m.s_reclaimable.unwrap_or(0),
+        swap_total: m.swap_total,
+        swap_free: m.swap_free,
+    })
+}
+
+pub fn read() -> Result<MemorySample, CollectError> {
+    parse(&read_file(PATH)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::fixture;
+
+    #[test]
+    fn bytes_from_() {
+        let text = fixture("proc/meminfo");
+        let kb = |key: &str| -> u64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{key}:")))
+                .unwrap();
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                * 1024
+        };
+        let m = parse(&text).unwrap();
+        assert_eq!(m.total, kb("MemTotal"));
+        assert_eq!(m.available, kb("MemAvailable"));
+        assert_eq!(m.used, m.total - m.available);
+        assert_eq!(m.swap_total, kb("SwapTotal"));
+    }
+}

@@ -1,0 +1,193 @@
+//! Host, FRP-process and service collectors. One module per source: a pure `parse` over text
+//! (tested with fixture files) and a thin `read` that does the I/O. Every collector runs once per
+//! interval inside the snapshot; one that fails is skipped, counted, and logged once per change
+//! of its error, and the rest of the snapshot is still complete.
+pub mod cpu;
+pub mod disk;
+pub mod filesystem;
+pub mod host;
+pub mod memory;
+pub mod netdev;
+pub mod netstat;
+pub mod processes;
+pub mod systemd;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use tracing::{info, warn};
+
+/// Why a collector produced nothing this time.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {reason}")]
+    Parse { path: String, reason: String },
+}
+
+impl CollectError {
+    pub fn read(path: &str, source: std::io::Error) -> Self {
+        Self::Read {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers hand over errors and strings they no longer need"
+    )]
+    pub fn parse(path: &str, reason: impl ToString) -> Self {
+        Self::Parse {
+            path: path.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Reads a whole file, naming it in the error.
+pub fn read_file(path: &str) -> Result<String, CollectError> {
+    std::fs::read_to_string(path).map_err(|e| CollectError::read(path, e))
+}
+
+/// What the host looked like at one interval; a source that failed is `None`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SystemSample {
+    pub cpu: Option<cpu::CpuSample>,
+    pub memory: Option<memory::MemorySample>,
+    pub host: Option<host::HostSample>,
+    pub netdev: Option<Vec<netdev::NetDev>>,
+    pub disks: Option<Vec<disk::Disk>>,
+    pub filesystems: Option<Vec<filesystem::Filesystem>>,
+    pub tcp: Option<netstat::HostTcp>,
+    pub processes: Option<Vec<processes::FrpProcess>>,
+    pub services: Option<systemd::Services>,
+}
+
+/// How one collector did in the latest collection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectorRun {
+    pub name: &'static str,
+    pub duration: Duration,
+    pub ok: bool,
+}
+
+/// Collector state kept between intervals.
+#[derive(Debug)]
+pub struct Collectors {
+    prev_cpu: Option<cpu::CpuSample>,
+    processes: processes::Tracker,
+    systemd: systemd::Systemd,
+    /// The last error of each collector, to log only changes.
+    last_error: HashMap<&'static str, String>,
+}
+
+/// Options of the collectors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectOptions {
+    /// Process names that are FRP (matched against the process name and executable's name).
+    pub process_names: Vec<String>,
+    /// systemd unit patterns (globs).
+    pub unit_patterns: Vec<String>,
+}
+
+impl Default for CollectOptions {
+    fn default() -> Self {
+        Self {
+            process_names: vec!["frps".into(), "frpc".into()],
+            unit_patterns: vec!["moonfrp-*".into(), "frps*".into(), "frpc*".into()],
+        }
+    }
+}
+
+impl Collectors {
+    pub fn new(opts: &CollectOptions) -> Self {
+        Self {
+            prev_cpu: None,
+            processes: processes::Tracker::new(opts.process_names.clone()),
+            systemd: systemd::Systemd::new(opts.unit_patterns.clone()),
+            last_error: HashMap::new(),
+        }
+    }
+
+    /// Replaces the options (after a configuration reload).
+    pub fn set_options(&mut self, opts: &CollectOptions) {
+        self.processes.set_names(opts.process_names.clone());
+        self.systemd.set_patterns(opts.unit_patterns.clone());
+    }
+
+    fn run<T>(
+        &mut self,
+        name: &'static str,
+        runs: &mut Vec<CollectorRun>,
+        errors: &mut BTreeMap<&'static str, u64>,
+        f: impl FnOnce(&mut Self) -> Result<T, CollectError>,
+    ) -> Option<T> {
+        let started = Instant::now();
+        let result = f(self);
+        runs.push(CollectorRun {
+            name,
+            duration: started.elapsed(),
+            ok: result.is_ok(),
+        });
+        match result {
+            Ok(v) => {
+                if self.last_error.remove(name).is_some() {
+                    info!(collector = name, "collector works again");
+                }
+                Some(v)
+            }
+            Err(e) => {
+                *errors.entry(name).or_default() += 1;
+                let msg = e.to_string();
+                if self.last_error.get(name) != Some(&msg) {
+                    warn!(collector = name, error = %msg, "collector failed; its series are left out until it works");
+                    self.last_error.insert(name, msg);
+                }
+                None
+            }
+        }
+    }
+
+    /// Runs every collector once.
+    pub fn collect(
+        &mut self,
+        errors: &mut BTreeMap<&'static str, u64>,
+    ) -> (SystemSample, Vec<CollectorRun>) {
+        let mut runs = Vec::new();
+        let mut s = SystemSample {
+            cpu: self.run("cpu", &mut runs, errors, |_| cpu::read()),
+            ..SystemSample::default()
+        };
+        if let (Some(now), Some(prev)) = (s.cpu.as_mut(), self.prev_cpu.as_ref()) {
+            now.usage_ratio = cpu::usage_ratio(prev, now);
+        }
+        self.prev_cpu.clone_from(&s.cpu);
+        s.memory = self.run("memory", &mut runs, errors, |_| memory::read());
+        s.host = self.run("host", &mut runs, errors, |_| host::read());
+        s.netdev = self.run("netdev", &mut runs, errors, |_| netdev::read());
+        s.disks = self.run("disk", &mut runs, errors, |_| disk::read());
+        s.filesystems = self.run("filesystem", &mut runs, errors, |_| filesystem::read());
+        s.tcp = self.run("netstat", &mut runs, errors, |_| netstat::read());
+        s.processes = self.run("processes", &mut runs, errors, |c| c.processes.read());
+        if self.systemd.available() {
+            s.services = self.run("systemd", &mut runs, errors, |c| c.systemd.read());
+        }
+        (s, runs)
+    }
+}
+
+/// Path of a fixture file under `tests/fixtures/`.
+#[cfg(test)]
+pub fn fixture(rel: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
