@@ -1,11 +1,16 @@
 //! Criterion benches of the userspace hot paths at 1,000 tunnels: reading the kernel maps and
 //! summing CPUs (needs root: the programs are loaded for real), building the snapshot, and
-//! encoding `/metrics` in both formats. Run with `cargo bench -p moonfrp-agent`.
-use std::{collections::HashMap, sync::Arc, time::SystemTime};
+//! encoding `/metrics` in both formats; and the host collectors (read + parse). Run with `cargo bench -p moonfrp-agent`.
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::SystemTime,
+};
 
 use aya::maps::MapError;
 use criterion::{Criterion, criterion_group, criterion_main};
 use moonfrp_agent::{
+    collect::{self, CollectOptions, Collectors},
     config::{KernelConfig, TunnelSource, TunnelSpec},
     ebpf, metrics,
     snapshot::{AgentSample, CounterSource, Latest, Snapshot, read_tunnels},
@@ -66,7 +71,7 @@ fn snapshot_of(source: &impl CounterSource, watch: &WatchTable) -> Snapshot {
         tunnels: read_tunnels(source, watch, &mut failures),
         probes: Vec::new(),
         process: None,
-        system: moonfrp_agent::collect::SystemSample::default(),
+        system: collect::SystemSample::default(),
         agent: AgentSample {
             slots_capacity: 4096,
             slots_used: u32::from(TUNNELS),
@@ -98,6 +103,26 @@ fn userspace(c: &mut Criterion) {
     });
 }
 
+fn host(c: &mut Criterion) {
+    let mut collectors = Collectors::new(&CollectOptions::default());
+    c.bench_function("collect: every host collector on this machine", |b| {
+        b.iter(|| collectors.collect(&mut BTreeMap::new()));
+    });
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let dev = std::fs::read_to_string("/proc/net/dev").unwrap();
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap();
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
+    c.bench_function("parse: /proc/stat, /proc/net/dev, snmp + netstat", |b| {
+        b.iter(|| {
+            (
+                collect::cpu::parse(&stat, 100).unwrap(),
+                collect::netdev::parse(&dev).unwrap(),
+                collect::netstat::parse(&snmp, &netstat).unwrap(),
+            )
+        });
+    });
+}
+
 fn kernel_maps(c: &mut Criterion) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -121,5 +146,5 @@ fn kernel_maps(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, userspace, kernel_maps);
+criterion_group!(benches, userspace, host, kernel_maps);
 criterion_main!(benches);

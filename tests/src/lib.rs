@@ -491,6 +491,77 @@ pub fn host_retrans_segs() -> u64 {
     vals.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
+/// A background program started by a test; killed (SIGTERM, then SIGKILL) when dropped.
+pub struct Daemon {
+    child: Child,
+    pub name: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `program args…` with its output in a log file.
+    pub fn start(program: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("daemon.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {program}: {e} (`cargo xtask test` installs it)")
+            });
+        Self {
+            child,
+            name: program.to_owned(),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if wait_timeout(&mut self.child, Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            eprintln!("---- {} log ----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, for at most `timeout`.
+pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     std::env::var_os("MOONFRP_WORKSPACE").map_or_else(

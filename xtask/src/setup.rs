@@ -10,8 +10,14 @@ use anyhow::{Context as _, bail, ensure};
 
 /// bpf-linker version known to build and link here (see DESIGN.md, toolchain facts).
 const BPF_LINKER: &str = "0.13.0";
-/// Debian packages the test suite uses: promtool (from prometheus) and setpriv (util-linux).
-const TEST_PACKAGES: &[&str] = &["prometheus", "util-linux", "iproute2"];
+/// Debian packages the test suite uses: prometheus (server and promtool), node_exporter,
+/// util-linux (setpriv, unshare) and iproute2.
+const TEST_PACKAGES: &[&str] = &[
+    "prometheus",
+    "prometheus-node-exporter",
+    "util-linux",
+    "iproute2",
+];
 
 pub fn all(test_deps: bool) -> anyhow::Result<()> {
     toolchain()?;
