@@ -478,6 +478,22 @@ fn parse_labels(mut s: &str) -> Option<Vec<(String, String)>> {
     Some(out)
 }
 
+/// Accepts one connection on 127.0.0.1:`port` and sends it `bytes` bytes from a client;
+/// returns once the server has read them all.
+pub fn send_tcp(port: u16, bytes: usize) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let server = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut sink = Vec::new();
+        s.read_to_end(&mut sink).unwrap();
+        sink.len()
+    });
+    let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    c.write_all(&vec![7; bytes]).unwrap();
+    drop(c);
+    assert_eq!(server.join().unwrap(), bytes);
+}
+
 /// Host-wide TCP `RetransSegs` (from /proc/net/snmp): if it did not move, no segment on
 /// loopback was retransmitted, by our sockets or by their peers.
 pub fn host_retrans_segs() -> u64 {

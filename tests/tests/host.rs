@@ -1,28 +1,13 @@
 //! Host, process and service collectors against the real machine, a real Prometheus and a real
 //! node_exporter.
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr},
     os::unix::fs::PermissionsExt as _,
     thread,
     time::{Duration, Instant},
 };
 
-use moonfrp_tests::{Agent, Daemon, agent_bin, free_port, http_get, poll};
-
-fn send_over_lo(port: u16, bytes: usize) {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
-    let t = thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut sink = Vec::new();
-        s.read_to_end(&mut sink).unwrap();
-        sink.len()
-    });
-    let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
-    c.write_all(&vec![1; bytes]).unwrap();
-    drop(c);
-    assert_eq!(t.join().unwrap(), bytes);
-}
+use moonfrp_tests::{Agent, Daemon, agent_bin, free_port, http_get, poll, send_tcp};
 
 fn meminfo_kb(key: &str) -> f64 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap();
@@ -58,7 +43,7 @@ fn collectors_agree_with_the_kernel() {
         .get("moonfrp_system_tcp_passive_opens_total", &[])
         .unwrap();
 
-    send_over_lo(port, 1 << 20);
+    send_tcp(port, 1 << 20);
     let m = agent.wait_snapshots(2);
     let lo_after = m
         .get(
@@ -135,7 +120,7 @@ fn collectors_agree_with_the_kernel() {
 fn a_real_prometheus_scrapes_the_agent() {
     let port = free_port();
     let agent = Agent::start(&["-t", &format!("web={port}")]);
-    send_over_lo(port, 123_456);
+    send_tcp(port, 123_456);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(

@@ -1,12 +1,7 @@
 //! The watch table changes at run time without reloading or detaching any program.
-use std::{
-    fmt::Write as _,
-    io::{Read, Write},
-    net::{Ipv4Addr, TcpListener, TcpStream},
-    thread,
-};
+use std::{fmt::Write as _, io::Write};
 
-use moonfrp_tests::Agent;
+use moonfrp_tests::{Agent, send_tcp};
 
 fn config(tunnels: &[(&str, u16)]) -> String {
     let mut s = String::from("interval = \"1s\"\n");
@@ -14,20 +9,6 @@ fn config(tunnels: &[(&str, u16)]) -> String {
         let _ = write!(s, "[[tunnels]]\nname = \"{name}\"\nport = {port}\n");
     }
     s
-}
-
-fn send(port: u16, bytes: usize) {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
-    let t = thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut sink = Vec::new();
-        s.read_to_end(&mut sink).unwrap();
-        sink.len()
-    });
-    let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
-    c.write_all(&vec![7; bytes]).unwrap();
-    drop(c);
-    assert_eq!(t.join().unwrap(), bytes);
 }
 
 #[test]
@@ -48,8 +29,8 @@ fn ports_added_and_removed_at_run_time() {
     agent.wait_for("tunnel b to appear", |m| {
         m.get("moonfrp_tunnel_info", &[("tunnel", "b")]).is_some()
     });
-    send(b, 10_000);
-    send(a, 1_000);
+    send_tcp(b, 10_000);
+    send_tcp(a, 1_000);
     let m = agent.wait_snapshots(2);
     assert_eq!(
         m.tunnel("b", "moonfrp_tunnel_receive_payload_bytes_total"),
@@ -73,7 +54,7 @@ fn ports_added_and_removed_at_run_time() {
         m.tunnel("a", "moonfrp_tunnel_receive_payload_bytes_total"),
         1_000.0
     );
-    send(b, 5_000);
+    send_tcp(b, 5_000);
     let m = agent.wait_snapshots(2);
     assert!(
         m.with_label("tunnel", "b").is_empty(),
