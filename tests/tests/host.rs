@@ -156,7 +156,7 @@ fn a_real_prometheus_scrapes_the_agent() {
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     };
-    let up = poll("up == 1 in Prometheus", Duration::from_secs(60), || {
+    let up = poll("up == 1 in Prometheus", Duration::from_mins(1), || {
         query("up{job=\"moonfrp\"}").filter(|v| *v == 1.0)
     });
     assert_eq!(up, 1.0, "{}", prometheus.log());

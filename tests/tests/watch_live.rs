@@ -1,5 +1,5 @@
 //! The watch table changes at run time without reloading or detaching any program.
-use std::{fmt::Write as _, io::Write};
+use std::fmt::Write as _;
 
 use moonfrp_tests::{Agent, send_tcp};
 
