@@ -5,6 +5,7 @@ pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod ebpf;
+pub mod frp;
 pub mod metrics;
 pub mod privileges;
 pub mod process;
