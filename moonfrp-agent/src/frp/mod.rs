@@ -1,7 +1,9 @@
 //! FRP's own view of its tunnels: configuration files and the frps/frpc HTTP APIs. Pure parsers
 //! here; the I/O that feeds them lives in discovery.
 pub mod api;
+pub mod client;
 pub mod config;
+pub mod discovery;
 mod ini;
 
 use std::fmt;

@@ -1,0 +1,345 @@
+//! Tunnels learnt from FRP itself: frps/frpc config files and the frps/frpc APIs they point to.
+//! `derive` is the pure merge (tested with fixtures); `Discovery` does the I/O once per interval,
+//! re-reads config files that changed, and keeps a tunnel that vanished from every source for a
+//! grace period before it is dropped.
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use moonfrp_common::Proto;
+use tracing::{info, warn};
+
+use super::{
+    api::{self, ClientProxy, ServerProxy},
+    client::{self, Endpoint},
+    config::{self, ClientConfig, FrpConfig, ServerConfig},
+    port_proto,
+};
+
+/// What a tunnel is to FRP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// A proxy's public port on frps (`remotePort`).
+    Server,
+    /// A proxy's local service on the frpc host (`localPort`).
+    Client,
+    /// frps's `bindPort` (and KCP/QUIC): the multiplexed frpc↔frps link.
+    Transport,
+    /// frps's shared HTTP/HTTPS port: all http/https proxies together.
+    Vhost,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Client => "client",
+            Self::Transport => "transport",
+            Self::Vhost => "vhost",
+        }
+    }
+}
+
+/// Where FRP said so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Origin {
+    FrpConfig,
+    FrpsApi,
+}
+
+/// frps's own numbers for a proxy (its counters reset daily and count TCP only on close).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApiStats {
+    pub today_traffic_in: u64,
+    pub today_traffic_out: u64,
+    pub cur_conns: u64,
+}
+
+/// A tunnel FRP told us about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub name: String,
+    /// frp proxy type (`tcp`, `http`, …), or `transport` / `vhost`.
+    pub kind: String,
+    pub role: Role,
+    pub origin: Origin,
+    /// The local port to count; `None` for proxies that share a vhost port or are P2P.
+    pub port: Option<(u16, Proto)>,
+    /// FRP's word on it (`online`, `offline`, `running`, `check failed`…), if an API answered.
+    pub status: Option<String>,
+    /// frpc's error text.
+    pub error: Option<String>,
+    pub stats: Option<ApiStats>,
+}
+
+impl Found {
+    /// Whether FRP itself says the tunnel is working (`None`: FRP did not say).
+    pub fn frp_ok(&self) -> Option<bool> {
+        let s = self.status.as_deref()?;
+        Some(matches!(s, "online" | "running"))
+    }
+}
+
+/// Answers of one frps's API this interval.
+#[derive(Clone, Debug, Default)]
+pub struct FrpsView {
+    pub proxies: Vec<ServerProxy>,
+}
+
+/// The frpc config proxies' local port protocol: the service behind any TCP-based type is TCP.
+fn local_proto(kind: &str) -> Proto {
+    if matches!(kind, "udp" | "sudp") { Proto::Udp } else { Proto::Tcp }
+}
+
+fn is_local(ip: &str) -> bool {
+    ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback() || a.is_unspecified()) || ip == "localhost"
+}
+
+fn server_tunnels(s: &ServerConfig, api: Option<&Result<FrpsView, String>>, out: &mut Vec<Found>) {
+    let fixed = |name: &str, kind: &str, role, port: Option<u16>, proto| {
+        port.map(|p| Found {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            role,
+            origin: Origin::FrpConfig,
+            port: Some((p, proto)),
+            status: None,
+            error: None,
+            stats: None,
+        })
+    };
+    out.extend(fixed("frps-transport", "transport", Role::Transport, Some(s.bind_port), Proto::Tcp));
+    out.extend(fixed("frps-transport-kcp", "transport", Role::Transport, s.kcp_bind_port, Proto::Udp));
+    out.extend(fixed("frps-transport-quic", "transport", Role::Transport, s.quic_bind_port, Proto::Udp));
+    out.extend(fixed("frps-vhost-http", "vhost", Role::Vhost, s.vhost_http_port, Proto::Tcp));
+    out.extend(fixed("frps-vhost-https", "vhost", Role::Vhost, s.vhost_https_port, Proto::Tcp));
+    if let Some(Ok(view)) = api {
+        for p in &view.proxies {
+            let port = port_proto(&p.kind).and_then(|proto| p.remote_port.map(|port| (port, proto)));
+            out.push(Found {
+                name: p.name.clone(),
+                kind: p.kind.clone(),
+                role: Role::Server,
+                origin: Origin::FrpsApi,
+                port,
+                status: Some(p.status.clone()),
+                error: None,
+                stats: Some(ApiStats { today_traffic_in: p.today_traffic_in, today_traffic_out: p.today_traffic_out, cur_conns: p.cur_conns }),
+            });
+        }
+    }
+}
+
+fn client_tunnels(c: &ClientConfig, api: Option<&Result<Vec<ClientProxy>, String>>, out: &mut Vec<Found>) {
+    let status: HashMap<&str, &ClientProxy> = match api {
+        Some(Ok(list)) => list.iter().map(|p| (p.name.as_str(), p)).collect(),
+        _ => HashMap::new(),
+    };
+    for p in &c.proxies {
+        let name = match &c.user {
+            Some(u) => format!("{u}.{}", p.name),
+            None => p.name.clone(),
+        };
+        let port = p.local_port.filter(|lp| *lp != 0 && is_local(&p.local_ip)).map(|lp| (lp, local_proto(&p.kind)));
+        let api = status.get(p.name.as_str());
+        out.push(Found {
+            name,
+            kind: p.kind.clone(),
+            role: Role::Client,
+            origin: Origin::FrpConfig,
+            port,
+            status: api.map(|a| a.status.clone()),
+            error: api.map(|a| a.err.clone()).filter(|e| !e.is_empty()),
+            stats: None,
+        });
+    }
+}
+
+/// One config file's parse result and its API's answer this interval.
+#[derive(Debug)]
+pub enum Source {
+    Server(ServerConfig, Option<Result<FrpsView, String>>),
+    Client(ClientConfig, Option<Result<Vec<ClientProxy>, String>>),
+}
+
+/// Everything FRP says, deduplicated by port: the first source to claim a (port, protocol)
+/// keeps it (frps's API before config-derived entries), and a name repeats only across roles.
+pub fn derive(sources: &[Source]) -> Vec<Found> {
+    let mut all = Vec::new();
+    for s in sources {
+        match s {
+            Source::Server(cfg, api) => server_tunnels(cfg, api.as_ref(), &mut all),
+            Source::Client(cfg, api) => client_tunnels(cfg, api.as_ref(), &mut all),
+        }
+    }
+    all.sort_by_key(|f| (f.origin != Origin::FrpsApi, f.role));
+    let mut ports = std::collections::HashSet::new();
+    let mut names = std::collections::HashSet::new();
+    all.retain(|f| f.port.is_none_or(|p| ports.insert(p)) && names.insert((f.name.clone(), f.role)));
+    all.sort_by(|a, b| (&a.name, a.role).cmp(&(&b.name, b.role)));
+    all
+}
+
+/// Where to look and how long to wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Glob patterns of frp config files.
+    pub configs: Vec<String>,
+    /// How long a tunnel that vanished from every source is kept.
+    pub grace: Duration,
+    pub api_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            configs: ["toml", "ini", "yaml", "yml", "json"].iter().map(|e| format!("/etc/frp/*.{e}")).collect(),
+            grace: Duration::from_mins(5),
+            api_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The discovery state kept between intervals.
+#[derive(Debug)]
+pub struct Discovery {
+    opts: Options,
+    files: BTreeMap<PathBuf, (Option<SystemTime>, Result<FrpConfig, String>)>,
+    seen: BTreeMap<(String, Role), (Found, Instant)>,
+    logged: HashMap<String, String>,
+}
+
+fn stamp(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl Discovery {
+    pub fn new(opts: Options) -> Self {
+        Self { opts, files: BTreeMap::new(), seen: BTreeMap::new(), logged: HashMap::new() }
+    }
+
+    pub fn set_options(&mut self, opts: Options) {
+        if opts.configs != self.opts.configs {
+            self.files.clear();
+        }
+        self.opts = opts;
+    }
+
+    /// Logs a source's error once per change, and its recovery.
+    fn note(&mut self, source: &str, result: Result<(), &str>, errors: &mut BTreeMap<&'static str, u64>, key: &'static str) {
+        match result {
+            Ok(()) => {
+                if self.logged.remove(source).is_some() {
+                    info!(source, "frp source works again");
+                }
+            }
+            Err(e) => {
+                *errors.entry(key).or_default() += 1;
+                if self.logged.get(source).map(String::as_str) != Some(e) {
+                    warn!(source, error = %e, "frp source failed; the others are still used");
+                    self.logged.insert(source.to_owned(), e.to_owned());
+                }
+            }
+        }
+    }
+
+    /// Re-reads changed config files, asks every API, and returns the tunnels FRP knows now
+    /// (plus those still within their grace period). Blocks on the APIs: call it off the runtime.
+    pub fn refresh(&mut self, rt: &tokio::runtime::Handle, errors: &mut BTreeMap<&'static str, u64>) -> Vec<Found> {
+        let mut paths: Vec<PathBuf> = self.opts.configs.iter().filter_map(|g| glob::glob(g).ok()).flatten().flatten().collect();
+        paths.sort();
+        paths.dedup();
+        self.files.retain(|p, _| paths.contains(p));
+        for path in paths {
+            let now = stamp(&path);
+            if self.files.get(&path).is_some_and(|(s, _)| *s == now && now.is_some()) {
+                continue;
+            }
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|e| format!("frp config {}: {e}", path.display()))
+                .and_then(|text| config::parse(&path, &text).map_err(|e| e.to_string()));
+            self.files.insert(path, (now, parsed));
+        }
+
+        let mut sources = Vec::new();
+        let files: Vec<(PathBuf, Result<FrpConfig, String>)> = self.files.iter().map(|(p, (_, c))| (p.clone(), c.clone())).collect();
+        for (path, parsed) in files {
+            let label = path.display().to_string();
+            match parsed {
+                Err(e) => self.note(&label, Err(&e), errors, "frp_config"),
+                Ok(FrpConfig::Server(cfg)) => {
+                    self.note(&label, Ok(()), errors, "frp_config");
+                    let api = cfg.web.as_ref().map(|w| rt.block_on(frps_view(&Endpoint::from_web(w), self.opts.api_timeout)));
+                    if let Some(result) = &api {
+                        let src = format!("frps API at {}", cfg.web.as_ref().map(|w| w.port).unwrap_or_default());
+                        self.note(&src, result.as_ref().map(|_| ()).map_err(String::as_str), errors, "frps_api");
+                    }
+                    sources.push(Source::Server(cfg, api));
+                }
+                Ok(FrpConfig::Client(cfg)) => {
+                    self.note(&label, Ok(()), errors, "frp_config");
+                    let api = cfg.web.as_ref().map(|w| {
+                        rt.block_on(client::get(&Endpoint::from_web(w), "/api/status", self.opts.api_timeout))
+                            .and_then(|b| api::parse_client_status(&b).map_err(|e| format!("GET /api/status: {e}")))
+                    });
+                    if let Some(result) = &api {
+                        let src = format!("frpc API at {}", cfg.web.as_ref().map(|w| w.port).unwrap_or_default());
+                        self.note(&src, result.as_ref().map(|_| ()).map_err(String::as_str), errors, "frpc_api");
+                    }
+                    sources.push(Source::Client(cfg, api));
+                }
+            }
+        }
+
+        let now = Instant::now();
+        for f in derive(&sources) {
+            self.seen.insert((f.name.clone(), f.role), (f, now));
+        }
+        let grace = self.opts.grace;
+        self.seen.retain(|_, (_, at)| now.duration_since(*at) <= grace);
+        self.seen
+            .values()
+            .map(|(f, at)| {
+                let mut f = f.clone();
+                if *at != now {
+                    // Not confirmed this time: FRP's word is stale.
+                    f.status = None;
+                    f.stats = None;
+                }
+                f
+            })
+            .collect()
+    }
+}
+
+/// frps's proxies from the v2 API (paged), or from v1 (one call per type) when v2 is absent.
+async fn frps_view(ep: &Endpoint, timeout: Duration) -> Result<FrpsView, String> {
+    let mut proxies = Vec::new();
+    if let Ok(body) = client::get(ep, "/api/v2/proxies?page=1&pageSize=200", timeout).await
+        && let Ok((first, total)) = api::parse_v2(&body)
+    {
+        proxies.extend(first);
+        let mut page = 2;
+        while (proxies.len() as u64) < total && page <= 50 {
+            let body = client::get(ep, &format!("/api/v2/proxies?page={page}&pageSize=200"), timeout).await?;
+            let (more, _) = api::parse_v2(&body).map_err(|e| format!("GET /api/v2/proxies: {e}"))?;
+            if more.is_empty() {
+                break;
+            }
+            proxies.extend(more);
+            page += 1;
+        }
+        return Ok(FrpsView { proxies });
+    }
+    for kind in api::V1_TYPES {
+        let path = format!("/api/proxy/{kind}");
+        let body = client::get(ep, &path, timeout).await?;
+        proxies.extend(api::parse_v1(kind, &body).map_err(|e| format!("GET {path}: {e}"))?);
+    }
+    Ok(FrpsView { proxies })
+}
+
+#[cfg(test)]
+mod tests;
