@@ -71,6 +71,7 @@ fn snapshot_of(source: &impl CounterSource, watch: &WatchTable) -> Snapshot {
         tunnels: read_tunnels(source, watch, &mut failures),
         probes: Vec::new(),
         process: None,
+        portless: Vec::new(),
         system: collect::SystemSample::default(),
         agent: AgentSample {
             slots_capacity: 4096,

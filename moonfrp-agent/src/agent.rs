@@ -2,14 +2,12 @@
 //! interval read the kernel and /proc into a `Snapshot`; reload the config on SIGHUP or when the
 //! file changes; detach everything on SIGINT/SIGTERM.
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Instant, SystemTime},
+    time::SystemTime,
 };
 
 use anyhow::Context as _;
-use moonfrp_common::names;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -19,14 +17,12 @@ use tracing::{error, info, warn};
 
 use crate::{
     cli::ConfigArgs,
-    collect::{CollectorRun, Collectors},
     config::Config,
-    ebpf::{self, Kernel},
-    metrics, privileges, process,
+    cycle::Cycle,
+    ebpf, metrics, privileges,
     server::{self, AppState},
-    snapshot::{AgentSample, Latest, Snapshot, read_tunnels},
-    sockets, sys,
-    watch::WatchTable,
+    snapshot::Latest,
+    sys,
 };
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -39,103 +35,6 @@ pub fn run(config: Config, args: ConfigArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(run_async(config, args))
-}
-
-/// Kernel state plus bookkeeping; what each interval's collection works on.
-struct Collector {
-    kernel: Kernel,
-    watch: WatchTable,
-    host: Collectors,
-    maps: Vec<(&'static str, u32)>,
-    seq: u64,
-    config_ok: bool,
-    errors: BTreeMap<&'static str, u64>,
-    textfile_error: Option<String>,
-}
-
-impl Collector {
-    fn apply_tunnels(&mut self, config: &Config) -> Result<(), crate::watch::WatchError> {
-        let errors = &mut self.errors;
-        let changes = self
-            .watch
-            .apply(&mut self.kernel.maps, &config.tunnels, |ports| {
-                sockets::seed_active(ports).unwrap_or_else(|e| {
-                warn!(error = %e, "cannot read the socket table; active connections start at 0");
-                *errors.entry("sockets").or_default() += 1;
-                std::collections::HashMap::new()
-            })
-            })?;
-        for t in &changes.added {
-            info!(tunnel = %t, "watching");
-        }
-        for t in &changes.removed {
-            info!(tunnel = %t, "no longer watching");
-        }
-        for t in &changes.renamed {
-            info!(tunnel = %t, "tunnel renamed; counters kept");
-        }
-        Ok(())
-    }
-
-    fn collect(&mut self) -> Snapshot {
-        let started = Instant::now();
-        let mut failures = 0;
-        let tunnels = read_tunnels(&self.kernel.maps, &self.watch, &mut failures);
-        if failures > 0 {
-            *self.errors.entry("kernel").or_default() += failures;
-        }
-        let kernel_run = CollectorRun {
-            name: "kernel",
-            duration: started.elapsed(),
-            ok: failures == 0,
-        };
-        let (system, mut runs) = self.host.collect(&mut self.errors);
-        runs.insert(0, kernel_run);
-        let process = process::sample()
-            .inspect_err(|e| {
-                warn!(error = %e, "cannot read /proc/self");
-                *self.errors.entry("process").or_default() += 1;
-            })
-            .ok();
-        self.seq += 1;
-        Snapshot {
-            seq: self.seq,
-            taken_at: SystemTime::now(),
-            build_duration: started.elapsed(),
-            tunnels,
-            probes: self.kernel.probes.clone(),
-            process,
-            system,
-            agent: AgentSample {
-                slots_capacity: self.watch.capacity(),
-                slots_used: self.watch.len() as u32,
-                config_ok: self.config_ok,
-                errors: self.errors.clone(),
-                collectors: runs,
-                bpf: self.kernel.program_stats(),
-                maps: self.maps.clone(),
-            },
-        }
-    }
-
-    /// Counts and logs (once per change) the outcome of a textfile write.
-    fn textfile_result(&mut self, result: Result<(), crate::textfile::TextfileError>) {
-        match result {
-            Ok(()) => {
-                if self.textfile_error.take().is_some() {
-                    info!("textfile written again");
-                }
-            }
-            Err(e) => {
-                *self.errors.entry("textfile").or_default() += 1;
-                let msg = e.to_string();
-                if self.textfile_error.as_ref() != Some(&msg) {
-                    error!("{msg}");
-                    self.textfile_error = Some(msg);
-                }
-            }
-        }
-    }
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels before 5.11 (which charge BPF memory to it). Newer kernels
@@ -182,24 +81,9 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     if !probes_ok {
         error!("no kernel probe attached: tunnel counters will stay at 0 (reasons above)");
     }
-    let maps = vec![
-        (names::WATCH, moonfrp_common::WATCH_ENTRIES),
-        (names::TRAFFIC, kernel.maps.slots()),
-        (names::TCP_STATS, kernel.maps.slots()),
-        (names::CONN_START, config.kernel.tracked_connections),
-    ];
-    let mut collector = Collector {
-        watch: WatchTable::new(kernel.maps.slots()),
-        kernel,
-        host: Collectors::new(&config.collectors.options()),
-        maps,
-        seq: 0,
-        config_ok: true,
-        errors: BTreeMap::new(),
-        textfile_error: None,
-    };
+    let mut collector = Cycle::new(kernel, &config);
     collector
-        .apply_tunnels(&config)
+        .apply_tunnels()
         .context("cannot set up the watch table")?;
     let collector = Arc::new(Mutex::new(collector));
 
@@ -229,7 +113,8 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
                     reload(&args, &mut config, &collector, &mut ticker);
                 }
                 let c = collector.clone();
-                let snap = tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).collect()).await?;
+                let rt = tokio::runtime::Handle::current();
+                let snap = tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).collect(&rt)).await?;
                 latest.publish(snap);
                 if let Some(w) = &textfile {
                     let text = metrics::openmetrics_to_text(&metrics::encode_openmetrics(&state.registry));
@@ -257,7 +142,7 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
 fn reload(
     args: &ConfigArgs,
     config: &mut Config,
-    collector: &Mutex<Collector>,
+    collector: &Mutex<Cycle>,
     ticker: &mut tokio::time::Interval,
 ) {
     let mut c = collector
@@ -279,8 +164,7 @@ fn reload(
     {
         warn!("listen address, textfile, kernel settings and log level only change on restart");
     }
-    c.host.set_options(&new.collectors.options());
-    if let Err(e) = c.apply_tunnels(&new) {
+    if let Err(e) = c.reconfigure(&new) {
         error!("configuration not fully applied: {e}");
         c.config_ok = false;
         *c.errors.entry("config").or_default() += 1;

@@ -26,6 +26,10 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub enum TunnelSource {
     Cli,
     ConfigFile,
+    /// An frps or frpc configuration file.
+    FrpConfig,
+    /// The frps dashboard API.
+    FrpsApi,
 }
 
 impl TunnelSource {
@@ -34,6 +38,8 @@ impl TunnelSource {
         match self {
             Self::Cli => "cli",
             Self::ConfigFile => "config",
+            Self::FrpConfig => "frp-config",
+            Self::FrpsApi => "frps-api",
         }
     }
 }
@@ -57,6 +63,7 @@ pub struct Config {
     pub tunnels: Vec<TunnelSpec>,
     pub kernel: KernelConfig,
     pub collectors: CollectorsConfig,
+    pub frp: FrpDiscoveryConfig,
     /// Write the exposition here every interval (for node_exporter's textfile collector).
     pub textfile: Option<PathBuf>,
 }
@@ -113,6 +120,49 @@ impl CollectorsConfig {
     }
 }
 
+/// How FRP's own configs and APIs are found and asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrpDiscoveryConfig {
+    /// Off: only the tunnels given explicitly are watched.
+    pub enabled: bool,
+    pub options: crate::frp::discovery::Options,
+}
+
+/// `[frp]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FrpFile {
+    enabled: Option<bool>,
+    configs: Option<Vec<String>>,
+    grace: Option<String>,
+    api_timeout: Option<String>,
+}
+
+fn frp_discovery(f: FrpFile, file_origin: &str) -> Result<FrpDiscoveryConfig, ConfigError> {
+    let mut options = crate::frp::discovery::Options::default();
+    if let Some(c) = f.configs {
+        options.configs = c;
+    }
+    let duration = |key: &str, v: &str| {
+        humantime::parse_duration(v).map_err(|e| {
+            invalid(
+                &format!("{file_origin}: key `frp.{key}`"),
+                format!("`{v}` is not a duration ({e}); use e.g. 5m or 2s"),
+            )
+        })
+    };
+    if let Some(g) = f.grace {
+        options.grace = duration("grace", &g)?;
+    }
+    if let Some(t) = f.api_timeout {
+        options.api_timeout = duration("api_timeout", &t)?;
+    }
+    Ok(FrpDiscoveryConfig {
+        enabled: f.enabled.unwrap_or(true),
+        options,
+    })
+}
+
 /// Why a configuration was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -142,6 +192,8 @@ struct FileConfig {
     kernel: KernelConfig,
     #[serde(default)]
     collectors: CollectorsConfig,
+    #[serde(default)]
+    frp: FrpFile,
     textfile: Option<PathBuf>,
 }
 
@@ -261,6 +313,7 @@ impl Config {
             tunnels,
             kernel,
             collectors: file.collectors,
+            frp: frp_discovery(file.frp, file_origin)?,
             textfile,
         })
     }

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cli;
 pub mod collect;
 pub mod config;
+pub mod cycle;
 pub mod ebpf;
 pub mod frp;
 pub mod metrics;

@@ -13,6 +13,10 @@ use crate::{
     collect::{CollectorRun, SystemSample},
     config::TunnelSpec,
     ebpf::{ProbeStatus, ProgramStats},
+    frp::{
+        discovery::{ApiStats, Role},
+        health::Health,
+    },
     process::ProcessSample,
     watch::WatchTable,
 };
@@ -29,6 +33,8 @@ pub struct Snapshot {
     pub tunnels: Vec<TunnelSample>,
     pub probes: Vec<ProbeStatus>,
     pub process: Option<ProcessSample>,
+    /// FRP tunnels without a port of their own.
+    pub portless: Vec<PortlessTunnel>,
     /// Host, FRP processes, services.
     pub system: SystemSample,
     pub agent: AgentSample,
@@ -59,6 +65,30 @@ pub struct TunnelSample {
     pub traffic: TrafficCounters,
     /// TCP tunnels only.
     pub tcp: Option<TcpSample>,
+    pub meta: TunnelMeta,
+}
+
+/// What FRP says about a tunnel, and its health.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TunnelMeta {
+    /// frp proxy type (`tcp`, `http`…), `transport`, `vhost`, or empty for explicit tunnels.
+    pub kind: String,
+    pub role: Option<Role>,
+    /// FRP's own status word, when an API answered.
+    pub frp_status: Option<String>,
+    pub health: Health,
+    /// up → down transitions seen.
+    pub failures: u64,
+    /// frps's own counters for the proxy.
+    pub api: Option<ApiStats>,
+}
+
+/// A tunnel FRP knows that has no port of its own to count (http/https/tcpmux proxies share the
+/// vhost port; P2P types have none; a client proxy whose service is on another machine).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortlessTunnel {
+    pub name: String,
+    pub meta: TunnelMeta,
 }
 
 /// Connection state of a TCP tunnel.
@@ -121,9 +151,12 @@ pub fn read_tunnels(
             spec: w.spec.clone(),
             traffic,
             tcp,
+            meta: TunnelMeta::default(),
         });
     }
-    out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    out.sort_by(|a, b| {
+        (&a.spec.name, a.spec.port, a.spec.proto).cmp(&(&b.spec.name, b.spec.port, b.spec.proto))
+    });
     out
 }
 

@@ -43,6 +43,24 @@ pub fn seed_active(ports: &[u16]) -> Result<HashMap<u16, u64>, procfs::ProcError
     Ok(count_open(&entries, ports))
 }
 
+/// Local (port, protocol) pairs something listens on: TCP sockets in LISTEN, bound UDP sockets.
+pub fn listening()
+-> Result<std::collections::HashSet<(u16, moonfrp_common::Proto)>, procfs::ProcError> {
+    use moonfrp_common::Proto;
+    let mut out = std::collections::HashSet::new();
+    let mut tcp = procfs::net::tcp()?;
+    tcp.extend(procfs::net::tcp6().unwrap_or_default());
+    out.extend(
+        tcp.iter()
+            .filter(|e| e.state == TcpState::Listen)
+            .map(|e| (e.local_address.port(), Proto::Tcp)),
+    );
+    let mut udp = procfs::net::udp()?;
+    udp.extend(procfs::net::udp6().unwrap_or_default());
+    out.extend(udp.iter().map(|e| (e.local_address.port(), Proto::Udp)));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use procfs::{ExplicitSystemInfo, FromBufReadSI, net::TcpNetEntries};

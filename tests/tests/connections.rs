@@ -142,6 +142,8 @@ fn connect_without_listener_is_one_refusal_and_nothing_else() {
         m.tunnel("nobody", "moonfrp_tunnel_connections_refused_total"),
         1.0
     );
+    // Nothing listens there: the tunnel is down, and was from the start (no failure counted).
+    assert_eq!(m.tunnel("nobody", "moonfrp_tunnel_up"), 0.0);
     for s in m.with_label("tunnel", "nobody") {
         let moved_ok =
             s.name == "moonfrp_tunnel_connections_refused_total" || s.name == "moonfrp_tunnel_info";

@@ -28,8 +28,16 @@ impl Endpoint {
             "::" => "::1",
             other => other,
         };
-        let addr = if host.contains(':') { format!("[{host}]:{}", w.port) } else { format!("{host}:{}", w.port) };
-        Self { addr, user: w.user.clone(), password: w.password.clone() }
+        let addr = if host.contains(':') {
+            format!("[{host}]:{}", w.port)
+        } else {
+            format!("{host}:{}", w.port)
+        };
+        Self {
+            addr,
+            user: w.user.clone(),
+            password: w.password.clone(),
+        }
     }
 }
 
@@ -41,7 +49,9 @@ pub async fn get(ep: &Endpoint, path: &str, timeout: Duration) -> Result<String,
 }
 
 async fn fetch(ep: &Endpoint, path: &str) -> Result<String, String> {
-    let stream = TcpStream::connect(&ep.addr).await.map_err(|e| format!("cannot connect to {}: {e}", ep.addr))?;
+    let stream = TcpStream::connect(&ep.addr)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", ep.addr))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake with {}: {e}", ep.addr))?;
@@ -52,12 +62,23 @@ async fn fetch(ep: &Endpoint, path: &str) -> Result<String, String> {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
         req = req.header(header::AUTHORIZATION, format!("Basic {token}"));
     }
-    let req = req.body(Empty::<Bytes>::new()).map_err(|e| format!("GET {path}: {e}"))?;
-    let resp = sender.send_request(req).await.map_err(|e| format!("GET {path}: {e}"))?;
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("GET {path}: {e}"))?;
     let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| format!("GET {path}: reading the body: {e}"))?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("GET {path}: reading the body: {e}"))?
+        .to_bytes();
     match status {
-        StatusCode::OK => String::from_utf8(body.to_vec()).map_err(|_| format!("GET {path}: the answer is not UTF-8")),
+        StatusCode::OK => String::from_utf8(body.to_vec())
+            .map_err(|_| format!("GET {path}: the answer is not UTF-8")),
         StatusCode::UNAUTHORIZED => Err(format!(
             "GET {path}: 401 unauthorized: the user and password of webServer in the frp config are wrong or missing"
         )),

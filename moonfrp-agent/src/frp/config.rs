@@ -79,9 +79,7 @@ pub fn parse(path: &Path, text: &str) -> Result<FrpConfig, FrpError> {
         "yaml" | "yml" => serde_yaml_ng::from_str(text).map_err(|e| bad(e.to_string()))?,
         "json" => serde_json::from_str(text).map_err(|e| bad(e.to_string()))?,
         "ini" => {
-            return ini::parse(text)
-                .and_then(|i| from_ini(&i))
-                .map_err(&bad);
+            return ini::parse(text).and_then(|i| from_ini(&i)).map_err(&bad);
         }
         other => {
             return Err(bad(format!(

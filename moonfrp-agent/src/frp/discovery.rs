@@ -90,11 +90,17 @@ pub struct FrpsView {
 
 /// The frpc config proxies' local port protocol: the service behind any TCP-based type is TCP.
 fn local_proto(kind: &str) -> Proto {
-    if matches!(kind, "udp" | "sudp") { Proto::Udp } else { Proto::Tcp }
+    if matches!(kind, "udp" | "sudp") {
+        Proto::Udp
+    } else {
+        Proto::Tcp
+    }
 }
 
 fn is_local(ip: &str) -> bool {
-    ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback() || a.is_unspecified()) || ip == "localhost"
+    ip.parse::<std::net::IpAddr>()
+        .is_ok_and(|a| a.is_loopback() || a.is_unspecified())
+        || ip == "localhost"
 }
 
 fn server_tunnels(s: &ServerConfig, api: Option<&Result<FrpsView, String>>, out: &mut Vec<Found>) {
@@ -110,14 +116,45 @@ fn server_tunnels(s: &ServerConfig, api: Option<&Result<FrpsView, String>>, out:
             stats: None,
         })
     };
-    out.extend(fixed("frps-transport", "transport", Role::Transport, Some(s.bind_port), Proto::Tcp));
-    out.extend(fixed("frps-transport-kcp", "transport", Role::Transport, s.kcp_bind_port, Proto::Udp));
-    out.extend(fixed("frps-transport-quic", "transport", Role::Transport, s.quic_bind_port, Proto::Udp));
-    out.extend(fixed("frps-vhost-http", "vhost", Role::Vhost, s.vhost_http_port, Proto::Tcp));
-    out.extend(fixed("frps-vhost-https", "vhost", Role::Vhost, s.vhost_https_port, Proto::Tcp));
+    out.extend(fixed(
+        "frps-transport",
+        "transport",
+        Role::Transport,
+        Some(s.bind_port),
+        Proto::Tcp,
+    ));
+    out.extend(fixed(
+        "frps-transport-kcp",
+        "transport",
+        Role::Transport,
+        s.kcp_bind_port,
+        Proto::Udp,
+    ));
+    out.extend(fixed(
+        "frps-transport-quic",
+        "transport",
+        Role::Transport,
+        s.quic_bind_port,
+        Proto::Udp,
+    ));
+    out.extend(fixed(
+        "frps-vhost-http",
+        "vhost",
+        Role::Vhost,
+        s.vhost_http_port,
+        Proto::Tcp,
+    ));
+    out.extend(fixed(
+        "frps-vhost-https",
+        "vhost",
+        Role::Vhost,
+        s.vhost_https_port,
+        Proto::Tcp,
+    ));
     if let Some(Ok(view)) = api {
         for p in &view.proxies {
-            let port = port_proto(&p.kind).and_then(|proto| p.remote_port.map(|port| (port, proto)));
+            let port =
+                port_proto(&p.kind).and_then(|proto| p.remote_port.map(|port| (port, proto)));
             out.push(Found {
                 name: p.name.clone(),
                 kind: p.kind.clone(),
@@ -126,13 +163,21 @@ fn server_tunnels(s: &ServerConfig, api: Option<&Result<FrpsView, String>>, out:
                 port,
                 status: Some(p.status.clone()),
                 error: None,
-                stats: Some(ApiStats { today_traffic_in: p.today_traffic_in, today_traffic_out: p.today_traffic_out, cur_conns: p.cur_conns }),
+                stats: Some(ApiStats {
+                    today_traffic_in: p.today_traffic_in,
+                    today_traffic_out: p.today_traffic_out,
+                    cur_conns: p.cur_conns,
+                }),
             });
         }
     }
 }
 
-fn client_tunnels(c: &ClientConfig, api: Option<&Result<Vec<ClientProxy>, String>>, out: &mut Vec<Found>) {
+fn client_tunnels(
+    c: &ClientConfig,
+    api: Option<&Result<Vec<ClientProxy>, String>>,
+    out: &mut Vec<Found>,
+) {
     let status: HashMap<&str, &ClientProxy> = match api {
         Some(Ok(list)) => list.iter().map(|p| (p.name.as_str(), p)).collect(),
         _ => HashMap::new(),
@@ -142,7 +187,10 @@ fn client_tunnels(c: &ClientConfig, api: Option<&Result<Vec<ClientProxy>, String
             Some(u) => format!("{u}.{}", p.name),
             None => p.name.clone(),
         };
-        let port = p.local_port.filter(|lp| *lp != 0 && is_local(&p.local_ip)).map(|lp| (lp, local_proto(&p.kind)));
+        let port = p
+            .local_port
+            .filter(|lp| *lp != 0 && is_local(&p.local_ip))
+            .map(|lp| (lp, local_proto(&p.kind)));
         let api = status.get(p.name.as_str());
         out.push(Found {
             name,
@@ -177,7 +225,9 @@ pub fn derive(sources: &[Source]) -> Vec<Found> {
     all.sort_by_key(|f| (f.origin != Origin::FrpsApi, f.role));
     let mut ports = std::collections::HashSet::new();
     let mut names = std::collections::HashSet::new();
-    all.retain(|f| f.port.is_none_or(|p| ports.insert(p)) && names.insert((f.name.clone(), f.role)));
+    all.retain(|f| {
+        f.port.is_none_or(|p| ports.insert(p)) && names.insert((f.name.clone(), f.role))
+    });
     all.sort_by(|a, b| (&a.name, a.role).cmp(&(&b.name, b.role)));
     all
 }
@@ -195,7 +245,10 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            configs: ["toml", "ini", "yaml", "yml", "json"].iter().map(|e| format!("/etc/frp/*.{e}")).collect(),
+            configs: ["toml", "ini", "yaml", "yml", "json"]
+                .iter()
+                .map(|e| format!("/etc/frp/*.{e}"))
+                .collect(),
             grace: Duration::from_mins(5),
             api_timeout: Duration::from_secs(2),
         }
@@ -217,7 +270,12 @@ fn stamp(path: &PathBuf) -> Option<SystemTime> {
 
 impl Discovery {
     pub fn new(opts: Options) -> Self {
-        Self { opts, files: BTreeMap::new(), seen: BTreeMap::new(), logged: HashMap::new() }
+        Self {
+            opts,
+            files: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            logged: HashMap::new(),
+        }
     }
 
     pub fn set_options(&mut self, opts: Options) {
@@ -228,7 +286,13 @@ impl Discovery {
     }
 
     /// Logs a source's error once per change, and its recovery.
-    fn note(&mut self, source: &str, result: Result<(), &str>, errors: &mut BTreeMap<&'static str, u64>, key: &'static str) {
+    fn note(
+        &mut self,
+        source: &str,
+        result: Result<(), &str>,
+        errors: &mut BTreeMap<&'static str, u64>,
+        key: &'static str,
+    ) {
         match result {
             Ok(()) => {
                 if self.logged.remove(source).is_some() {
@@ -245,16 +309,26 @@ impl Discovery {
         }
     }
 
-    /// Re-reads changed config files, asks every API, and returns the tunnels FRP knows now
-    /// (plus those still within their grace period). Blocks on the APIs: call it off the runtime.
-    pub fn refresh(&mut self, rt: &tokio::runtime::Handle, errors: &mut BTreeMap<&'static str, u64>) -> Vec<Found> {
-        let mut paths: Vec<PathBuf> = self.opts.configs.iter().filter_map(|g| glob::glob(g).ok()).flatten().flatten().collect();
+    /// Re-reads the config files whose modification time changed (and drops vanished ones).
+    fn read_configs(&mut self) {
+        let mut paths: Vec<PathBuf> = self
+            .opts
+            .configs
+            .iter()
+            .filter_map(|g| glob::glob(g).ok())
+            .flatten()
+            .flatten()
+            .collect();
         paths.sort();
         paths.dedup();
         self.files.retain(|p, _| paths.contains(p));
         for path in paths {
             let now = stamp(&path);
-            if self.files.get(&path).is_some_and(|(s, _)| *s == now && now.is_some()) {
+            if self
+                .files
+                .get(&path)
+                .is_some_and(|(s, _)| *s == now && now.is_some())
+            {
                 continue;
             }
             let parsed = std::fs::read_to_string(&path)
@@ -262,43 +336,91 @@ impl Discovery {
                 .and_then(|text| config::parse(&path, &text).map_err(|e| e.to_string()));
             self.files.insert(path, (now, parsed));
         }
+    }
 
+    /// Asks the API each config file points to.
+    fn ask_apis(
+        &mut self,
+        rt: &tokio::runtime::Handle,
+        errors: &mut BTreeMap<&'static str, u64>,
+    ) -> Vec<Source> {
         let mut sources = Vec::new();
-        let files: Vec<(PathBuf, Result<FrpConfig, String>)> = self.files.iter().map(|(p, (_, c))| (p.clone(), c.clone())).collect();
+        let files: Vec<(PathBuf, Result<FrpConfig, String>)> = self
+            .files
+            .iter()
+            .map(|(p, (_, c))| (p.clone(), c.clone()))
+            .collect();
         for (path, parsed) in files {
             let label = path.display().to_string();
             match parsed {
                 Err(e) => self.note(&label, Err(&e), errors, "frp_config"),
                 Ok(FrpConfig::Server(cfg)) => {
                     self.note(&label, Ok(()), errors, "frp_config");
-                    let api = cfg.web.as_ref().map(|w| rt.block_on(frps_view(&Endpoint::from_web(w), self.opts.api_timeout)));
+                    let api = cfg.web.as_ref().map(|w| {
+                        rt.block_on(frps_view(&Endpoint::from_web(w), self.opts.api_timeout))
+                    });
                     if let Some(result) = &api {
-                        let src = format!("frps API at {}", cfg.web.as_ref().map(|w| w.port).unwrap_or_default());
-                        self.note(&src, result.as_ref().map(|_| ()).map_err(String::as_str), errors, "frps_api");
+                        let src = format!(
+                            "frps API at {}",
+                            cfg.web.as_ref().map(|w| w.port).unwrap_or_default()
+                        );
+                        self.note(
+                            &src,
+                            result.as_ref().map(|_| ()).map_err(String::as_str),
+                            errors,
+                            "frps_api",
+                        );
                     }
                     sources.push(Source::Server(cfg, api));
                 }
                 Ok(FrpConfig::Client(cfg)) => {
                     self.note(&label, Ok(()), errors, "frp_config");
                     let api = cfg.web.as_ref().map(|w| {
-                        rt.block_on(client::get(&Endpoint::from_web(w), "/api/status", self.opts.api_timeout))
-                            .and_then(|b| api::parse_client_status(&b).map_err(|e| format!("GET /api/status: {e}")))
+                        rt.block_on(client::get(
+                            &Endpoint::from_web(w),
+                            "/api/status",
+                            self.opts.api_timeout,
+                        ))
+                        .and_then(|b| {
+                            api::parse_client_status(&b)
+                                .map_err(|e| format!("GET /api/status: {e}"))
+                        })
                     });
                     if let Some(result) = &api {
-                        let src = format!("frpc API at {}", cfg.web.as_ref().map(|w| w.port).unwrap_or_default());
-                        self.note(&src, result.as_ref().map(|_| ()).map_err(String::as_str), errors, "frpc_api");
+                        let src = format!(
+                            "frpc API at {}",
+                            cfg.web.as_ref().map(|w| w.port).unwrap_or_default()
+                        );
+                        self.note(
+                            &src,
+                            result.as_ref().map(|_| ()).map_err(String::as_str),
+                            errors,
+                            "frpc_api",
+                        );
                     }
                     sources.push(Source::Client(cfg, api));
                 }
             }
         }
+        sources
+    }
 
+    /// Re-reads changed config files, asks every API, and returns the tunnels FRP knows now
+    /// (plus those still within their grace period). Blocks on the APIs: call it off the runtime.
+    pub fn refresh(
+        &mut self,
+        rt: &tokio::runtime::Handle,
+        errors: &mut BTreeMap<&'static str, u64>,
+    ) -> Vec<Found> {
+        self.read_configs();
+        let sources = self.ask_apis(rt, errors);
         let now = Instant::now();
         for f in derive(&sources) {
             self.seen.insert((f.name.clone(), f.role), (f, now));
         }
         let grace = self.opts.grace;
-        self.seen.retain(|_, (_, at)| now.duration_since(*at) <= grace);
+        self.seen
+            .retain(|_, (_, at)| now.duration_since(*at) <= grace);
         self.seen
             .values()
             .map(|(f, at)| {
@@ -323,8 +445,14 @@ async fn frps_view(ep: &Endpoint, timeout: Duration) -> Result<FrpsView, String>
         proxies.extend(first);
         let mut page = 2;
         while (proxies.len() as u64) < total && page <= 50 {
-            let body = client::get(ep, &format!("/api/v2/proxies?page={page}&pageSize=200"), timeout).await?;
-            let (more, _) = api::parse_v2(&body).map_err(|e| format!("GET /api/v2/proxies: {e}"))?;
+            let body = client::get(
+                ep,
+                &format!("/api/v2/proxies?page={page}&pageSize=200"),
+                timeout,
+            )
+            .await?;
+            let (more, _) =
+                api::parse_v2(&body).map_err(|e| format!("GET /api/v2/proxies: {e}"))?;
             if more.is_empty() {
                 break;
             }

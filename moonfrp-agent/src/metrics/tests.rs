@@ -12,10 +12,15 @@ use crate::{
     collect::{CollectorRun, SystemSample},
     config::{TunnelSource, TunnelSpec},
     ebpf::{ProbeStatus, ProgramStats},
+    frp::{
+        discovery::{ApiStats, Role},
+        health::Health,
+    },
     process::ProcessSample,
-    snapshot::{AgentSample, Snapshot, TcpSample, TunnelSample},
+    snapshot::{AgentSample, PortlessTunnel, Snapshot, TcpSample, TunnelMeta, TunnelSample},
 };
 
+#[expect(clippy::too_many_lines, reason = "one literal of every field")]
 fn sample_snapshot() -> Snapshot {
     let mut traffic = TrafficCounters::default();
     traffic.dir[INGRESS].bytes = 1_052;
@@ -52,6 +57,13 @@ fn sample_snapshot() -> Snapshot {
                 },
                 traffic,
                 tcp: None,
+                meta: TunnelMeta {
+                    health: Health {
+                        up: true,
+                        reason: String::new(),
+                    },
+                    ..TunnelMeta::default()
+                },
             },
             TunnelSample {
                 spec: TunnelSpec {
@@ -65,8 +77,41 @@ fn sample_snapshot() -> Snapshot {
                     counters: tcp,
                     active: 2,
                 }),
+                meta: TunnelMeta {
+                    kind: "tcp".into(),
+                    role: Some(Role::Server),
+                    frp_status: Some("offline".into()),
+                    health: Health {
+                        up: false,
+                        reason: "frp: offline".into(),
+                    },
+                    failures: 1,
+                    api: Some(ApiStats {
+                        today_traffic_in: 100,
+                        today_traffic_out: 200,
+                        cur_conns: 0,
+                    }),
+                },
             },
         ],
+        portless: vec![PortlessTunnel {
+            name: "home.web".into(),
+            meta: TunnelMeta {
+                kind: "http".into(),
+                role: Some(Role::Server),
+                frp_status: Some("online".into()),
+                health: Health {
+                    up: true,
+                    reason: String::new(),
+                },
+                failures: 0,
+                api: Some(ApiStats {
+                    today_traffic_in: 5,
+                    today_traffic_out: 6,
+                    cur_conns: 1,
+                }),
+            },
+        }],
         probes: vec![
             ProbeStatus {
                 probe: "traffic_ingress",

@@ -9,7 +9,10 @@ use prometheus_client::{
 };
 
 use super::{counters, gauges};
-use crate::snapshot::{Snapshot, TcpSample, TunnelSample};
+use crate::{
+    frp::discovery::Role,
+    snapshot::{Snapshot, TcpSample, TunnelMeta, TunnelSample},
+};
 
 type Labels<'a> = [(&'static str, &'a str); 3];
 
@@ -137,6 +140,82 @@ pub(super) fn duration_buckets(kernel: &[u64; DURATION_BUCKETS]) -> Vec<(f64, u6
     out
 }
 
+/// Info, up, failures and frps's own numbers, for watched tunnels and for portless FRP ones
+/// (which have empty `port` and `proto`).
+fn encode_health(snap: &Snapshot, all: &[Row], enc: &mut DescriptorEncoder) -> fmt::Result {
+    let rows: Vec<(Labels<'_>, &TunnelMeta, &str)> = all
+        .iter()
+        .map(|t| (t.labels(), &t.sample.meta, t.sample.spec.source.as_str()))
+        .chain(snap.portless.iter().map(|p| {
+            (
+                [("tunnel", p.name.as_str()), ("port", ""), ("proto", "")],
+                &p.meta,
+                "frps-api",
+            )
+        }))
+        .collect();
+    {
+        let mut m = enc.encode_descriptor(
+            "moonfrp_tunnel",
+            "Tunnels: where they come from, FRP's type, role and status, and why one is down.",
+            None,
+            MetricType::Info,
+        )?;
+        for (labels, meta, source) in &rows {
+            let [tunnel, port, proto] = *labels;
+            m.encode_info(&[
+                tunnel,
+                port,
+                proto,
+                ("source", *source),
+                ("type", meta.kind.as_str()),
+                ("role", meta.role.map_or("", Role::as_str)),
+                ("status", meta.frp_status.as_deref().unwrap_or("")),
+                ("reason", meta.health.reason.as_str()),
+            ])?;
+        }
+    }
+    gauges(
+        enc,
+        "moonfrp_tunnel_up",
+        "1 if the tunnel works: FRP says so (when it says), something listens on its port, and no connection was refused since the last interval.",
+        None,
+        rows.iter().map(|(l, m, _)| (*l, i64::from(m.health.up))),
+    )?;
+    counters(
+        enc,
+        "moonfrp_tunnel_failures",
+        "Times the tunnel went from up to down.",
+        None,
+        rows.iter().map(|(l, m, _)| (*l, m.failures)),
+    )?;
+    let api: Vec<_> = rows
+        .iter()
+        .filter_map(|(l, m, _)| m.api.map(|a| ([l[0], ("type", m.kind.as_str())], a)))
+        .collect();
+    gauges(
+        enc,
+        "moonfrp_frp_proxy_today_traffic_in",
+        "frps's own count of bytes in today (TCP counted when a connection closes; reset daily and on restart).",
+        Some(&Unit::Bytes),
+        api.iter().map(|(l, a)| (*l, a.today_traffic_in as i64)),
+    )?;
+    gauges(
+        enc,
+        "moonfrp_frp_proxy_today_traffic_out",
+        "frps's own count of bytes out today (TCP counted when a connection closes; reset daily and on restart).",
+        Some(&Unit::Bytes),
+        api.iter().map(|(l, a)| (*l, a.today_traffic_out as i64)),
+    )?;
+    gauges(
+        enc,
+        "moonfrp_frp_proxy_connections",
+        "frps's own count of the proxy's current connections.",
+        None,
+        api.iter().map(|(l, a)| (*l, a.cur_conns as i64)),
+    )
+}
+
 pub(super) fn encode(snap: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
     let all: Vec<Row> = snap
         .tunnels
@@ -155,23 +234,7 @@ pub(super) fn encode(snap: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Resul
         None,
         all.len() as i64,
     )?;
-    {
-        let mut m = enc.encode_descriptor(
-            "moonfrp_tunnel",
-            "Watched tunnels and where they were defined.",
-            None,
-            MetricType::Info,
-        )?;
-        for t in &all {
-            let [tunnel, port, proto] = t.labels();
-            m.encode_info(&[
-                tunnel,
-                port,
-                proto,
-                ("source", t.sample.spec.source.as_str()),
-            ])?;
-        }
-    }
+    encode_health(snap, &all, enc)?;
     for (name, unit, dir, field, help) in &TRAFFIC {
         counters(
             enc,

@@ -28,7 +28,10 @@ fn frps_api() -> FrpsView {
 }
 
 fn by_name<'a>(found: &'a [Found], name: &str, role: Role) -> &'a Found {
-    found.iter().find(|f| f.name == name && f.role == role).unwrap_or_else(|| panic!("no {name} ({role:?}) in {found:#?}"))
+    found
+        .iter()
+        .find(|f| f.name == name && f.role == role)
+        .unwrap_or_else(|| panic!("no {name} ({role:?}) in {found:#?}"))
 }
 
 #[test]
@@ -36,19 +39,34 @@ fn frps_host_transport_vhost_and_api_proxies() {
     let found = derive(&[Source::Server(server(), Some(Ok(frps_api())))]);
     let t = by_name(&found, "frps-transport", Role::Transport);
     assert_eq!(t.port, Some((7000, Proto::Tcp)));
-    assert_eq!(by_name(&found, "frps-transport-kcp", Role::Transport).port, Some((7000, Proto::Udp)));
-    assert_eq!(by_name(&found, "frps-vhost-http", Role::Vhost).port, Some((8080, Proto::Tcp)));
+    assert_eq!(
+        by_name(&found, "frps-transport-kcp", Role::Transport).port,
+        Some((7000, Proto::Udp))
+    );
+    assert_eq!(
+        by_name(&found, "frps-vhost-http", Role::Vhost).port,
+        Some((8080, Proto::Tcp))
+    );
     let ssh = by_name(&found, "home.ssh", Role::Server);
-    assert_eq!((ssh.port, ssh.status.as_deref(), ssh.frp_ok()), (Some((6000, Proto::Tcp)), Some("online"), Some(true)));
+    assert_eq!(
+        (ssh.port, ssh.status.as_deref(), ssh.frp_ok()),
+        (Some((6000, Proto::Tcp)), Some("online"), Some(true))
+    );
     assert_eq!(ssh.stats.unwrap().cur_conns, 2);
     let rdp = by_name(&found, "home.rdp", Role::Server);
     assert_eq!((rdp.port, rdp.frp_ok()), (None, Some(false)));
-    assert_eq!(by_name(&found, "home.auto", Role::Server).port, Some((6042, Proto::Tcp)));
+    assert_eq!(
+        by_name(&found, "home.auto", Role::Server).port,
+        Some((6042, Proto::Tcp))
+    );
 }
 
 #[test]
 fn frps_api_down_keeps_the_config_ports() {
-    let found = derive(&[Source::Server(server(), Some(Err("GET /api/v2/proxies: HTTP 500".into())))]);
+    let found = derive(&[Source::Server(
+        server(),
+        Some(Err("GET /api/v2/proxies: HTTP 500".into())),
+    )]);
     assert!(found.iter().all(|f| f.origin == Origin::FrpConfig));
     assert!(found.iter().any(|f| f.name == "frps-transport"));
 }
@@ -58,23 +76,43 @@ fn frpc_host_watches_local_services_with_frps_names() {
     let status = api::parse_client_status(&fixture("frp/frpc-api-status.json")).unwrap();
     let found = derive(&[Source::Client(client(), Some(Ok(status)))]);
     let ssh = by_name(&found, "home.ssh", Role::Client);
-    assert_eq!((ssh.port, ssh.frp_ok()), (Some((22, Proto::Tcp)), Some(true)));
+    assert_eq!(
+        (ssh.port, ssh.frp_ok()),
+        (Some((22, Proto::Tcp)), Some(true))
+    );
     let dns = by_name(&found, "home.dns", Role::Client);
     assert_eq!(dns.port, Some((53, Proto::Udp)));
     // The service behind rdp is on another machine: FRP's status only, no local port.
     let rdp = by_name(&found, "home.rdp", Role::Client);
     assert_eq!((rdp.port, rdp.frp_ok()), (None, Some(false)));
-    assert!(rdp.error.as_deref().unwrap().contains("health check failed"));
+    assert!(
+        rdp.error
+            .as_deref()
+            .unwrap()
+            .contains("health check failed")
+    );
     // An http proxy's local service is TCP.
-    assert_eq!(by_name(&found, "home.web", Role::Client).port, Some((80, Proto::Tcp)));
+    assert_eq!(
+        by_name(&found, "home.web", Role::Client).port,
+        Some((80, Proto::Tcp))
+    );
 }
 
 #[test]
 fn both_sides_on_one_host_keep_both_roles_and_one_owner_per_port() {
     let status = api::parse_client_status(&fixture("frp/frpc-api-status.json")).unwrap();
-    let found = derive(&[Source::Client(client(), Some(Ok(status))), Source::Server(server(), Some(Ok(frps_api())))]);
-    assert_eq!(by_name(&found, "home.ssh", Role::Server).port, Some((6000, Proto::Tcp)));
-    assert_eq!(by_name(&found, "home.ssh", Role::Client).port, Some((22, Proto::Tcp)));
+    let found = derive(&[
+        Source::Client(client(), Some(Ok(status))),
+        Source::Server(server(), Some(Ok(frps_api()))),
+    ]);
+    assert_eq!(
+        by_name(&found, "home.ssh", Role::Server).port,
+        Some((6000, Proto::Tcp))
+    );
+    assert_eq!(
+        by_name(&found, "home.ssh", Role::Client).port,
+        Some((22, Proto::Tcp))
+    );
     let mut ports: Vec<_> = found.iter().filter_map(|f| f.port).collect();
     let n = ports.len();
     ports.sort();

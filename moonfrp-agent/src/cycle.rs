@@ -1,0 +1,304 @@
+//! One collection cycle: ask FRP which tunnels exist, bring the kernel watch table in line, read
+//! the kernel counters and every host collector, judge each tunnel's health, and return the
+//! `Snapshot`. Everything that must survive between intervals lives in [`Cycle`].
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Instant, SystemTime},
+};
+
+use moonfrp_common::{Proto, names};
+use tracing::{error, info, warn};
+
+use crate::{
+    collect::{CollectorRun, Collectors},
+    config::{Config, TunnelSource, TunnelSpec},
+    ebpf::Kernel,
+    frp::{
+        discovery::{Discovery, Found, Origin},
+        health::{self, Health, Signals},
+    },
+    process,
+    snapshot::{AgentSample, PortlessTunnel, Snapshot, TunnelMeta, read_tunnels},
+    sockets,
+    watch::{WatchError, WatchTable},
+};
+
+/// Identity of a tunnel for health bookkeeping.
+type HealthKey = (String, Option<(u16, Proto)>);
+
+/// Kernel state plus what the agent remembers between intervals.
+pub struct Cycle {
+    kernel: Kernel,
+    watch: WatchTable,
+    host: Collectors,
+    discovery: Option<Discovery>,
+    /// Tunnels from the command line and the agent's config file.
+    explicit: Vec<TunnelSpec>,
+    /// Tunnels FRP told us about in the latest cycle.
+    found: Vec<Found>,
+    /// Was each tunnel up last time, and how often it went down.
+    health: HashMap<HealthKey, (bool, u64)>,
+    /// Refused-connection counters at the previous cycle.
+    refused: HashMap<(u16, Proto), u64>,
+    maps: Vec<(&'static str, u32)>,
+    seq: u64,
+    pub config_ok: bool,
+    pub errors: BTreeMap<&'static str, u64>,
+    textfile_error: Option<String>,
+}
+
+impl Cycle {
+    pub fn new(kernel: Kernel, config: &Config) -> Self {
+        let maps = vec![
+            (names::WATCH, moonfrp_common::WATCH_ENTRIES),
+            (names::TRAFFIC, kernel.maps.slots()),
+            (names::TCP_STATS, kernel.maps.slots()),
+            (names::CONN_START, config.kernel.tracked_connections),
+        ];
+        Self {
+            watch: WatchTable::new(kernel.maps.slots()),
+            kernel,
+            host: Collectors::new(&config.collectors.options()),
+            discovery: config
+                .frp
+                .enabled
+                .then(|| Discovery::new(config.frp.options.clone())),
+            explicit: config.tunnels.clone(),
+            found: Vec::new(),
+            health: HashMap::new(),
+            refused: HashMap::new(),
+            maps,
+            seq: 0,
+            config_ok: true,
+            errors: BTreeMap::new(),
+            textfile_error: None,
+        }
+    }
+
+    /// Takes a reloaded configuration: explicit tunnels, collectors and discovery options.
+    pub fn reconfigure(&mut self, config: &Config) -> Result<(), WatchError> {
+        self.explicit.clone_from(&config.tunnels);
+        self.host.set_options(&config.collectors.options());
+        match (&mut self.discovery, config.frp.enabled) {
+            (Some(d), true) => d.set_options(config.frp.options.clone()),
+            (None, true) => self.discovery = Some(Discovery::new(config.frp.options.clone())),
+            (_, false) => {
+                self.discovery = None;
+                self.found.clear();
+            }
+        }
+        self.apply_tunnels()
+    }
+
+    /// Explicit tunnels, then FRP's, one owner per (port, protocol).
+    fn desired(&self) -> Vec<TunnelSpec> {
+        let mut out = self.explicit.clone();
+        let mut taken: HashSet<(u16, Proto)> = out.iter().map(|t| (t.port, t.proto)).collect();
+        for f in &self.found {
+            let Some((port, proto)) = f.port else {
+                continue;
+            };
+            if taken.insert((port, proto)) {
+                let source = if f.origin == Origin::FrpsApi {
+                    TunnelSource::FrpsApi
+                } else {
+                    TunnelSource::FrpConfig
+                };
+                out.push(TunnelSpec {
+                    name: f.name.clone(),
+                    port,
+                    proto,
+                    source,
+                });
+            }
+        }
+        out
+    }
+
+    /// Makes the kernel watch table match the desired tunnels.
+    pub fn apply_tunnels(&mut self) -> Result<(), WatchError> {
+        let desired = self.desired();
+        let errors = &mut self.errors;
+        let changes = self.watch.apply(&mut self.kernel.maps, &desired, |ports| {
+            sockets::seed_active(ports).unwrap_or_else(|e| {
+                warn!(error = %e, "cannot read the socket table; active connections start at 0");
+                *errors.entry("sockets").or_default() += 1;
+                HashMap::new()
+            })
+        })?;
+        for t in &changes.added {
+            info!(tunnel = %t, source = t.source.as_str(), "watching");
+        }
+        for t in &changes.removed {
+            info!(tunnel = %t, "no longer watching");
+        }
+        for t in &changes.renamed {
+            info!(tunnel = %t, "tunnel renamed; counters kept");
+        }
+        Ok(())
+    }
+
+    /// Judges a tunnel and counts up → down transitions (one first seen down is not a failure).
+    fn judge(&mut self, key: HealthKey, signals: &Signals<'_>) -> (Health, u64) {
+        let h = health::evaluate(signals);
+        let entry = self.health.entry(key).or_insert((h.up, 0));
+        if entry.0 && !h.up {
+            entry.1 += 1;
+        }
+        entry.0 = h.up;
+        (h, entry.1)
+    }
+
+    /// One collection; `rt` runs the FRP API calls (this is called off the async workers).
+    pub fn collect(&mut self, rt: &tokio::runtime::Handle) -> Snapshot {
+        let started = Instant::now();
+        let mut runs = Vec::new();
+        if let Some(d) = &mut self.discovery {
+            let t = Instant::now();
+            self.found = d.refresh(rt, &mut self.errors);
+            if let Err(e) = self.apply_tunnels() {
+                error!("cannot watch every discovered tunnel: {e}");
+                *self.errors.entry("watch").or_default() += 1;
+            }
+            runs.push(CollectorRun {
+                name: "frp",
+                duration: t.elapsed(),
+                ok: true,
+            });
+        }
+        let t = Instant::now();
+        let mut failures = 0;
+        let mut tunnels = read_tunnels(&self.kernel.maps, &self.watch, &mut failures);
+        if failures > 0 {
+            *self.errors.entry("kernel").or_default() += failures;
+        }
+        runs.push(CollectorRun {
+            name: "kernel",
+            duration: t.elapsed(),
+            ok: failures == 0,
+        });
+
+        let portless = self.judge_all(&mut tunnels);
+
+        let (system, host_runs) = self.host.collect(&mut self.errors);
+        runs.extend(host_runs);
+        let process = process::sample()
+            .inspect_err(|e| {
+                warn!(error = %e, "cannot read /proc/self");
+                *self.errors.entry("process").or_default() += 1;
+            })
+            .ok();
+        self.seq += 1;
+        Snapshot {
+            seq: self.seq,
+            taken_at: SystemTime::now(),
+            build_duration: started.elapsed(),
+            tunnels,
+            portless,
+            probes: self.kernel.probes.clone(),
+            process,
+            system,
+            agent: AgentSample {
+                slots_capacity: self.watch.capacity(),
+                slots_used: self.watch.len() as u32,
+                config_ok: self.config_ok,
+                errors: self.errors.clone(),
+                collectors: runs,
+                bpf: self.kernel.program_stats(),
+                maps: self.maps.clone(),
+            },
+        }
+    }
+
+    /// Health of every watched tunnel (filled into its meta) and of the portless FRP ones.
+    fn judge_all(&mut self, tunnels: &mut [crate::snapshot::TunnelSample]) -> Vec<PortlessTunnel> {
+        let listening = sockets::listening()
+            .inspect_err(|e| {
+                warn!(error = %e, "cannot read the socket table: tunnel health goes without listeners");
+                *self.errors.entry("sockets").or_default() += 1;
+            })
+            .ok();
+        let found: HashMap<(u16, Proto), Found> = self
+            .found
+            .iter()
+            .filter_map(|f| f.port.map(|p| (p, f.clone())))
+            .collect();
+        for t in tunnels.iter_mut() {
+            let key = (t.spec.port, t.spec.proto);
+            let refused_now = t.tcp.as_ref().map_or(0, |c| c.counters.refused);
+            let refused =
+                refused_now.saturating_sub(self.refused.insert(key, refused_now).unwrap_or(0));
+            let f = found.get(&key);
+            let signals = Signals {
+                frp_status: f.and_then(|f| f.status.as_deref()),
+                frp_error: f.and_then(|f| f.error.as_deref()),
+                frp_ok: f.and_then(Found::frp_ok),
+                port: Some(key),
+                listening: listening.as_ref().map(|l| l.contains(&key)),
+                refused,
+            };
+            let (health, failures) = self.judge((t.spec.name.clone(), Some(key)), &signals);
+            t.meta = TunnelMeta {
+                kind: f.map(|f| f.kind.clone()).unwrap_or_default(),
+                role: f.map(|f| f.role),
+                frp_status: f.and_then(|f| f.status.clone()),
+                health,
+                failures,
+                api: f.and_then(|f| f.stats),
+            };
+        }
+        let watched: HashSet<(u16, Proto)> = tunnels
+            .iter()
+            .map(|t| (t.spec.port, t.spec.proto))
+            .collect();
+        self.refused.retain(|k, _| watched.contains(k));
+        let portless: Vec<Found> = self
+            .found
+            .iter()
+            .filter(|f| f.port.is_none())
+            .cloned()
+            .collect();
+        portless
+            .into_iter()
+            .map(|f| {
+                let signals = Signals {
+                    frp_status: f.status.as_deref(),
+                    frp_error: f.error.as_deref(),
+                    frp_ok: f.frp_ok(),
+                    ..Signals::default()
+                };
+                let (health, failures) = self.judge((f.name.clone(), None), &signals);
+                PortlessTunnel {
+                    name: f.name.clone(),
+                    meta: TunnelMeta {
+                        kind: f.kind.clone(),
+                        role: Some(f.role),
+                        frp_status: f.status.clone(),
+                        health,
+                        failures,
+                        api: f.stats,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Counts and logs (once per change) the outcome of a textfile write.
+    pub fn textfile_result(&mut self, result: Result<(), crate::textfile::TextfileError>) {
+        match result {
+            Ok(()) => {
+                if self.textfile_error.take().is_some() {
+                    info!("textfile written again");
+                }
+            }
+            Err(e) => {
+                *self.errors.entry("textfile").or_default() += 1;
+                let msg = e.to_string();
+                if self.textfile_error.as_ref() != Some(&msg) {
+                    error!("{msg}");
+                    self.textfile_error = Some(msg);
+                }
+            }
+        }
+    }
+}
