@@ -1,7 +1,7 @@
 //! Tunnels learnt from FRP itself: frps/frpc config files and the frps/frpc APIs they point to.
 //! `derive` is the pure merge (tested with fixtures); `Discovery` does the I/O once per interval,
-//! re-reads config files that changed, and keeps a tunnel that vanished from every source for a
-//! grace period before it is dropped.
+//! re-reads config files that changed (a broken edit keeps the last good version), and keeps a
+//! tunnel that vanished from the frps API for a grace period before it is dropped.
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
@@ -255,17 +255,23 @@ impl Default for Options {
     }
 }
 
+/// A config file's stamp (mtime, size), last version that parsed, and current error.
+type FileState = (Option<(SystemTime, u64)>, Option<FrpConfig>, Option<String>);
+
 /// The discovery state kept between intervals.
 #[derive(Debug)]
 pub struct Discovery {
     opts: Options,
-    files: BTreeMap<PathBuf, (Option<SystemTime>, Result<FrpConfig, String>)>,
+    /// Per file: its stamp, the last version that parsed, and the current error if the latest
+    /// version does not (a broken edit keeps the previous tunnels).
+    files: BTreeMap<PathBuf, FileState>,
     seen: BTreeMap<(String, Role), (Found, Instant)>,
     logged: HashMap<String, String>,
 }
 
-fn stamp(path: &PathBuf) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 impl Discovery {
@@ -327,14 +333,19 @@ impl Discovery {
             if self
                 .files
                 .get(&path)
-                .is_some_and(|(s, _)| *s == now && now.is_some())
+                .is_some_and(|(s, ..)| *s == now && now.is_some())
             {
                 continue;
             }
             let parsed = std::fs::read_to_string(&path)
                 .map_err(|e| format!("frp config {}: {e}", path.display()))
                 .and_then(|text| config::parse(&path, &text).map_err(|e| e.to_string()));
-            self.files.insert(path, (now, parsed));
+            let previous = self.files.remove(&path).and_then(|(_, good, _)| good);
+            let entry = match parsed {
+                Ok(cfg) => (now, Some(cfg), None),
+                Err(e) => (now, previous, Some(e)),
+            };
+            self.files.insert(path, entry);
         }
     }
 
@@ -345,17 +356,22 @@ impl Discovery {
         errors: &mut BTreeMap<&'static str, u64>,
     ) -> Vec<Source> {
         let mut sources = Vec::new();
-        let files: Vec<(PathBuf, Result<FrpConfig, String>)> = self
+        let files: Vec<(PathBuf, Option<FrpConfig>, Option<String>)> = self
             .files
             .iter()
-            .map(|(p, (_, c))| (p.clone(), c.clone()))
+            .map(|(p, (_, good, err))| (p.clone(), good.clone(), err.clone()))
             .collect();
-        for (path, parsed) in files {
+        for (path, good, err) in files {
             let label = path.display().to_string();
-            match parsed {
-                Err(e) => self.note(&label, Err(&e), errors, "frp_config"),
-                Ok(FrpConfig::Server(cfg)) => {
-                    self.note(&label, Ok(()), errors, "frp_config");
+            self.note(
+                &label,
+                err.as_deref().map_or(Ok(()), Err),
+                errors,
+                "frp_config",
+            );
+            match good {
+                None => {}
+                Some(FrpConfig::Server(cfg)) => {
                     let api = cfg.web.as_ref().map(|w| {
                         rt.block_on(frps_view(&Endpoint::from_web(w), self.opts.api_timeout))
                     });
@@ -373,8 +389,7 @@ impl Discovery {
                     }
                     sources.push(Source::Server(cfg, api));
                 }
-                Ok(FrpConfig::Client(cfg)) => {
-                    self.note(&label, Ok(()), errors, "frp_config");
+                Some(FrpConfig::Client(cfg)) => {
                     let api = cfg.web.as_ref().map(|w| {
                         rt.block_on(client::get(
                             &Endpoint::from_web(w),
