@@ -2,6 +2,8 @@
 //! real traffic on loopback, and look at what the kernel holds.
 //!
 //! Run through `cargo xtask test` (root): it builds the agent and sets `MOONFRP_AGENT_BIN`.
+pub mod fake_http;
+
 use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},

@@ -341,6 +341,7 @@ impl Discovery {
                 .map_err(|e| format!("frp config {}: {e}", path.display()))
                 .and_then(|text| config::parse(&path, &text).map_err(|e| e.to_string()));
             let previous = self.files.remove(&path).and_then(|(_, good, _)| good);
+            info!(path = %path.display(), "reading frp config");
             let entry = match parsed {
                 Ok(cfg) => (now, Some(cfg), None),
                 Err(e) => (now, previous, Some(e)),
@@ -430,12 +431,22 @@ impl Discovery {
         self.read_configs();
         let sources = self.ask_apis(rt, errors);
         let now = Instant::now();
-        for f in derive(&sources) {
-            self.seen.insert((f.name.clone(), f.role), (f, now));
+        for mut f in derive(&sources) {
+            let key = (f.name.clone(), f.role);
+            // frps forgets an offline proxy's port (its `conf` is null): it still lives there.
+            if f.port.is_none()
+                && let Some((old, _)) = self.seen.get(&key)
+            {
+                f.port = old.port;
+            }
+            self.seen.insert(key, (f, now));
         }
+        // What a config file lists is authoritative: gone from the file, gone now. What an API
+        // reported may be a hiccup: kept for the grace period.
         let grace = self.opts.grace;
-        self.seen
-            .retain(|_, (_, at)| now.duration_since(*at) <= grace);
+        self.seen.retain(|_, (f, at)| {
+            *at == now || (f.origin == Origin::FrpsApi && now.duration_since(*at) <= grace)
+        });
         self.seen
             .values()
             .map(|(f, at)| {

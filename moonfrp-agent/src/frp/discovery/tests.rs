@@ -119,3 +119,39 @@ fn both_sides_on_one_host_keep_both_roles_and_one_owner_per_port() {
     ports.dedup();
     assert_eq!(ports.len(), n, "a port claimed twice");
 }
+
+#[test]
+fn config_edits_add_and_remove_tunnels_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("frpc.toml");
+    let cfg = |extra: bool| {
+        let mut s = "serverAddr = \"127.0.0.1\"\nuser = \"home\"\n[[proxies]]\nname = \"ssh\"\nlocalPort = 22\n".to_owned();
+        if extra {
+            s.push_str("[[proxies]]\nname = \"extra\"\nlocalPort = 2222\n");
+        }
+        s
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut d = Discovery::new(Options {
+        configs: vec![format!("{}/*.toml", dir.path().display())],
+        ..Options::default()
+    });
+    let mut errors = BTreeMap::new();
+    let names = |found: &[Found]| found.iter().map(|f| f.name.clone()).collect::<Vec<_>>();
+    std::fs::write(&path, cfg(false)).unwrap();
+    assert_eq!(names(&d.refresh(rt.handle(), &mut errors)), ["home.ssh"]);
+    std::fs::write(&path, cfg(true)).unwrap();
+    assert_eq!(
+        names(&d.refresh(rt.handle(), &mut errors)),
+        ["home.extra", "home.ssh"]
+    );
+    std::fs::write(&path, cfg(false)).unwrap();
+    assert_eq!(names(&d.refresh(rt.handle(), &mut errors)), ["home.ssh"]);
+    // A broken edit keeps the last good version, and says so.
+    std::fs::write(&path, "proxies = 3").unwrap();
+    assert_eq!(names(&d.refresh(rt.handle(), &mut errors)), ["home.ssh"]);
+    assert_eq!(errors.get("frp_config"), Some(&1));
+}
