@@ -86,6 +86,8 @@ impl Found {
 #[derive(Clone, Debug, Default)]
 pub struct FrpsView {
     pub proxies: Vec<ServerProxy>,
+    /// The running frps's own ports (`/api/serverinfo`), which win over its config file.
+    pub info: Option<api::ServerInfo>,
 }
 
 /// The frpc config proxies' local port protocol: the service behind any TCP-based type is TCP.
@@ -103,7 +105,20 @@ fn is_local(ip: &str) -> bool {
         || ip == "localhost"
 }
 
-fn server_tunnels(s: &ServerConfig, api: Option<&Result<FrpsView, String>>, out: &mut Vec<Found>) {
+fn server_tunnels(
+    cfg: &ServerConfig,
+    api: Option<&Result<FrpsView, String>>,
+    out: &mut Vec<Found>,
+) {
+    let mut s = cfg.clone();
+    if let Some(Ok(FrpsView { info: Some(i), .. })) = api {
+        let some = |p: u16| (p != 0).then_some(p);
+        s.bind_port = some(i.bind_port).unwrap_or(s.bind_port);
+        s.kcp_bind_port = some(i.kcp_bind_port);
+        s.quic_bind_port = some(i.quic_bind_port);
+        s.vhost_http_port = some(i.vhost_http_port);
+        s.vhost_https_port = some(i.vhost_https_port);
+    }
     let fixed = |name: &str, kind: &str, role, port: Option<u16>, proto| {
         port.map(|p| Found {
             name: name.to_owned(),
@@ -464,6 +479,11 @@ impl Discovery {
 
 /// frps's proxies from the v2 API (paged), or from v1 (one call per type) when v2 is absent.
 async fn frps_view(ep: &Endpoint, timeout: Duration) -> Result<FrpsView, String> {
+    // Best effort: without it the config file's ports stand.
+    let info = match client::get(ep, "/api/serverinfo", timeout).await {
+        Ok(body) => api::parse_serverinfo(&body).ok(),
+        Err(_) => None,
+    };
     let mut proxies = Vec::new();
     if let Ok(body) = client::get(ep, "/api/v2/proxies?page=1&pageSize=200", timeout).await
         && let Ok((first, total)) = api::parse_v2(&body)
@@ -485,14 +505,14 @@ async fn frps_view(ep: &Endpoint, timeout: Duration) -> Result<FrpsView, String>
             proxies.extend(more);
             page += 1;
         }
-        return Ok(FrpsView { proxies });
+        return Ok(FrpsView { proxies, info });
     }
     for kind in api::V1_TYPES {
         let path = format!("/api/proxy/{kind}");
         let body = client::get(ep, &path, timeout).await?;
         proxies.extend(api::parse_v1(kind, &body).map_err(|e| format!("GET {path}: {e}"))?);
     }
-    Ok(FrpsView { proxies })
+    Ok(FrpsView { proxies, info })
 }
 
 #[cfg(test)]

@@ -24,7 +24,10 @@ fn client() -> ClientConfig {
 fn frps_api() -> FrpsView {
     let mut proxies = api::parse_v1("tcp", &fixture("frp/frps-api-v1-proxy-tcp.json")).unwrap();
     proxies.extend(api::parse_v1("udp", &fixture("frp/frps-api-v1-proxy-udp.json")).unwrap());
-    FrpsView { proxies }
+    FrpsView {
+        proxies,
+        info: None,
+    }
 }
 
 fn by_name<'a>(found: &'a [Found], name: &str, role: Role) -> &'a Found {
@@ -154,4 +157,27 @@ fn config_edits_add_and_remove_tunnels_at_once() {
     std::fs::write(&path, "proxies = 3").unwrap();
     assert_eq!(names(&d.refresh(rt.handle(), &mut errors)), ["home.ssh"]);
     assert_eq!(errors.get("frp_config"), Some(&1));
+}
+
+#[test]
+fn serverinfo_ports_win_over_the_config_file() {
+    let info = api::parse_serverinfo(&fixture("frp/frps-api-v1-serverinfo.json")).unwrap();
+    let mut cfg = server();
+    cfg.bind_port = 7777;
+    cfg.vhost_https_port = Some(8443);
+    let found = derive(&[Source::Server(
+        cfg,
+        Some(Ok(FrpsView {
+            proxies: Vec::new(),
+            info: Some(info),
+        })),
+    )]);
+    assert_eq!(
+        by_name(&found, "frps-transport", Role::Transport).port,
+        Some((7000, Proto::Tcp))
+    );
+    assert!(
+        found.iter().all(|f| f.name != "frps-vhost-https"),
+        "serverinfo says vhostHTTPSPort = 0"
+    );
 }
