@@ -103,6 +103,11 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stamp = file_stamp(args.config.as_deref());
+    let mut frp_events = config
+        .frp
+        .enabled
+        .then(|| watch_frp_configs(&config.frp.options.configs))
+        .flatten();
 
     loop {
         tokio::select! {
@@ -122,6 +127,14 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
                     collector.lock().unwrap_or_else(std::sync::PoisonError::into_inner).textfile_result(result);
                 }
             }
+            Some(()) = next_frp_event(&mut frp_events) => {
+                // Let the editor finish its write-and-rename, then take every change at once.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                drain_frp_events(&mut frp_events);
+                let c = collector.clone();
+                let rt = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).refresh_tunnels(&rt)).await?;
+            }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the configuration");
                 stamp = file_stamp(args.config.as_deref());
@@ -137,6 +150,61 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     drop(collector);
     info!("kernel programs detached; bye");
     Ok(())
+}
+
+type FrpEvents = inotify::EventStream<[u8; 4096]>;
+
+/// Watches the directories of the frp config files, so that an edit is taken at once instead of
+/// at the next interval. Without inotify (or the directories) the interval's check remains.
+fn watch_frp_configs(patterns: &[String]) -> Option<FrpEvents> {
+    use inotify::{Inotify, WatchMask};
+    let inotify = Inotify::init()
+        .inspect_err(
+            |e| warn!(error = %e, "no inotify: frp config edits are seen at the next interval"),
+        )
+        .ok()?;
+    let mask = WatchMask::CLOSE_WRITE
+        | WatchMask::MOVED_TO
+        | WatchMask::MOVED_FROM
+        | WatchMask::CREATE
+        | WatchMask::DELETE;
+    let mut watching = 0;
+    for dir in crate::frp::discovery::watch_dirs(patterns) {
+        match inotify.watches().add(&dir, mask) {
+            Ok(_) => watching += 1,
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "not watching for frp config changes")
+            }
+        }
+    }
+    if watching == 0 {
+        return None;
+    }
+    inotify
+        .into_event_stream([0u8; 4096])
+        .inspect_err(|e| warn!(error = %e, "no inotify stream"))
+        .ok()
+}
+
+async fn next_frp_event(events: &mut Option<FrpEvents>) -> Option<()> {
+    use futures_util::StreamExt as _;
+    match events {
+        Some(stream) => match stream.next().await {
+            Some(Ok(_)) => Some(()),
+            // The stream broke: fall back to the interval's check.
+            Some(Err(_)) | None => {
+                *events = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Discards events already queued (one refresh covers them).
+fn drain_frp_events(events: &mut Option<FrpEvents>) {
+    use futures_util::FutureExt as _;
+    while let Some(Some(())) = next_frp_event(events).now_or_never() {}
 }
 
 fn reload(

@@ -115,6 +115,18 @@ impl Cycle {
         out
     }
 
+    /// Asks FRP again and updates the watch table at once (a config file changed); the next
+    /// snapshot shows the result.
+    pub fn refresh_tunnels(&mut self, rt: &tokio::runtime::Handle) {
+        if let Some(d) = &mut self.discovery {
+            self.found = d.refresh(rt, &mut self.errors);
+            if let Err(e) = self.apply_tunnels() {
+                error!("cannot watch every discovered tunnel: {e}");
+                *self.errors.entry("watch").or_default() += 1;
+            }
+        }
+    }
+
     /// Makes the kernel watch table match the desired tunnels.
     pub fn apply_tunnels(&mut self) -> Result<(), WatchError> {
         let desired = self.desired();

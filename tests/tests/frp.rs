@@ -309,3 +309,40 @@ fn wrong_credentials_are_reported_without_the_password() {
     assert!(log.contains("401 unauthorized"), "{log}");
     assert!(!log.contains(wrong) && !m.text.contains(wrong));
 }
+
+#[test]
+fn an_edit_is_taken_at_once_not_at_the_next_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let frp_dir = dir.path().join("frp");
+    std::fs::create_dir(&frp_dir).unwrap();
+    let frpc_path = frp_dir.join("frpc.toml");
+    let (bind, l_ssh, l_new) = (free_port(), free_port(), free_port());
+    write(&frpc_path, &frpc_toml(free_port(), bind, &[("ssh", l_ssh)]));
+    let agent_toml = dir.path().join("moonfrp.toml");
+    std::fs::write(
+        &agent_toml,
+        format!(
+            "interval = \"60s\"\n[frp]\nconfigs = [\"{}/*.toml\"]\n",
+            frp_dir.display()
+        ),
+    )
+    .unwrap();
+    // 60 s between collections: only the inotify watch can pick the edit up within the poll.
+    let agent = moonfrp_tests::AgentCmd::new(&["--config", agent_toml.to_str().unwrap()])
+        .interval("60s")
+        .start();
+    write(
+        &frpc_path,
+        &frpc_toml(free_port(), bind, &[("ssh", l_ssh), ("new", l_new)]),
+    );
+    moonfrp_tests::poll(
+        "the new tunnel to be watched",
+        std::time::Duration::from_secs(10),
+        || {
+            agent
+                .log()
+                .contains(&format!("watching tunnel=home.new={l_new}/tcp"))
+                .then_some(())
+        },
+    );
+}

@@ -273,6 +273,30 @@ impl Default for Options {
 /// A config file's stamp (mtime, size), last version that parsed, and current error.
 type FileState = (Option<(SystemTime, u64)>, Option<FrpConfig>, Option<String>);
 
+/// Directories to watch for changes of the files `patterns` match: each pattern's longest
+/// directory prefix without wildcards.
+pub fn watch_dirs(patterns: &[String]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = patterns
+        .iter()
+        .map(|p| {
+            let mut dir = PathBuf::new();
+            for c in std::path::Path::new(p).components() {
+                if c.as_os_str().to_string_lossy().contains(['*', '?', '[']) {
+                    return dir;
+                }
+                dir.push(c);
+            }
+            dir.parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default()
+        })
+        .filter(|d| !d.as_os_str().is_empty())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The discovery state kept between intervals.
 #[derive(Debug)]
 pub struct Discovery {

@@ -181,3 +181,16 @@ fn serverinfo_ports_win_over_the_config_file() {
         "serverinfo says vhostHTTPSPort = 0"
     );
 }
+
+#[test]
+fn directories_to_watch() {
+    let p = |v: &[&str]| watch_dirs(&v.iter().map(ToString::to_string).collect::<Vec<_>>());
+    assert_eq!(
+        p(&["/etc/frp/*.toml", "/etc/frp/*.ini"]),
+        [PathBuf::from("/etc/frp")]
+    );
+    assert_eq!(
+        p(&["/srv/frp/frpc.toml", "/opt/*/frps.toml"]),
+        [PathBuf::from("/opt"), PathBuf::from("/srv/frp")]
+    );
+}
