@@ -173,7 +173,7 @@ fn watch_frp_configs(patterns: &[String]) -> Option<FrpEvents> {
         match inotify.watches().add(&dir, mask) {
             Ok(_) => watching += 1,
             Err(e) => {
-                tracing::debug!(dir = %dir.display(), error = %e, "not watching for frp config changes")
+                tracing::debug!(dir = %dir.display(), error = %e, "not watching for frp config changes");
             }
         }
     }
@@ -188,17 +188,15 @@ fn watch_frp_configs(patterns: &[String]) -> Option<FrpEvents> {
 
 async fn next_frp_event(events: &mut Option<FrpEvents>) -> Option<()> {
     use futures_util::StreamExt as _;
-    match events {
-        Some(stream) => match stream.next().await {
-            Some(Ok(_)) => Some(()),
-            // The stream broke: fall back to the interval's check.
-            Some(Err(_)) | None => {
-                *events = None;
-                None
-            }
-        },
-        None => std::future::pending().await,
+    let Some(stream) = events else {
+        return std::future::pending().await;
+    };
+    if let Some(Ok(_)) = stream.next().await {
+        return Some(());
     }
+    // The stream broke: fall back to the interval's check.
+    *events = None;
+    None
 }
 
 /// Discards events already queued (one refresh covers them).
