@@ -17,15 +17,19 @@ fn is_open(state: &TcpState) -> bool {
     )
 }
 
-/// Open connections per local port among `ports`.
+/// Open connections per local port among `ports`. Each connection counts once: reading
+/// /proc/net/tcp while other sockets come and go can list one twice (the kernel resumes its walk
+/// by position), so entries are told apart by their address pair.
 pub fn count_open<'a>(
     entries: impl IntoIterator<Item = &'a TcpNetEntry>,
     ports: &[u16],
 ) -> HashMap<u16, u64> {
     let mut out: HashMap<u16, u64> = ports.iter().map(|p| (*p, 0)).collect();
+    let mut seen = std::collections::HashSet::new();
     for e in entries {
         if is_open(&e.state)
             && let Some(n) = out.get_mut(&e.local_address.port())
+            && seen.insert((e.local_address, e.remote_address))
         {
             *n += 1;
         }
@@ -87,7 +91,12 @@ mod tests {
         let entries = TcpNetEntries::from_buf_read(TABLE.as_bytes(), &si)
             .unwrap()
             .0;
-        let counts = count_open(&entries, &[6000, 7000, 54321]);
+        // The same connection listed twice (a concurrent change during the read) counts once.
+        let twice: Vec<&TcpNetEntry> = entries
+            .iter()
+            .chain(entries.iter().skip(1).take(1))
+            .collect();
+        let counts = count_open(twice, &[6000, 7000, 54321]);
         // 6000 (0x1770): ESTABLISHED + CLOSE_WAIT; LISTEN and TIME_WAIT do not count.
         assert_eq!(counts[&6000], 2);
         // 7000 (0x1B58): SYN_RECV is not open yet.
