@@ -429,6 +429,17 @@ impl Metrics {
             .unwrap_or_else(|| panic!("no {name}{{tunnel=\"{tunnel}\"}} in:\n{}", self.text))
     }
 
+    /// Asserts that `name{label="v"}` is `want` for each `v` of `values`.
+    pub fn assert_each(&self, name: &str, label: &str, values: &[&str], want: f64) {
+        for v in values {
+            assert_eq!(
+                self.get(name, &[(label, v)]),
+                Some(want),
+                "{name}{{{label}=\"{v}\"}}"
+            );
+        }
+    }
+
     /// Every sample line that carries `label="value"`.
     pub fn with_label(&self, label: &str, value: &str) -> Vec<&Sample> {
         self.samples

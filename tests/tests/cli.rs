@@ -151,19 +151,18 @@ fn a_probe_that_cannot_attach_is_skipped_and_the_rest_work() {
         ),
         Some(0.0)
     );
-    for probe in [
-        "traffic_ingress",
-        "traffic_egress",
-        "sock_state",
-        "tcp_send_reset",
-        "tcp_receive_reset",
-    ] {
-        assert_eq!(
-            m.get("moonfrp_agent_probe_attached", &[("probe", probe)]),
-            Some(1.0),
-            "{probe}"
-        );
-    }
+    m.assert_each(
+        "moonfrp_agent_probe_attached",
+        "probe",
+        &[
+            "traffic_ingress",
+            "traffic_egress",
+            "sock_state",
+            "tcp_send_reset",
+            "tcp_receive_reset",
+        ],
+        1.0,
+    );
     assert!(
         agent.log().contains("tcp/tcp_retransmit_skb"),
         "the log does not say why:\n{}",

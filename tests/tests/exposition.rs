@@ -108,18 +108,17 @@ fn openmetrics_on_request_and_health_endpoints() {
     assert_eq!((status, body.as_str()), (200, "ready\n"));
     assert_eq!(agent.get("/nope", None).unwrap().0, 404);
     let m = agent.metrics();
-    for probe in [
-        "traffic_ingress",
-        "traffic_egress",
-        "sock_state",
-        "tcp_retransmit",
-        "tcp_send_reset",
-        "tcp_receive_reset",
-    ] {
-        assert_eq!(
-            m.get("moonfrp_agent_probe_attached", &[("probe", probe)]),
-            Some(1.0),
-            "{probe}"
-        );
-    }
+    m.assert_each(
+        "moonfrp_agent_probe_attached",
+        "probe",
+        &[
+            "traffic_ingress",
+            "traffic_egress",
+            "sock_state",
+            "tcp_retransmit",
+            "tcp_send_reset",
+            "tcp_receive_reset",
+        ],
+        1.0,
+    );
 }

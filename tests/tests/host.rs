@@ -88,23 +88,22 @@ fn collectors_agree_with_the_kernel() {
     );
     let ratio = m.get("moonfrp_system_cpu_usage_ratio", &[]).unwrap();
     assert!((0.0..=1.0).contains(&ratio));
-    for c in [
-        "kernel",
-        "cpu",
-        "memory",
-        "host",
-        "netdev",
-        "disk",
-        "filesystem",
-        "netstat",
-        "processes",
-    ] {
-        assert_eq!(
-            m.get("moonfrp_agent_collector_success", &[("collector", c)]),
-            Some(1.0),
-            "{c}"
-        );
-    }
+    m.assert_each(
+        "moonfrp_agent_collector_success",
+        "collector",
+        &[
+            "kernel",
+            "cpu",
+            "memory",
+            "host",
+            "netdev",
+            "disk",
+            "filesystem",
+            "netstat",
+            "processes",
+        ],
+        1.0,
+    );
     // Runs of the attached programs are counted (statistics are on while the agent runs).
     assert!(
         m.get(
