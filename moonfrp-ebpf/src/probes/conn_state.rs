@@ -16,27 +16,25 @@ pub fn mf_sock_state(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
     let l = layout();
+    // Every TCP state change on the host comes here: the port decides first, with one read.
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let (protocol, sport) = unsafe {
-        (
-            ctx.read_at::<u16>(l.state_protocol as usize)?,
-            ctx.read_at::<u16>(l.state_sport as usize)?,
-        )
-    };
-    if protocol != IPPROTO_TCP {
-        return Ok(());
-    }
+    let sport = unsafe { ctx.read_at::<u16>(l.state_sport as usize)? };
     let Some(slot) = slot_of(u32::from(sport), Proto::Tcp) else {
         return Ok(());
     };
     // SAFETY: as above.
-    let (old, new, sk) = unsafe {
+    let (protocol, old, new, sk) = unsafe {
         (
+            ctx.read_at::<u16>(l.state_protocol as usize)?,
             ctx.read_at::<i32>(l.state_oldstate as usize)?,
             ctx.read_at::<i32>(l.state_newstate as usize)?,
             ctx.read_at::<u64>(l.state_skaddr as usize)?,
         )
     };
+    // MPTCP and SCTP sockets use this tracepoint too.
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
     let Some(c) = TCP_STATS.get_ptr_mut(slot) else {
         return Ok(());
     };

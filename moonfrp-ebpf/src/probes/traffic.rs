@@ -36,19 +36,15 @@ fn byte_at(ctx: &SkBuffContext, off: usize) -> Option<u8> {
 #[inline(always)]
 fn try_count(ctx: &SkBuffContext, dir: usize) -> Option<()> {
     let skb = ctx.skb.skb;
-    // SAFETY: reading fields of the context the kernel passed in.
-    let (port, l3proto, len, gso_segs) = unsafe {
-        (
-            (*skb).local_port,
-            (*skb).protocol,
-            (*skb).len,
-            (*skb).gso_segs,
-        )
-    };
+    // SAFETY: reading a field of the context the kernel passed in.
+    let port = unsafe { (*skb).local_port };
     let entry = WatchEntry(*WATCH.get(port)?);
     if entry.0 == 0 {
         return None;
     }
+    // Only watched ports get this far.
+    // SAFETY: as above.
+    let (l3proto, len, gso_segs) = unsafe { ((*skb).protocol, (*skb).len, (*skb).gso_segs) };
 
     let (ip_hdr, l4proto) = if l3proto == ETH_P_IP {
         let ihl = u32::from(byte_at(ctx, 0)? & 0x0f) * 4;
