@@ -1,35 +1,41 @@
-//! Connections already open on watched ports when they start being watched, from the socket
-//! table (/proc/net/tcp and tcp6), so `connections_active` is right from the first scrape.
-use std::collections::HashMap;
+//! The host's socket table, for two questions: which connections are already open on a port when
+//! it starts being watched (so `connections_active` is right from the first scrape), and what
+//! listens on a tunnel's port (for its health). Asked through netlink `sock_diag` with a state
+//! filter, so the kernel skips the TIME_WAIT crowd of a busy host; /proc/net/{tcp,udp}{,6} when
+//! netlink is not available.
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
 
-use procfs::net::{TcpNetEntry, TcpState};
+use moonfrp_common::{Proto, tcp_state};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
-/// States of a connection whose later close the kernel programs will count.
-fn is_open(state: &TcpState) -> bool {
-    matches!(
-        state,
-        TcpState::Established
-            | TcpState::FinWait1
-            | TcpState::FinWait2
-            | TcpState::CloseWait
-            | TcpState::LastAck
-            | TcpState::Closing
-    )
+/// One socket: its addresses and its kernel state number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Sock {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: u8,
 }
 
-/// Open connections per local port among `ports`. Each connection counts once: reading
-/// /proc/net/tcp while other sockets come and go can list one twice (the kernel resumes its walk
-/// by position), so entries are told apart by their address pair.
-pub fn count_open<'a>(
-    entries: impl IntoIterator<Item = &'a TcpNetEntry>,
-    ports: &[u16],
-) -> HashMap<u16, u64> {
+/// Open connections per local port among `ports`. A connection counts once even if a table
+/// listed it twice (/proc/net/tcp can, when sockets come and go during the read).
+pub fn count_open(socks: &[Sock], ports: &[u16]) -> HashMap<u16, u64> {
     let mut out: HashMap<u16, u64> = ports.iter().map(|p| (*p, 0)).collect();
-    let mut seen = std::collections::HashSet::new();
-    for e in entries {
-        if is_open(&e.state)
-            && let Some(n) = out.get_mut(&e.local_address.port())
-            && seen.insert((e.local_address, e.remote_address))
+    let mut seen = HashSet::new();
+    for s in socks {
+        if tcp_state::was_established(i32::from(s.state))
+            && let Some(n) = out.get_mut(&s.local.port())
+            && seen.insert((s.local, s.remote))
         {
             *n += 1;
         }
@@ -37,32 +43,131 @@ pub fn count_open<'a>(
     out
 }
 
-/// Reads the socket tables of this network namespace and counts open connections per port.
-pub fn seed_active(ports: &[u16]) -> Result<HashMap<u16, u64>, procfs::ProcError> {
-    let mut entries = procfs::net::tcp()?;
-    // A host without IPv6 has no tcp6 table: that is not an error.
-    if let Ok(v6) = procfs::net::tcp6() {
-        entries.extend(v6);
+/// A `sock_diag` dump of one family and protocol, filtered by state in the kernel.
+fn diag(family: u8, protocol: u8, states: StateFlags) -> std::io::Result<Vec<Sock>> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&NetlinkAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let socket_id = if family == AF_INET6 {
+        SocketId::new_v6()
+    } else {
+        SocketId::new_v4()
+    };
+    let request = SockDiagMessage::InetRequest(InetRequest {
+        family,
+        protocol,
+        extensions: ExtensionFlags::empty(),
+        states,
+        socket_id,
+    });
+    let mut packet = NetlinkMessage::new(header, request.into());
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+
+    let mut out = Vec::new();
+    let mut rx = vec![0u8; 64 * 1024];
+    loop {
+        let n = socket.recv(&mut &mut rx[..], 0)?;
+        let mut offset = 0;
+        while offset < n {
+            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..n])
+                .map_err(std::io::Error::other)?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                    let id = &r.header.socket_id;
+                    out.push(Sock {
+                        local: SocketAddr::new(id.source_address, id.source_port),
+                        remote: SocketAddr::new(id.destination_address, id.destination_port),
+                        state: r.header.state,
+                    });
+                }
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => {
+                    return Err(std::io::Error::other(format!("sock_diag: {e:?}")));
+                }
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            offset += len;
+        }
     }
-    Ok(count_open(&entries, ports))
+}
+
+/// Both families of one protocol.
+fn diag_both(protocol: u8, states: StateFlags) -> std::io::Result<Vec<Sock>> {
+    let mut all = diag(AF_INET, protocol, states.clone())?;
+    // A host without IPv6 has nothing to list there: that is not an error.
+    all.extend(diag(AF_INET6, protocol, states).unwrap_or_default());
+    Ok(all)
+}
+
+fn from_proc(tcp: bool) -> Result<Vec<Sock>, procfs::ProcError> {
+    if tcp {
+        let mut e = procfs::net::tcp()?;
+        e.extend(procfs::net::tcp6().unwrap_or_default());
+        Ok(e.iter()
+            .map(|e| Sock {
+                local: e.local_address,
+                remote: e.remote_address,
+                state: e.state.clone() as u8,
+            })
+            .collect())
+    } else {
+        let mut e = procfs::net::udp()?;
+        e.extend(procfs::net::udp6().unwrap_or_default());
+        Ok(e.iter()
+            .map(|e| Sock {
+                local: e.local_address,
+                remote: e.remote_address,
+                state: e.state.clone() as u8,
+            })
+            .collect())
+    }
+}
+
+/// Why the socket table could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the socket table (netlink: {netlink}; /proc: {proc})")]
+pub struct SocketsError {
+    netlink: std::io::Error,
+    proc: procfs::ProcError,
+}
+
+fn table(protocol: u8, states: StateFlags) -> Result<Vec<Sock>, SocketsError> {
+    diag_both(protocol, states).or_else(|netlink| {
+        tracing::debug!(error = %netlink, "sock_diag unavailable; reading /proc/net");
+        from_proc(protocol == IPPROTO_TCP).map_err(|proc| SocketsError { netlink, proc })
+    })
+}
+
+/// Counts the connections already open on each of `ports`.
+pub fn seed_active(ports: &[u16]) -> Result<HashMap<u16, u64>, SocketsError> {
+    let open = StateFlags::ESTABLISHED
+        | StateFlags::FIN_WAIT1
+        | StateFlags::FIN_WAIT2
+        | StateFlags::CLOSE_WAIT
+        | StateFlags::LAST_ACK
+        | StateFlags::CLOSING;
+    Ok(count_open(&table(IPPROTO_TCP, open)?, ports))
 }
 
 /// Local (port, protocol) pairs something listens on: TCP sockets in LISTEN, bound UDP sockets.
-pub fn listening()
--> Result<std::collections::HashSet<(u16, moonfrp_common::Proto)>, procfs::ProcError> {
-    use moonfrp_common::Proto;
-    let mut out = std::collections::HashSet::new();
-    let mut tcp = procfs::net::tcp()?;
-    tcp.extend(procfs::net::tcp6().unwrap_or_default());
-    out.extend(
-        tcp.iter()
-            .filter(|e| e.state == TcpState::Listen)
-            .map(|e| (e.local_address.port(), Proto::Tcp)),
-    );
-    let mut udp = procfs::net::udp()?;
-    udp.extend(procfs::net::udp6().unwrap_or_default());
-    out.extend(udp.iter().map(|e| (e.local_address.port(), Proto::Udp)));
-    Ok(out)
+pub fn listening() -> Result<HashSet<(u16, Proto)>, SocketsError> {
+    let tcp = table(IPPROTO_TCP, StateFlags::LISTEN)?;
+    let udp = table(IPPROTO_UDP, StateFlags::all())?;
+    Ok(tcp
+        .iter()
+        .filter(|s| i32::from(s.state) == tcp_state::LISTEN)
+        .map(|s| (s.local.port(), Proto::Tcp))
+        .chain(udp.iter().map(|s| (s.local.port(), Proto::Udp)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -80,8 +185,7 @@ mod tests {
    5: 0100007F:1B58 0100007F:D440 03 00000000:00000000 00:00000000 00000000     0        0 104 1 0000000000000000 20 4 30 10 -1
 ";
 
-    #[test]
-    fn counts_open_states_by_local_port_only() {
+    fn socks() -> Vec<Sock> {
         let si = ExplicitSystemInfo {
             boot_time_secs: 0,
             ticks_per_second: 100,
@@ -91,17 +195,42 @@ mod tests {
         let entries = TcpNetEntries::from_buf_read(TABLE.as_bytes(), &si)
             .unwrap()
             .0;
-        // The same connection listed twice (a concurrent change during the read) counts once.
-        let twice: Vec<&TcpNetEntry> = entries
+        entries
             .iter()
-            .chain(entries.iter().skip(1).take(1))
-            .collect();
-        let counts = count_open(twice, &[6000, 7000, 54321]);
+            .map(|e| Sock {
+                local: e.local_address,
+                remote: e.remote_address,
+                state: e.state.clone() as u8,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn counts_open_states_by_local_port_only() {
+        let mut all = socks();
+        // The same connection listed twice (a concurrent change during the read) counts once.
+        all.push(all[1]);
+        let counts = count_open(&all, &[6000, 7000, 54321]);
         // 6000 (0x1770): ESTABLISHED + CLOSE_WAIT; LISTEN and TIME_WAIT do not count.
         assert_eq!(counts[&6000], 2);
         // 7000 (0x1B58): SYN_RECV is not open yet.
         assert_eq!(counts[&7000], 0);
         // The client side (local 0xD431) counts for its own port, not for 6000.
         assert_eq!(counts[&54321], 1);
+    }
+
+    #[test]
+    fn netlink_sees_a_listener_and_its_connection() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _s = l.accept().unwrap();
+        assert!(listening().unwrap().contains(&(port, Proto::Tcp)));
+        assert_eq!(seed_active(&[port]).unwrap()[&port], 1);
+        let direct = diag(AF_INET, IPPROTO_TCP, StateFlags::LISTEN).unwrap();
+        assert!(
+            direct.iter().any(|s| s.local.port() == port),
+            "sock_diag did not list the listener"
+        );
     }
 }
