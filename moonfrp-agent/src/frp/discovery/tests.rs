@@ -1,7 +1,16 @@
-use std::path::Path;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use super::*;
-use crate::collect::fixture;
+use crate::{
+    collect::fixture,
+    frp::{
+        api,
+        config::{self, FrpConfig},
+    },
+};
 
 fn cfg(name: &str) -> FrpConfig {
     config::parse(Path::new(name), &fixture(&format!("frp/{name}"))).unwrap()

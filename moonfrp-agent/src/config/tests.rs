@@ -1,0 +1,178 @@
+use super::*;
+
+fn load_str(text: &str, o: &Overrides) -> Result<Config, ConfigError> {
+    let file = parse_file(Path::new("/etc/moonfrp/moonfrp.toml"), text)?;
+    Config::merge(file, "config file /etc/moonfrp/moonfrp.toml", o)
+}
+
+#[test]
+fn defaults_without_file_or_flags() {
+    let c = Config::load(None, &Overrides::default()).unwrap();
+    assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(c.interval, DEFAULT_INTERVAL);
+    assert_eq!(c.log_level, "info");
+    assert!(c.tunnels.is_empty());
+    assert_eq!(c.kernel, KernelConfig::default());
+}
+
+#[test]
+fn file_and_flags_merge_flags_win() {
+    let o = Overrides {
+        interval: Some("5s".into()),
+        tunnels: vec!["dns=5353/udp".into(), "web=8080".into()],
+        ..Overrides::default()
+    };
+    let c = load_str(
+        "listen = \"[::1]:9100\"\ninterval = \"30s\"\n[[tunnels]]\nname = \"ssh\"\nport = 6000\n",
+        &o,
+    )
+    .unwrap();
+    assert_eq!(c.listen.to_string(), "[::1]:9100");
+    assert_eq!(c.interval, Duration::from_secs(5));
+    let got: Vec<String> = c.tunnels.iter().map(ToString::to_string).collect();
+    assert_eq!(got, ["dns=5353/udp", "ssh=6000/tcp", "web=8080/tcp"]);
+    assert_eq!(c.tunnels[1].source, TunnelSource::ConfigFile);
+    assert_eq!(c.tunnels[0].source, TunnelSource::Cli);
+}
+
+#[test]
+fn unknown_key_names_file_and_key() {
+    let err = load_str(
+        "listen = \"127.0.0.1:1\"\nintervall = \"5s\"\n",
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/etc/moonfrp/moonfrp.toml"), "{err}");
+    assert!(err.contains("intervall"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn port_out_of_range_in_file_and_flag() {
+    let err = load_str(
+        "[[tunnels]]\nname = \"x\"\nport = 70000\n",
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("tunnels[0] (`x`)") && err.contains("70000"),
+        "{err}"
+    );
+    let o = Overrides {
+        tunnels: vec!["x=0".into()],
+        ..Overrides::default()
+    };
+    let err = Config::load(None, &o).unwrap_err().to_string();
+    assert!(
+        err.starts_with("--tunnel x=0:") && err.contains("1..=65535"),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_name_and_port_name_both_places() {
+    let o = Overrides {
+        tunnels: vec!["ssh=7001".into()],
+        ..Overrides::default()
+    };
+    let err = load_str("[[tunnels]]\nname = \"ssh\"\nport = 6000\n", &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--tunnel ssh=7001") && err.contains("duplicate tunnel name `ssh`"),
+        "{err}"
+    );
+    assert!(err.contains("tunnels[0]"), "{err}");
+    let o = Overrides {
+        tunnels: vec!["a=6000".into(), "b=6000".into()],
+        ..Overrides::default()
+    };
+    let err = Config::load(None, &o).unwrap_err().to_string();
+    assert!(
+        err.contains("port 6000/tcp is already watched by --tunnel a=6000"),
+        "{err}"
+    );
+    let o = Overrides {
+        tunnels: vec!["a=6000".into(), "b=6000/udp".into()],
+        ..Overrides::default()
+    };
+    assert_eq!(Config::load(None, &o).unwrap().tunnels.len(), 2);
+}
+
+#[test]
+fn bad_values_are_explained() {
+    for (o, needle) in [
+        (
+            Overrides {
+                interval: Some("500ms".into()),
+                ..Overrides::default()
+            },
+            "minimum of 1s",
+        ),
+        (
+            Overrides {
+                interval: Some("soon".into()),
+                ..Overrides::default()
+            },
+            "not a duration",
+        ),
+        (
+            Overrides {
+                listen: Some("localhost".into()),
+                ..Overrides::default()
+            },
+            "not an address:port",
+        ),
+        (
+            Overrides {
+                log_level: Some("loud".into()),
+                ..Overrides::default()
+            },
+            "log level `loud`",
+        ),
+        (
+            Overrides {
+                tunnels: vec!["ssh".into()],
+                ..Overrides::default()
+            },
+            "expected NAME=PORT",
+        ),
+        (
+            Overrides {
+                tunnels: vec!["ssh=22/sctp".into()],
+                ..Overrides::default()
+            },
+            "`sctp`",
+        ),
+    ] {
+        let err = Config::load(None, &o).unwrap_err().to_string();
+        assert!(err.contains(needle), "{err} should contain {needle}");
+    }
+}
+
+#[test]
+fn unreadable_file_names_path() {
+    let err = Config::load(
+        Some(Path::new("/nonexistent/moonfrp.toml")),
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("/nonexistent/moonfrp.toml") && err.contains("--config"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kernel_sizes_are_checked() {
+    let err = load_str("[kernel]\nslots = 0\n", &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("kernel.slots"), "{err}");
+    let c = load_str("[kernel]\nslots = 8192\n", &Overrides::default()).unwrap();
+    assert_eq!(c.kernel.slots, 8192);
+    assert_eq!(c.kernel.tracked_connections, DEFAULT_TRACKED_CONNECTIONS);
+}
