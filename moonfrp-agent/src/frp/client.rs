@@ -41,20 +41,36 @@ impl Endpoint {
     }
 }
 
-/// `GET path` on the endpoint; the body of a 200 answer.
-pub async fn get(ep: &Endpoint, path: &str, timeout: Duration) -> Result<String, String> {
-    tokio::time::timeout(timeout, fetch(ep, path))
-        .await
-        .map_err(|_| format!("GET {path}: no answer within {timeout:?}"))?
+/// A failed GET: nobody answered, or the answer was not a 200.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    /// Connection refused, no answer in time: asking again at once will not help.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Answer(String),
 }
 
-async fn fetch(ep: &Endpoint, path: &str) -> Result<String, String> {
+impl From<GetError> for String {
+    fn from(e: GetError) -> Self {
+        e.to_string()
+    }
+}
+
+/// `GET path` on the endpoint; the body of a 200 answer.
+pub async fn get(ep: &Endpoint, path: &str, timeout: Duration) -> Result<String, GetError> {
+    tokio::time::timeout(timeout, fetch(ep, path))
+        .await
+        .map_err(|_| GetError::Unreachable(format!("GET {path}: no answer within {timeout:?}")))?
+}
+
+async fn fetch(ep: &Endpoint, path: &str) -> Result<String, GetError> {
     let stream = TcpStream::connect(&ep.addr)
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", ep.addr))?;
+        .map_err(|e| GetError::Unreachable(format!("cannot connect to {}: {e}", ep.addr)))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("HTTP handshake with {}: {e}", ep.addr))?;
+        .map_err(|e| GetError::Unreachable(format!("HTTP handshake with {}: {e}", ep.addr)))?;
     tokio::spawn(conn);
     let mut req = Request::get(path).header(header::HOST, &ep.addr);
     if let Some(user) = &ep.user {
@@ -64,24 +80,24 @@ async fn fetch(ep: &Endpoint, path: &str) -> Result<String, String> {
     }
     let req = req
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("GET {path}: {e}"))?;
+        .map_err(|e| GetError::Answer(format!("GET {path}: {e}")))?;
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| format!("GET {path}: {e}"))?;
+        .map_err(|e| GetError::Answer(format!("GET {path}: {e}")))?;
     let status = resp.status();
     let body = resp
         .into_body()
         .collect()
         .await
-        .map_err(|e| format!("GET {path}: reading the body: {e}"))?
+        .map_err(|e| GetError::Answer(format!("GET {path}: reading the body: {e}")))?
         .to_bytes();
     match status {
         StatusCode::OK => String::from_utf8(body.to_vec())
-            .map_err(|_| format!("GET {path}: the answer is not UTF-8")),
-        StatusCode::UNAUTHORIZED => Err(format!(
+            .map_err(|_| GetError::Answer(format!("GET {path}: the answer is not UTF-8"))),
+        StatusCode::UNAUTHORIZED => Err(GetError::Answer(format!(
             "GET {path}: 401 unauthorized: the user and password of webServer in the frp config are wrong or missing"
-        )),
-        other => Err(format!("GET {path}: HTTP {other}")),
+        ))),
+        other => Err(GetError::Answer(format!("GET {path}: HTTP {other}"))),
     }
 }

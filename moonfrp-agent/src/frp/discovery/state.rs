@@ -204,6 +204,7 @@ impl Discovery {
                             "/api/status",
                             self.opts.api_timeout,
                         ))
+                        .map_err(String::from)
                         .and_then(|b| {
                             api::parse_client_status(&b)
                                 .map_err(|e| format!("GET /api/status: {e}"))
@@ -274,7 +275,9 @@ async fn frps_view(ep: &Endpoint, timeout: Duration) -> Result<FrpsView, String>
     // Best effort: without it the config file's ports stand.
     let info = match client::get(ep, "/api/serverinfo", timeout).await {
         Ok(body) => api::parse_serverinfo(&body).ok(),
-        Err(_) => None,
+        // Nobody answers: the proxy lists would only wait for the same timeout again.
+        Err(client::GetError::Unreachable(e)) => return Err(e),
+        Err(client::GetError::Answer(_)) => None,
     };
     let mut proxies = Vec::new();
     if let Ok(body) = client::get(ep, "/api/v2/proxies?page=1&pageSize=200", timeout).await
