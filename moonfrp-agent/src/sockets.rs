@@ -109,27 +109,25 @@ fn diag_both(protocol: u8, states: StateFlags) -> std::io::Result<Vec<Sock>> {
 }
 
 fn from_proc(tcp: bool) -> Result<Vec<Sock>, procfs::ProcError> {
-    if tcp {
-        let mut e = procfs::net::tcp()?;
-        e.extend(procfs::net::tcp6().unwrap_or_default());
-        Ok(e.iter()
-            .map(|e| Sock {
-                local: e.local_address,
-                remote: e.remote_address,
-                state: e.state.clone() as u8,
-            })
-            .collect())
-    } else {
-        let mut e = procfs::net::udp()?;
-        e.extend(procfs::net::udp6().unwrap_or_default());
-        Ok(e.iter()
-            .map(|e| Sock {
-                local: e.local_address,
-                remote: e.remote_address,
-                state: e.state.clone() as u8,
-            })
-            .collect())
+    // TCP and UDP entries are different types with the same fields.
+    macro_rules! socks {
+        ($v4:expr, $v6:expr) => {{
+            let v6 = $v6.unwrap_or_default();
+            $v4?.iter()
+                .chain(&v6)
+                .map(|e| Sock {
+                    local: e.local_address,
+                    remote: e.remote_address,
+                    state: e.state.clone() as u8,
+                })
+                .collect()
+        }};
     }
+    Ok(if tcp {
+        socks!(procfs::net::tcp(), procfs::net::tcp6())
+    } else {
+        socks!(procfs::net::udp(), procfs::net::udp6())
+    })
 }
 
 /// Why the socket table could not be read.
@@ -227,6 +225,13 @@ mod tests {
         let _s = l.accept().unwrap();
         assert!(listening().unwrap().contains(&(port, Proto::Tcp)));
         assert_eq!(seed_active(&[port]).unwrap()[&port], 1);
+        // The /proc fallback sees the same sockets.
+        let proc = from_proc(true).unwrap();
+        assert!(
+            proc.iter()
+                .any(|s| s.local.port() == port && i32::from(s.state) == tcp_state::LISTEN)
+        );
+        assert_eq!(count_open(&proc, &[port])[&port], 1);
         let direct = diag(AF_INET, IPPROTO_TCP, StateFlags::LISTEN).unwrap();
         assert!(
             direct.iter().any(|s| s.local.port() == port),

@@ -136,6 +136,24 @@ impl Agent {
         AgentCmd::new(args).wrapper(wrapper).spawn()
     }
 
+    /// Starts the agent after `setup` (shell) has run in a private mount namespace, so that the
+    /// test can hide or replace files the agent reads without touching the host.
+    pub fn spawn_in_private_mounts(setup: &str, args: &[&str]) -> Self {
+        let script = format!("{setup} && exec \"$0\" \"$@\"");
+        Self::spawn_wrapped(
+            &[
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ],
+            args,
+        )
+    }
+
     /// Waits for the first snapshot.
     pub fn wait_ready(&self) {
         self.wait_for("the first snapshot", |m| {

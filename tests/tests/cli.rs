@@ -128,19 +128,8 @@ fn a_probe_that_cannot_attach_is_skipped_and_the_rest_work() {
     let port = free_port();
     // (A fresh VM may not have tracefs mounted yet: mount it in the namespace first.)
     let hide = "T=/sys/kernel/tracing; mountpoint -q $T || mount -t tracefs tracefs $T; \
-                mount -t tmpfs none $T/events/tcp/tcp_retransmit_skb && exec \"$0\" \"$@\"";
-    let agent = Agent::spawn_wrapped(
-        &[
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            hide,
-        ],
-        &["-t", &format!("web={port}")],
-    );
+                mount -t tmpfs none $T/events/tcp/tcp_retransmit_skb";
+    let agent = Agent::spawn_in_private_mounts(hide, &["-t", &format!("web={port}")]);
     let m = agent.wait_for("the first snapshot", |m| {
         m.get("moonfrp_agent_snapshots_total", &[]).is_some()
     });

@@ -311,7 +311,7 @@ fn textfile_in_a_missing_or_read_only_directory_stops_the_start() {
             "private",
             "sh",
             "-c",
-            &format!("mount -t tmpfs -o ro none {d} && exec \"$0\" \"$@\""),
+            &format!("mount -t tmpfs -o ro none {d}"),
         ])
         .arg(&bin)
         .args([
@@ -337,23 +337,9 @@ fn a_collector_that_fails_is_skipped_counted_and_logged_once() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("loadavg");
     std::fs::write(&garbage, "not a load average\n").unwrap();
-    let wrap = format!(
-        "mount --bind {} /proc/loadavg && exec \"$0\" \"$@\"",
-        garbage.display()
-    );
+    let wrap = format!("mount --bind {} /proc/loadavg", garbage.display());
     let port = free_port();
-    let agent = Agent::spawn_wrapped(
-        &[
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &wrap,
-        ],
-        &["-t", &format!("web={port}")],
-    );
+    let agent = Agent::spawn_in_private_mounts(&wrap, &["-t", &format!("web={port}")]);
     agent.wait_ready();
     let m = agent.wait_snapshots(3);
     assert_eq!(
