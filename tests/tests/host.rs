@@ -311,7 +311,7 @@ fn textfile_in_a_missing_or_read_only_directory_stops_the_start() {
             "private",
             "sh",
             "-c",
-            &format!("mount -t tmpfs -o ro none {d}"),
+            &format!("mount -t tmpfs -o ro none {d} && exec \"$0\" \"$@\""),
         ])
         .arg(&bin)
         .args([
