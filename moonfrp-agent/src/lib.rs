@@ -7,6 +7,7 @@ pub mod config;
 pub mod cycle;
 pub mod ebpf;
 pub mod frp;
+pub mod history;
 pub mod metrics;
 pub mod privileges;
 pub mod process;

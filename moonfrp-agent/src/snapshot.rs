@@ -172,10 +172,14 @@ pub struct Latest(RwLock<Option<Arc<Snapshot>>>);
 
 impl Latest {
     pub fn publish(&self, s: Snapshot) {
+        self.publish_arc(Arc::new(s));
+    }
+
+    pub fn publish_arc(&self, s: Arc<Snapshot>) {
         *self
             .0
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(s));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(s);
     }
 
     pub fn get(&self) -> Option<Arc<Snapshot>> {

@@ -31,6 +31,13 @@ pub fn registry(latest: Arc<Latest>) -> Registry {
     r
 }
 
+/// Encodes one snapshot (not necessarily the latest) as OpenMetrics text.
+pub fn encode_snapshot(s: Arc<crate::snapshot::Snapshot>) -> String {
+    let latest = Arc::new(Latest::default());
+    latest.publish_arc(s);
+    encode_openmetrics(&registry(latest))
+}
+
 /// Encodes the registry as OpenMetrics text (with `# EOF`).
 pub fn encode_openmetrics(registry: &Registry) -> String {
     let mut out = String::with_capacity(64 * 1024);

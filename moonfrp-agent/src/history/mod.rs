@@ -1,0 +1,160 @@
+//! History: every series of every snapshot in an embedded SQLite database, with rollups, a query
+//! API and a CSV export. The writer runs on its own thread so that a slow or full disk never
+//! delays a collection; readers open their own read-only connections (WAL lets them run beside
+//! the writer).
+pub mod exposition;
+pub mod query;
+pub mod rollup;
+pub mod schema;
+pub mod store;
+pub mod writer;
+
+use std::{path::PathBuf, time::Duration};
+
+pub use store::{FILE_NAME, Store, StoreError};
+
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/moonfrp";
+/// Default raw retention.
+pub const DEFAULT_RETENTION: Duration = Duration::from_hours(24);
+/// Most points one query may return per series (as Prometheus' range queries).
+pub const DEFAULT_MAX_POINTS: usize = 11_000;
+
+/// One rollup level: buckets of `step`, kept for `keep`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Level {
+    pub step: Duration,
+    pub keep: Duration,
+}
+
+impl Level {
+    #[allow(clippy::cast_possible_wrap)]
+    pub const fn step_ms(&self) -> i64 {
+        self.step.as_millis() as i64
+    }
+
+    #[allow(clippy::cast_possible_wrap)]
+    pub const fn step_s(&self) -> i64 {
+        self.step.as_secs() as i64
+    }
+
+    #[allow(clippy::cast_possible_wrap)]
+    pub const fn keep_ms(&self) -> i64 {
+        self.keep.as_millis() as i64
+    }
+
+    /// `1h`, `1d`: the name used in API answers.
+    pub fn name(&self) -> String {
+        humantime::format_duration(self.step)
+            .to_string()
+            .replace(' ', "")
+    }
+}
+
+/// How history is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub retention: Duration,
+    /// Finest first; each step a multiple of the previous one.
+    pub levels: Vec<Level>,
+    pub max_points: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            retention: DEFAULT_RETENTION,
+            levels: vec![
+                Level {
+                    step: Duration::from_hours(1),
+                    keep: Duration::from_hours(7 * 24),
+                },
+                Level {
+                    step: Duration::from_hours(24),
+                    keep: Duration::from_hours(90 * 24),
+                },
+            ],
+            max_points: DEFAULT_MAX_POINTS,
+        }
+    }
+}
+
+impl Settings {
+    #[allow(clippy::cast_possible_wrap)]
+    pub const fn retention_ms(&self) -> i64 {
+        self.retention.as_millis() as i64
+    }
+
+    /// Checks the rollup levels fit together; the message names the level.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut finer: Option<&Level> = None;
+        for (i, l) in self.levels.iter().enumerate() {
+            let whole_seconds = l.step.subsec_nanos() == 0 && l.step.as_secs() > 0;
+            if !whole_seconds {
+                return Err(format!(
+                    "rollups[{i}]: step {:?} must be a whole number of seconds",
+                    l.step
+                ));
+            }
+            if l.keep < l.step {
+                return Err(format!(
+                    "rollups[{i}]: keep ({}) is shorter than step ({}); keep at least one bucket",
+                    humantime::format_duration(l.keep),
+                    humantime::format_duration(l.step)
+                ));
+            }
+            match finer {
+                None if l.step > self.retention => {
+                    return Err(format!(
+                        "rollups[{i}]: the first step ({}) is longer than the raw retention ({}); raise retention or shorten the step",
+                        humantime::format_duration(l.step),
+                        humantime::format_duration(self.retention)
+                    ));
+                }
+                Some(f) if l.step <= f.step || l.step.as_secs() % f.step.as_secs() != 0 => {
+                    return Err(format!(
+                        "rollups[{i}]: step {} must be a multiple of the previous level's step {}",
+                        humantime::format_duration(l.step),
+                        humantime::format_duration(f.step)
+                    ));
+                }
+                _ => {}
+            }
+            finer = Some(l);
+        }
+        Ok(())
+    }
+}
+
+/// `[history]` plus the data directory, as the agent runs with them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryConfig {
+    pub enabled: bool,
+    pub data_dir: PathBuf,
+    pub settings: Settings,
+}
+
+impl HistoryConfig {
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join(FILE_NAME)
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            settings: Settings::default(),
+        }
+    }
+}
+
+/// Unix milliseconds of a system time (0 before the epoch).
+pub fn unix_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests;

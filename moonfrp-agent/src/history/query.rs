@@ -1,0 +1,573 @@
+//! Range queries over the history database, shared by the HTTP API and the `history` command.
+//!
+//! The resolution is picked from the range: raw samples while they cover `from`, else the finest
+//! rollup level that does. Without `step` every stored point comes back; with `step` the points
+//! are grouped into step-wide buckets aligned to the Unix epoch, with the same arithmetic as the
+//! rollups (see [`super::rollup`]).
+use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Level, Settings,
+    exposition::Kind,
+    rollup::{self, Bucket, Obs},
+};
+
+/// How a bucket of several points becomes one value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Agg {
+    /// Gauges: mean of the values; counters with `rate`: increase over the time covered.
+    #[default]
+    Mean,
+    Min,
+    Max,
+    Last,
+}
+
+impl Agg {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "mean" | "avg" => Self::Mean,
+            "min" => Self::Min,
+            "max" => Self::Max,
+            "last" => Self::Last,
+            _ => return None,
+        })
+    }
+}
+
+/// A parsed query.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub metric: String,
+    /// Label equality matchers (`tunnel=ssh`, `device=eth0`).
+    pub matchers: Vec<(String, String)>,
+    /// Unix ms, inclusive.
+    pub from: i64,
+    pub to: i64,
+    /// Bucket width in ms; `None`: every stored point.
+    pub step: Option<i64>,
+    /// Per-second rates of a counter instead of its value.
+    pub rate: bool,
+    pub agg: Agg,
+}
+
+/// Output format of the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Csv,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("parameter `{param}`: {problem}")]
+    BadParam { param: String, problem: String },
+    #[error("unknown metric `{metric}`; known metrics: {}", known.join(", "))]
+    UnknownMetric { metric: String, known: Vec<String> },
+    #[error(
+        "range too large: {points} points per series at this step, the limit is {limit}; ask for step={suggestion}s or a shorter range"
+    )]
+    TooLarge {
+        points: u64,
+        limit: usize,
+        suggestion: u64,
+    },
+    #[error("the history database cannot be read: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("no history database at {0} (history is disabled, or the agent has not run yet)")]
+    NoDatabase(String),
+}
+
+impl QueryError {
+    /// The HTTP status for this error.
+    pub const fn status(&self) -> u16 {
+        match self {
+            Self::BadParam { .. } | Self::TooLarge { .. } => 400,
+            Self::UnknownMetric { .. } => 404,
+            Self::NoDatabase(_) => 503,
+            Self::Db(_) => 500,
+        }
+    }
+}
+
+fn bad(param: &str, problem: impl Into<String>) -> QueryError {
+    QueryError::BadParam {
+        param: param.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// `now`, `now-6h`, `-6h`, an RFC 3339 time, or Unix seconds.
+pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
+    let s = s.trim();
+    if s == "now" {
+        return Ok(now_ms);
+    }
+    if let Some(ago) = s.strip_prefix("now-").or_else(|| s.strip_prefix('-')) {
+        let d = humantime::parse_duration(ago)
+            .map_err(|e| format!("`{s}`: `{ago}` is not a duration ({e})"))?;
+        return Ok(now_ms - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
+    }
+    if let Ok(secs) = s.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        #[allow(clippy::cast_possible_truncation)]
+        return Ok((secs * 1000.0).round() as i64);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(super::unix_ms)
+        .map_err(|_| {
+            format!("`{s}` is not a time; use RFC 3339 (2026-11-22T10:00:00Z), Unix seconds, now or now-6h")
+        })
+}
+
+/// A duration (`5m`) or a number of seconds (`300`).
+pub fn parse_step(s: &str) -> Result<Duration, String> {
+    let d = match s.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s.trim())
+            .map_err(|e| format!("`{s}` is not a duration ({e}); use e.g. 5m or 300"))?,
+    };
+    if d < Duration::from_secs(1) {
+        return Err(format!("`{s}` is shorter than 1s"));
+    }
+    Ok(d)
+}
+
+impl Request {
+    /// Reads the API's query string: `metric`, `from`, `to`, `since`, `step`, `rate`, `agg`,
+    /// `format`; any other parameter is a label matcher.
+    pub fn from_query(query: &str, now_ms: i64) -> Result<(Self, Format), QueryError> {
+        let mut metric = None;
+        let (mut from, mut to, mut step) = (None, None, None);
+        let (mut rate, mut agg, mut format) = (false, Agg::Mean, Format::Json);
+        let mut matchers = Vec::new();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "metric" => metric = Some(v.into_owned()),
+                "from" => from = Some(parse_time(&v, now_ms).map_err(|p| bad("from", p))?),
+                "since" => {
+                    let d = humantime::parse_duration(&v).map_err(|e| {
+                        bad(
+                            "since",
+                            format!("`{v}` is not a duration ({e}); use e.g. 6h"),
+                        )
+                    })?;
+                    from = Some(now_ms - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
+                }
+                "to" => to = Some(parse_time(&v, now_ms).map_err(|p| bad("to", p))?),
+                "step" => {
+                    let d = parse_step(&v).map_err(|p| bad("step", p))?;
+                    step = Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                }
+                "rate" => {
+                    rate = match v.as_ref() {
+                        "true" | "1" | "yes" => true,
+                        "false" | "0" | "no" => false,
+                        other => return Err(bad("rate", format!("`{other}`: use true or false"))),
+                    };
+                }
+                "agg" => {
+                    agg = Agg::parse(&v)
+                        .ok_or_else(|| bad("agg", format!("`{v}`: use mean, min, max or last")))?;
+                }
+                "format" => {
+                    format = match v.as_ref() {
+                        "json" => Format::Json,
+                        "csv" => Format::Csv,
+                        other => return Err(bad("format", format!("`{other}`: use json or csv"))),
+                    };
+                }
+                _ => matchers.push((k.into_owned(), v.into_owned())),
+            }
+        }
+        let metric = metric.filter(|m| !m.is_empty()).ok_or_else(|| {
+            bad(
+                "metric",
+                "missing; e.g. metric=moonfrp_tunnel_receive_bytes_total",
+            )
+        })?;
+        let to = to.unwrap_or(now_ms);
+        let from = from.unwrap_or(to - 3_600_000);
+        if from > to {
+            return Err(bad("from", "is after `to`"));
+        }
+        Ok((
+            Self {
+                metric,
+                matchers,
+                from,
+                to,
+                step,
+                rate,
+                agg,
+            },
+            format,
+        ))
+    }
+}
+
+/// One series of an answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeriesOut {
+    pub metric: String,
+    pub labels: BTreeMap<String, String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub unit: String,
+    /// `[unix seconds, value]`.
+    pub samples: Vec<(f64, f64)>,
+}
+
+/// A query's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    /// `raw`, or the rollup step (`1h`, `1d`).
+    pub resolution: String,
+    /// Bucket width in seconds, or null for every raw point.
+    pub step: Option<f64>,
+    pub from: f64,
+    pub to: f64,
+    /// Values are per-second rates.
+    pub rate: bool,
+    pub series: Vec<SeriesOut>,
+}
+
+struct SeriesRow {
+    id: i64,
+    labels: BTreeMap<String, String>,
+}
+
+/// Known metric names.
+pub fn known_metrics(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    conn.prepare_cached("SELECT name FROM metrics ORDER BY name")?
+        .query_map([], |r| r.get(0))?
+        .collect()
+}
+
+/// Where the data for a range lives.
+enum Source<'a> {
+    Raw,
+    Rollup(&'a Level),
+}
+
+/// Runs a query against the database.
+pub fn run(
+    conn: &Connection,
+    settings: &Settings,
+    req: &Request,
+    now_ms: i64,
+) -> Result<Answer, QueryError> {
+    let meta: Option<(String, String)> = conn
+        .query_row(
+            "SELECT type, unit FROM metrics WHERE name = ?1",
+            [&req.metric],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((kind, unit)) = meta else {
+        return Err(QueryError::UnknownMetric {
+            metric: req.metric.clone(),
+            known: known_metrics(conn)?,
+        });
+    };
+    let counter = Kind::parse(&kind) == Kind::Counter;
+    if req.rate && !counter {
+        return Err(bad(
+            "rate",
+            format!("`{}` is a gauge; rates apply to counters", req.metric),
+        ));
+    }
+    let span = req.to - req.from;
+    let (source, step) = pick(settings, req, now_ms, span)?;
+    let mut out = Answer {
+        resolution: match source {
+            Source::Raw => "raw".to_owned(),
+            Source::Rollup(l) => l.name(),
+        },
+        step: step.map(rollup::ms_to_s),
+        from: rollup::ms_to_s(req.from),
+        to: rollup::ms_to_s(req.to),
+        rate: req.rate,
+        series: Vec::new(),
+    };
+    for s in matching_series(conn, req)? {
+        let buckets_or_points = match source {
+            Source::Raw => raw_points(conn, s.id, req, counter, step)?,
+            Source::Rollup(level) => rollup_points(conn, s.id, level, req, counter, step)?,
+        };
+        out.series.push(SeriesOut {
+            metric: req.metric.clone(),
+            labels: s.labels,
+            kind: kind.clone(),
+            unit: unit.clone(),
+            samples: buckets_or_points,
+        });
+    }
+    Ok(out)
+}
+
+/// Chooses raw or a rollup level, and the output step (None: native points).
+fn pick<'a>(
+    settings: &'a Settings,
+    req: &Request,
+    now_ms: i64,
+    span: i64,
+) -> Result<(Source<'a>, Option<i64>), QueryError> {
+    let limit = settings.max_points;
+    let covers = |keep_ms: i64| req.from >= now_ms - keep_ms;
+    let too_large = |step_ms: i64| {
+        let points = u64::try_from(span / step_ms.max(1)).unwrap_or(0) + 1;
+        (points > limit as u64).then(|| QueryError::TooLarge {
+            points,
+            limit,
+            suggestion: u64::try_from(span / 1000 / (limit as i64 - 1).max(1)).unwrap_or(0) + 1,
+        })
+    };
+    if let Some(step) = req.step {
+        if let Some(e) = too_large(step) {
+            return Err(e);
+        }
+        // The coarsest source no coarser than the step that still covers `from`.
+        let level = settings
+            .levels
+            .iter()
+            .rev()
+            .find(|l| l.step_ms() <= step && covers(l.keep_ms()));
+        let source = match level {
+            Some(l) if !covers(settings.retention_ms()) || l.step_ms() == step => Source::Rollup(l),
+            _ if covers(settings.retention_ms()) => Source::Raw,
+            _ => settings
+                .levels
+                .iter()
+                .find(|l| covers(l.keep_ms()))
+                .or(settings.levels.last())
+                .map_or(Source::Raw, Source::Rollup),
+        };
+        return Ok((source, Some(step)));
+    }
+    if covers(settings.retention_ms()) || settings.levels.is_empty() {
+        // Every raw point, unless that is more than the limit (1 s intervals over a day).
+        let auto = (span / 1000 >= limit as i64).then(|| (span / (limit as i64 - 1)).max(1000));
+        return Ok((Source::Raw, auto.map(|ms| ceil_to(ms, 1000))));
+    }
+    let level = settings
+        .levels
+        .iter()
+        .find(|l| covers(l.keep_ms()))
+        .or(settings.levels.last())
+        .expect("levels is not empty");
+    if too_large(level.step_ms()).is_some() {
+        let step = ceil_to(span / (limit as i64 - 1), level.step_ms());
+        return Ok((Source::Rollup(level), Some(step)));
+    }
+    Ok((Source::Rollup(level), None))
+}
+
+/// `x` rounded up to a multiple of `m` (both positive).
+const fn ceil_to(x: i64, m: i64) -> i64 {
+    (x + m - 1) / m * m
+}
+
+fn matching_series(conn: &Connection, req: &Request) -> Result<Vec<SeriesRow>, QueryError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, labels FROM series WHERE metric = ?1 ORDER BY labels")?;
+    let rows = stmt.query_map([&req.metric], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, labels) = row?;
+        let labels: BTreeMap<String, String> = serde_json::from_str(&labels).unwrap_or_default();
+        if req
+            .matchers
+            .iter()
+            .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+        {
+            out.push(SeriesRow { id, labels });
+        }
+    }
+    Ok(out)
+}
+
+/// Stored samples of one series in `[from, to]`, plus the one just before `from` (for rates).
+pub fn raw_series(
+    conn: &Connection,
+    id: i64,
+    from: i64,
+    to: i64,
+) -> rusqlite::Result<(Option<Obs>, Vec<Obs>)> {
+    let map = |r: &rusqlite::Row<'_>| {
+        Ok(Obs {
+            ts: r.get(0)?,
+            run: r.get(1)?,
+            run_start: r.get(2)?,
+            value: r.get(3)?,
+        })
+    };
+    let before = conn
+        .prepare_cached(
+            "SELECT sn.ts, sn.run_id, r.started_at, sa.value
+             FROM snapshots sn JOIN runs r ON r.id = sn.run_id
+             JOIN samples sa ON sa.snapshot_id = sn.id AND sa.series_id = ?1
+             WHERE sn.ts < ?2 ORDER BY sn.ts DESC LIMIT 1",
+        )?
+        .query_row(params![id, from], map)
+        .optional()?;
+    let points = conn
+        .prepare_cached(
+            "SELECT sn.ts, sn.run_id, r.started_at, sa.value
+             FROM snapshots sn JOIN runs r ON r.id = sn.run_id
+             JOIN samples sa ON sa.snapshot_id = sn.id AND sa.series_id = ?1
+             WHERE sn.ts BETWEEN ?2 AND ?3 ORDER BY sn.ts, sn.id",
+        )?
+        .query_map(params![id, from, to], map)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok((before, points))
+}
+
+fn raw_points(
+    conn: &Connection,
+    id: i64,
+    req: &Request,
+    counter: bool,
+    step: Option<i64>,
+) -> rusqlite::Result<Vec<(f64, f64)>> {
+    let (before, points) = raw_series(conn, id, req.from, req.to)?;
+    let mut prev = if req.rate { before } else { None };
+    let Some(step) = step else {
+        let mut out = Vec::with_capacity(points.len());
+        for p in points {
+            let value = if req.rate {
+                let rate = prev
+                    .as_ref()
+                    .and_then(|q| rollup::counter_step(q, &p))
+                    .filter(|(_, secs)| *secs > 0.0)
+                    .map(|(inc, secs)| inc / secs);
+                prev = Some(p);
+                match rate {
+                    Some(r) => r,
+                    None => continue,
+                }
+            } else {
+                p.value
+            };
+            out.push((rollup::ms_to_s(p.ts), value));
+        }
+        return Ok(out);
+    };
+    let mut slots: BTreeMap<i64, Bucket> = BTreeMap::new();
+    for p in points {
+        let slot = slots.entry(rollup::bucket_start(p.ts, step)).or_default();
+        rollup::feed(slot, counter, prev.as_ref(), &p);
+        prev = Some(p);
+    }
+    Ok(values(slots, req, counter))
+}
+
+fn rollup_points(
+    conn: &Connection,
+    id: i64,
+    level: &Level,
+    req: &Request,
+    counter: bool,
+    step: Option<i64>,
+) -> rusqlite::Result<Vec<(f64, f64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT start, samples, points, min, max, mean, last, increase, seconds FROM rollups
+         WHERE step = ?1 AND series_id = ?2 AND start BETWEEN ?3 AND ?4 ORDER BY start",
+    )?;
+    let first = rollup::bucket_start(req.from, level.step_ms());
+    let rows = stmt.query_map(params![level.step_s(), id, first, req.to], |r| {
+        let points: u32 = r.get(2)?;
+        Ok((
+            r.get::<_, i64>(0)?,
+            Bucket {
+                samples: r.get(1)?,
+                n: points,
+                min: r.get::<_, Option<f64>>(3)?.unwrap_or(0.0),
+                max: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
+                sum: r.get::<_, Option<f64>>(5)?.unwrap_or(0.0) * f64::from(points),
+                last: r.get(6)?,
+                increase: r.get::<_, Option<f64>>(7)?.unwrap_or(0.0),
+                seconds: r.get::<_, Option<f64>>(8)?.unwrap_or(0.0),
+            },
+        ))
+    })?;
+    let width = step.unwrap_or(level.step_ms()).max(level.step_ms());
+    let mut slots: BTreeMap<i64, Bucket> = BTreeMap::new();
+    for row in rows {
+        let (start, b) = row?;
+        slots
+            .entry(rollup::bucket_start(start, width))
+            .or_default()
+            .merge(&b);
+    }
+    Ok(values(slots, req, counter))
+}
+
+/// One value per bucket, by the aggregation asked for.
+fn values(slots: BTreeMap<i64, Bucket>, req: &Request, counter: bool) -> Vec<(f64, f64)> {
+    slots
+        .into_iter()
+        .filter_map(|(start, b)| {
+            let v = match (counter, req.rate, req.agg) {
+                (true, true, Agg::Min) => (b.n > 0).then_some(b.min)?,
+                (true, true, Agg::Max) => (b.n > 0).then_some(b.max)?,
+                (true, true, _) => (b.seconds > 0.0).then(|| b.increase / b.seconds)?,
+                (true, false, _) | (false, _, Agg::Last) => b.last,
+                (false, _, Agg::Min) => b.min,
+                (false, _, Agg::Max) => b.max,
+                (false, _, Agg::Mean) => b.mean()?,
+            };
+            (b.samples > 0).then_some((rollup::ms_to_s(start), v))
+        })
+        .collect()
+}
+
+/// The answer as CSV: `timestamp,time,metric,<label columns…>,value`, one row per point.
+pub fn to_csv(a: &Answer) -> String {
+    let mut label_names: Vec<&str> = a
+        .series
+        .iter()
+        .flat_map(|s| s.labels.keys().map(String::as_str))
+        .collect();
+    label_names.sort_unstable();
+    label_names.dedup();
+    let mut out = String::from("timestamp,time,metric");
+    for l in &label_names {
+        out.push(',');
+        out.push_str(&csv_field(l));
+    }
+    out.push_str(",value\n");
+    for s in &a.series {
+        for (ts, v) in &s.samples {
+            let _ = write!(out, "{ts},{},{}", rfc3339(*ts), csv_field(&s.metric));
+            for l in &label_names {
+                out.push(',');
+                out.push_str(&csv_field(s.labels.get(*l).map_or("", String::as_str)));
+            }
+            let _ = writeln!(out, ",{v}");
+        }
+    }
+    out
+}
+
+/// RFC 3339 (UTC, seconds) of Unix seconds.
+pub fn rfc3339(ts: f64) -> String {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let t = std::time::UNIX_EPOCH + Duration::from_millis((ts.max(0.0) * 1000.0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}

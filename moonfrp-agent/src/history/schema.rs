@@ -1,0 +1,93 @@
+//! The database layout, versioned with `PRAGMA user_version`. Each migration runs once, in a
+//! transaction; a database written by a newer agent is refused rather than touched. The README
+//! ("History") documents these tables for people who open the file with `sqlite3`.
+use rusqlite::{Connection, Transaction};
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: raw samples, time-major so that each interval appends; rollups keyed the same way.
+    "
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        started_at INTEGER NOT NULL,   -- Unix ms
+        version TEXT NOT NULL
+    );
+    CREATE TABLE snapshots (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,           -- Unix ms
+        run_id INTEGER NOT NULL REFERENCES runs(id)
+    );
+    CREATE INDEX snapshots_ts ON snapshots(ts);
+    CREATE TABLE metrics (
+        name TEXT PRIMARY KEY,         -- sample name as on /metrics
+        type TEXT NOT NULL,            -- counter | gauge
+        unit TEXT NOT NULL,
+        help TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE series (
+        id INTEGER PRIMARY KEY,
+        metric TEXT NOT NULL REFERENCES metrics(name),
+        labels TEXT NOT NULL,          -- JSON object, keys sorted
+        UNIQUE (metric, labels)
+    );
+    CREATE TABLE samples (
+        snapshot_id INTEGER NOT NULL,
+        series_id INTEGER NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (snapshot_id, series_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE rollups (
+        step INTEGER NOT NULL,         -- bucket width, seconds
+        start INTEGER NOT NULL,        -- bucket start, Unix ms
+        series_id INTEGER NOT NULL,
+        samples INTEGER NOT NULL,      -- raw samples in the bucket
+        points INTEGER NOT NULL,       -- values (gauges) or rates (counters) behind min/max/mean
+        min REAL, max REAL, mean REAL,
+        last REAL NOT NULL,
+        increase REAL,                 -- counters only
+        seconds REAL,                  -- counters only: time the increase covers
+        PRIMARY KEY (step, start, series_id)
+    ) WITHOUT ROWID;
+    CREATE VIEW history AS
+        SELECT sn.ts AS ts, se.metric AS metric, se.labels AS labels, sa.value AS value
+        FROM samples sa
+        JOIN snapshots sn ON sn.id = sa.snapshot_id
+        JOIN series se ON se.id = sa.series_id;
+    ",
+];
+
+/// The version this build writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error(
+        "the history database has schema version {found}, newer than this agent's {VERSION}: it was written by a newer moonfrp-agent; upgrade the agent or point --data-dir elsewhere (the file is left as it is)"
+    )]
+    TooNew { found: i64 },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Brings the schema up to [`VERSION`].
+pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > VERSION {
+        return Err(SchemaError::TooNew { found });
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        let tx: Transaction<'_> = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,595 @@
+//! The history database: one SQLite file (WAL) written once per interval by one writer.
+//!
+//! Raw samples are keyed (snapshot, series) so each interval appends at the end of the table, and
+//! one series is read back by one index lookup per snapshot. Rollup buckets are filled in memory
+//! as samples arrive and written when a bucket ends; after a restart the bucket in progress is
+//! rebuilt from what is stored. Pruning deletes a bounded number of rows per interval.
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    io::ErrorKind,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _, Transaction, params};
+
+use super::{
+    Level, Settings,
+    exposition::{self, Kind, Point},
+    rollup::{self, Bucket, Obs},
+    schema::{self, SchemaError},
+};
+
+/// The database file's name inside the data directory.
+pub const FILE_NAME: &str = "history.db";
+/// Raw rows deleted per interval at most (pruning never stalls a collection).
+const PRUNE_BUDGET: u64 = 50_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data directory {path}: {source} (choose another with --data-dir)")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("history database {path}: {source}")]
+    Open { path: PathBuf, source: SchemaError },
+    #[error("cannot move the damaged history database {path} aside: {source}")]
+    MoveAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+impl StoreError {
+    /// The file is damaged (as opposed to full, read-only or busy).
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            Self::Sqlite(e)
+            | Self::Open {
+                source: SchemaError::Sqlite(e),
+                ..
+            } => is_corrupt(e),
+            _ => false,
+        }
+    }
+}
+
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
+/// A damaged database that was moved aside at open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    pub moved_to: PathBuf,
+    pub reason: String,
+}
+
+/// What one write did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub samples: usize,
+    pub new_series: usize,
+    pub rollup_rows: usize,
+    pub pruned: u64,
+}
+
+/// Per series: its previous sample and a bucket per rollup level.
+#[derive(Debug)]
+struct Acc {
+    counter: bool,
+    prev: Option<Obs>,
+    buckets: Vec<Bucket>,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    settings: Settings,
+    run: i64,
+    run_start: i64,
+    /// `name{labels}` as exposed → series id, for this run.
+    ids: HashMap<String, i64>,
+    metrics: HashSet<String>,
+    acc: HashMap<i64, Acc>,
+    /// Start of the bucket in progress, per level.
+    level_start: Vec<Option<i64>>,
+}
+
+/// Opens (creating if needed) a read-write connection with the agent's pragmas.
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(2))?;
+    // WAL: readers never block the writer; NORMAL: a crash of the agent loses nothing committed,
+    // a power cut at most the last transactions, never the file.
+    conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get::<_, String>(0))?;
+    conn.pragma_update(None, "synchronous", "normal")?;
+    conn.pragma_update(None, "foreign_keys", "off")?;
+    Ok(conn)
+}
+
+/// Opens the file for queries only (the API and the `history` command).
+pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(2))?;
+    Ok(conn)
+}
+
+fn check(conn: &mut Connection) -> Result<(), SchemaError> {
+    let verdict: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+    if verdict != "ok" {
+        return Err(SchemaError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(verdict),
+        )));
+    }
+    schema::migrate(conn)
+}
+
+/// Creates the data directory (0700) and an empty database file (0600) if missing.
+fn prepare(dir: &Path) -> Result<PathBuf, StoreError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    let path = dir.join(FILE_NAME);
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(StoreError::Dir {
+                path: path.clone(),
+                source,
+            });
+        }
+    }
+    Ok(path)
+}
+
+/// Renames the database and its WAL/SHM files to `history.db.corrupt-<UTC time>…`.
+pub fn move_aside(path: &Path, now_ms: i64) -> Result<PathBuf, StoreError> {
+    let stamp = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(now_ms).unwrap_or(0)),
+    )
+    .to_string()
+    .replace([':', '-'], "");
+    let mut target = path.as_os_str().to_owned();
+    target.push(format!(".corrupt-{stamp}"));
+    let target = PathBuf::from(target);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(suffix);
+        let mut to = target.as_os_str().to_owned();
+        to.push(suffix);
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound && !suffix.is_empty() => {}
+            Err(source) => {
+                return Err(StoreError::MoveAside {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(target)
+}
+
+impl Store {
+    /// Opens or creates `dir/history.db`. A damaged file is moved aside (never deleted) and a
+    /// fresh one created; the returned [`Recovery`] says so. `now_ms` is the run's start.
+    pub fn open(
+        dir: &Path,
+        settings: Settings,
+        now_ms: i64,
+    ) -> Result<(Self, Option<Recovery>), StoreError> {
+        let path = prepare(dir)?;
+        let opened = connect(&path)
+            .map_err(SchemaError::from)
+            .and_then(|mut c| check(&mut c).map(|()| c));
+        let (mut conn, recovery) = match opened {
+            Ok(c) => (c, None),
+            Err(SchemaError::Sqlite(e)) if is_corrupt(&e) => {
+                let moved_to = move_aside(&path, now_ms)?;
+                prepare(dir)?;
+                (
+                    connect(&path)?,
+                    Some(Recovery {
+                        moved_to,
+                        reason: e.to_string(),
+                    }),
+                )
+            }
+            Err(source) => return Err(StoreError::Open { path, source }),
+        };
+        schema::migrate(&mut conn).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        conn.execute(
+            "INSERT INTO runs (started_at, version) VALUES (?1, ?2)",
+            params![now_ms, env!("CARGO_PKG_VERSION")],
+        )?;
+        let run = conn.last_insert_rowid();
+        let mut store = Self {
+            level_start: vec![None; settings.levels.len()],
+            conn,
+            path,
+            settings,
+            run,
+            run_start: now_ms,
+            ids: HashMap::new(),
+            metrics: HashSet::new(),
+            acc: HashMap::new(),
+        };
+        store.rebuild()?;
+        Ok((store, recovery))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Bytes of the database and its WAL.
+    pub fn disk_bytes(&self) -> u64 {
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        [self.path.as_os_str(), wal.as_os_str()]
+            .iter()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Refills the rollup buckets in progress from the stored samples and finished finer
+    /// buckets, and each series' previous sample, so that a restart loses nothing.
+    fn rebuild(&mut self) -> Result<(), StoreError> {
+        let last: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT ts FROM snapshots WHERE run_id <> ?1 ORDER BY ts DESC LIMIT 1",
+                [self.run],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(last) = last else { return Ok(()) };
+        let starts: Vec<i64> = self
+            .settings
+            .levels
+            .iter()
+            .map(|l| rollup::bucket_start(last, l.step_ms()))
+            .collect();
+        let counters = self.counter_ids()?;
+        // Finished finer buckets inside each coarser bucket in progress.
+        for k in 1..starts.len() {
+            for j in 0..k {
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT series_id, samples, points, min, max, mean, last, increase, seconds
+                     FROM rollups WHERE step = ?1 AND start >= ?2 AND start < ?3",
+                )?;
+                let rows = stmt.query_map(
+                    params![self.settings.levels[j].step_s(), starts[j + 1], starts[j]],
+                    |r| {
+                        let points: u32 = r.get(2)?;
+                        let mean: Option<f64> = r.get(5)?;
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            Bucket {
+                                samples: r.get(1)?,
+                                n: points,
+                                min: r.get::<_, Option<f64>>(3)?.unwrap_or(0.0),
+                                max: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
+                                sum: mean.unwrap_or(0.0) * f64::from(points),
+                                last: r.get(6)?,
+                                increase: r.get::<_, Option<f64>>(7)?.unwrap_or(0.0),
+                                seconds: r.get::<_, Option<f64>>(8)?.unwrap_or(0.0),
+                            },
+                        ))
+                    },
+                )?;
+                for row in rows {
+                    let (id, b) = row?;
+                    let levels = self.settings.levels.len();
+                    let acc = self.acc.entry(id).or_insert_with(|| Acc {
+                        counter: counters.contains(&id),
+                        prev: None,
+                        buckets: vec![Bucket::default(); levels],
+                    });
+                    acc.buckets[k].merge(&b);
+                }
+            }
+        }
+        // Raw samples from the finest bucket in progress (the one before it gives `prev`).
+        let from = starts.first().copied().unwrap_or(last);
+        let prev_ts: i64 = self.conn.query_row(
+            "SELECT COALESCE(MAX(ts), ?1) FROM snapshots WHERE ts < ?1",
+            [from],
+            |r| r.get(0),
+        )?;
+        let mut stmt = self.conn.prepare(
+            "SELECT sn.ts, sn.run_id, r.started_at, sa.series_id, sa.value
+             FROM snapshots sn JOIN runs r ON r.id = sn.run_id
+             JOIN samples sa ON sa.snapshot_id = sn.id
+             WHERE sn.ts >= ?1 AND sn.run_id <> ?2 ORDER BY sn.ts, sn.id",
+        )?;
+        let mut rows = stmt.query(params![prev_ts, self.run])?;
+        let levels = self.settings.levels.len();
+        while let Some(r) = rows.next()? {
+            let obs = Obs {
+                ts: r.get(0)?,
+                run: r.get(1)?,
+                run_start: r.get(2)?,
+                value: r.get(4)?,
+            };
+            let id: i64 = r.get(3)?;
+            let acc = self.acc.entry(id).or_insert_with(|| Acc {
+                counter: counters.contains(&id),
+                prev: None,
+                buckets: vec![Bucket::default(); levels],
+            });
+            if obs.ts >= from {
+                for b in &mut acc.buckets {
+                    rollup::feed(b, acc.counter, acc.prev.as_ref(), &obs);
+                }
+            }
+            acc.prev = Some(obs);
+        }
+        drop(rows);
+        drop(stmt);
+        for (i, s) in starts.into_iter().enumerate() {
+            self.level_start[i] = Some(s);
+        }
+        Ok(())
+    }
+
+    fn counter_ids(&self) -> rusqlite::Result<HashSet<i64>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT se.id FROM series se JOIN metrics m ON m.name = se.metric WHERE m.type = 'counter'",
+        )?;
+        stmt.query_map([], |r| r.get::<_, i64>(0))?.collect()
+    }
+
+    /// Writes one snapshot's points taken at `ts_ms` in one transaction, flushes rollup buckets
+    /// that ended, then prunes a bounded batch of expired rows.
+    pub fn write(
+        &mut self,
+        ts_ms: i64,
+        families: &[exposition::Family<'_>],
+        points: &[Point<'_>],
+    ) -> Result<WriteStats, StoreError> {
+        let mut stats = WriteStats::default();
+        let mut new_keys: Vec<&str> = Vec::new();
+        let mut new_metrics: Vec<&str> = Vec::new();
+        let mut resolved: Vec<i64> = Vec::with_capacity(points.len());
+        let flushing: Vec<bool> = self
+            .settings
+            .levels
+            .iter()
+            .zip(&self.level_start)
+            .map(|(l, s)| s.is_some_and(|s| s != rollup::bucket_start(ts_ms, l.step_ms())))
+            .collect();
+        let result = (|| -> Result<(), StoreError> {
+            let tx = self.conn.transaction()?;
+            tx.execute(
+                "INSERT INTO snapshots (ts, run_id) VALUES (?1, ?2)",
+                params![ts_ms, self.run],
+            )?;
+            let snapshot = tx.last_insert_rowid();
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO samples (snapshot_id, series_id, value) VALUES (?1, ?2, ?3)",
+                )?;
+                for p in points {
+                    let id = if let Some(id) = self.ids.get(p.key) {
+                        *id
+                    } else {
+                        if !self.metrics.contains(p.name) {
+                            upsert_metric(&tx, p, &families[p.family])?;
+                            new_metrics.push(p.name);
+                        }
+                        let id = series_id(&tx, p)?;
+                        self.ids.insert(p.key.to_owned(), id);
+                        new_keys.push(p.key);
+                        id
+                    };
+                    insert.execute(params![snapshot, id, p.value])?;
+                    resolved.push(id);
+                }
+            }
+            for (level, flush) in self.settings.levels.iter().zip(&flushing) {
+                if !flush {
+                    continue;
+                }
+                let li = self
+                    .settings
+                    .levels
+                    .iter()
+                    .position(|l| l == level)
+                    .unwrap_or(0);
+                let start = self.level_start[li].expect("flushing implies a start");
+                stats.rollup_rows += write_buckets(&tx, level, li, start, &self.acc)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for k in new_keys {
+                self.ids.remove(k);
+            }
+            return Err(e);
+        }
+        for m in new_metrics {
+            self.metrics.insert(m.to_owned());
+        }
+        stats.samples = points.len();
+        stats.new_series = new_keys.len();
+        self.after_commit(ts_ms, points, &resolved, &flushing);
+        stats.pruned = self.prune(ts_ms)?;
+        Ok(stats)
+    }
+
+    fn after_commit(&mut self, ts_ms: i64, points: &[Point<'_>], ids: &[i64], flushed: &[bool]) {
+        let levels = self.settings.levels.len();
+        for (li, level) in self.settings.levels.iter().enumerate() {
+            if flushed[li] || self.level_start[li].is_none() {
+                for acc in self.acc.values_mut() {
+                    acc.buckets[li] = Bucket::default();
+                }
+                self.level_start[li] = Some(rollup::bucket_start(ts_ms, level.step_ms()));
+            }
+        }
+        if flushed.first() == Some(&true) {
+            // Forget series not seen for a whole raw retention (removed tunnels).
+            let horizon = ts_ms - self.settings.retention_ms();
+            self.acc
+                .retain(|_, a| a.prev.is_some_and(|p| p.ts >= horizon));
+        }
+        for (p, id) in points.iter().zip(ids) {
+            let obs = Obs {
+                ts: ts_ms,
+                value: p.value,
+                run: self.run,
+                run_start: self.run_start,
+            };
+            let acc = self.acc.entry(*id).or_insert_with(|| Acc {
+                counter: p.kind == Kind::Counter,
+                prev: None,
+                buckets: vec![Bucket::default(); levels],
+            });
+            for b in &mut acc.buckets {
+                rollup::feed(b, acc.counter, acc.prev.as_ref(), &obs);
+            }
+            acc.prev = Some(obs);
+        }
+    }
+
+    /// Deletes expired raw snapshots (a bounded number of rows) and expired rollup buckets.
+    fn prune(&mut self, now_ms: i64) -> Result<u64, StoreError> {
+        let cutoff = now_ms - self.settings.retention_ms();
+        let per_snapshot = self.ids.len().max(1) as u64;
+        let limit = (PRUNE_BUDGET / per_snapshot).max(1);
+        let tx = self.conn.transaction()?;
+        let ids: Vec<i64> = {
+            let mut stmt =
+                tx.prepare_cached("SELECT id FROM snapshots WHERE ts < ?1 ORDER BY ts LIMIT ?2")?;
+            stmt.query_map(
+                params![cutoff, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| r.get(0),
+            )?
+            .collect::<rusqlite::Result<_>>()?
+        };
+        let mut pruned = 0;
+        for id in &ids {
+            pruned += tx.execute("DELETE FROM samples WHERE snapshot_id = ?1", [id])? as u64;
+            tx.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
+        }
+        for level in &self.settings.levels {
+            pruned += tx.execute(
+                "DELETE FROM rollups WHERE step = ?1 AND start IN
+                   (SELECT DISTINCT start FROM rollups WHERE step = ?1 AND start < ?2 ORDER BY start LIMIT 4)",
+                params![level.step_s(), now_ms - level.keep_ms()],
+            )? as u64;
+        }
+        tx.commit()?;
+        Ok(pruned)
+    }
+}
+
+fn upsert_metric(
+    tx: &Transaction<'_>,
+    p: &Point<'_>,
+    family: &exposition::Family<'_>,
+) -> rusqlite::Result<()> {
+    let unit = if p.name.ends_with("_count") {
+        ""
+    } else {
+        family.unit
+    };
+    tx.prepare_cached(
+        "INSERT INTO metrics (name, type, unit, help) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO UPDATE SET type = excluded.type, unit = excluded.unit, help = excluded.help",
+    )?
+    .execute(params![p.name, p.kind.as_str(), unit, family.help])?;
+    Ok(())
+}
+
+fn series_id(tx: &Transaction<'_>, p: &Point<'_>) -> rusqlite::Result<i64> {
+    let labels = serde_json::to_string(&exposition::labels(p.labels))
+        .expect("a map of strings always serializes");
+    tx.prepare_cached(
+        "INSERT INTO series (metric, labels) VALUES (?1, ?2)
+         ON CONFLICT (metric, labels) DO UPDATE SET metric = excluded.metric RETURNING id",
+    )?
+    .query_row(params![p.name, labels], |r| r.get(0))
+}
+
+fn write_buckets(
+    tx: &Transaction<'_>,
+    level: &Level,
+    li: usize,
+    start: i64,
+    acc: &HashMap<i64, Acc>,
+) -> rusqlite::Result<usize> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR REPLACE INTO rollups
+           (step, start, series_id, samples, points, min, max, mean, last, increase, seconds)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let mut rows = 0;
+    for (id, a) in acc {
+        let b = &a.buckets[li];
+        if b.samples == 0 {
+            continue;
+        }
+        let if_points = |x: f64| (b.n > 0).then_some(x);
+        let counter = |x: f64| a.counter.then_some(x);
+        stmt.execute(params![
+            level.step_s(),
+            start,
+            id,
+            b.samples,
+            b.n,
+            if_points(b.min),
+            if_points(b.max),
+            b.mean(),
+            b.last,
+            counter(b.increase),
+            counter(b.seconds),
+        ])?;
+        rows += 1;
+    }
+    Ok(rows)
+}

@@ -1,0 +1,395 @@
+//! The store against a real SQLite file in a temp dir, with synthetic snapshots and a fake clock.
+use std::{
+    collections::BTreeMap, fmt::Write as _, os::unix::fs::PermissionsExt as _, time::Duration,
+};
+
+use rusqlite::params;
+
+use super::{
+    Level, Settings, Store,
+    exposition::parse,
+    query::{self, Agg, Request},
+    store::open_read_only,
+};
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+/// 2026-09-22T00:30:00Z: not aligned to an hour, so the first bucket is partial.
+const T0: i64 = 1_790_037_000_000;
+
+fn settings() -> Settings {
+    Settings {
+        retention: Duration::from_hours(24),
+        levels: vec![
+            Level {
+                step: Duration::from_hours(1),
+                keep: Duration::from_hours(7 * 24),
+            },
+            Level {
+                step: Duration::from_hours(24),
+                keep: Duration::from_hours(90 * 24),
+            },
+        ],
+        max_points: 11_000,
+    }
+}
+
+/// One synthetic interval: two counters (one reset at `reset_at`) and a gauge.
+struct Gen {
+    bytes_a: u64,
+    bytes_b: u64,
+}
+
+impl Gen {
+    fn text(&mut self, i: i64, reset: bool) -> String {
+        if reset {
+            self.bytes_a = 0;
+        }
+        self.bytes_a += 1000 + u64::try_from(i % 7).unwrap() * 250;
+        self.bytes_b += u64::try_from(i % 3).unwrap() * 10;
+        let load = f64::from(u32::try_from(i % 11).unwrap()) / 4.0;
+        let mut t = String::new();
+        t.push_str("# HELP t_bytes Bytes.\n# TYPE t_bytes counter\n# UNIT t_bytes bytes\n");
+        let _ = writeln!(
+            t,
+            "t_bytes_total{{tunnel=\"a\",port=\"6000\"}} {}",
+            self.bytes_a
+        );
+        let _ = writeln!(
+            t,
+            "t_bytes_total{{tunnel=\"b\",port=\"6001\"}} {}",
+            self.bytes_b
+        );
+        t.push_str("# HELP t_load Load.\n# TYPE t_load gauge\n");
+        let _ = writeln!(t, "t_load {load}\n# EOF");
+        t
+    }
+}
+
+/// What the test wrote: per series, (ts, value, run start).
+type Written = BTreeMap<String, Vec<(i64, f64, i64)>>;
+
+fn record(written: &mut Written, text: &str, ts: i64, run_start: i64) {
+    let (_, points) = parse(text);
+    for p in points {
+        written
+            .entry(p.key.to_owned())
+            .or_default()
+            .push((ts, p.value, run_start));
+    }
+}
+
+/// The bucket statistics computed straight from the written values, independently of the
+/// store's code: (samples, min, max, mean, last, increase).
+fn expected(
+    values: &[(i64, f64, i64)],
+    start: i64,
+    width: i64,
+    counter: bool,
+) -> (usize, f64, f64, f64, f64, f64) {
+    let mut stats = Vec::new();
+    let (mut samples, mut last, mut increase) = (0, 0.0, 0.0);
+    for (i, &(ts, v, run_start)) in values.iter().enumerate() {
+        if ts < start || ts >= start + width {
+            continue;
+        }
+        samples += 1;
+        last = v;
+        if !counter {
+            stats.push(v);
+            continue;
+        }
+        let Some(&(pts, pv, prun)) = i.checked_sub(1).map(|j| &values[j]) else {
+            continue;
+        };
+        let (inc, since) = if v >= pv {
+            (v - pv, pts)
+        } else if prun == run_start {
+            (v, pts)
+        } else {
+            (v, run_start)
+        };
+        increase += inc;
+        stats.push(inc / ((ts - since) as f64 / 1000.0));
+    }
+    let min = stats.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = stats.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mean = stats.iter().sum::<f64>() / stats.len() as f64;
+    (samples, min, max, mean, last, increase)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// Writes 24 h + 1 interval at 60 s. The agent restarts once (at interval 700, 30 s before its
+/// first snapshot) and tunnel a's counter restarts from zero then; tunnel b's carries on.
+fn write_day() -> (tempfile::TempDir, Written, i64) {
+    let dir = tempfile::tempdir().unwrap();
+    let intervals = 24 * 60 + 1;
+    let mut run_start = T0 - 30_000;
+    let (mut store, recovery) = Store::open(dir.path(), settings(), run_start).unwrap();
+    assert!(recovery.is_none());
+    let mut generator = Gen {
+        bytes_a: 0,
+        bytes_b: 0,
+    };
+    let mut written = Written::new();
+    for i in 0..intervals {
+        let ts = T0 + i * MIN;
+        if i == RESTART_AT {
+            drop(store);
+            run_start = ts - 30_000;
+            store = Store::open(dir.path(), settings(), run_start).unwrap().0;
+        }
+        let text = generator.text(i, i == RESTART_AT);
+        let (families, points) = parse(&text);
+        store.write(ts, &families, &points).unwrap();
+        record(&mut written, &text, ts, run_start);
+    }
+    drop(store);
+    (dir, written, T0 + (intervals - 1) * MIN)
+}
+
+const RESTART_AT: i64 = 700;
+
+fn connect(dir: &tempfile::TempDir) -> rusqlite::Connection {
+    open_read_only(&dir.path().join(super::FILE_NAME)).unwrap()
+}
+
+#[test]
+fn a_day_and_an_interval_keeps_exactly_24h_of_raw_samples() {
+    let (dir, _, now) = write_day();
+    let conn = connect(&dir);
+    // Raw: exactly the last 24 h remain, every series in every snapshot.
+    let (n, oldest): (i64, i64) = conn
+        .query_row("SELECT COUNT(*), MIN(ts) FROM snapshots", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(oldest, now - 24 * HOUR);
+    assert_eq!(n, 24 * 60 + 1);
+    let samples: i64 = conn
+        .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(samples, n * 3);
+    let orphans: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM samples WHERE snapshot_id NOT IN (SELECT id FROM snapshots)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(orphans, 0);
+}
+
+/// step, start, samples, min, max, mean, last, increase.
+type RollupRow = (i64, i64, i64, f64, f64, f64, f64, Option<f64>);
+
+#[test]
+fn rollups_equal_the_statistics_of_the_raw_samples() {
+    let (dir, written, _) = write_day();
+    let conn = connect(&dir);
+
+    // Rollups: every finished bucket equals the statistics of the raw values written.
+    for (key, metric, labels, counter) in [
+        (
+            "t_bytes_total{tunnel=\"a\",port=\"6000\"}",
+            "t_bytes_total",
+            r#"{"port":"6000","tunnel":"a"}"#,
+            true,
+        ),
+        (
+            "t_bytes_total{tunnel=\"b\",port=\"6001\"}",
+            "t_bytes_total",
+            r#"{"port":"6001","tunnel":"b"}"#,
+            true,
+        ),
+        ("t_load", "t_load", "{}", false),
+    ] {
+        let mut stmt = conn
+            .prepare(
+                "SELECT r.step, r.start, r.samples, r.min, r.max, r.mean, r.last, r.increase
+                 FROM rollups r JOIN series s ON s.id = r.series_id
+                 WHERE s.metric = ?1 AND s.labels = ?2 ORDER BY r.step, r.start",
+            )
+            .unwrap();
+        let rows: Vec<RollupRow> = stmt
+            .query_map(params![metric, labels], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        // 24 finished hours (00:30 → the partial first hour included) and one finished day.
+        let hours = rows.iter().filter(|r| r.0 == 3600).count();
+        assert_eq!(hours, 24, "{key}");
+        assert_eq!(rows.iter().filter(|r| r.0 == 86_400).count(), 1, "{key}");
+        for (step, start, samples, min, max, mean, last, increase) in rows {
+            let (e_samples, e_min, e_max, e_mean, e_last, e_inc) =
+                expected(&written[key], start, step * 1000, counter);
+            let what = format!("{key} step {step} start {start}");
+            assert_eq!(samples, i64::try_from(e_samples).unwrap(), "{what}");
+            assert!(close(min, e_min), "{what}: min {min} vs {e_min}");
+            assert!(close(max, e_max), "{what}: max {max} vs {e_max}");
+            assert!(close(mean, e_mean), "{what}: mean {mean} vs {e_mean}");
+            assert!(close(last, e_last), "{what}");
+            if counter {
+                assert!(close(increase.unwrap(), e_inc), "{what}: increase");
+            } else {
+                assert!(increase.is_none());
+            }
+        }
+    }
+}
+
+#[test]
+fn queries_return_exact_points_and_reset_aware_rates() {
+    let (dir, written, now) = write_day();
+    let conn = connect(&dir);
+    // The last 6 h: exactly the points written in that range.
+    let (req, _) = Request::from_query("metric=t_bytes_total&tunnel=a&from=now-6h", now).unwrap();
+    let a = query::run(&conn, &settings(), &req, now).unwrap();
+    assert_eq!(a.resolution, "raw");
+    assert_eq!(a.series.len(), 1);
+    let want: Vec<(f64, f64)> = written["t_bytes_total{tunnel=\"a\",port=\"6000\"}"]
+        .iter()
+        .filter(|(ts, ..)| *ts >= now - 6 * HOUR)
+        .map(|(ts, v, _)| (*ts as f64 / 1000.0, *v))
+        .collect();
+    assert_eq!(want.len(), 361);
+    assert_eq!(a.series[0].samples, want);
+
+    // Rates over the whole day: never negative, and across the restart the rate is the new
+    // run's count over the time since the run started (30 s).
+    let (req, _) =
+        Request::from_query("metric=t_bytes_total&tunnel=a&since=24h&rate=true", now).unwrap();
+    let r = query::run(&conn, &settings(), &req, now).unwrap();
+    let rates = &r.series[0].samples;
+    assert!(rates.iter().all(|(_, v)| *v >= 0.0));
+    let at_restart = (T0 + RESTART_AT * MIN) as f64 / 1000.0;
+    let (_, first) = rates.iter().find(|(ts, _)| *ts == at_restart).unwrap();
+    let count = 1000.0 + f64::from(u32::try_from(RESTART_AT % 7).unwrap()) * 250.0;
+    assert!(close(*first, count / 30.0), "{first}");
+    // A 7-day range falls back to the hourly rollups.
+    let (req, _) = Request::from_query("metric=t_load&from=now-7d&agg=max", now).unwrap();
+    let h = query::run(&conn, &settings(), &req, now).unwrap();
+    assert_eq!(h.resolution, "1h");
+    assert_eq!(h.series[0].samples.len(), 24);
+    assert!(h.series[0].samples.iter().all(|(_, v)| *v == 2.5));
+    // Stepped queries over raw use the same arithmetic as the rollups.
+    let (req, _) = Request::from_query("metric=t_load&from=now-24h&step=1h", now).unwrap();
+    let stepped = query::run(&conn, &settings(), &req, now).unwrap();
+    assert_eq!(
+        stepped.resolution, "1h",
+        "a whole-hour step reads the rollups"
+    );
+    assert_eq!(stepped.series[0].samples.len(), 24);
+    // A 10-minute step over raw: gauges averaged per bucket.
+    let (req, _) = Request::from_query("metric=t_load&from=now-1h&step=10m", now).unwrap();
+    let stepped = query::run(&conn, &settings(), &req, now).unwrap();
+    assert_eq!(stepped.resolution, "raw");
+    let first = stepped.series[0].samples[0];
+    let bucket: Vec<f64> = written["t_load"]
+        .iter()
+        .filter(|(ts, ..)| *ts >= now - HOUR && *ts < now - HOUR + 10 * MIN)
+        .map(|(_, v, _)| *v)
+        .collect();
+    assert_eq!(first.0, (now - HOUR) as f64 / 1000.0);
+    assert!(close(
+        first.1,
+        bucket.iter().sum::<f64>() / bucket.len() as f64
+    ));
+    assert_eq!(req.agg, Agg::Mean);
+}
+
+#[test]
+fn bad_queries_say_which_parameter_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path(), settings(), T0).unwrap();
+    let mut g = Gen {
+        bytes_a: 0,
+        bytes_b: 0,
+    };
+    let text = g.text(0, false);
+    let (f, p) = parse(&text);
+    store.write(T0, &f, &p).unwrap();
+    let conn = open_read_only(store.path()).unwrap();
+    let err = |q: &str| {
+        Request::from_query(q, T0)
+            .and_then(|(r, _)| query::run(&conn, &settings(), &r, T0))
+            .unwrap_err()
+    };
+    let e = err("metric=nope");
+    assert_eq!(e.status(), 404);
+    assert!(e.to_string().contains("t_bytes_total, t_load"), "{e}");
+    let e = err("metric=t_load&from=yesterday");
+    assert_eq!(e.status(), 400);
+    assert!(e.to_string().starts_with("parameter `from`"), "{e}");
+    let e = err("metric=t_load&step=5x");
+    assert!(e.to_string().starts_with("parameter `step`"), "{e}");
+    let e = err("metric=t_load&from=now-30d&step=1s");
+    assert_eq!(e.status(), 400);
+    assert!(e.to_string().contains("the limit is 11000"), "{e}");
+    let e = err("metric=t_load&rate=true");
+    assert!(e.to_string().contains("is a gauge"), "{e}");
+    let e = err("from=now-1h");
+    assert!(e.to_string().starts_with("parameter `metric`"), "{e}");
+}
+
+#[test]
+fn a_damaged_file_is_moved_aside_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(super::FILE_NAME);
+    let garbage = vec![0x5au8; 64 * 1024];
+    std::fs::write(&path, &garbage).unwrap();
+    let (_store, recovery) = Store::open(dir.path(), settings(), T0).unwrap();
+    let r = recovery.expect("the damaged file is reported");
+    let name = r
+        .moved_to
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with("history.db.corrupt-20260922T"), "{name}");
+    assert_eq!(std::fs::read(&r.moved_to).unwrap(), garbage);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path(), settings(), T0).unwrap());
+    let path = dir.path().join(super::FILE_NAME);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let e = Store::open(dir.path(), settings(), T0).err().unwrap();
+    assert!(e.to_string().contains("schema version 99"), "{e}");
+}
+
+#[test]
+fn rollup_levels_are_validated() {
+    let mut s = settings();
+    assert!(s.validate().is_ok());
+    s.levels[1].step = Duration::from_mins(90);
+    assert!(
+        s.validate()
+            .unwrap_err()
+            .contains("multiple of the previous")
+    );
+    s.levels[1].step = Duration::from_hours(24);
+    s.levels[0].keep = Duration::from_mins(5);
+    assert!(s.validate().unwrap_err().contains("rollups[0]: keep"));
+}

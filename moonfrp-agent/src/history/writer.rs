@@ -1,0 +1,180 @@
+//! The history writer thread: takes each snapshot from the agent loop through a one-slot queue
+//! (a write still running when the next snapshot comes means that snapshot is skipped and
+//! counted, never that the collection waits), turns it into series and writes them.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        mpsc::{self, SyncSender, TrySendError},
+    },
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use tracing::{error, info, warn};
+
+use super::{HistoryConfig, Store, StoreError, exposition, unix_ms};
+use crate::snapshot::Snapshot;
+
+/// What the writer has done, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub up: AtomicBool,
+    pub writes_ok: AtomicU64,
+    pub writes_failed: AtomicU64,
+    pub skipped: AtomicU64,
+    /// Damaged databases moved aside.
+    pub recoveries: AtomicU64,
+    pub pruned_rows: AtomicU64,
+    /// `f64` bits.
+    pub last_write_seconds: AtomicU64,
+    pub disk_bytes: AtomicU64,
+    pub series: AtomicU64,
+}
+
+impl Stats {
+    pub fn last_write_seconds(&self) -> f64 {
+        f64::from_bits(self.last_write_seconds.load(Relaxed))
+    }
+}
+
+/// Handle to the writer thread; dropping it lets the thread finish its queue and exit.
+pub struct Writer {
+    tx: Option<SyncSender<Arc<Snapshot>>>,
+    stats: Arc<Stats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Opens the database (moving a damaged one aside) and starts the thread.
+    pub fn start(cfg: &HistoryConfig, now_ms: i64) -> Result<Self, StoreError> {
+        let stats = Arc::new(Stats::default());
+        let (store, recovery) = Store::open(&cfg.data_dir, cfg.settings.clone(), now_ms)?;
+        if let Some(r) = recovery {
+            error!(moved_to = %r.moved_to.display(), reason = %r.reason, "the history database was damaged: moved it aside and started a new one");
+            stats.recoveries.fetch_add(1, Relaxed);
+        }
+        info!(path = %store.path().display(), retention = %humantime::format_duration(cfg.settings.retention), "keeping history");
+        stats.up.store(true, Relaxed);
+        stats.disk_bytes.store(store.disk_bytes(), Relaxed);
+        let (tx, rx) = mpsc::sync_channel::<Arc<Snapshot>>(1);
+        let thread_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("moonfrp-history".into())
+            .spawn(move || {
+                let mut w = Worker {
+                    store,
+                    stats: thread_stats,
+                    last_error: None,
+                };
+                for snapshot in rx {
+                    w.write(&snapshot);
+                }
+            })
+            .map_err(|e| StoreError::Dir {
+                path: cfg.data_dir.clone(),
+                source: e,
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            stats,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Queues a snapshot; if the previous one is still being written, this one is skipped.
+    pub fn submit(&self, s: Arc<Snapshot>) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(s) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.skipped.fetch_add(1, Relaxed);
+                warn!("history: the previous write is still running; this interval is not stored");
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.stats.up.store(false, Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    store: Store,
+    stats: Arc<Stats>,
+    /// Logged once until the next success.
+    last_error: Option<String>,
+}
+
+impl Worker {
+    fn write(&mut self, snapshot: &Arc<Snapshot>) {
+        let started = Instant::now();
+        let text = crate::metrics::encode_snapshot(snapshot.clone());
+        let (families, points) = exposition::parse(&text);
+        let ts = unix_ms(snapshot.taken_at);
+        match self.store.write(ts, &families, &points) {
+            Ok(s) => {
+                self.stats.writes_ok.fetch_add(1, Relaxed);
+                self.stats.pruned_rows.fetch_add(s.pruned, Relaxed);
+                self.stats.up.store(true, Relaxed);
+                if self.last_error.take().is_some() {
+                    info!("history writes work again");
+                }
+            }
+            Err(e) => {
+                self.stats.writes_failed.fetch_add(1, Relaxed);
+                self.stats.up.store(false, Relaxed);
+                let msg = e.to_string();
+                if self.last_error.as_deref() != Some(&msg) {
+                    error!(error = %msg, "history: cannot store this interval (collection and /metrics go on)");
+                    self.last_error = Some(msg);
+                }
+                if e.is_corruption() {
+                    self.recover(ts);
+                }
+            }
+        }
+        self.stats
+            .last_write_seconds
+            .store(started.elapsed().as_secs_f64().to_bits(), Relaxed);
+        self.stats
+            .disk_bytes
+            .store(self.store.disk_bytes(), Relaxed);
+        self.stats
+            .series
+            .store(self.store.series_count() as u64, Relaxed);
+    }
+
+    /// The file went bad while running: move it aside and carry on with a new one.
+    fn recover(&mut self, now_ms: i64) {
+        let dir = self
+            .store
+            .path()
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let settings = self.store.settings().clone();
+        match super::store::move_aside(self.store.path(), now_ms)
+            .and_then(|moved| Store::open(&dir, settings, now_ms).map(|s| (moved, s)))
+        {
+            Ok((moved, (store, _))) => {
+                error!(moved_to = %moved.display(), "the history database was damaged: moved it aside and started a new one");
+                self.stats.recoveries.fetch_add(1, Relaxed);
+                self.store = store;
+            }
+            Err(e) => error!(error = %e, "history: cannot replace the damaged database"),
+        }
+    }
+}
