@@ -16,10 +16,13 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    api::HistoryApi,
     cli::ConfigArgs,
     config::Config,
     cycle::Cycle,
-    ebpf, metrics, privileges,
+    ebpf,
+    history::writer::{self, Writer},
+    metrics, privileges,
     server::{self, AppState},
     snapshot::Latest,
     sys,
@@ -76,6 +79,7 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
         format!("cannot listen on {}; choose another address with --listen or `listen` in the config file", config.listen)
     })?;
 
+    let (history, history_stats) = start_history(&config);
     let kernel = tokio::task::block_in_place(|| ebpf::load(&config.kernel, &tracefs, &cgroup))?;
     let probes_ok = kernel.probes.iter().any(|p| p.attached);
     if !probes_ok {
@@ -88,11 +92,15 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     let collector = Arc::new(Mutex::new(collector));
 
     let latest = Arc::new(Latest::default());
-    let state = Arc::new(AppState {
-        registry: metrics::registry(latest.clone()),
-        latest: latest.clone(),
+    let state = Arc::new(AppState::new(
+        metrics::registry_with_history(latest.clone(), history_stats),
+        latest.clone(),
         probes_ok,
-    });
+        config.history.enabled.then(|| HistoryApi {
+            db: config.history.db_path(),
+            settings: config.history.settings.clone(),
+        }),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, state.clone(), stop_rx));
     info!(listen = %config.listen, interval = ?config.interval, tunnels = config.tunnels.len(), "serving /metrics");
@@ -120,7 +128,11 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
                 let c = collector.clone();
                 let rt = tokio::runtime::Handle::current();
                 let snap = tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).collect(&rt)).await?;
-                latest.publish(snap);
+                let snap = Arc::new(snap);
+                latest.publish_arc(snap.clone());
+                if let Some(h) = &history {
+                    h.submit(snap);
+                }
                 if let Some(w) = &textfile {
                     let text = metrics::openmetrics_to_text(&metrics::encode_openmetrics(&state.registry));
                     let result = tokio::task::block_in_place(|| w.write(&text));
@@ -146,10 +158,33 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = server.await;
+    // Lets the writer finish the snapshot it has.
+    tokio::task::block_in_place(|| drop(history));
     // Dropping the collector drops the programs and their links: nothing stays attached.
     drop(collector);
     info!("kernel programs detached; bye");
     Ok(())
+}
+
+/// Opens the history database and starts its writer. A database that cannot be opened costs
+/// history only: the agent runs on and says so in the log and in `moonfrp_history_up`.
+fn start_history(config: &Config) -> (Option<Writer>, Option<Arc<writer::Stats>>) {
+    if !config.history.enabled {
+        info!("history is disabled in the configuration");
+        return (None, None);
+    }
+    match tokio::task::block_in_place(|| {
+        Writer::start(&config.history, crate::history::unix_ms(SystemTime::now()))
+    }) {
+        Ok(w) => {
+            let stats = w.stats();
+            (Some(w), Some(stats))
+        }
+        Err(e) => {
+            error!("history is off for this run: {e}");
+            (None, Some(Arc::new(writer::Stats::default())))
+        }
+    }
 }
 
 type FrpEvents = inotify::EventStream<[u8; 4096]>;
@@ -227,8 +262,11 @@ fn reload(
         || new.kernel != config.kernel
         || new.log_level != config.log_level
         || new.textfile != config.textfile
+        || new.history != config.history
     {
-        warn!("listen address, textfile, kernel settings and log level only change on restart");
+        warn!(
+            "listen address, textfile, history, kernel settings and log level only change on restart"
+        );
     }
     if let Err(e) = c.reconfigure(&new) {
         error!("configuration not fully applied: {e}");

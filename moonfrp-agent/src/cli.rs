@@ -43,6 +43,9 @@ pub struct ConfigArgs {
     /// e.g. into node_exporter's textfile directory.
     #[arg(long, value_name = "PATH")]
     pub textfile: Option<PathBuf>,
+    /// Directory of the history database (created 0700) [default: /var/lib/moonfrp].
+    #[arg(long, value_name = "DIR", env = "MOONFRP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -54,6 +57,7 @@ impl ConfigArgs {
             log_level: self.log_level.clone(),
             tunnels: self.tunnels.clone(),
             textfile: self.textfile.clone(),
+            data_dir: self.data_dir.clone(),
         }
     }
 

@@ -14,6 +14,8 @@ use std::{
 use moonfrp_common::{DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, MAX_SLOTS, Proto};
 use serde::Deserialize;
 
+use crate::history::{HistoryConfig, Level, Settings};
+
 /// Default address of the HTTP server: loopback only, so nothing is exposed by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
 /// Default collection interval.
@@ -66,6 +68,8 @@ pub struct Config {
     pub frp: FrpDiscoveryConfig,
     /// Write the exposition here every interval (for node_exporter's textfile collector).
     pub textfile: Option<PathBuf>,
+    /// The history database and how long it keeps what.
+    pub history: HistoryConfig,
 }
 
 /// Sizes of the kernel tables, fixed when the programs are loaded.
@@ -163,6 +167,75 @@ fn frp_discovery(f: FrpFile, file_origin: &str) -> Result<FrpDiscoveryConfig, Co
     })
 }
 
+/// `[history]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryFile {
+    enabled: Option<bool>,
+    retention: Option<String>,
+    rollups: Option<Vec<RollupFile>>,
+    max_points: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollupFile {
+    step: String,
+    keep: String,
+}
+
+fn history(
+    f: HistoryFile,
+    data_dir: PathBuf,
+    file_origin: &str,
+) -> Result<HistoryConfig, ConfigError> {
+    let key = |k: &str| format!("{file_origin}: key `history.{k}`");
+    let duration = |k: &str, v: &str| {
+        humantime::parse_duration(v).map_err(|e| {
+            invalid(
+                &key(k),
+                format!("`{v}` is not a duration ({e}); use e.g. 24h or 7d"),
+            )
+        })
+    };
+    let mut settings = Settings::default();
+    if let Some(r) = f.retention {
+        settings.retention = duration("retention", &r)?;
+        if settings.retention < Duration::from_mins(1) {
+            return Err(invalid(
+                &key("retention"),
+                format!("`{r}` is shorter than 1m"),
+            ));
+        }
+    }
+    if let Some(levels) = f.rollups {
+        settings.levels = levels
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                Ok(Level {
+                    step: duration(&format!("rollups[{i}].step"), &l.step)?,
+                    keep: duration(&format!("rollups[{i}].keep"), &l.keep)?,
+                })
+            })
+            .collect::<Result<_, ConfigError>>()?;
+    }
+    if let Some(m) = f.max_points {
+        if m < 2 {
+            return Err(invalid(&key("max_points"), "must be at least 2"));
+        }
+        settings.max_points = m;
+    }
+    settings
+        .validate()
+        .map_err(|p| invalid(&format!("{file_origin}: section `history`"), p))?;
+    Ok(HistoryConfig {
+        enabled: f.enabled.unwrap_or(true),
+        data_dir,
+        settings,
+    })
+}
+
 /// Why a configuration was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -195,6 +268,9 @@ struct FileConfig {
     #[serde(default)]
     frp: FrpFile,
     textfile: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    history: HistoryFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +295,7 @@ pub struct Overrides {
     /// Raw `--tunnel NAME=PORT[/tcp|udp]` values.
     pub tunnels: Vec<String>,
     pub textfile: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -306,6 +383,17 @@ impl Config {
                 format!("`{}` is not a file path", t.display()),
             ));
         }
+        let data_dir = o
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(crate::history::DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "data_dir",
+                "is empty; give a directory, e.g. /var/lib/moonfrp",
+            ));
+        }
         Ok(Self {
             listen,
             interval,
@@ -315,6 +403,7 @@ impl Config {
             collectors: file.collectors,
             frp: frp_discovery(file.frp, file_origin)?,
             textfile,
+            history: history(file.history, data_dir, file_origin)?,
         })
     }
 }

@@ -15,16 +15,23 @@ use crate::{
     ebpf::Kernel,
     frp::{
         discovery::{Discovery, Found, Origin},
-        health::{self, Health, Signals},
+        health::{self, Signals},
     },
     process,
-    snapshot::{AgentSample, PortlessTunnel, Snapshot, TunnelMeta, read_tunnels},
+    snapshot::{AgentSample, LastError, PortlessTunnel, Snapshot, TunnelMeta, read_tunnels},
     sockets,
     watch::{WatchError, WatchTable},
 };
 
 /// Identity of a tunnel for health bookkeeping.
 type HealthKey = (String, Option<(u16, Proto)>);
+
+#[derive(Debug)]
+struct HealthState {
+    up: bool,
+    failures: u64,
+    last_error: Option<LastError>,
+}
 
 /// Kernel state plus what the agent remembers between intervals.
 pub struct Cycle {
@@ -36,8 +43,8 @@ pub struct Cycle {
     explicit: Vec<TunnelSpec>,
     /// Tunnels FRP told us about in the latest cycle.
     found: Vec<Found>,
-    /// Was each tunnel up last time, and how often it went down.
-    health: HashMap<HealthKey, (bool, u64)>,
+    /// Was each tunnel up last time, how often it went down, and the latest reason.
+    health: HashMap<HealthKey, HealthState>,
     /// Refused-connection counters at the previous cycle.
     refused: HashMap<(u16, Proto), u64>,
     maps: Vec<(&'static str, u32)>,
@@ -150,15 +157,31 @@ impl Cycle {
         Ok(())
     }
 
-    /// Judges a tunnel and counts up → down transitions (one first seen down is not a failure).
-    fn judge(&mut self, key: HealthKey, signals: &Signals<'_>) -> (Health, u64) {
+    /// Judges a tunnel, counts up → down transitions (one first seen down is not a failure) and
+    /// remembers the latest reason it was down.
+    fn judge(&mut self, key: HealthKey, signals: &Signals<'_>, now: SystemTime) -> TunnelMeta {
         let h = health::evaluate(signals);
-        let entry = self.health.entry(key).or_insert((h.up, 0));
-        if entry.0 && !h.up {
-            entry.1 += 1;
+        let entry = self.health.entry(key).or_insert(HealthState {
+            up: h.up,
+            failures: 0,
+            last_error: None,
+        });
+        if entry.up && !h.up {
+            entry.failures += 1;
         }
-        entry.0 = h.up;
-        (h, entry.1)
+        entry.up = h.up;
+        if !h.up {
+            entry.last_error = Some(LastError {
+                reason: h.reason.clone(),
+                at: now,
+            });
+        }
+        TunnelMeta {
+            health: h,
+            failures: entry.failures,
+            last_error: entry.last_error.clone(),
+            ..TunnelMeta::default()
+        }
     }
 
     /// One collection; `rt` runs the FRP API calls (this is called off the async workers).
@@ -190,7 +213,7 @@ impl Cycle {
             ok: failures == 0,
         });
 
-        let portless = self.judge_all(&mut tunnels);
+        let portless = self.judge_all(&mut tunnels, SystemTime::now());
 
         let (system, host_runs) = self.host.collect(&mut self.errors);
         runs.extend(host_runs);
@@ -223,7 +246,11 @@ impl Cycle {
     }
 
     /// Health of every watched tunnel (filled into its meta) and of the portless FRP ones.
-    fn judge_all(&mut self, tunnels: &mut [crate::snapshot::TunnelSample]) -> Vec<PortlessTunnel> {
+    fn judge_all(
+        &mut self,
+        tunnels: &mut [crate::snapshot::TunnelSample],
+        now: SystemTime,
+    ) -> Vec<PortlessTunnel> {
         let listening = sockets::listening()
             .inspect_err(|e| {
                 warn!(error = %e, "cannot read the socket table: tunnel health goes without listeners");
@@ -249,14 +276,12 @@ impl Cycle {
                 listening: listening.as_ref().map(|l| l.contains(&key)),
                 refused,
             };
-            let (health, failures) = self.judge((t.spec.name.clone(), Some(key)), &signals);
             t.meta = TunnelMeta {
                 kind: f.map(|f| f.kind.clone()).unwrap_or_default(),
                 role: f.map(|f| f.role),
                 frp_status: f.and_then(|f| f.status.clone()),
-                health,
-                failures,
                 api: f.and_then(|f| f.stats),
+                ..self.judge((t.spec.name.clone(), Some(key)), &signals, now)
             };
         }
         let watched: HashSet<(u16, Proto)> = tunnels
@@ -279,16 +304,14 @@ impl Cycle {
                     frp_ok: f.frp_ok(),
                     ..Signals::default()
                 };
-                let (health, failures) = self.judge((f.name.clone(), None), &signals);
                 PortlessTunnel {
                     name: f.name.clone(),
                     meta: TunnelMeta {
                         kind: f.kind.clone(),
                         role: Some(f.role),
                         frp_status: f.status.clone(),
-                        health,
-                        failures,
                         api: f.stats,
+                        ..self.judge((f.name.clone(), None), &signals, now)
                     },
                 }
             })

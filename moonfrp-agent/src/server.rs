@@ -7,10 +7,17 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
 use tracing::{debug, warn};
 
-use crate::{metrics, snapshot::Latest};
+use crate::{
+    api::{self, HistoryApi},
+    metrics,
+    snapshot::Latest,
+};
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -21,6 +28,27 @@ pub struct AppState {
     pub latest: Arc<Latest>,
     /// Probes attached (at least one); set once after loading.
     pub probes_ok: bool,
+    /// The history database, when history is on.
+    pub history: Option<HistoryApi>,
+    /// History queries running at once (the blocking pool also runs collections).
+    pub queries: Semaphore,
+}
+
+impl AppState {
+    pub fn new(
+        registry: Registry,
+        latest: Arc<Latest>,
+        probes_ok: bool,
+        history: Option<HistoryApi>,
+    ) -> Self {
+        Self {
+            registry,
+            latest,
+            probes_ok,
+            history,
+            queries: Semaphore::new(2),
+        }
+    }
 }
 
 /// True if the `Accept` header prefers OpenMetrics over the classic text format.
@@ -53,7 +81,64 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
 
 const INDEX: &str = "<!doctype html><title>moonfrp-agent</title><h1>moonfrp-agent</h1>\
 <ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a></li>\
-<li><a href=\"/readyz\">/readyz</a></li></ul>\n";
+<li><a href=\"/readyz\">/readyz</a></li><li><a href=\"/api/v1/tunnels\">/api/v1/tunnels</a></li>\
+<li><a href=\"/api/v1/summary\">/api/v1/summary</a></li>\
+<li><a href=\"/api/v1/history?metric=moonfrp_system_cpu_usage_ratio\">/api/v1/history</a></li></ul>\n";
+
+/// Routes `/api/…` (history queries off the async workers) and everything else.
+async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !path.starts_with("/api/") || !(req.method() == Method::GET || req.method() == Method::HEAD)
+    {
+        return handle(&state, &req);
+    }
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let a = match path {
+        "/api/v1/tunnels" => {
+            let (cur, prev) = state.latest.pair();
+            api::tunnels(cur.as_deref(), prev.as_deref())
+        }
+        "/api/v1/history" | "/api/v1/summary" => {
+            let Ok(_permit) = state.queries.acquire().await else {
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "shutting down\n",
+                );
+            };
+            let summary = path == "/api/v1/summary";
+            let st = state.clone();
+            let joined = tokio::task::spawn_blocking(move || {
+                if summary {
+                    api::summary(st.history.as_ref())
+                } else {
+                    api::history(st.history.as_ref(), &query)
+                }
+            })
+            .await;
+            match joined {
+                Ok(a) => a,
+                Err(e) => api::Answer {
+                    status: 500,
+                    content_type: "text/plain",
+                    body: format!("query failed: {e}\n"),
+                },
+            }
+        }
+        _ => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found; the API has /api/v1/history, /api/v1/summary and /api/v1/tunnels\n",
+            );
+        }
+    };
+    reply(
+        StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        a.content_type,
+        a.body,
+    )
+}
 
 fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -122,8 +207,8 @@ pub async fn serve(
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let resp = handle(&state, &req);
-                async move { Ok::<_, Infallible>(resp) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(state, req).await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder

@@ -81,6 +81,15 @@ pub struct TunnelMeta {
     pub failures: u64,
     /// frps's own counters for the proxy.
     pub api: Option<ApiStats>,
+    /// The latest reason the tunnel was down (kept after it recovers).
+    pub last_error: Option<LastError>,
+}
+
+/// Why a tunnel was last down, and when that was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastError {
+    pub reason: String,
+    pub at: SystemTime,
 }
 
 /// A tunnel FRP knows that has no port of its own to count (http/https/tcpmux proxies share the
@@ -166,9 +175,13 @@ fn active(seed: u64, c: &TcpCounters) -> u64 {
     (seed + c.opened_passive + c.opened_active).saturating_sub(c.closed)
 }
 
-/// The latest snapshot, shared between the collector and the readers.
+/// The latest snapshot (and the one before, for rates), shared between the collector and the
+/// readers.
 #[derive(Debug, Default)]
-pub struct Latest(RwLock<Option<Arc<Snapshot>>>);
+pub struct Latest(RwLock<Pair>);
+
+/// The latest snapshot and the one before it.
+type Pair = (Option<Arc<Snapshot>>, Option<Arc<Snapshot>>);
 
 impl Latest {
     pub fn publish(&self, s: Snapshot) {
@@ -176,13 +189,19 @@ impl Latest {
     }
 
     pub fn publish_arc(&self, s: Arc<Snapshot>) {
-        *self
+        let mut pair = self
             .0
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(s);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pair.1 = pair.0.replace(s);
     }
 
     pub fn get(&self) -> Option<Arc<Snapshot>> {
+        self.pair().0
+    }
+
+    /// The latest snapshot and the one before it.
+    pub fn pair(&self) -> Pair {
         self.0
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -20,6 +20,7 @@ pub struct AgentCmd {
     interval: String,
     log_level: String,
     args: Vec<String>,
+    data_dir: Option<PathBuf>,
 }
 
 impl AgentCmd {
@@ -31,7 +32,31 @@ impl AgentCmd {
             interval: "1s".into(),
             log_level: "debug".into(),
             args: args.iter().map(ToString::to_string).collect(),
+            data_dir: None,
         }
+    }
+
+    /// Runs `setup` (shell) in a private mount namespace before the agent, so that the test can
+    /// hide or replace files the agent sees without touching the host.
+    #[must_use]
+    pub fn in_private_mounts(self, setup: &str) -> Self {
+        let script = format!("{setup} && exec \"$0\" \"$@\"");
+        self.wrapper(&[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ])
+    }
+
+    /// History data directory (default: a fresh one inside the agent's temp dir).
+    #[must_use]
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
     }
 
     #[must_use]
@@ -69,6 +94,10 @@ impl AgentCmd {
     pub fn spawn(self) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("agent.log");
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let mut cmd = match self.wrapper.as_slice() {
             [] => Command::new(&self.bin),
@@ -89,6 +118,11 @@ impl AgentCmd {
                 &self.log_level,
             ])
             .args(&self.args)
+            .args(if self.args.iter().any(|a| a == "--data-dir") {
+                Vec::new()
+            } else {
+                vec!["--data-dir".into(), data_dir.display().to_string()]
+            })
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -103,6 +137,7 @@ impl AgentCmd {
             child: Mutex::new(Some(child)),
             addr,
             log,
+            data_dir,
             _dir: dir,
         }
     }
@@ -115,6 +150,8 @@ pub struct Agent {
     pid: u32,
     pub addr: SocketAddr,
     log: PathBuf,
+    /// Where the agent keeps its history database.
+    pub data_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -139,19 +176,7 @@ impl Agent {
     /// Starts the agent after `setup` (shell) has run in a private mount namespace, so that the
     /// test can hide or replace files the agent reads without touching the host.
     pub fn spawn_in_private_mounts(setup: &str, args: &[&str]) -> Self {
-        let script = format!("{setup} && exec \"$0\" \"$@\"");
-        Self::spawn_wrapped(
-            &[
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &script,
-            ],
-            args,
-        )
+        AgentCmd::new(args).in_private_mounts(setup).spawn()
     }
 
     /// Waits for the first snapshot.

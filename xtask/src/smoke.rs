@@ -36,6 +36,8 @@ pub fn readme_run() -> anyhow::Result<()> {
         .port();
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     eprintln!("xtask: smoke test of the README run command on {addr}");
+    // History goes to a scratch directory, not the host's /var/lib/moonfrp.
+    let data = tempfile::tempdir()?;
     let child = cargo()
         .current_dir(root())
         .args([
@@ -46,6 +48,8 @@ pub fn readme_run() -> anyhow::Result<()> {
             "1s",
             "--listen",
             &addr.to_string(),
+            "--data-dir",
+            data.path().to_str().context("utf-8 temp dir")?,
         ])
         .stdout(Stdio::null())
         .process_group(0)
@@ -60,6 +64,8 @@ pub fn readme_run() -> anyhow::Result<()> {
         }
         if let Ok((200, _, body)) = moonfrp_tests::http_get(addr, "/metrics", None)
             && EXPECTED.iter().all(|e| body.contains(e))
+            && body.contains("moonfrp_history_writes_total{result=\"ok\"} ")
+            && !body.contains("moonfrp_history_writes_total{result=\"ok\"} 0")
         {
             break;
         }
@@ -70,6 +76,6 @@ pub fn readme_run() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
     drop(group);
-    println!("readme run command: serves tunnel and process series on /metrics");
+    println!("readme run command: serves tunnel and process series on /metrics and keeps history");
     Ok(())
 }

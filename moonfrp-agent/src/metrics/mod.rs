@@ -2,6 +2,7 @@
 //! and the Prometheus text format 0.0.4 derived from it for scrapers that do not ask for
 //! OpenMetrics. Kernel counters are cumulative, so they are exported as const counters.
 mod agent;
+mod history;
 mod system;
 mod text;
 mod tunnels;
@@ -22,12 +23,21 @@ use crate::snapshot::Latest;
 #[derive(Debug)]
 pub struct SnapshotCollector {
     latest: Arc<Latest>,
+    history: Option<Arc<crate::history::writer::Stats>>,
 }
 
 /// A registry with moonfrp's collector in it.
 pub fn registry(latest: Arc<Latest>) -> Registry {
+    registry_with_history(latest, None)
+}
+
+/// A registry that also reports the history writer.
+pub fn registry_with_history(
+    latest: Arc<Latest>,
+    history: Option<Arc<crate::history::writer::Stats>>,
+) -> Registry {
     let mut r = Registry::default();
-    r.register_collector(Box::new(SnapshotCollector { latest }));
+    r.register_collector(Box::new(SnapshotCollector { latest, history }));
     r
 }
 
@@ -56,6 +66,9 @@ impl Collector for SnapshotCollector {
                 MetricType::Info,
             )?;
             m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+        }
+        if let Some(h) = &self.history {
+            history::encode(h, &mut enc)?;
         }
         let Some(s) = self.latest.get() else {
             return Ok(());

@@ -91,6 +91,10 @@ fn sample_snapshot() -> Snapshot {
                         today_traffic_out: 200,
                         cur_conns: 0,
                     }),
+                    last_error: Some(crate::snapshot::LastError {
+                        reason: "frp: offline".into(),
+                        at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+                    }),
                 },
             },
         ],
@@ -110,6 +114,7 @@ fn sample_snapshot() -> Snapshot {
                     today_traffic_out: 6,
                     cur_conns: 1,
                 }),
+                last_error: None,
             },
         }],
         probes: vec![

@@ -1,0 +1,300 @@
+//! The JSON API: `/api/v1/history` (JSON or CSV), `/api/v1/summary` and `/api/v1/tunnels`.
+//! History queries run on the blocking pool with their own read-only connection, at most two at
+//! a time, so a heavy query never holds up a collection or a scrape.
+use std::{collections::BTreeMap, path::PathBuf, time::SystemTime};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{
+    history::{
+        Settings,
+        query::{self, Format, QueryError, Request},
+        rollup::ms_to_s,
+        store::open_read_only,
+        unix_ms,
+    },
+    snapshot::{Snapshot, TunnelMeta, TunnelSample},
+};
+
+/// Where the history database is, for readers.
+#[derive(Clone, Debug)]
+pub struct HistoryApi {
+    pub db: PathBuf,
+    pub settings: Settings,
+}
+
+/// An API answer: status, content type, body.
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+const JSON: &str = "application/json";
+
+fn json_answer(status: u16, v: &impl Serialize) -> Answer {
+    Answer {
+        status,
+        content_type: JSON,
+        body: serde_json::to_string(v).expect("API values serialize") + "\n",
+    }
+}
+
+fn error(status: u16, message: &str) -> Answer {
+    json_answer(status, &json!({ "status": "error", "error": message }))
+}
+
+fn query_error(e: &QueryError) -> Answer {
+    let mut body = json!({ "status": "error", "error": e.to_string() });
+    if let QueryError::UnknownMetric { known, .. } = e {
+        body["known_metrics"] = json!(known);
+    }
+    json_answer(e.status(), &body)
+}
+
+fn connect(h: Option<&HistoryApi>) -> Result<(rusqlite::Connection, &HistoryApi), QueryError> {
+    let h = h.ok_or_else(|| {
+        QueryError::NoDatabase("(history is disabled in the configuration)".into())
+    })?;
+    if !h.db.exists() {
+        return Err(QueryError::NoDatabase(h.db.display().to_string()));
+    }
+    Ok((open_read_only(&h.db)?, h))
+}
+
+/// `GET /api/v1/history?metric=…` (blocking).
+pub fn history(h: Option<&HistoryApi>, query_string: &str) -> Answer {
+    let now = unix_ms(SystemTime::now());
+    let run = || {
+        let (req, format) = Request::from_query(query_string, now)?;
+        let (conn, h) = connect(h)?;
+        Ok::<_, QueryError>((query::run(&conn, &h.settings, &req, now)?, format))
+    };
+    match run() {
+        Ok((a, Format::Json)) => json_answer(200, &json!({ "status": "success", "data": a })),
+        Ok((a, Format::Csv)) => Answer {
+            status: 200,
+            content_type: "text/csv; charset=utf-8",
+            body: query::to_csv(&a),
+        },
+        Err(e) => query_error(&e),
+    }
+}
+
+/// Latest value and last-hour statistics of a list of points.
+fn stats(points: &[(f64, f64)]) -> Value {
+    let Some(last) = points.last() else {
+        return Value::Null;
+    };
+    let n = points.len() as f64;
+    let (min, max, sum) = points.iter().fold(
+        (f64::INFINITY, f64::NEG_INFINITY, 0.0),
+        |(lo, hi, s), (_, v)| (lo.min(*v), hi.max(*v), s + v),
+    );
+    json!({ "now": last.1, "avg": sum / n, "min": min, "max": max })
+}
+
+/// The headline series: per-tunnel bandwidth and connections, host CPU, memory and load.
+const TUNNEL_HEADLINES: [(&str, &str, bool); 3] = [
+    (
+        "receive_bytes_per_second",
+        "moonfrp_tunnel_receive_bytes_total",
+        true,
+    ),
+    (
+        "transmit_bytes_per_second",
+        "moonfrp_tunnel_transmit_bytes_total",
+        true,
+    ),
+    (
+        "connections_active",
+        "moonfrp_tunnel_connections_active",
+        false,
+    ),
+];
+const SYSTEM_HEADLINES: [(&str, &str); 4] = [
+    ("cpu_usage_ratio", "moonfrp_system_cpu_usage_ratio"),
+    ("memory_used_bytes", "moonfrp_system_memory_used_bytes"),
+    (
+        "memory_available_bytes",
+        "moonfrp_system_memory_available_bytes",
+    ),
+    ("load1", "moonfrp_system_load1"),
+];
+
+/// `GET /api/v1/summary` (blocking): latest value and last-hour avg/min/max of the headline
+/// series, from history.
+pub fn summary(h: Option<&HistoryApi>) -> Answer {
+    let now = unix_ms(SystemTime::now());
+    let run = || -> Result<Value, QueryError> {
+        let (conn, h) = connect(h)?;
+        let window = |metric: &str, rate: bool| -> Result<_, QueryError> {
+            let req = Request {
+                metric: metric.to_owned(),
+                matchers: Vec::new(),
+                from: now - 3_600_000,
+                to: now,
+                step: None,
+                rate,
+                agg: query::Agg::Mean,
+            };
+            match query::run(&conn, &h.settings, &req, now) {
+                Ok(a) => Ok(a.series),
+                // Nothing stored under that name yet (no tunnel of that kind).
+                Err(QueryError::UnknownMetric { .. }) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            }
+        };
+        let mut tunnels: BTreeMap<(String, String, String), serde_json::Map<String, Value>> =
+            BTreeMap::new();
+        for (field, metric, rate) in TUNNEL_HEADLINES {
+            for s in window(metric, rate)? {
+                let label = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
+                let row = tunnels
+                    .entry((label("tunnel"), label("port"), label("proto")))
+                    .or_default();
+                row.insert(field.to_owned(), stats(&s.samples));
+            }
+        }
+        let tunnels: Vec<Value> = tunnels
+            .into_iter()
+            .map(|((tunnel, port, proto), mut fields)| {
+                fields.insert("tunnel".into(), json!(tunnel));
+                fields.insert("port".into(), json!(port));
+                fields.insert("proto".into(), json!(proto));
+                Value::Object(fields)
+            })
+            .collect();
+        let mut system = serde_json::Map::new();
+        for (field, metric) in SYSTEM_HEADLINES {
+            let series = window(metric, false)?;
+            system.insert(
+                field.to_owned(),
+                series.first().map_or(Value::Null, |s| stats(&s.samples)),
+            );
+        }
+        Ok(json!({
+            "status": "success",
+            "data": {
+                "time": ms_to_s(now),
+                "window_seconds": 3600,
+                "tunnels": tunnels,
+                "system": system,
+            }
+        }))
+    };
+    match run() {
+        Ok(v) => json_answer(200, &v),
+        Err(e) => query_error(&e),
+    }
+}
+
+/// Per-second rate of a counter between two snapshots (reset-aware: a lower value means the
+/// counter restarted from zero).
+fn rate(cur: u64, prev: Option<u64>, seconds: f64) -> Option<f64> {
+    let prev = prev?;
+    if seconds <= 0.0 {
+        return None;
+    }
+    let inc = if cur >= prev { cur - prev } else { cur };
+    #[allow(clippy::cast_precision_loss)]
+    Some(inc as f64 / seconds)
+}
+
+fn meta_json(m: &TunnelMeta) -> serde_json::Map<String, Value> {
+    let mut o = serde_json::Map::new();
+    o.insert("type".into(), json!(m.kind));
+    o.insert(
+        "role".into(),
+        json!(m.role.map(crate::frp::discovery::Role::as_str)),
+    );
+    o.insert("up".into(), json!(m.health.up));
+    o.insert(
+        "reason".into(),
+        json!((!m.health.reason.is_empty()).then_some(&m.health.reason)),
+    );
+    o.insert("frp_status".into(), json!(m.frp_status));
+    o.insert("failures_total".into(), json!(m.failures));
+    o.insert(
+        "last_error".into(),
+        m.last_error.as_ref().map_or(
+            Value::Null,
+            |e| json!({ "reason": e.reason, "time": ms_to_s(unix_ms(e.at)) }),
+        ),
+    );
+    o
+}
+
+fn tunnel_json(t: &TunnelSample, prev: Option<&TunnelSample>, seconds: f64) -> Value {
+    use moonfrp_common::{EGRESS, INGRESS};
+    let mut o = meta_json(&t.meta);
+    o.insert("tunnel".into(), json!(t.spec.name));
+    o.insert("port".into(), json!(t.spec.port));
+    o.insert("proto".into(), json!(t.spec.proto.as_str()));
+    o.insert("source".into(), json!(t.spec.source.as_str()));
+    for (field, dir) in [("receive", INGRESS), ("transmit", EGRESS)] {
+        let cur = t.traffic.dir[dir].bytes;
+        let before = prev.map(|p| p.traffic.dir[dir].bytes);
+        o.insert(format!("{field}_bytes_total"), json!(cur));
+        o.insert(
+            format!("{field}_bytes_per_second"),
+            json!(rate(cur, before, seconds)),
+        );
+    }
+    if let Some(tcp) = &t.tcp {
+        let c = &tcp.counters;
+        o.insert("connections_active".into(), json!(tcp.active));
+        o.insert(
+            "connections_opened_total".into(),
+            json!(c.opened_passive + c.opened_active),
+        );
+        o.insert("connections_refused_total".into(), json!(c.refused));
+        o.insert("resets_sent_total".into(), json!(c.resets_sent));
+        o.insert("resets_received_total".into(), json!(c.resets_received));
+        o.insert("retransmits_total".into(), json!(c.retransmits));
+    }
+    Value::Object(o)
+}
+
+/// `GET /api/v1/tunnels`: the tunnel table from the latest snapshot, rates against the one before.
+pub fn tunnels(cur: Option<&Snapshot>, prev: Option<&Snapshot>) -> Answer {
+    let Some(cur) = cur else {
+        return error(
+            503,
+            "no snapshot taken yet; the first comes one interval after start",
+        );
+    };
+    let seconds = prev
+        .and_then(|p| cur.taken_at.duration_since(p.taken_at).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut rows: Vec<Value> = cur
+        .tunnels
+        .iter()
+        .map(|t| {
+            let before = prev.and_then(|p| {
+                p.tunnels
+                    .iter()
+                    .find(|q| q.spec.port == t.spec.port && q.spec.proto == t.spec.proto)
+            });
+            tunnel_json(t, before, seconds)
+        })
+        .collect();
+    rows.extend(cur.portless.iter().map(|p| {
+        let mut o = meta_json(&p.meta);
+        o.insert("tunnel".into(), json!(p.name));
+        o.insert("port".into(), Value::Null);
+        Value::Object(o)
+    }));
+    json_answer(
+        200,
+        &json!({
+            "status": "success",
+            "data": {
+                "time": ms_to_s(unix_ms(cur.taken_at)),
+                "interval_seconds": seconds,
+                "tunnels": rows,
+            }
+        }),
+    )
+}
