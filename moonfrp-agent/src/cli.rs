@@ -19,6 +19,8 @@ pub enum Command {
     Run(ConfigArgs),
     /// Validate the configuration and print the tunnels it defines, then exit (no privileges needed).
     Check(ConfigArgs),
+    /// Show a metric's history: through the running agent's API, or from the database file.
+    History(crate::history::cli::HistoryArgs),
 }
 
 /// Where the configuration comes from; flags override the file.

@@ -20,7 +20,21 @@ fn init_logging(level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Run(args) | Command::Check(args)) = &cli.command;
+    let args = match &cli.command {
+        Command::Run(args) | Command::Check(args) => args,
+        Command::History(h) => {
+            return match moonfrp_agent::history::cli::run(h) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("moonfrp-agent: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            };
+        }
+    };
     let config = match args.load() {
         Ok(c) => c,
         Err(e) => {
@@ -29,6 +43,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::History(_) => unreachable!("handled above"),
         Command::Check(_) => {
             println!(
                 "configuration is valid: listen {}, interval {:?}, {} tunnel(s)",

@@ -500,3 +500,85 @@ fn a_full_disk_costs_history_only_and_writes_resume_when_space_returns() {
     assert_eq!(m.get("moonfrp_history_up", &[]), Some(1.0));
     assert!(agent.log().contains("history writes work again"));
 }
+
+fn history_cmd(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(moonfrp_tests::agent_bin())
+        .arg("history")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn history_command_asks_the_agent_then_reads_the_file_when_it_is_gone() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentCmd::new(&["-t", &format!("web={port}")])
+        .data_dir(dir.path())
+        .start();
+    send_tcp(port, 4_321);
+    agent.wait_for("the bytes in history", |m| {
+        m.tunnel("web", "moonfrp_tunnel_receive_payload_bytes_total") == 4_321.0
+            && m.get("moonfrp_history_writes_total", &[("result", "ok")])
+                .unwrap_or(0.0)
+                >= 3.0
+    });
+    agent.wait_snapshots(2);
+    let listen = agent.addr.to_string();
+    let data = agent.data_dir.to_str().unwrap().to_owned();
+    let metric = "moonfrp_tunnel_receive_payload_bytes_total";
+    let common = [
+        "--metric",
+        metric,
+        "--tunnel",
+        "web",
+        "--since",
+        "10m",
+        "--listen",
+        &listen,
+        "--data-dir",
+        &data,
+    ];
+    let (code, table, err) = history_cmd(&common);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.is_empty(), "the agent answered, no fallback: {err}");
+    let head = table.lines().next().unwrap();
+    assert!(
+        head.starts_with(&format!(
+            "{metric}{{port=\"{port}\",proto=\"tcp\",tunnel=\"web\"}} (bytes), raw resolution"
+        )),
+        "{table}"
+    );
+    assert!(table.trim_end().ends_with(" 4321"), "{table}");
+    let (code, csv, _) = history_cmd(&[&common[..], &["--csv"]].concat());
+    assert_eq!(code, 0);
+    assert!(csv.starts_with("timestamp,time,metric,port,proto,tunnel,value\n"));
+    let (code, _, err) = history_cmd(&["--metric", "nope", "--listen", &listen]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown metric `nope`"), "{err}");
+
+    // The agent stops: the same command reads the file and says so.
+    assert!(agent.stop().success());
+    let (code, offline, err) = history_cmd(&common);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("reading"), "{err}");
+    assert!(offline.trim_end().ends_with(" 4321"), "{offline}");
+    let (code, _, err) = history_cmd(&[
+        "--metric",
+        metric,
+        "--listen",
+        &listen,
+        "--data-dir",
+        "/nonexistent",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no history database at /nonexistent/history.db"),
+        "{err}"
+    );
+}

@@ -176,3 +176,62 @@ fn kernel_sizes_are_checked() {
     assert_eq!(c.kernel.slots, 8192);
     assert_eq!(c.kernel.tracked_connections, DEFAULT_TRACKED_CONNECTIONS);
 }
+
+#[test]
+fn history_settings_and_data_dir() {
+    let c = Config::load(None, &Overrides::default()).unwrap();
+    assert_eq!(c.history, HistoryConfig::default());
+    assert_eq!(
+        c.history.db_path(),
+        Path::new("/var/lib/moonfrp/history.db")
+    );
+    let c = load_str(
+        "data_dir = \"/srv/moonfrp\"\n[history]\nretention = \"48h\"\nmax_points = 500\n\
+         rollups = [{ step = \"5m\", keep = \"2d\" }, { step = \"1h\", keep = \"30d\" }]\n",
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.history.data_dir, Path::new("/srv/moonfrp"));
+    assert_eq!(c.history.settings.retention, Duration::from_hours(48));
+    assert_eq!(c.history.settings.max_points, 500);
+    assert_eq!(c.history.settings.levels.len(), 2);
+    assert_eq!(c.history.settings.levels[0].step, Duration::from_mins(5));
+    let o = Overrides {
+        data_dir: Some("/tmp/elsewhere".into()),
+        ..Overrides::default()
+    };
+    let c = load_str(
+        "data_dir = \"/srv/moonfrp\"\n[history]\nenabled = false\n",
+        &o,
+    )
+    .unwrap();
+    assert_eq!(c.history.data_dir, Path::new("/tmp/elsewhere"));
+    assert!(!c.history.enabled);
+}
+
+#[test]
+fn bad_history_settings_name_the_key() {
+    let err = |text: &str| {
+        load_str(text, &Overrides::default())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err("[history]\nretention = \"a day\"\n");
+    assert!(
+        e.contains("key `history.retention`") && e.contains("not a duration"),
+        "{e}"
+    );
+    let e = err("[history]\nrollups = [{ step = \"1h\", keep = \"forever\" }]\n");
+    assert!(e.contains("key `history.rollups[0].keep`"), "{e}");
+    let e = err(
+        "[history]\nrollups = [{ step = \"1h\", keep = \"7d\" }, { step = \"90m\", keep = \"30d\" }]\n",
+    );
+    assert!(
+        e.contains("rollups[1]: step 1h 30m must be a multiple"),
+        "{e}"
+    );
+    let e = err("[history]\nretention = \"30m\"\n");
+    assert!(e.contains("longer than the raw retention"), "{e}");
+    let e = err("[history]\nkeep = \"1d\"\n");
+    assert!(e.contains("unknown field `keep`"), "{e}");
+}

@@ -59,12 +59,28 @@ impl From<GetError> for String {
 
 /// `GET path` on the endpoint; the body of a 200 answer.
 pub async fn get(ep: &Endpoint, path: &str, timeout: Duration) -> Result<String, GetError> {
+    let (status, body) = get_any(ep, path, timeout).await?;
+    match status {
+        StatusCode::OK => Ok(body),
+        StatusCode::UNAUTHORIZED => Err(GetError::Answer(format!(
+            "GET {path}: 401 unauthorized: the user and password of webServer in the frp config are wrong or missing"
+        ))),
+        other => Err(GetError::Answer(format!("GET {path}: HTTP {other}"))),
+    }
+}
+
+/// `GET path` on the endpoint: the status and body of whatever it answers.
+pub async fn get_any(
+    ep: &Endpoint,
+    path: &str,
+    timeout: Duration,
+) -> Result<(StatusCode, String), GetError> {
     tokio::time::timeout(timeout, fetch(ep, path))
         .await
         .map_err(|_| GetError::Unreachable(format!("GET {path}: no answer within {timeout:?}")))?
 }
 
-async fn fetch(ep: &Endpoint, path: &str) -> Result<String, GetError> {
+async fn fetch(ep: &Endpoint, path: &str) -> Result<(StatusCode, String), GetError> {
     let stream = TcpStream::connect(&ep.addr)
         .await
         .map_err(|e| GetError::Unreachable(format!("cannot connect to {}: {e}", ep.addr)))?;
@@ -92,12 +108,7 @@ async fn fetch(ep: &Endpoint, path: &str) -> Result<String, GetError> {
         .await
         .map_err(|e| GetError::Answer(format!("GET {path}: reading the body: {e}")))?
         .to_bytes();
-    match status {
-        StatusCode::OK => String::from_utf8(body.to_vec())
-            .map_err(|_| GetError::Answer(format!("GET {path}: the answer is not UTF-8"))),
-        StatusCode::UNAUTHORIZED => Err(GetError::Answer(format!(
-            "GET {path}: 401 unauthorized: the user and password of webServer in the frp config are wrong or missing"
-        ))),
-        other => Err(GetError::Answer(format!("GET {path}: HTTP {other}"))),
-    }
+    let body = String::from_utf8(body.to_vec())
+        .map_err(|_| GetError::Answer(format!("GET {path}: the answer is not UTF-8")))?;
+    Ok((status, body))
 }
