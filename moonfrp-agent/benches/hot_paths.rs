@@ -7,93 +7,45 @@ use std::{
     time::SystemTime,
 };
 
-use aya::maps::MapError;
 use criterion::{Criterion, criterion_group, criterion_main};
 use moonfrp_agent::{
     collect::{self, CollectOptions, Collectors},
-    config::{KernelConfig, TunnelSource, TunnelSpec},
+    config::KernelConfig,
     ebpf, metrics,
-    snapshot::{AgentSample, CounterSource, Latest, Snapshot, read_tunnels},
+    snapshot::{CounterSource, Latest, Snapshot},
+    synthetic::{self, Synthetic},
     sys,
-    watch::{WatchBackend, WatchTable},
+    watch::WatchTable,
 };
-use moonfrp_common::{Proto, TcpCounters, TrafficCounters, WatchEntry};
 
 const TUNNELS: u16 = 1_000;
 
-fn specs() -> Vec<TunnelSpec> {
-    (0..TUNNELS)
-        .map(|i| TunnelSpec {
-            name: format!("tunnel-{i}"),
-            port: 20_000 + i,
-            proto: if i % 10 == 0 { Proto::Udp } else { Proto::Tcp },
-            source: TunnelSource::ConfigFile,
-        })
-        .collect()
-}
-
-/// Counters without a kernel: isolates the snapshot's own cost.
-struct Synthetic;
-
-impl WatchBackend for Synthetic {
-    fn set_entry(&mut self, _: u16, _: WatchEntry) -> Result<(), MapError> {
-        Ok(())
-    }
-    fn reset_slot(&mut self, _: u32) -> Result<(), MapError> {
-        Ok(())
-    }
-}
-
-impl CounterSource for Synthetic {
-    fn traffic(&self, slot: u32) -> Result<TrafficCounters, MapError> {
-        let mut t = TrafficCounters::default();
-        t.dir[0].bytes = u64::from(slot) * 1_000_003;
-        t.dir[1].payload_bytes = u64::from(slot) * 7;
-        Ok(t)
-    }
-    fn tcp(&self, slot: u32) -> Result<TcpCounters, MapError> {
-        let mut c = TcpCounters {
-            opened_passive: u64::from(slot),
-            closed: u64::from(slot) / 2,
-            ..TcpCounters::default()
-        };
-        c.duration_buckets[10] = u64::from(slot);
-        Ok(c)
-    }
-}
-
 fn snapshot_of(source: &impl CounterSource, watch: &WatchTable) -> Snapshot {
-    let mut failures = 0;
-    Snapshot {
-        seq: 1,
-        taken_at: SystemTime::now(),
-        build_duration: std::time::Duration::ZERO,
-        tunnels: read_tunnels(source, watch, &mut failures),
-        probes: Vec::new(),
-        process: None,
-        portless: Vec::new(),
-        system: collect::SystemSample::default(),
-        agent: AgentSample {
-            slots_capacity: 4096,
-            slots_used: u32::from(TUNNELS),
-            config_ok: true,
-            ..AgentSample::default()
-        },
-    }
+    synthetic::snapshot(
+        source,
+        watch,
+        collect::SystemSample::default(),
+        SystemTime::now(),
+        1,
+    )
 }
 
 fn userspace(c: &mut Criterion) {
     let mut watch = WatchTable::new(4096);
     watch
-        .apply(&mut Synthetic, &specs(), |_| HashMap::new())
+        .apply(
+            &mut Synthetic::default(),
+            &synthetic::specs(TUNNELS, 20_000),
+            |_| HashMap::new(),
+        )
         .unwrap();
     c.bench_function(
         "snapshot: assemble 1000 tunnels (synthetic counters)",
-        |b| b.iter(|| snapshot_of(&Synthetic, &watch)),
+        |b| b.iter(|| snapshot_of(&Synthetic::default(), &watch)),
     );
 
     let latest = Arc::new(Latest::default());
-    latest.publish(snapshot_of(&Synthetic, &watch));
+    latest.publish(snapshot_of(&Synthetic::default(), &watch));
     let registry = metrics::registry(latest);
     c.bench_function("encode: OpenMetrics, 1000 tunnels", |b| {
         b.iter(|| metrics::encode_openmetrics(&registry));
@@ -140,7 +92,9 @@ fn kernel_maps(c: &mut Criterion) {
     .unwrap();
     let mut watch = WatchTable::new(kernel.maps.slots());
     watch
-        .apply(&mut kernel.maps, &specs(), |_| HashMap::new())
+        .apply(&mut kernel.maps, &synthetic::specs(TUNNELS, 20_000), |_| {
+            HashMap::new()
+        })
         .unwrap();
     c.bench_function("kernel: read + sum CPUs, 1000 tunnels", |b| {
         b.iter(|| snapshot_of(&kernel.maps, &watch));

@@ -79,8 +79,9 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
         format!("cannot listen on {}; choose another address with --listen or `listen` in the config file", config.listen)
     })?;
 
-    let (history, history_stats) = start_history(&config);
     let kernel = tokio::task::block_in_place(|| ebpf::load(&config.kernel, &tracefs, &cgroup))?;
+    // After loading: the kernel BTF parsed for it is freed by now, so the two peaks do not add.
+    let (history, history_stats) = start_history(&config);
     let probes_ok = kernel.probes.iter().any(|p| p.attached);
     if !probes_ok {
         error!("no kernel probe attached: tunnel counters will stay at 0 (reasons above)");

@@ -21,6 +21,9 @@ pub enum Command {
     Check(ConfigArgs),
     /// Show a metric's history: through the running agent's API, or from the database file.
     History(crate::history::cli::HistoryArgs),
+    /// Benchmark the history store with synthetic snapshots (for `cargo xtask bench-history`).
+    #[command(hide = true)]
+    BenchHistory(crate::history::bench::BenchArgs),
 }
 
 /// Where the configuration comes from; flags override the file.

@@ -15,6 +15,7 @@ pub mod process;
 pub mod server;
 pub mod snapshot;
 pub mod sockets;
+pub mod synthetic;
 pub mod sys;
 pub mod textfile;
 pub mod watch;

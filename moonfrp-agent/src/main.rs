@@ -22,6 +22,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match &cli.command {
         Command::Run(args) | Command::Check(args) => args,
+        Command::BenchHistory(b) => {
+            return match moonfrp_agent::history::bench::run(b) {
+                Ok(report) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&report).expect("the report serializes")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("moonfrp-agent: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::History(h) => {
             return match moonfrp_agent::history::cli::run(h) {
                 Ok(text) => {
@@ -43,7 +58,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::History(_) => unreachable!("handled above"),
+        Command::History(_) | Command::BenchHistory(_) => unreachable!("handled above"),
         Command::Check(_) => {
             println!(
                 "configuration is valid: listen {}, interval {:?}, {} tunnel(s)",

@@ -1,6 +1,7 @@
 //! Developer commands. `cargo xtask run` and `cargo xtask test` are the README's two commands:
 //! each installs what it needs first (see `setup`).
 mod bench;
+mod bench_history;
 mod run;
 mod setup;
 mod smoke;
@@ -36,6 +37,9 @@ enum Command {
     /// Measure the agent's overhead: CPU and memory, kernel hook cost, datapath A/B, scrape
     /// (root). Prints a table and writes overhead.json.
     BenchOverhead(bench::Opts),
+    /// Measure the history store: write cost and disk bytes per day at 100 and 1,000 tunnels,
+    /// query times, and the agent's memory with a day stored (root). Writes history.json.
+    BenchHistory(bench_history::Opts),
     /// Set up (with test packages), then run every test: unit tests and the privileged
     /// integration tests (needs root).
     Test,
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
             .map(|_| ()),
         Command::Run { args } => run::run(&args),
         Command::BenchOverhead(opts) => bench::run(&opts).map(|_| ()),
+        Command::BenchHistory(opts) => bench_history::run(&opts).map(|_| ()),
         Command::Test => test::all(),
     };
     match result {

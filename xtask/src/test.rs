@@ -105,6 +105,14 @@ pub fn all() -> anyhow::Result<()> {
     tally.passed += 1;
     bench_smoke()?;
     tally.passed += 1;
+    let history_out = tempfile::tempdir()?;
+    let history = crate::bench_history::run(&crate::bench_history::Opts {
+        quick: true,
+        out: Some(history_out.path().to_owned()),
+    })?;
+    crate::bench_history::check_complete(&history)?;
+    println!("bench-history --quick: every figure produced");
+    tally.passed += 1;
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     Ok(())
 }

@@ -413,7 +413,7 @@ pub fn raw_series(
         .prepare_cached(
             "SELECT sn.ts, sn.run_id, r.started_at, sa.value
              FROM snapshots sn JOIN runs r ON r.id = sn.run_id
-             JOIN samples sa ON sa.snapshot_id = sn.id AND sa.series_id = ?1
+             JOIN samples sa ON sa.key = (sn.id << 24) + ?1
              WHERE sn.ts < ?2 ORDER BY sn.ts DESC LIMIT 1",
         )?
         .query_row(params![id, from], map)
@@ -422,7 +422,7 @@ pub fn raw_series(
         .prepare_cached(
             "SELECT sn.ts, sn.run_id, r.started_at, sa.value
              FROM snapshots sn JOIN runs r ON r.id = sn.run_id
-             JOIN samples sa ON sa.snapshot_id = sn.id AND sa.series_id = ?1
+             JOIN samples sa ON sa.key = (sn.id << 24) + ?1
              WHERE sn.ts BETWEEN ?2 AND ?3 ORDER BY sn.ts, sn.id",
         )?
         .query_map(params![id, from, to], map)?

@@ -30,12 +30,12 @@ const MIGRATIONS: &[&str] = &[
         labels TEXT NOT NULL,          -- JSON object, keys sorted
         UNIQUE (metric, labels)
     );
+    -- key = snapshot_id << 24 | series_id: a rowid table appends into full pages, which a
+    -- two-column key would leave about a third empty. The view below unpacks it.
     CREATE TABLE samples (
-        snapshot_id INTEGER NOT NULL,
-        series_id INTEGER NOT NULL,
-        value REAL NOT NULL,
-        PRIMARY KEY (snapshot_id, series_id)
-    ) WITHOUT ROWID;
+        key INTEGER PRIMARY KEY,
+        value REAL NOT NULL
+    );
     CREATE TABLE rollups (
         step INTEGER NOT NULL,         -- bucket width, seconds
         start INTEGER NOT NULL,        -- bucket start, Unix ms
@@ -51,8 +51,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE VIEW history AS
         SELECT sn.ts AS ts, se.metric AS metric, se.labels AS labels, sa.value AS value
         FROM samples sa
-        JOIN snapshots sn ON sn.id = sa.snapshot_id
-        JOIN series se ON se.id = sa.series_id;
+        JOIN snapshots sn ON sn.id = sa.key >> 24
+        JOIN series se ON se.id = sa.key & 16777215;
     ",
 ];
 

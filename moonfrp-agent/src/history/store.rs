@@ -340,9 +340,9 @@ impl Store {
             |r| r.get(0),
         )?;
         let mut stmt = self.conn.prepare(
-            "SELECT sn.ts, sn.run_id, r.started_at, sa.series_id, sa.value
+            "SELECT sn.ts, sn.run_id, r.started_at, sa.key & 16777215, sa.value
              FROM snapshots sn JOIN runs r ON r.id = sn.run_id
-             JOIN samples sa ON sa.snapshot_id = sn.id
+             JOIN samples sa ON sa.key BETWEEN sn.id << 24 AND (sn.id << 24) + 16777215
              WHERE sn.ts >= ?1 AND sn.run_id <> ?2 ORDER BY sn.ts, sn.id",
         )?;
         let mut rows = stmt.query(params![prev_ts, self.run])?;
@@ -410,7 +410,7 @@ impl Store {
             let snapshot = tx.last_insert_rowid();
             {
                 let mut insert = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO samples (snapshot_id, series_id, value) VALUES (?1, ?2, ?3)",
+                    "INSERT OR REPLACE INTO samples (key, value) VALUES (?1, ?2)",
                 )?;
                 for p in points {
                     let id = if let Some(id) = self.ids.get(p.key) {
@@ -425,7 +425,7 @@ impl Store {
                         new_keys.push(p.key);
                         id
                     };
-                    insert.execute(params![snapshot, id, p.value])?;
+                    insert.execute(params![sample_key(snapshot, id), p.value])?;
                     resolved.push(id);
                 }
             }
@@ -513,7 +513,10 @@ impl Store {
         };
         let mut pruned = 0;
         for id in &ids {
-            pruned += tx.execute("DELETE FROM samples WHERE snapshot_id = ?1", [id])? as u64;
+            pruned += tx.execute(
+                "DELETE FROM samples WHERE key BETWEEN ?1 AND ?2",
+                [sample_key(*id, 0), sample_key(*id, MAX_SERIES)],
+            )? as u64;
             tx.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
         }
         for level in &self.settings.levels {
@@ -526,6 +529,14 @@ impl Store {
         tx.commit()?;
         Ok(pruned)
     }
+}
+
+/// Series ids fit in the low 24 bits of a sample's key.
+pub const MAX_SERIES: i64 = (1 << 24) - 1;
+
+/// The rowid of a sample: snapshot in the high bits, series in the low 24.
+pub const fn sample_key(snapshot: i64, series: i64) -> i64 {
+    snapshot << 24 | series
 }
 
 fn upsert_metric(
@@ -554,6 +565,15 @@ fn series_id(tx: &Transaction<'_>, p: &Point<'_>) -> rusqlite::Result<i64> {
          ON CONFLICT (metric, labels) DO UPDATE SET metric = excluded.metric RETURNING id",
     )?
     .query_row(params![p.name, labels], |r| r.get(0))
+    .and_then(|id: i64| {
+        if id > MAX_SERIES {
+            Err(rusqlite::Error::ToSqlConversionFailure(
+                format!("more than {MAX_SERIES} series were ever stored; move the history database aside to start a new one").into(),
+            ))
+        } else {
+            Ok(id)
+        }
+    })
 }
 
 fn write_buckets(

@@ -175,7 +175,7 @@ fn a_day_and_an_interval_keeps_exactly_24h_of_raw_samples() {
     assert_eq!(samples, n * 3);
     let orphans: i64 = conn
         .query_row(
-            "SELECT COUNT(*) FROM samples WHERE snapshot_id NOT IN (SELECT id FROM snapshots)",
+            "SELECT COUNT(*) FROM samples WHERE key >> 24 NOT IN (SELECT id FROM snapshots)",
             [],
             |r| r.get(0),
         )

@@ -54,13 +54,18 @@ pub fn ticks_per_second() -> f64 {
 
 /// Resident set size in bytes.
 pub fn rss(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A size field of /proc/<pid>/status (`VmRSS:`, `VmHWM:` for the peak), in bytes.
+pub fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
-        .context("no VmRSS")?;
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
     Ok(kb * 1024)
 }
 

@@ -2,7 +2,7 @@
 //! with programs attached vs not (interleaved A/B pairs, with an A/A control), and the scrape.
 //! Prints a table, writes `overhead.json`, and gives a verdict per budget.
 mod load;
-mod measure;
+pub mod measure;
 mod report;
 mod runs;
 

@@ -1,0 +1,247 @@
+//! `cargo xtask bench-history`: the history store's cost. The agent's hidden `bench-history`
+//! command writes a day (24 h + 1 interval at 60 s) of synthetic busy tunnels through the
+//! writer's path with a fake clock and times queries, for 100 and 1,000 tunnels; then the real
+//! agent runs on the 100-tunnel database (100 tunnels watched, API asked) for its memory.
+//! Prints a table, writes history.json, and judges the targets.
+use std::{fmt::Write as _, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, ensure};
+use moonfrp_tests::{AgentCmd, http_get};
+use serde_json::{Value, json};
+
+use crate::{bench::measure::status_bytes, run, setup};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct Opts {
+    /// Smoke mode: an hour instead of a day (bytes per day extrapolated), figures not judged.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where to write history.json [default: target/bench-history].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Targets at 100 tunnels and 60 s.
+const WRITE_P99_MS: f64 = 20.0;
+const BYTES_PER_DAY: f64 = 64.0 * 1024.0 * 1024.0;
+const RSS_BYTES: f64 = 24.0 * 1024.0 * 1024.0;
+const BASE_PORT: u16 = 30_000;
+
+fn store_run(
+    agent: &std::path::Path,
+    tunnels: u16,
+    intervals: u32,
+    dir: &std::path::Path,
+) -> anyhow::Result<Value> {
+    eprintln!("xtask: bench-history: writing {intervals} intervals of {tunnels} tunnels");
+    let out = Command::new(agent)
+        .args(["bench-history", "--tunnels", &tunnels.to_string()])
+        .args(["--intervals", &intervals.to_string()])
+        .args(["--base-port", &BASE_PORT.to_string()])
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .context("cannot run moonfrp-agent bench-history")?;
+    ensure!(
+        out.status.success(),
+        "moonfrp-agent bench-history failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).context("bench-history printed no JSON report")
+}
+
+/// The real agent on a filled database, 100 tunnels watched: RSS after snapshots and API calls
+/// (and the peak, which comes from loading the programs); with `history = false` the same agent
+/// without history, for comparison in the same run.
+fn agent_memory(
+    agent: &std::path::Path,
+    dir: &std::path::Path,
+    snapshots: u64,
+    history: bool,
+) -> anyhow::Result<Value> {
+    let mut config = String::new();
+    for i in 0..100u16 {
+        let proto = if i % 10 == 0 { "udp" } else { "tcp" };
+        let _ = write!(
+            config,
+            "[[tunnels]]\nname = \"tunnel-{i}\"\nport = {}\nproto = \"{proto}\"\n",
+            BASE_PORT + i
+        );
+    }
+    if !history {
+        config.push_str("[history]\nenabled = false\n");
+    }
+    let cfg = dir.join(if history {
+        "moonfrp.toml"
+    } else {
+        "no-history.toml"
+    });
+    std::fs::write(&cfg, config)?;
+    let a = AgentCmd::new(&["--config", cfg.to_str().context("utf-8 path")?])
+        .bin(agent)
+        .log_level("info")
+        .data_dir(dir.join("data"))
+        .start();
+    a.wait_snapshots(snapshots);
+    let queries = [
+        "/api/v1/history?metric=moonfrp_tunnel_receive_bytes_total&tunnel=tunnel-1&since=24h",
+        "/api/v1/history?metric=moonfrp_tunnel_receive_bytes_total&since=24h&rate=true&step=5m",
+        "/api/v1/history?metric=moonfrp_system_cpu_usage_ratio&from=now-7d",
+        "/api/v1/summary",
+        "/api/v1/tunnels",
+    ];
+    for path in if history { &queries[..] } else { &queries[4..] } {
+        let (status, _, body) = http_get(a.addr, path, None)?;
+        ensure!(status == 200, "GET {path}: {status} {body}");
+    }
+    a.wait_snapshots(2);
+    let pid = a.pid();
+    Ok(json!({
+        "tunnels": 100,
+        "history": history,
+        "rss_bytes": status_bytes(pid, "VmRSS:")?,
+        "peak_rss_bytes": status_bytes(pid, "VmHWM:")?,
+    }))
+}
+
+fn print_table(r: &Value, intervals: u32) {
+    println!(
+        "\nhistory store, 60 s interval, {} intervals{}",
+        intervals,
+        if r["quick"].as_bool() == Some(true) {
+            " (quick: bytes per day extrapolated)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "| tunnels | series | write p50 | write p99 | write max | bytes/day | 24 h query (1 series) | 24 h rate query | summary |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for s in r["stores"].as_array().into_iter().flatten() {
+        let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+        let w = |k: &str| s["write_ms"][k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} MiB | {:.1} ms ({} points) | {:.1} ms | {:.1} ms |",
+            s["tunnels"],
+            s["series"],
+            w("p50"),
+            w("p99"),
+            w("max"),
+            mib(f("bytes_per_day")),
+            f("query_24h_ms"),
+            s["query_24h_points"],
+            f("query_24h_rate_ms"),
+            f("summary_ms"),
+        );
+    }
+    for (what, m) in [
+        ("with the stored history", &r["agent"]),
+        ("without history", &r["agent_without_history"]),
+    ] {
+        println!(
+            "agent, 100 tunnels, {what}: RSS {:.1} MiB after snapshots and API queries, peak {:.1} MiB (while loading the programs)",
+            mib(m["rss_bytes"].as_f64().unwrap_or(f64::NAN)),
+            mib(m["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN)),
+        );
+    }
+}
+
+fn mib(b: f64) -> f64 {
+    b / 1024.0 / 1024.0
+}
+
+pub fn run(opts: &Opts) -> anyhow::Result<Value> {
+    setup::toolchain()?;
+    let agent = run::build_release()?;
+    let intervals = if opts.quick { 61 } else { 1441 };
+    let scratch = tempfile::tempdir()?;
+    let mut stores = Vec::new();
+    for tunnels in [100u16, 1000] {
+        let dir = scratch.path().join(format!("t{tunnels}"));
+        std::fs::create_dir_all(&dir)?;
+        stores.push(store_run(&agent, tunnels, intervals, &dir.join("data"))?);
+    }
+    let snapshots = if opts.quick { 3 } else { 10 };
+    let memory = agent_memory(&agent, &scratch.path().join("t100"), snapshots, true)?;
+    let without = agent_memory(&agent, &scratch.path().join("t100"), snapshots, false)?;
+    let report = json!({
+        "quick": opts.quick,
+        "stores": stores,
+        "agent": memory,
+        "agent_without_history": without,
+    });
+
+    print_table(&report, intervals);
+    let rss = memory["rss_bytes"].as_f64().unwrap_or(f64::NAN);
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| run::root().join("target/bench-history"));
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("history.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    let s100 = &stores[0];
+    let checks = [
+        (
+            "write p99 at 100 tunnels",
+            s100["write_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
+            WRITE_P99_MS,
+            "ms",
+        ),
+        (
+            "bytes per day at 100 tunnels",
+            mib(s100["bytes_per_day"].as_f64().unwrap_or(f64::NAN)),
+            mib(BYTES_PER_DAY),
+            "MiB",
+        ),
+        (
+            "agent RSS, 100 tunnels + a day stored",
+            mib(rss),
+            mib(RSS_BYTES),
+            "MiB",
+        ),
+    ];
+    let mut broken = Vec::new();
+    for (what, got, limit, unit) in checks {
+        ensure!(got.is_finite(), "{what}: no figure");
+        let ok = got <= limit;
+        println!(
+            "{} {what}: {got:.1} {unit} (target ≤ {limit:.0} {unit})",
+            if ok { "ok  " } else { "OVER" }
+        );
+        if !ok {
+            broken.push(what);
+        }
+    }
+    if !opts.quick {
+        ensure!(broken.is_empty(), "over target: {}", broken.join(", "));
+    }
+    println!("wrote {}", out.join("history.json").display());
+    Ok(report)
+}
+
+/// Every figure of a report is there.
+pub fn check_complete(r: &Value) -> anyhow::Result<()> {
+    for s in r["stores"].as_array().context("no stores")? {
+        for k in ["series", "bytes_per_day", "query_24h_ms", "summary_ms"] {
+            ensure!(
+                s[k].as_f64().is_some_and(|v| v > 0.0),
+                "store figure {k} missing"
+            );
+        }
+        ensure!(
+            s["write_ms"]["p99"].as_f64().is_some_and(|v| v > 0.0),
+            "write p99 missing"
+        );
+    }
+    for a in ["agent", "agent_without_history"] {
+        ensure!(
+            r[a]["rss_bytes"].as_f64().is_some_and(|v| v > 0.0),
+            "{a}: RSS missing"
+        );
+    }
+    Ok(())
+}
