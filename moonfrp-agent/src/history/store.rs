@@ -589,7 +589,11 @@ fn write_buckets(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     let mut rows = 0;
-    for (id, a) in acc {
+    // In key order, so the bucket's rows append instead of splitting pages.
+    let mut ids: Vec<&i64> = acc.keys().collect();
+    ids.sort_unstable();
+    for id in ids {
+        let a = &acc[id];
         let b = &a.buckets[li];
         if b.samples == 0 {
             continue;
