@@ -16,6 +16,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    alerts::Alerts,
     api::HistoryApi,
     cli::ConfigArgs,
     config::Config,
@@ -93,15 +94,8 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     let collector = Arc::new(Mutex::new(collector));
 
     let latest = Arc::new(Latest::default());
-    let state = Arc::new(AppState::new(
-        metrics::registry_with_history(latest.clone(), history_stats),
-        latest.clone(),
-        probes_ok,
-        config.history.enabled.then(|| HistoryApi {
-            db: config.history.db_path(),
-            settings: config.history.settings.clone(),
-        }),
-    ));
+    let (alerts, state) = serve_state(&config, latest.clone(), history_stats, probes_ok);
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, state.clone(), stop_rx));
     info!(listen = %config.listen, interval = ?config.interval, tunnels = config.tunnels.len(), "serving /metrics");
@@ -131,9 +125,7 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
                 let snap = tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).collect(&rt)).await?;
                 let snap = Arc::new(snap);
                 latest.publish_arc(snap.clone());
-                if let Some(h) = &history {
-                    h.submit(snap);
-                }
+                consume(snap, history.as_ref(), alerts.as_ref()).await?;
                 if let Some(w) = &textfile {
                     let text = metrics::openmetrics_to_text(&metrics::encode_openmetrics(&state.registry));
                     let result = tokio::task::block_in_place(|| w.write(&text));
@@ -164,6 +156,81 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     // Dropping the collector drops the programs and their links: nothing stays attached.
     drop(collector);
     info!("kernel programs detached; bye");
+    Ok(())
+}
+
+/// The alert engine (when on) and what the HTTP handlers read.
+fn serve_state(
+    config: &Config,
+    latest: Arc<Latest>,
+    history_stats: Option<Arc<writer::Stats>>,
+    probes_ok: bool,
+) -> (Option<Arc<Mutex<Alerts>>>, Arc<AppState>) {
+    let alerts = config.alerts.enabled.then(|| {
+        info!(
+            rules = config.alerts.rules.len(),
+            channels = config.alerts.channels.len(),
+            "evaluating alert rules"
+        );
+        Arc::new(Mutex::new(Alerts::start(
+            &config.alerts,
+            &config.listen.to_string(),
+        )))
+    });
+    let alerts_shared = alerts.as_ref().map(|a| {
+        a.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .shared()
+    });
+    let mut app = AppState::new(
+        metrics::registry_with(
+            latest.clone(),
+            metrics::Extras {
+                history: history_stats,
+                alerts: alerts_shared.clone(),
+            },
+        ),
+        latest,
+        probes_ok,
+        config.history.enabled.then(|| HistoryApi {
+            db: config.history.db_path(),
+            settings: config.history.settings.clone(),
+        }),
+    );
+    app.alerts = alerts_shared;
+    (alerts, Arc::new(app))
+}
+
+/// Hands a new snapshot to history and the alert rules, which read its series from its
+/// exposition (encoded once, off the async workers).
+async fn consume(
+    snap: Arc<crate::snapshot::Snapshot>,
+    history: Option<&Writer>,
+    alerts: Option<&Arc<Mutex<Alerts>>>,
+) -> anyhow::Result<()> {
+    if history.is_none() && alerts.is_none() {
+        return Ok(());
+    }
+    let ts = crate::history::unix_ms(snap.taken_at);
+    let al = alerts.cloned();
+    let (text, notes) = tokio::task::spawn_blocking(move || {
+        let text = Arc::new(metrics::encode_snapshot(snap));
+        let notes = al
+            .map(|a| {
+                a.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .evaluate(ts, &text)
+            })
+            .unwrap_or_default();
+        (text, notes)
+    })
+    .await?;
+    if let Some(h) = history {
+        h.submit(ts, text);
+        if !notes.is_empty() {
+            h.record_alerts(ts, notes);
+        }
+    }
     Ok(())
 }
 
@@ -264,9 +331,10 @@ fn reload(
         || new.log_level != config.log_level
         || new.textfile != config.textfile
         || new.history != config.history
+        || new.alerts != config.alerts
     {
         warn!(
-            "listen address, textfile, history, kernel settings and log level only change on restart"
+            "listen address, textfile, history, alerts, kernel settings and log level only change on restart"
         );
     }
     if let Err(e) = c.reconfigure(&new) {

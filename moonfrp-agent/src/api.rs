@@ -257,6 +257,32 @@ fn tunnel_json(t: &TunnelSample, prev: Option<&TunnelSample>, seconds: f64) -> V
     Value::Object(o)
 }
 
+/// `GET /api/v1/alerts`: pending and firing alerts as of the latest evaluation.
+pub fn alerts(shared: Option<&crate::alerts::Shared>) -> Answer {
+    let active = shared
+        .map(crate::alerts::Shared::active)
+        .unwrap_or_default();
+    json_answer(
+        200,
+        &json!({
+            "status": "success",
+            "data": {
+                "enabled": shared.is_some(),
+                "alerts": active.iter().map(|a| json!({
+                    "alertname": a.alertname,
+                    "state": a.state,
+                    "severity": a.severity,
+                    "value": a.value,
+                    "threshold": a.threshold,
+                    "since": ms_to_s(a.active_since),
+                    "labels": a.labels,
+                    "annotations": a.annotations,
+                })).collect::<Vec<_>>(),
+            }
+        }),
+    )
+}
+
 /// `GET /api/v1/tunnels`: the tunnel table from the latest snapshot, rates against the one before.
 pub fn tunnels(cur: Option<&Snapshot>, prev: Option<&Snapshot>) -> Answer {
     let Some(cur) = cur else {

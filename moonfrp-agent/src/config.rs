@@ -14,7 +14,10 @@ use std::{
 use moonfrp_common::{DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, MAX_SLOTS, Proto};
 use serde::Deserialize;
 
-use crate::history::{HistoryConfig, Level, Settings};
+use crate::{
+    alerts::{AlertsConfig, config::AlertsFile},
+    history::{HistoryConfig, Level, Settings},
+};
 
 /// Default address of the HTTP server: loopback only, so nothing is exposed by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
@@ -70,6 +73,8 @@ pub struct Config {
     pub textfile: Option<PathBuf>,
     /// The history database and how long it keeps what.
     pub history: HistoryConfig,
+    /// Alert rules and notification channels.
+    pub alerts: AlertsConfig,
 }
 
 /// Sizes of the kernel tables, fixed when the programs are loaded.
@@ -271,6 +276,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     #[serde(default)]
     history: HistoryFile,
+    #[serde(default)]
+    alerts: AlertsFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -404,6 +411,8 @@ impl Config {
             frp: frp_discovery(file.frp, file_origin)?,
             textfile,
             history: history(file.history, data_dir, file_origin)?,
+            alerts: crate::alerts::config::parse(file.alerts, crate::metrics::names::is_known)
+                .map_err(|p| invalid(file_origin, p))?,
         })
     }
 }

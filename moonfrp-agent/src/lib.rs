@@ -1,6 +1,7 @@
 //! moonfrp-agent: reads moonfrp's kernel counters every interval, builds a `Snapshot`, and serves
 //! it as Prometheus metrics. `main.rs` is a thin wrapper around [`agent::run`].
 pub mod agent;
+pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod collect;

@@ -32,6 +32,8 @@ pub struct AppState {
     pub history: Option<HistoryApi>,
     /// History queries running at once (the blocking pool also runs collections).
     pub queries: Semaphore,
+    /// The alert engine's view, when alerts are on.
+    pub alerts: Option<Arc<crate::alerts::Shared>>,
 }
 
 impl AppState {
@@ -47,6 +49,7 @@ impl AppState {
             probes_ok,
             history,
             queries: Semaphore::new(2),
+            alerts: None,
         }
     }
 }
@@ -83,6 +86,7 @@ const INDEX: &str = "<!doctype html><title>moonfrp-agent</title><h1>moonfrp-agen
 <ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a></li>\
 <li><a href=\"/readyz\">/readyz</a></li><li><a href=\"/api/v1/tunnels\">/api/v1/tunnels</a></li>\
 <li><a href=\"/api/v1/summary\">/api/v1/summary</a></li>\
+<li><a href=\"/api/v1/alerts\">/api/v1/alerts</a></li>\
 <li><a href=\"/api/v1/history?metric=moonfrp_system_cpu_usage_ratio\">/api/v1/history</a></li></ul>\n";
 
 /// Routes `/api/…` (history queries off the async workers) and everything else.
@@ -94,6 +98,7 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<By
     }
     let query = req.uri().query().unwrap_or_default().to_owned();
     let a = match path {
+        "/api/v1/alerts" => api::alerts(state.alerts.as_deref()),
         "/api/v1/tunnels" => {
             let (cur, prev) = state.latest.pair();
             api::tunnels(cur.as_deref(), prev.as_deref())
@@ -129,7 +134,7 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<By
             return reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; the API has /api/v1/history, /api/v1/summary and /api/v1/tunnels\n",
+                "not found; the API has /api/v1/history, /api/v1/summary, /api/v1/tunnels and /api/v1/alerts\n",
             );
         }
     };

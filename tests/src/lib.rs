@@ -4,6 +4,7 @@
 //! Run through `cargo xtask test` (root): it builds the agent and sets `MOONFRP_AGENT_BIN`.
 mod agent;
 pub mod fake_http;
+pub mod receiver;
 mod scrape;
 
 use std::{

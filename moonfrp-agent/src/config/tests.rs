@@ -235,3 +235,60 @@ fn bad_history_settings_name_the_key() {
     let e = err("[history]\nkeep = \"1d\"\n");
     assert!(e.contains("unknown field `keep`"), "{e}");
 }
+
+#[test]
+fn alerts_builtins_can_be_replaced_and_disabled() {
+    let c = Config::load(None, &Overrides::default()).unwrap();
+    assert!(c.alerts.enabled);
+    assert_eq!(c.alerts.rules.len(), crate::alerts::rules::builtin().len());
+    let c = load_str(
+        "[alerts]\ndisable = [\"HostLoadHigh\"]\n\
+         [[alerts.rules]]\nname = \"TunnelDown\"\nmetric = \"moonfrp_tunnel_up\"\nop = \"==\"\ncritical = 0\nfor = \"10s\"\n\
+         [[alerts.rules]]\nname = \"Busy\"\nmetric = [\"moonfrp_tunnel_receive_bytes_total\", \"moonfrp_tunnel_transmit_bytes_total\"]\n\
+         function = \"rate\"\nop = \">\"\nwarning = 1e6\nlabels = { team = \"net\" }\n\
+         [[alerts.channels]]\ntype = \"slack\"\nurl = \"https://hooks.slack.com/services/T/B/X\"\nseverities = [\"critical\"]\n",
+        &Overrides::default(),
+    )
+    .unwrap();
+    let names: Vec<&str> = c.alerts.rules.iter().map(|r| r.name.as_str()).collect();
+    assert!(!names.contains(&"HostLoadHigh"));
+    assert_eq!(names.iter().filter(|n| **n == "TunnelDown").count(), 1);
+    let down = c
+        .alerts
+        .rules
+        .iter()
+        .find(|r| r.name == "TunnelDown")
+        .unwrap();
+    assert_eq!(down.for_, Duration::from_secs(10));
+    let busy = c.alerts.rules.iter().find(|r| r.name == "Busy").unwrap();
+    assert_eq!(busy.metrics.len(), 2);
+    assert_eq!(
+        busy.annotations["summary"],
+        "moonfrp_tunnel_receive_bytes_total + moonfrp_tunnel_transmit_bytes_total is {{value}}"
+    );
+    assert_eq!(c.alerts.channels[0].name, "slack-0");
+    let e = load_str("[alerts]\ndisable = [\"Nope\"]\n", &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`Nope` is not a built-in rule"), "{e}");
+    let e = load_str(
+        "[[alerts.rules]]\nname = \"X\"\nmetric = \"moonfrp_tunnel_up\"\nop = \"<\"\n",
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("alerts.rules[0] (`X`): give a `warning` or a `critical`"),
+        "{e}"
+    );
+    let e = load_str(
+        "[[alerts.channels]]\ntype = \"exec\"\n",
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("alerts.channels[0]: an exec channel needs `command"),
+        "{e}"
+    );
+}

@@ -54,6 +54,20 @@ const MIGRATIONS: &[&str] = &[
         JOIN snapshots sn ON sn.id = sa.key >> 24
         JOIN series se ON se.id = sa.key & 16777215;
     ",
+    // 2: the alert log.
+    "
+    CREATE TABLE alert_events (
+        ts INTEGER NOT NULL,           -- Unix ms
+        alertname TEXT NOT NULL,
+        event TEXT NOT NULL,           -- firing | repeat | severity_changed | resolved
+        severity TEXT NOT NULL,
+        value REAL,
+        labels TEXT NOT NULL,          -- JSON object
+        summary TEXT NOT NULL,
+        active_since INTEGER NOT NULL  -- Unix ms
+    );
+    CREATE INDEX alert_events_ts ON alert_events(ts);
+    ",
 ];
 
 /// The version this build writes.

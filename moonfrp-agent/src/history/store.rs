@@ -496,6 +496,44 @@ impl Store {
         }
     }
 
+    /// Appends alert notifications to the alert log (kept as long as the coarsest rollup).
+    pub fn record_alerts(
+        &mut self,
+        ts_ms: i64,
+        alerts: &[crate::alerts::eval::Alert],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO alert_events (ts, alertname, event, severity, value, labels, summary, active_since)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for a in alerts {
+                stmt.execute(params![
+                    ts_ms,
+                    a.alertname,
+                    a.event,
+                    a.severity.as_str(),
+                    a.value,
+                    serde_json::to_string(&a.labels).unwrap_or_default(),
+                    a.annotations.get("summary").map_or("", String::as_str),
+                    a.active_since,
+                ])?;
+            }
+        }
+        let keep = self
+            .settings
+            .levels
+            .iter()
+            .map(Level::keep_ms)
+            .max()
+            .unwrap_or(0)
+            .max(self.settings.retention_ms());
+        tx.execute("DELETE FROM alert_events WHERE ts < ?1", [ts_ms - keep])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Deletes expired raw snapshots (a bounded number of rows) and expired rollup buckets.
     fn prune(&mut self, now_ms: i64) -> Result<u64, StoreError> {
         let cutoff = now_ms - self.settings.retention_ms();

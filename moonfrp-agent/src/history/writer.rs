@@ -13,8 +13,8 @@ use std::{
 
 use tracing::{error, info, warn};
 
-use super::{HistoryConfig, Store, StoreError, exposition, unix_ms};
-use crate::snapshot::Snapshot;
+use super::{HistoryConfig, Store, StoreError, exposition};
+use crate::alerts::eval::Alert;
 
 /// What the writer has done, for `/metrics`.
 #[derive(Debug, Default)]
@@ -38,9 +38,18 @@ impl Stats {
     }
 }
 
+/// Work for the writer thread.
+enum Job {
+    /// One snapshot's exposition, taken at Unix ms.
+    Snapshot(i64, Arc<String>),
+    Alerts(i64, Vec<Alert>),
+}
+
 /// Handle to the writer thread; dropping it lets the thread finish its queue and exit.
 pub struct Writer {
-    tx: Option<SyncSender<Arc<Snapshot>>>,
+    tx: Option<SyncSender<Job>>,
+    /// A snapshot is queued and not yet being written.
+    snapshot_queued: Arc<AtomicBool>,
     stats: Arc<Stats>,
     thread: Option<JoinHandle<()>>,
 }
@@ -57,7 +66,9 @@ impl Writer {
         info!(path = %store.path().display(), retention = %humantime::format_duration(cfg.settings.retention), "keeping history");
         stats.up.store(true, Relaxed);
         stats.disk_bytes.store(store.disk_bytes(), Relaxed);
-        let (tx, rx) = mpsc::sync_channel::<Arc<Snapshot>>(1);
+        let (tx, rx) = mpsc::sync_channel::<Job>(16);
+        let snapshot_queued = Arc::new(AtomicBool::new(false));
+        let queued = snapshot_queued.clone();
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("moonfrp-history".into())
@@ -67,8 +78,18 @@ impl Writer {
                     stats: thread_stats,
                     last_error: None,
                 };
-                for snapshot in rx {
-                    w.write(&snapshot);
+                for job in rx {
+                    match job {
+                        Job::Snapshot(ts, text) => {
+                            queued.store(false, Relaxed);
+                            w.write(ts, &text);
+                        }
+                        Job::Alerts(ts, alerts) => {
+                            if let Err(e) = w.store.record_alerts(ts, &alerts) {
+                                warn!(error = %e, "history: cannot log alert notifications");
+                            }
+                        }
+                    }
                 }
             })
             .map_err(|e| StoreError::Dir {
@@ -77,6 +98,7 @@ impl Writer {
             })?;
         Ok(Self {
             tx: Some(tx),
+            snapshot_queued,
             stats,
             thread: Some(thread),
         })
@@ -86,17 +108,35 @@ impl Writer {
         self.stats.clone()
     }
 
-    /// Queues a snapshot; if the previous one is still being written, this one is skipped.
-    pub fn submit(&self, s: Arc<Snapshot>) {
-        let Some(tx) = &self.tx else { return };
-        match tx.try_send(s) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.stats.skipped.fetch_add(1, Relaxed);
-                warn!("history: the previous write is still running; this interval is not stored");
-            }
+    /// Queues a snapshot's exposition (taken at Unix ms `ts`); if the previous snapshot is still
+    /// waiting for the writer, this one is skipped and counted.
+    pub fn submit(&self, ts: i64, exposition_text: Arc<String>) {
+        if self.snapshot_queued.swap(true, Relaxed) {
+            self.stats.skipped.fetch_add(1, Relaxed);
+            warn!("history: the previous write is still running; this interval is not stored");
+            return;
+        }
+        if !self.send(Job::Snapshot(ts, exposition_text)) {
+            self.snapshot_queued.store(false, Relaxed);
+            self.stats.skipped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Queues alert notifications for the alert log.
+    pub fn record_alerts(&self, ts: i64, alerts: Vec<Alert>) {
+        if !self.send(Job::Alerts(ts, alerts)) {
+            warn!("history: the writer is behind; alert notifications not logged");
+        }
+    }
+
+    fn send(&self, job: Job) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        match tx.try_send(job) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => false,
             Err(TrySendError::Disconnected(_)) => {
                 self.stats.up.store(false, Relaxed);
+                false
             }
         }
     }
@@ -119,11 +159,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn write(&mut self, snapshot: &Arc<Snapshot>) {
+    fn write(&mut self, ts: i64, text: &str) {
         let started = Instant::now();
-        let text = crate::metrics::encode_snapshot(snapshot.clone());
-        let (families, points) = exposition::parse(&text);
-        let ts = unix_ms(snapshot.taken_at);
+        let (families, points) = exposition::parse(text);
         match self.store.write(ts, &families, &points) {
             Ok(s) => {
                 self.stats.writes_ok.fetch_add(1, Relaxed);

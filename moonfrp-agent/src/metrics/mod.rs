@@ -2,7 +2,9 @@
 //! and the Prometheus text format 0.0.4 derived from it for scrapers that do not ask for
 //! OpenMetrics. Kernel counters are cumulative, so they are exported as const counters.
 mod agent;
+mod alerts;
 mod history;
+pub mod names;
 mod system;
 mod text;
 mod tunnels;
@@ -23,21 +25,25 @@ use crate::snapshot::Latest;
 #[derive(Debug)]
 pub struct SnapshotCollector {
     latest: Arc<Latest>,
-    history: Option<Arc<crate::history::writer::Stats>>,
+    extras: Extras,
+}
+
+/// Parts of the agent reported as they are at scrape time, not from the snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    pub history: Option<Arc<crate::history::writer::Stats>>,
+    pub alerts: Option<Arc<crate::alerts::Shared>>,
 }
 
 /// A registry with moonfrp's collector in it.
 pub fn registry(latest: Arc<Latest>) -> Registry {
-    registry_with_history(latest, None)
+    registry_with(latest, Extras::default())
 }
 
-/// A registry that also reports the history writer.
-pub fn registry_with_history(
-    latest: Arc<Latest>,
-    history: Option<Arc<crate::history::writer::Stats>>,
-) -> Registry {
+/// A registry that also reports the history writer and the alerts.
+pub fn registry_with(latest: Arc<Latest>, extras: Extras) -> Registry {
     let mut r = Registry::default();
-    r.register_collector(Box::new(SnapshotCollector { latest, history }));
+    r.register_collector(Box::new(SnapshotCollector { latest, extras }));
     r
 }
 
@@ -67,8 +73,11 @@ impl Collector for SnapshotCollector {
             )?;
             m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
         }
-        if let Some(h) = &self.history {
+        if let Some(h) = &self.extras.history {
             history::encode(h, &mut enc)?;
+        }
+        if let Some(a) = &self.extras.alerts {
+            alerts::encode(a, &mut enc)?;
         }
         let Some(s) = self.latest.get() else {
             return Ok(());

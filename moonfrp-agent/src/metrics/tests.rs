@@ -349,3 +349,36 @@ fn text_translation_renames_counters_and_info() {
          # HELP b_info Build.\n# TYPE b_info gauge\nb_info{v=\"1\"} 1\n# HELP g Gauge.\n# TYPE g gauge\ng 2\n"
     );
 }
+
+#[test]
+fn every_exposed_name_is_in_the_known_list() {
+    assert!(
+        names::KNOWN.windows(2).all(|w| w[0] < w[1]),
+        "KNOWN must be sorted"
+    );
+    let latest = Arc::new(Latest::default());
+    latest.publish(sample_snapshot());
+    let extras = Extras {
+        history: Some(Arc::default()),
+        alerts: Some(Arc::default()),
+    };
+    let om = encode_openmetrics(&registry_with(latest, extras));
+    let (_, points) = crate::history::exposition::parse(&om);
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &points {
+        assert!(
+            names::is_known(p.name),
+            "{} is not in metrics::names::KNOWN",
+            p.name
+        );
+        seen.insert(p.name);
+    }
+    // And nothing listed that is never exposed (counters and gauges without samples aside).
+    for k in names::KNOWN {
+        assert!(
+            seen.contains(k)
+                || ["moonfrp_alerts_active", "moonfrp_alert_notifications_total"].contains(k),
+            "{k} is listed but not exposed"
+        );
+    }
+}

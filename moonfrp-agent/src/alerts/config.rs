@@ -1,0 +1,319 @@
+//! `[alerts]`: rules, channels and timings, validated at start with errors that name the rule or
+//! channel.
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::Deserialize;
+
+use super::{
+    eval::Alert,
+    rules::{self, Func, Op, Rule},
+    state::Severity,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelKind {
+    Webhook,
+    Slack,
+    Discord,
+    Alertmanager,
+    Exec,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelConfig {
+    pub name: String,
+    pub kind: ChannelKind,
+    /// HTTP channels.
+    pub url: String,
+    /// Exec: program and arguments.
+    pub command: Vec<String>,
+    /// Empty: every severity.
+    pub severities: Vec<Severity>,
+    pub matchers: BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub backoff: Duration,
+    /// Alertmanager: re-send firing alerts this often.
+    pub resend: Duration,
+}
+
+impl ChannelConfig {
+    pub fn wants(&self, a: &Alert) -> bool {
+        (self.severities.is_empty() || self.severities.contains(&a.severity))
+            && self
+                .matchers
+                .iter()
+                .all(|(k, v)| a.labels.get(k).is_some_and(|l| l == v))
+    }
+
+    pub fn post_url(&self) -> String {
+        if self.kind == ChannelKind::Alertmanager {
+            format!("{}/api/v2/alerts", self.url.trim_end_matches('/'))
+        } else {
+            self.url.clone()
+        }
+    }
+
+    pub fn resend_ms(&self) -> i64 {
+        i64::try_from(self.resend.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertsConfig {
+    pub enabled: bool,
+    /// Built-in rules (minus the disabled ones, replaced by user rules of the same name) and the
+    /// user's.
+    pub rules: Vec<Rule>,
+    pub channels: Vec<ChannelConfig>,
+    pub repeat_interval: Duration,
+    pub cooldown: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rules: rules::builtin(),
+            channels: Vec::new(),
+            repeat_interval: Duration::from_hours(4),
+            cooldown: Duration::from_mins(5),
+        }
+    }
+}
+
+/// `[alerts]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsFile {
+    enabled: Option<bool>,
+    builtin: Option<bool>,
+    #[serde(default)]
+    disable: Vec<String>,
+    repeat_interval: Option<String>,
+    cooldown: Option<String>,
+    #[serde(default)]
+    rules: Vec<RuleFile>,
+    #[serde(default)]
+    channels: Vec<ChannelFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    name: String,
+    metric: OneOrMany,
+    #[serde(default)]
+    matchers: BTreeMap<String, String>,
+    function: Option<String>,
+    divide_by: Option<String>,
+    op: String,
+    warning: Option<f64>,
+    critical: Option<f64>,
+    #[serde(rename = "for")]
+    for_: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelFile {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    url: Option<String>,
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    severities: Vec<String>,
+    #[serde(default)]
+    matchers: BTreeMap<String, String>,
+    timeout: Option<String>,
+    retries: Option<u32>,
+    backoff: Option<String>,
+    resend: Option<String>,
+}
+
+fn duration(what: &str, v: &str) -> Result<Duration, String> {
+    humantime::parse_duration(v)
+        .map_err(|e| format!("{what}: `{v}` is not a duration ({e}); use e.g. 5m or 30s"))
+}
+
+/// Validates `[alerts]`; `known` tells whether a metric name exists. Errors name the rule or
+/// channel (`alerts.rules[2] (\`TunnelSlow\`): …`).
+pub fn parse(f: AlertsFile, known: impl Fn(&str) -> bool) -> Result<AlertsConfig, String> {
+    let mut c = AlertsConfig {
+        enabled: f.enabled.unwrap_or(true),
+        ..AlertsConfig::default()
+    };
+    if let Some(r) = &f.repeat_interval {
+        c.repeat_interval = duration("alerts.repeat_interval", r)?;
+    }
+    if let Some(r) = &f.cooldown {
+        c.cooldown = duration("alerts.cooldown", r)?;
+    }
+    if !f.builtin.unwrap_or(true) {
+        c.rules.clear();
+    }
+    for name in &f.disable {
+        if !rules::builtin().iter().any(|r| &r.name == name) {
+            return Err(format!(
+                "alerts.disable: `{name}` is not a built-in rule; they are: {}",
+                rules::builtin()
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    c.rules.retain(|r| !f.disable.contains(&r.name));
+    let mut names = std::collections::BTreeSet::new();
+    for (i, r) in f.rules.into_iter().enumerate() {
+        let origin = format!("alerts.rules[{i}] (`{}`)", r.name);
+        let rule = rule(r, &known).map_err(|p| format!("{origin}: {p}"))?;
+        if !names.insert(rule.name.clone()) {
+            return Err(format!(
+                "{origin}: a rule with this name is already defined"
+            ));
+        }
+        c.rules.retain(|b| b.name != rule.name);
+        c.rules.push(rule);
+    }
+    for (i, ch) in f.channels.into_iter().enumerate() {
+        let origin = format!(
+            "alerts.channels[{i}]{}",
+            ch.name
+                .as_ref()
+                .map_or_else(String::new, |n| format!(" (`{n}`)"))
+        );
+        c.channels
+            .push(channel(ch, i).map_err(|p| format!("{origin}: {p}"))?);
+    }
+    Ok(c)
+}
+
+fn rule(r: RuleFile, known: &impl Fn(&str) -> bool) -> Result<Rule, String> {
+    if r.name.is_empty()
+        || r.name
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || c == '_'))
+    {
+        return Err("the name must be letters, digits and _".into());
+    }
+    let metrics = match r.metric {
+        OneOrMany::One(m) => vec![m],
+        OneOrMany::Many(m) => m,
+    };
+    if metrics.is_empty() {
+        return Err("`metric` is empty".into());
+    }
+    for m in metrics.iter().chain(&r.divide_by) {
+        if !known(m) {
+            return Err(format!(
+                "unknown metric `{m}`; use a name from /metrics (README: Metrics), e.g. moonfrp_tunnel_up"
+            ));
+        }
+    }
+    let func = match &r.function {
+        None => Func::Value,
+        Some(f) => Func::parse(f)
+            .ok_or_else(|| format!("function `{f}` is unknown; use value, rate or increase"))?,
+    };
+    let op = Op::parse(&r.op).ok_or_else(|| {
+        format!(
+            "comparison `{}` is unknown; use >, >=, <, <=, == or !=",
+            r.op
+        )
+    })?;
+    if r.warning.is_none() && r.critical.is_none() {
+        return Err("give a `warning` or a `critical` threshold (or both)".into());
+    }
+    let for_ = match &r.for_ {
+        None => Duration::ZERO,
+        Some(d) => duration("`for`", d)?,
+    };
+    let mut annotations = r.annotations;
+    annotations
+        .entry("summary".into())
+        .or_insert_with(|| format!("{} is {{{{value}}}}", metrics.join(" + ")));
+    Ok(Rule {
+        name: r.name,
+        metrics,
+        matchers: r.matchers,
+        func,
+        divide_by: r.divide_by,
+        op,
+        warning: r.warning,
+        critical: r.critical,
+        for_,
+        labels: r.labels,
+        annotations,
+    })
+}
+
+fn channel(ch: ChannelFile, i: usize) -> Result<ChannelConfig, String> {
+    let kind = match ch.kind.as_str() {
+        "webhook" => ChannelKind::Webhook,
+        "slack" => ChannelKind::Slack,
+        "discord" => ChannelKind::Discord,
+        "alertmanager" => ChannelKind::Alertmanager,
+        "exec" => ChannelKind::Exec,
+        other => {
+            return Err(format!(
+                "type `{other}` is unknown; use webhook, slack, discord, alertmanager or exec"
+            ));
+        }
+    };
+    let (url, command) = if kind == ChannelKind::Exec {
+        let cmd = ch.command.unwrap_or_default();
+        if cmd.first().is_none_or(String::is_empty) {
+            return Err("an exec channel needs `command = [\"/path/to/program\", …]`".into());
+        }
+        (String::new(), cmd)
+    } else {
+        let url = ch.url.unwrap_or_default();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return Err(format!(
+                "`url` must be an http:// or https:// URL, not `{url}`"
+            ));
+        }
+        reqwest::Url::parse(&url).map_err(|e| format!("`url` {url}: {e}"))?;
+        (url, Vec::new())
+    };
+    let severities = ch
+        .severities
+        .iter()
+        .map(|s| {
+            Severity::parse(s)
+                .ok_or_else(|| format!("severity `{s}` is unknown; use warning or critical"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(ChannelConfig {
+        name: ch.name.unwrap_or_else(|| format!("{}-{i}", ch.kind)),
+        kind,
+        url,
+        command,
+        severities,
+        matchers: ch.matchers,
+        timeout: ch
+            .timeout
+            .map_or(Ok(Duration::from_secs(10)), |t| duration("`timeout`", &t))?,
+        retries: ch.retries.unwrap_or(3),
+        backoff: ch
+            .backoff
+            .map_or(Ok(Duration::from_secs(1)), |t| duration("`backoff`", &t))?,
+        resend: ch
+            .resend
+            .map_or(Ok(Duration::from_mins(1)), |t| duration("`resend`", &t))?,
+    })
+}
