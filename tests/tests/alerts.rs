@@ -36,6 +36,14 @@ fn json_get(addr: std::net::SocketAddr, path: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// `moonfrp_alert_notifications_total{channel, result}`.
+fn notes(m: &moonfrp_tests::Metrics, channel: &str, result: &str) -> Option<f64> {
+    m.get(
+        "moonfrp_alert_notifications_total",
+        &[("channel", channel), ("result", result)],
+    )
+}
+
 fn listen(port: u16) -> TcpListener {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap()
 }
@@ -124,14 +132,7 @@ fn tunnel_down_reaches_a_real_alertmanager_and_resolves() {
         ),
         None
     );
-    assert!(
-        m.get(
-            "moonfrp_alert_notifications_total",
-            &[("channel", "am"), ("result", "sent")]
-        )
-        .unwrap()
-            >= 2.0
-    );
+    assert!(notes(&m, "am", "sent").unwrap() >= 2.0);
     assert_eq!(
         json_get(agent.addr, "/api/v1/alerts")["data"]["alerts"],
         Value::Array(vec![])
@@ -223,24 +224,12 @@ fn webhook_slack_and_discord_bodies_with_a_failing_and_a_hung_channel() {
 
     // The failing channel: first try and two retries, then one failure counted.
     let m = agent.wait_for("the failing channel to give up", |m| {
-        m.get(
-            "moonfrp_alert_notifications_total",
-            &[("channel", "fail"), ("result", "failed")],
-        ) == Some(1.0)
+        notes(m, "fail", "failed") == Some(1.0)
     });
     assert_eq!(r.received("/fail").len(), 3);
-    assert_eq!(
-        m.get(
-            "moonfrp_alert_notifications_total",
-            &[("channel", "hook"), ("result", "sent")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(notes(&m, "hook", "sent"), Some(1.0));
     agent.wait_for("the hung channel to time out", |m| {
-        m.get(
-            "moonfrp_alert_notifications_total",
-            &[("channel", "hang"), ("result", "failed")],
-        ) == Some(1.0)
+        notes(m, "hang", "failed") == Some(1.0)
     });
 
     // Resolved when the listener returns.
@@ -358,18 +347,9 @@ fn exec_hook_gets_the_alert_and_a_hung_hook_is_killed() {
         running().then_some(())
     });
     let m = agent.wait_for("the hung hook to be killed", |m| {
-        m.get(
-            "moonfrp_alert_notifications_total",
-            &[("channel", "hung"), ("result", "failed")],
-        ) == Some(1.0)
+        notes(m, "hung", "failed") == Some(1.0)
     });
-    assert_eq!(
-        m.get(
-            "moonfrp_alert_notifications_total",
-            &[("channel", "hook"), ("result", "sent")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(notes(&m, "hook", "sent"), Some(1.0));
     thread::sleep(Duration::from_millis(200));
     assert!(!running(), "the hung hook outlived its timeout");
     assert!(

@@ -483,20 +483,7 @@ fn rollup_points(
     )?;
     let first = rollup::bucket_start(req.from, level.step_ms());
     let rows = stmt.query_map(params![level.step_s(), id, first, req.to], |r| {
-        let points: u32 = r.get(2)?;
-        Ok((
-            r.get::<_, i64>(0)?,
-            Bucket {
-                samples: r.get(1)?,
-                n: points,
-                min: r.get::<_, Option<f64>>(3)?.unwrap_or(0.0),
-                max: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
-                sum: r.get::<_, Option<f64>>(5)?.unwrap_or(0.0) * f64::from(points),
-                last: r.get(6)?,
-                increase: r.get::<_, Option<f64>>(7)?.unwrap_or(0.0),
-                seconds: r.get::<_, Option<f64>>(8)?.unwrap_or(0.0),
-            },
-        ))
+        Ok((r.get::<_, i64>(0)?, super::store::read_bucket(r)?))
     })?;
     let width = step.unwrap_or(level.step_ms()).max(level.step_ms());
     let mut slots: BTreeMap<i64, Bucket> = BTreeMap::new();

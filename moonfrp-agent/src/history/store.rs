@@ -302,23 +302,7 @@ impl Store {
                 )?;
                 let rows = stmt.query_map(
                     params![self.settings.levels[j].step_s(), starts[j + 1], starts[j]],
-                    |r| {
-                        let points: u32 = r.get(2)?;
-                        let mean: Option<f64> = r.get(5)?;
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            Bucket {
-                                samples: r.get(1)?,
-                                n: points,
-                                min: r.get::<_, Option<f64>>(3)?.unwrap_or(0.0),
-                                max: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
-                                sum: mean.unwrap_or(0.0) * f64::from(points),
-                                last: r.get(6)?,
-                                increase: r.get::<_, Option<f64>>(7)?.unwrap_or(0.0),
-                                seconds: r.get::<_, Option<f64>>(8)?.unwrap_or(0.0),
-                            },
-                        ))
-                    },
+                    |r| Ok((r.get::<_, i64>(0)?, read_bucket(r)?)),
                 )?;
                 for row in rows {
                     let (id, b) = row?;
@@ -567,6 +551,23 @@ impl Store {
         tx.commit()?;
         Ok(pruned)
     }
+}
+
+/// A rollup row's bucket: columns 1..=8 are `samples, points, min, max, mean, last, increase,
+/// seconds` (column 0 is the caller's key).
+pub fn read_bucket(r: &rusqlite::Row<'_>) -> rusqlite::Result<Bucket> {
+    let points: u32 = r.get(2)?;
+    let or_zero = |i: usize| r.get::<_, Option<f64>>(i).map(|v| v.unwrap_or(0.0));
+    Ok(Bucket {
+        samples: r.get(1)?,
+        n: points,
+        min: or_zero(3)?,
+        max: or_zero(4)?,
+        sum: or_zero(5)? * f64::from(points),
+        last: r.get(6)?,
+        increase: or_zero(7)?,
+        seconds: or_zero(8)?,
+    })
 }
 
 /// Series ids fit in the low 24 bits of a sample's key.

@@ -6,7 +6,7 @@ use std::{
 use rusqlite::params;
 
 use super::{
-    Level, Settings, Store,
+    Settings, Store,
     exposition::parse,
     query::{self, Agg, Request},
     store::open_read_only,
@@ -17,21 +17,9 @@ const HOUR: i64 = 60 * MIN;
 /// 2026-09-22T00:30:00Z: not aligned to an hour, so the first bucket is partial.
 const T0: i64 = 1_790_037_000_000;
 
+/// The defaults: 24 h raw, 1 h buckets kept 7 d, 1 d buckets kept 90 d.
 fn settings() -> Settings {
-    Settings {
-        retention: Duration::from_hours(24),
-        levels: vec![
-            Level {
-                step: Duration::from_hours(1),
-                keep: Duration::from_hours(7 * 24),
-            },
-            Level {
-                step: Duration::from_hours(24),
-                keep: Duration::from_hours(90 * 24),
-            },
-        ],
-        max_points: 11_000,
-    }
+    Settings::default()
 }
 
 /// One synthetic interval: two counters (one reset at `reset_at`) and a gauge.
