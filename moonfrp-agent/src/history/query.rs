@@ -332,23 +332,19 @@ fn pick<'a>(
         if let Some(e) = too_large(step) {
             return Err(e);
         }
-        // The coarsest source no coarser than the step that still covers `from`.
+        // Raw while it covers `from` (it also has the bucket in progress); else the coarsest
+        // level no coarser than the step that covers it, else the finest that does.
+        if covers(settings.retention_ms()) {
+            return Ok((Source::Raw, Some(step)));
+        }
         let level = settings
             .levels
             .iter()
             .rev()
-            .find(|l| l.step_ms() <= step && covers(l.keep_ms()));
-        let source = match level {
-            Some(l) if !covers(settings.retention_ms()) || l.step_ms() == step => Source::Rollup(l),
-            _ if covers(settings.retention_ms()) => Source::Raw,
-            _ => settings
-                .levels
-                .iter()
-                .find(|l| covers(l.keep_ms()))
-                .or(settings.levels.last())
-                .map_or(Source::Raw, Source::Rollup),
-        };
-        return Ok((source, Some(step)));
+            .find(|l| l.step_ms() <= step && covers(l.keep_ms()))
+            .or_else(|| settings.levels.iter().find(|l| covers(l.keep_ms())))
+            .or(settings.levels.last());
+        return Ok((level.map_or(Source::Raw, Source::Rollup), Some(step)));
     }
     if covers(settings.retention_ms()) || settings.levels.is_empty() {
         // Every raw point, unless that is more than the limit (1 s intervals over a day).
@@ -380,9 +376,11 @@ fn matching_series(conn: &Connection, req: &Request) -> Result<Vec<SeriesRow>, Q
         Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
     })?;
     let mut out = Vec::new();
+    let mut names = std::collections::BTreeSet::new();
     for row in rows {
         let (id, labels) = row?;
         let labels: BTreeMap<String, String> = serde_json::from_str(&labels).unwrap_or_default();
+        names.extend(labels.keys().cloned());
         if req
             .matchers
             .iter()
@@ -390,6 +388,17 @@ fn matching_series(conn: &Connection, req: &Request) -> Result<Vec<SeriesRow>, Q
         {
             out.push(SeriesRow { id, labels });
         }
+    }
+    // A parameter that is no label of the metric is most likely a typo: say so.
+    if let Some((k, _)) = req.matchers.iter().find(|(k, _)| !names.contains(k)) {
+        return Err(bad(
+            k,
+            format!(
+                "is neither a query parameter (metric, from, to, since, step, rate, agg, format) nor a label of `{}` (its labels: {})",
+                req.metric,
+                names.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        ));
     }
     Ok(out)
 }

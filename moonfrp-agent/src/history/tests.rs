@@ -274,14 +274,30 @@ fn queries_return_exact_points_and_reset_aware_rates() {
     assert_eq!(h.resolution, "1h");
     assert_eq!(h.series[0].samples.len(), 24);
     assert!(h.series[0].samples.iter().all(|(_, v)| *v == 2.5));
-    // Stepped queries over raw use the same arithmetic as the rollups.
-    let (req, _) = Request::from_query("metric=t_load&from=now-24h&step=1h", now).unwrap();
+    // Stepped queries over raw use the same arithmetic as the rollups: hourly means from raw
+    // equal the stored hourly rollups, and raw also has the hour in progress.
+    let (req, _) = Request::from_query("metric=t_load&from=now-23h&step=1h", now).unwrap();
     let stepped = query::run(&conn, &settings(), &req, now).unwrap();
-    assert_eq!(
-        stepped.resolution, "1h",
-        "a whole-hour step reads the rollups"
+    assert_eq!(stepped.resolution, "raw");
+    let (req, _) = Request::from_query("metric=t_load&from=now-7d", now).unwrap();
+    let hourly = query::run(&conn, &settings(), &req, now).unwrap();
+    let raw = &stepped.series[0].samples;
+    assert_eq!(raw.len(), 24, "{raw:?}");
+    // The first bucket is cut by `from` (01:30), the last is in progress.
+    for (ts, v) in &raw[1..23] {
+        let (_, r) = hourly.series[0]
+            .samples
+            .iter()
+            .find(|(t, _)| t == ts)
+            .unwrap();
+        assert!(close(*v, *r), "{ts}: {v} from raw vs {r} from the rollup");
+    }
+    let (req, _) = Request::from_query("metric=t_load&tunel=a", now).unwrap();
+    let e = query::run(&conn, &settings(), &req, now).unwrap_err();
+    assert!(
+        e.to_string().starts_with("parameter `tunel`: is neither"),
+        "{e}"
     );
-    assert_eq!(stepped.series[0].samples.len(), 24);
     // A 10-minute step over raw: gauges averaged per bucket.
     let (req, _) = Request::from_query("metric=t_load&from=now-1h&step=10m", now).unwrap();
     let stepped = query::run(&conn, &settings(), &req, now).unwrap();
