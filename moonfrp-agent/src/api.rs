@@ -1,7 +1,11 @@
 //! The JSON API: `/api/v1/history` (JSON or CSV), `/api/v1/summary` and `/api/v1/tunnels`.
 //! History queries run on the blocking pool with their own read-only connection, at most two at
 //! a time, so a heavy query never holds up a collection or a scrape.
-use std::{collections::BTreeMap, path::PathBuf, time::SystemTime};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::SystemTime,
+};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -190,16 +194,77 @@ pub fn summary(h: Option<&HistoryApi>) -> Answer {
     }
 }
 
-/// Per-second rate of a counter between two snapshots (reset-aware: a lower value means the
-/// counter restarted from zero).
-fn rate(cur: u64, prev: Option<u64>, seconds: f64) -> Option<f64> {
-    let prev = prev?;
-    if seconds <= 0.0 {
-        return None;
+use crate::view::model::rate;
+
+/// Per tunnel name: connections refused and errors (resets + retransmits) over the last hour,
+/// from history (blocking; empty without history).
+fn last_hour(h: Option<&HistoryApi>, now: i64) -> HashMap<String, (f64, f64)> {
+    let mut out: HashMap<String, (f64, f64)> = HashMap::new();
+    let Ok((conn, h)) = connect(h) else {
+        return out;
+    };
+    for (metric, refused) in [
+        ("moonfrp_tunnel_connections_refused_total", true),
+        ("moonfrp_tunnel_resets_sent_total", false),
+        ("moonfrp_tunnel_resets_received_total", false),
+        ("moonfrp_tunnel_retransmits_total", false),
+    ] {
+        let req = Request {
+            metric: metric.to_owned(),
+            matchers: Vec::new(),
+            from: now - 3_600_000,
+            to: now,
+            step: None,
+            rate: false,
+            agg: query::Agg::Last,
+        };
+        let Ok(a) = query::run(&conn, &h.settings, &req, now) else {
+            continue;
+        };
+        for s in a.series {
+            let increase: f64 = s
+                .samples
+                .windows(2)
+                .map(|w| {
+                    if w[1].1 >= w[0].1 {
+                        w[1].1 - w[0].1
+                    } else {
+                        w[1].1
+                    }
+                })
+                .sum();
+            let e = out
+                .entry(s.labels.get("tunnel").cloned().unwrap_or_default())
+                .or_default();
+            if refused {
+                e.0 += increase;
+            } else {
+                e.1 += increase;
+            }
+        }
     }
-    let inc = if cur >= prev { cur - prev } else { cur };
-    #[allow(clippy::cast_precision_loss)]
-    Some(inc as f64 / seconds)
+    out
+}
+
+/// `GET /api/v1/status` (blocking): the latest snapshot grouped for `status` and `top`.
+pub fn status(
+    cur: Option<&Snapshot>,
+    prev: Option<&Snapshot>,
+    alerts: Option<&crate::alerts::Shared>,
+    h: Option<&HistoryApi>,
+) -> Answer {
+    let Some(cur) = cur else {
+        return error(
+            503,
+            "no snapshot taken yet; the first comes one interval after start",
+        );
+    };
+    let active = alerts
+        .map(crate::alerts::Shared::active)
+        .unwrap_or_default();
+    let hour = last_hour(h, unix_ms(SystemTime::now()));
+    let s = crate::view::model::Status::build(cur, prev, &active, &hour);
+    json_answer(200, &json!({ "status": "success", "data": s }))
 }
 
 fn meta_json(m: &TunnelMeta) -> serde_json::Map<String, Value> {

@@ -21,6 +21,11 @@ pub enum Command {
     Check(ConfigArgs),
     /// Show a metric's history: through the running agent's API, or from the database file.
     History(crate::history::cli::HistoryArgs),
+    /// The running agent's latest snapshot as text, grouped: tunnels, FRP processes, services,
+    /// system, alerts (or --json).
+    Status(crate::view::status::StatusArgs),
+    /// A live full-screen view of the running agent (q quits).
+    Top(crate::view::top::TopArgs),
     /// Benchmark the history store with synthetic snapshots (for `cargo xtask bench-history`).
     #[command(hide = true)]
     BenchHistory(crate::history::bench::BenchArgs),

@@ -19,4 +19,5 @@ pub mod sockets;
 pub mod synthetic;
 pub mod sys;
 pub mod textfile;
+pub mod view;
 pub mod watch;

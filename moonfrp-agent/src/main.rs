@@ -37,6 +37,23 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Status(a) => {
+            let (code, out, err) = moonfrp_agent::view::status::run(a);
+            print!("{out}");
+            if !err.is_empty() {
+                eprintln!("moonfrp-agent: {err}");
+            }
+            return ExitCode::from(code);
+        }
+        Command::Top(a) => {
+            return match moonfrp_agent::view::top::run(a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("moonfrp-agent: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::History(h) => {
             return match moonfrp_agent::history::cli::run(h) {
                 Ok(text) => {
@@ -58,7 +75,9 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::History(_) | Command::BenchHistory(_) => unreachable!("handled above"),
+        Command::History(_) | Command::BenchHistory(_) | Command::Status(_) | Command::Top(_) => {
+            unreachable!("handled above")
+        }
         Command::Check(_) => {
             println!(
                 "configuration is valid: listen {}, interval {:?}, {} tunnel(s)",

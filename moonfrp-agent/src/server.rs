@@ -87,6 +87,7 @@ const INDEX: &str = "<!doctype html><title>moonfrp-agent</title><h1>moonfrp-agen
 <li><a href=\"/readyz\">/readyz</a></li><li><a href=\"/api/v1/tunnels\">/api/v1/tunnels</a></li>\
 <li><a href=\"/api/v1/summary\">/api/v1/summary</a></li>\
 <li><a href=\"/api/v1/alerts\">/api/v1/alerts</a></li>\
+<li><a href=\"/api/v1/status\">/api/v1/status</a></li>\
 <li><a href=\"/api/v1/history?metric=moonfrp_system_cpu_usage_ratio\">/api/v1/history</a></li></ul>\n";
 
 /// Routes `/api/…` (history queries off the async workers) and everything else.
@@ -102,6 +103,24 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<By
         "/api/v1/tunnels" => {
             let (cur, prev) = state.latest.pair();
             api::tunnels(cur.as_deref(), prev.as_deref())
+        }
+        "/api/v1/status" => {
+            let st = state.clone();
+            tokio::task::spawn_blocking(move || {
+                let (cur, prev) = st.latest.pair();
+                api::status(
+                    cur.as_deref(),
+                    prev.as_deref(),
+                    st.alerts.as_deref(),
+                    st.history.as_ref(),
+                )
+            })
+            .await
+            .unwrap_or_else(|e| api::Answer {
+                status: 500,
+                content_type: "text/plain",
+                body: format!("status failed: {e}\n"),
+            })
         }
         "/api/v1/history" | "/api/v1/summary" => {
             let Ok(_permit) = state.queries.acquire().await else {
@@ -134,7 +153,7 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<By
             return reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; the API has /api/v1/history, /api/v1/summary, /api/v1/tunnels and /api/v1/alerts\n",
+                "not found; the API has /api/v1/status, /api/v1/history, /api/v1/summary, /api/v1/tunnels and /api/v1/alerts\n",
             );
         }
     };

@@ -11,11 +11,12 @@ use anyhow::{Context as _, bail, ensure};
 /// bpf-linker version known to build and link here (see DESIGN.md, toolchain facts).
 const BPF_LINKER: &str = "0.13.0";
 /// Debian packages the test suite uses: prometheus (server and promtool), Alertmanager,
-/// node_exporter, util-linux (setpriv, unshare) and iproute2.
+/// node_exporter, tmux (drives `top`), util-linux (setpriv, unshare) and iproute2.
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-alertmanager",
     "prometheus-node-exporter",
+    "tmux",
     "util-linux",
     "iproute2",
 ];

@@ -1,0 +1,156 @@
+//! What an operator opens first over SSH: `moonfrp-agent status` (one-shot text or JSON) and
+//! `moonfrp-agent top` (a live full-screen view). Both read the running agent's API.
+pub mod model;
+pub mod status;
+pub mod top;
+
+#[cfg(test)]
+mod tests;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+
+use crate::{
+    config::{Config, Overrides},
+    frp::client::{Endpoint, GetError, get_any},
+};
+
+/// Where the agent is.
+#[derive(Clone, Debug, Args)]
+pub struct ClientArgs {
+    /// The agent's configuration file (for its listen address).
+    #[arg(short, long, value_name = "PATH", env = "MOONFRP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The agent's HTTP address [default: from the config, else 127.0.0.1:9477].
+    #[arg(short, long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+}
+
+impl ClientArgs {
+    pub fn endpoint(&self) -> Result<Endpoint, String> {
+        let config = Config::load(
+            self.config.as_deref(),
+            &Overrides {
+                listen: self.listen.clone(),
+                ..Overrides::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Endpoint {
+            addr: config.listen.to_string(),
+            user: None,
+            password: None,
+        })
+    }
+}
+
+/// Why the agent gave no status.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FetchError {
+    /// Nobody answers at the address.
+    NotRunning(String),
+    /// The agent runs but has taken no snapshot yet.
+    NoSnapshot,
+    Other(String),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotRunning(e) => write!(f, "moonfrp-agent is not running or not reachable: {e}"),
+            Self::NoSnapshot => write!(
+                f,
+                "moonfrp-agent is running but has no snapshot yet (the first one comes right after start; is it still loading?)"
+            ),
+            Self::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A blocking GET of the agent's API: status and body.
+pub fn get(
+    rt: &tokio::runtime::Runtime,
+    ep: &Endpoint,
+    path: &str,
+) -> Result<(u16, String), FetchError> {
+    match rt.block_on(get_any(ep, path, Duration::from_secs(5))) {
+        Ok((status, body)) => Ok((status.as_u16(), body)),
+        Err(GetError::Unreachable(e)) => Err(FetchError::NotRunning(e)),
+        Err(GetError::Answer(e)) => Err(FetchError::Other(e)),
+    }
+}
+
+/// `GET /api/v1/status`.
+pub fn fetch_status(
+    rt: &tokio::runtime::Runtime,
+    ep: &Endpoint,
+) -> Result<model::Status, FetchError> {
+    let (code, body) = get(rt, ep, "/api/v1/status")?;
+    if code == 503 {
+        return Err(FetchError::NoSnapshot);
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
+        FetchError::Other(format!(
+            "{}: HTTP {code}, not the agent's API ({e}); is it moonfrp-agent?",
+            ep.addr
+        ))
+    })?;
+    if code != 200 {
+        return Err(FetchError::Other(
+            v["error"].as_str().unwrap_or("error").to_owned(),
+        ));
+    }
+    serde_json::from_value(v["data"].clone())
+        .map_err(|e| FetchError::Other(format!("unexpected status from the agent: {e}")))
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))
+}
+
+/// `1.2 MB`, `340 B`: decimal units, as bandwidth is usually quoted.
+pub fn bytes(v: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = v;
+    let mut i = 0;
+    while v >= 1000.0 && i < UNITS.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0} {}", UNITS[i])
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+/// `1.5 GiB`: binary units, for memory and disks.
+pub fn ibytes(v: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    #[allow(clippy::cast_precision_loss)]
+    let mut x = v as f64;
+    let mut i = 0;
+    while x >= 1024.0 && i < UNITS.len() - 1 {
+        x /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v} B")
+    } else {
+        format!("{x:.1} {}", UNITS[i])
+    }
+}
+
+/// Cuts `s` to `n` characters, ending with `…` when cut.
+pub fn fit(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(n.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}

@@ -1,0 +1,190 @@
+//! `moonfrp-agent status`: the latest snapshot as plain text, grouped by category (or `--json`).
+use std::fmt::Write as _;
+
+use clap::Args;
+
+use super::{ClientArgs, FetchError, bytes, fetch_status, fit, ibytes, model::Status};
+use crate::history::query::rfc3339;
+
+#[derive(Clone, Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The agent's status JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the command: (exit code, text for stdout, text for stderr).
+pub fn run(args: &StatusArgs) -> (u8, String, String) {
+    let ep = match args.client.endpoint() {
+        Ok(ep) => ep,
+        Err(e) => return (2, String::new(), e),
+    };
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(e) => return (1, String::new(), e),
+    };
+    match fetch_status(&rt, &ep) {
+        Ok(s) if args.json => (
+            0,
+            serde_json::to_string_pretty(&s).expect("status serializes") + "\n",
+            String::new(),
+        ),
+        Ok(s) => (0, render(&s), String::new()),
+        Err(e @ FetchError::NoSnapshot) => (3, String::new(), e.to_string()),
+        Err(e) => (1, String::new(), e.to_string()),
+    }
+}
+
+fn rate(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{}/s", bytes(v)))
+}
+
+fn count(v: Option<f64>) -> String {
+    #[allow(clippy::cast_possible_truncation)]
+    v.map_or_else(|| "-".into(), |v| format!("{}", v.round() as i64))
+}
+
+fn pct(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".into();
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let p = part as f64 * 100.0 / whole as f64;
+    format!("{p:.0} %")
+}
+
+/// The text of `status`: plain lines, no escape codes.
+pub fn render(s: &Status) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "moonfrp-agent {} · snapshot {} · interval {:.0} s",
+        s.version,
+        rfc3339(s.time),
+        s.interval_seconds
+    );
+    let _ = writeln!(o, "\nTUNNELS ({})", s.tunnels.len());
+    if s.tunnels.is_empty() {
+        o.push_str("  none watched (add [[tunnels]] or frp configs; see README)\n");
+    } else {
+        let _ = writeln!(
+            o,
+            "  {:<24} {:<11} {:<5} {:>12} {:>12} {:>6} {:>8} {:>8}  LAST ERROR",
+            "NAME", "PORT", "STATE", "IN", "OUT", "CONNS", "REFUSED", "ERRORS"
+        );
+        for t in &s.tunnels {
+            let port = t
+                .port
+                .map_or_else(|| format!("-/{}", t.proto), |p| format!("{p}/{}", t.proto));
+            let _ = writeln!(
+                o,
+                "  {:<24} {:<11} {:<5} {:>12} {:>12} {:>6} {:>8} {:>8}  {}",
+                fit(&t.name, 24),
+                port,
+                if t.up { "up" } else { "DOWN" },
+                rate(t.receive_bytes_per_second),
+                rate(t.transmit_bytes_per_second),
+                t.connections_active
+                    .map_or_else(|| "-".into(), |c| c.to_string()),
+                count(t.refused_last_hour),
+                count(t.errors_last_hour),
+                t.reason
+                    .as_deref()
+                    .or(t.last_error.as_deref())
+                    .unwrap_or("-"),
+            );
+        }
+        o.push_str("  (REFUSED and ERRORS: over the last hour, from history; ERRORS = resets + retransmits)\n");
+    }
+    o.push_str("\nFRP PROCESSES\n");
+    if s.processes.is_empty() {
+        o.push_str("  none seen\n");
+    }
+    for p in &s.processes {
+        let _ = writeln!(
+            o,
+            "  {:<8} {:<32} {:<12} restarts {:<4} cpu {:<10} memory {}",
+            p.process,
+            fit(&p.config, 32),
+            if p.running > 0 {
+                format!("running ({})", p.running)
+            } else {
+                "GONE".into()
+            },
+            p.restarts,
+            p.cpu_seconds
+                .map_or_else(|| "-".into(), |c| format!("{c:.1} s")),
+            p.resident_bytes.map_or_else(|| "-".into(), ibytes),
+        );
+    }
+    o.push_str("\nSERVICES\n");
+    if s.services.is_empty() {
+        o.push_str("  none (no systemd, or no unit matches)\n");
+    }
+    for u in &s.services {
+        let _ = writeln!(
+            o,
+            "  {:<40} {:<12} restarts {}",
+            fit(&u.unit, 40),
+            u.state,
+            u.restarts
+        );
+    }
+    render_system(s, &mut o);
+    let _ = writeln!(o, "\nALERTS ({})", s.alerts.len());
+    if s.alerts.is_empty() {
+        o.push_str("  none active\n");
+    }
+    for a in &s.alerts {
+        let _ = writeln!(
+            o,
+            "  {:<8} {:<24} {:<7} since {}  {}",
+            a.severity,
+            a.alertname,
+            a.state,
+            rfc3339(a.since),
+            a.summary
+        );
+    }
+    o
+}
+
+fn render_system(s: &Status, o: &mut String) {
+    let y = &s.system;
+    o.push_str("\nSYSTEM\n");
+    let _ = writeln!(
+        o,
+        "  cpu {} of {} CPUs · load {} · memory {} of {} ({})",
+        y.cpu_usage_ratio
+            .map_or_else(|| "-".into(), |r| format!("{:.1} %", r * 100.0)),
+        y.cpus.map_or_else(|| "-".into(), |c| c.to_string()),
+        y.load1.map_or_else(|| "-".into(), |l| format!("{l:.2}")),
+        y.memory_used_bytes.map_or_else(|| "-".into(), ibytes),
+        y.memory_total_bytes.map_or_else(|| "-".into(), ibytes),
+        pct(
+            y.memory_used_bytes.unwrap_or(0),
+            y.memory_total_bytes.unwrap_or(0)
+        ),
+    );
+    for f in &y.filesystems {
+        let _ = writeln!(
+            o,
+            "  disk {:<24} {} of {} ({})",
+            fit(&f.mountpoint, 24),
+            ibytes(f.used_bytes),
+            ibytes(f.size_bytes),
+            pct(f.used_bytes, f.size_bytes)
+        );
+    }
+    for n in &y.network {
+        let _ = writeln!(
+            o,
+            "  net  {:<24} in {} · out {}",
+            fit(&n.device, 24),
+            rate(n.receive_bytes_per_second),
+            rate(n.transmit_bytes_per_second)
+        );
+    }
+}
