@@ -87,6 +87,7 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     if !probes_ok {
         error!("no kernel probe attached: tunnel counters will stay at 0 (reasons above)");
     }
+    let collector_peers = kernel.maps.peers.clone();
     let mut collector = Cycle::new(kernel, &config);
     collector
         .apply_tunnels()
@@ -94,7 +95,15 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     let collector = Arc::new(Mutex::new(collector));
 
     let latest = Arc::new(Latest::default());
-    let (alerts, state) = serve_state(&config, latest.clone(), history_stats, probes_ok);
+    let peers = (collector_peers, config.kernel.peers);
+    let (alerts, state) = serve_state(
+        &config,
+        latest.clone(),
+        history_stats,
+        probes_ok,
+        peers,
+        collector.clone(),
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, state.clone(), stop_rx));
@@ -165,6 +174,8 @@ fn serve_state(
     latest: Arc<Latest>,
     history_stats: Option<Arc<writer::Stats>>,
     probes_ok: bool,
+    peers: (Arc<ebpf::maps::PeerTable>, u32),
+    collector: Arc<Mutex<Cycle>>,
 ) -> (Option<Arc<Mutex<Alerts>>>, Arc<AppState>) {
     let alerts = config.alerts.enabled.then(|| {
         info!(
@@ -198,6 +209,8 @@ fn serve_state(
         }),
     );
     app.alerts = alerts_shared;
+    app.peers = Some(peers);
+    app.collector = Some(collector);
     (alerts, Arc::new(app))
 }
 

@@ -322,6 +322,174 @@ fn tunnel_json(t: &TunnelSample, prev: Option<&TunnelSample>, seconds: f64) -> V
     Value::Object(o)
 }
 
+/// Whose peers: a tunnel by name, or any watched (port, protocol).
+pub enum PeersOf {
+    Tunnel(String),
+    Port(u16, moonfrp_common::Proto),
+}
+
+/// `GET /api/v1/tunnels/{name}/peers` and `GET /api/v1/peers?port=P&proto=tcp` (blocking): the
+/// remote addresses of a watched port with their traffic, most bytes first (at most `limit`), and
+/// the connection-duration distribution of the tunnel. Never on `/metrics` (label cardinality).
+pub fn peers(
+    table: Option<&crate::ebpf::maps::PeerTable>,
+    capacity: u32,
+    cur: Option<&Snapshot>,
+    of: &PeersOf,
+    limit: usize,
+) -> Answer {
+    let Some(table) = table else {
+        return error(
+            503,
+            "the peer table is not available (kernel programs not loaded)",
+        );
+    };
+    let find = |t: &&TunnelSample| match of {
+        PeersOf::Tunnel(name) => &t.spec.name == name,
+        PeersOf::Port(port, proto) => t.spec.port == *port && t.spec.proto == *proto,
+    };
+    let tunnel = cur.and_then(|c| c.tunnels.iter().find(find));
+    let (port, proto) = match (of, tunnel) {
+        (_, Some(t)) => (t.spec.port, t.spec.proto),
+        (PeersOf::Port(port, proto), None) => (*port, *proto),
+        (PeersOf::Tunnel(name), None) => {
+            let known: Vec<&str> = cur
+                .map(|c| c.tunnels.iter().map(|t| t.spec.name.as_str()).collect())
+                .unwrap_or_default();
+            return json_answer(
+                404,
+                &json!({
+                    "status": "error",
+                    "error": format!("no watched tunnel named `{name}`"),
+                    "tunnels": known,
+                }),
+            );
+        }
+    };
+    let (list, entries) = match table.of(port, proto) {
+        Ok(r) => r,
+        Err(e) => return error(500, &format!("cannot read the peer table: {e}")),
+    };
+    let total = list.len();
+    let rows: Vec<Value> = list
+        .iter()
+        .take(limit)
+        .map(|p| {
+            let c = &p.counters;
+            json!({
+                "address": p.address.to_string(),
+                "receive_bytes": c.dir[moonfrp_common::INGRESS].bytes,
+                "transmit_bytes": c.dir[moonfrp_common::EGRESS].bytes,
+                "receive_payload_bytes": c.dir[moonfrp_common::INGRESS].payload_bytes,
+                "transmit_payload_bytes": c.dir[moonfrp_common::EGRESS].payload_bytes,
+                "packets": c.dir[0].packets + c.dir[1].packets,
+                "connection_attempts": c.syns,
+            })
+        })
+        .collect();
+    let durations: Vec<Value> = tunnel
+        .and_then(|t| t.tcp.as_ref())
+        .map(|tcp| {
+            tcp.counters
+                .duration_buckets
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(b, n)| json!({ "le_seconds": f64::from(1u32 << b.min(31)) / 1000.0, "count": n }))
+                .collect()
+        })
+        .unwrap_or_default();
+    json_answer(
+        200,
+        &json!({
+            "status": "success",
+            "data": {
+                "tunnel": tunnel.map(|t| t.spec.name.clone()),
+                "port": port,
+                "proto": proto.as_str(),
+                "peers_total": total,
+                "table": { "entries": entries, "capacity": capacity },
+                "peers": rows,
+                "durations": durations,
+            }
+        }),
+    )
+}
+
+/// `POST /api/v1/inspect?port=P[&proto=tcp|udp][&ttl=30s]` watches a port for a while (renew by
+/// asking again); `DELETE` with the same port ends it. The port is counted under its tunnel's
+/// name if one covers it, else as `inspect-<port>-<proto>` (blocking).
+pub fn inspect(
+    collector: Option<&std::sync::Mutex<crate::cycle::Cycle>>,
+    query: &str,
+    start: bool,
+) -> Answer {
+    let Some(collector) = collector else {
+        return error(503, "the collector is not available");
+    };
+    let mut port = None;
+    let mut proto = moonfrp_common::Proto::Tcp;
+    let mut ttl = std::time::Duration::from_secs(30);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "port" => match v.parse::<u16>() {
+                Ok(p) if p != 0 => port = Some(p),
+                _ => {
+                    return error(
+                        400,
+                        &format!("parameter `port`: `{v}` is not a port (1-65535)"),
+                    );
+                }
+            },
+            "proto" => match v.as_ref() {
+                "tcp" => proto = moonfrp_common::Proto::Tcp,
+                "udp" => proto = moonfrp_common::Proto::Udp,
+                other => {
+                    return error(
+                        400,
+                        &format!("parameter `proto`: `{other}`: use tcp or udp"),
+                    );
+                }
+            },
+            "ttl" => match humantime::parse_duration(&v) {
+                Ok(d) if d <= std::time::Duration::from_hours(1) => ttl = d,
+                _ => {
+                    return error(
+                        400,
+                        &format!("parameter `ttl`: `{v}` is not a duration up to 1h"),
+                    );
+                }
+            },
+            other => {
+                return error(
+                    400,
+                    &format!("parameter `{other}` is unknown; use port, proto, ttl"),
+                );
+            }
+        }
+    }
+    let Some(port) = port else {
+        return error(400, "parameter `port` is missing");
+    };
+    let mut c = collector
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if start {
+        match c.inspect(port, proto, ttl) {
+            Ok(name) => json_answer(
+                200,
+                &json!({ "status": "success", "data": { "tunnel": name, "port": port, "proto": proto.as_str(), "ttl_seconds": ttl.as_secs_f64() } }),
+            ),
+            Err(e) => error(409, &format!("cannot watch {port}/{}: {e}", proto.as_str())),
+        }
+    } else {
+        match c.end_inspect(port, proto) {
+            Ok(()) => json_answer(200, &json!({ "status": "success" })),
+            Err(e) => error(500, &e.to_string()),
+        }
+    }
+}
+
 /// `GET /api/v1/alerts`: pending and firing alerts as of the latest evaluation.
 pub fn alerts(shared: Option<&crate::alerts::Shared>) -> Answer {
     let active = shared

@@ -26,6 +26,8 @@ pub enum Command {
     Status(crate::view::status::StatusArgs),
     /// A live full-screen view of the running agent (q quits).
     Top(crate::view::top::TopArgs),
+    /// A tunnel's (or any port's) top peers and connection durations.
+    Inspect(crate::view::inspect::InspectArgs),
     /// Benchmark the history store with synthetic snapshots (for `cargo xtask bench-history`).
     #[command(hide = true)]
     BenchHistory(crate::history::bench::BenchArgs),

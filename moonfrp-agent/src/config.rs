@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use moonfrp_common::{DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, MAX_SLOTS, Proto};
+use moonfrp_common::{DEFAULT_PEERS, DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, MAX_SLOTS, Proto};
 use serde::Deserialize;
 
 use crate::{
@@ -35,6 +35,8 @@ pub enum TunnelSource {
     FrpConfig,
     /// The frps dashboard API.
     FrpsApi,
+    /// Watched for a while on request (`moonfrp-agent inspect --port`).
+    Inspect,
 }
 
 impl TunnelSource {
@@ -45,6 +47,7 @@ impl TunnelSource {
             Self::ConfigFile => "config",
             Self::FrpConfig => "frp-config",
             Self::FrpsApi => "frps-api",
+            Self::Inspect => "inspect",
         }
     }
 }
@@ -85,6 +88,8 @@ pub struct KernelConfig {
     pub slots: u32,
     /// Open connections tracked for the duration histogram (LRU beyond that).
     pub tracked_connections: u32,
+    /// Peer table capacity: (port, remote address) pairs with their traffic (LRU beyond).
+    pub peers: u32,
     /// Keep the kernel's BPF run-time statistics on while the agent runs (≈ 20 ns per program
     /// run, for every BPF program on the host), for `moonfrp_agent_bpf_*`.
     pub bpf_stats: bool,
@@ -95,6 +100,7 @@ impl Default for KernelConfig {
         Self {
             slots: DEFAULT_SLOTS,
             tracked_connections: DEFAULT_TRACKED_CONNECTIONS,
+            peers: DEFAULT_PEERS,
             bpf_stats: true,
         }
     }
@@ -360,6 +366,12 @@ impl Config {
             return Err(invalid(
                 &format!("{file_origin}: key `kernel.slots`"),
                 format!("{} is out of range; use 1..={MAX_SLOTS}", kernel.slots),
+            ));
+        }
+        if kernel.peers == 0 {
+            return Err(invalid(
+                &format!("{file_origin}: key `kernel.peers`"),
+                "must be at least 1".to_owned(),
             ));
         }
         if kernel.tracked_connections == 0 {

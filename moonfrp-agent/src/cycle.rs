@@ -48,6 +48,8 @@ pub struct Cycle {
     /// Refused-connection counters at the previous cycle.
     refused: HashMap<(u16, Proto), u64>,
     maps: Vec<(&'static str, u32)>,
+    /// Ports watched for a while on request, until the given time.
+    adhoc: BTreeMap<(u16, Proto), Instant>,
     seq: u64,
     pub config_ok: bool,
     pub errors: BTreeMap<&'static str, u64>,
@@ -61,6 +63,7 @@ impl Cycle {
             (names::TRAFFIC, kernel.maps.slots()),
             (names::TCP_STATS, kernel.maps.slots()),
             (names::CONN_START, config.kernel.tracked_connections),
+            (names::PEERS, config.kernel.peers),
         ];
         Self {
             watch: WatchTable::new(kernel.maps.slots()),
@@ -75,6 +78,7 @@ impl Cycle {
             health: HashMap::new(),
             refused: HashMap::new(),
             maps,
+            adhoc: BTreeMap::new(),
             seq: 0,
             config_ok: true,
             errors: BTreeMap::new(),
@@ -119,7 +123,56 @@ impl Cycle {
                 });
             }
         }
+        for &(port, proto) in self.adhoc.keys() {
+            if taken.insert((port, proto)) {
+                out.push(TunnelSpec {
+                    name: format!("inspect-{port}-{}", proto.as_str()),
+                    port,
+                    proto,
+                    source: TunnelSource::Inspect,
+                });
+            }
+        }
         out
+    }
+
+    /// Watches (`port`, `proto`) until `ttl` from now (renewed by asking again), unless a tunnel
+    /// already covers it; returns the name it is counted under.
+    pub fn inspect(
+        &mut self,
+        port: u16,
+        proto: Proto,
+        ttl: std::time::Duration,
+    ) -> Result<String, WatchError> {
+        self.adhoc.insert((port, proto), Instant::now() + ttl);
+        self.apply_tunnels()?;
+        Ok(self
+            .desired()
+            .into_iter()
+            .find(|t| t.port == port && t.proto == proto)
+            .map(|t| t.name)
+            .unwrap_or_default())
+    }
+
+    /// Ends an inspection early; the port goes back to unwatched unless a tunnel covers it.
+    pub fn end_inspect(&mut self, port: u16, proto: Proto) -> Result<(), WatchError> {
+        if self.adhoc.remove(&(port, proto)).is_some() {
+            self.apply_tunnels()?;
+        }
+        Ok(())
+    }
+
+    /// Drops inspections whose time is up.
+    fn expire_inspections(&mut self) {
+        let now = Instant::now();
+        let before = self.adhoc.len();
+        self.adhoc.retain(|_, until| *until > now);
+        if self.adhoc.len() != before
+            && let Err(e) = self.apply_tunnels()
+        {
+            error!("cannot stop watching an inspected port: {e}");
+            *self.errors.entry("watch").or_default() += 1;
+        }
     }
 
     /// Asks FRP again and updates the watch table at once (a config file changed); the next
@@ -187,6 +240,7 @@ impl Cycle {
     /// One collection; `rt` runs the FRP API calls (this is called off the async workers).
     pub fn collect(&mut self, rt: &tokio::runtime::Handle) -> Snapshot {
         let started = Instant::now();
+        self.expire_inspections();
         let mut runs = Vec::new();
         if let Some(d) = &mut self.discovery {
             let t = Instant::now();

@@ -37,6 +37,14 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Inspect(a) => {
+            let (code, out, err) = moonfrp_agent::view::inspect::run(a);
+            print!("{out}");
+            if !err.is_empty() {
+                eprintln!("moonfrp-agent: {err}");
+            }
+            return ExitCode::from(code);
+        }
         Command::Status(a) => {
             let (code, out, err) = moonfrp_agent::view::status::run(a);
             print!("{out}");
@@ -75,7 +83,11 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::History(_) | Command::BenchHistory(_) | Command::Status(_) | Command::Top(_) => {
+        Command::History(_)
+        | Command::BenchHistory(_)
+        | Command::Status(_)
+        | Command::Top(_)
+        | Command::Inspect(_) => {
             unreachable!("handled above")
         }
         Command::Check(_) => {

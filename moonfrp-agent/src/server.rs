@@ -34,6 +34,10 @@ pub struct AppState {
     pub queries: Semaphore,
     /// The alert engine's view, when alerts are on.
     pub alerts: Option<Arc<crate::alerts::Shared>>,
+    /// The kernel's peer table and its capacity.
+    pub peers: Option<(Arc<crate::ebpf::maps::PeerTable>, u32)>,
+    /// The collector, for inspections that watch a port for a while.
+    pub collector: Option<Arc<std::sync::Mutex<crate::cycle::Cycle>>>,
 }
 
 impl AppState {
@@ -50,6 +54,8 @@ impl AppState {
             history,
             queries: Semaphore::new(2),
             alerts: None,
+            peers: None,
+            collector: None,
         }
     }
 }
@@ -90,23 +96,90 @@ const INDEX: &str = "<!doctype html><title>moonfrp-agent</title><h1>moonfrp-agen
 <li><a href=\"/api/v1/status\">/api/v1/status</a></li>\
 <li><a href=\"/api/v1/history?metric=moonfrp_system_cpu_usage_ratio\">/api/v1/history</a></li></ul>\n";
 
-/// Routes `/api/…` (history queries off the async workers) and everything else.
+/// `/api/v1/tunnels/{name}/peers` or `/api/v1/peers?port=P[&proto=tcp|udp]`.
+fn peers_target(path: &str, query: &str) -> Option<api::PeersOf> {
+    if let Some(name) = path
+        .strip_prefix("/api/v1/tunnels/")
+        .and_then(|r| r.strip_suffix("/peers"))
+    {
+        let name = form_urlencoded::parse(format!("n={name}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())?;
+        return Some(api::PeersOf::Tunnel(name));
+    }
+    if path != "/api/v1/peers" {
+        return None;
+    }
+    let mut port = None;
+    let mut proto = moonfrp_common::Proto::Tcp;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "port" => port = v.parse::<u16>().ok().filter(|p| *p != 0),
+            "proto" if v == "udp" => proto = moonfrp_common::Proto::Udp,
+            _ => {}
+        }
+    }
+    // Without a valid port this falls through to the 404 that lists the API.
+    Some(api::PeersOf::Port(port?, proto))
+}
+
+/// Runs an API handler on the blocking pool (it reads SQLite or the kernel) and answers with it.
+async fn off_thread(f: impl FnOnce() -> api::Answer + Send + 'static) -> Response<Full<Bytes>> {
+    let a = tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| api::Answer {
+            status: 500,
+            content_type: "text/plain",
+            body: format!("request failed: {e}\n"),
+        });
+    reply(
+        StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        a.content_type,
+        a.body,
+    )
+}
+
+/// Routes `/api/…` (anything that reads SQLite or the kernel off the async workers) and
+/// everything else.
 async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let st = state.clone();
+    if path == "/api/v1/inspect" && (req.method() == Method::POST || req.method() == Method::DELETE)
+    {
+        let start = req.method() == Method::POST;
+        return off_thread(move || api::inspect(st.collector.as_deref(), &query, start)).await;
+    }
     if !path.starts_with("/api/") || !(req.method() == Method::GET || req.method() == Method::HEAD)
     {
         return handle(&state, &req);
     }
-    let query = req.uri().query().unwrap_or_default().to_owned();
-    let a = match path {
-        "/api/v1/alerts" => api::alerts(state.alerts.as_deref()),
+    if let Some(of) = peers_target(&path, &query) {
+        let limit = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "limit")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(20);
+        return off_thread(move || {
+            let cur = st.latest.get();
+            let (table, capacity) = st
+                .peers
+                .as_ref()
+                .map_or((None, 0), |(t, c)| (Some(&**t), *c));
+            api::peers(table, capacity, cur.as_deref(), &of, limit)
+        })
+        .await;
+    }
+    match path.as_str() {
+        "/api/v1/alerts" => off_thread(move || api::alerts(st.alerts.as_deref())).await,
         "/api/v1/tunnels" => {
-            let (cur, prev) = state.latest.pair();
-            api::tunnels(cur.as_deref(), prev.as_deref())
+            off_thread(move || {
+                let (cur, prev) = st.latest.pair();
+                api::tunnels(cur.as_deref(), prev.as_deref())
+            })
+            .await
         }
         "/api/v1/status" => {
-            let st = state.clone();
-            tokio::task::spawn_blocking(move || {
+            off_thread(move || {
                 let (cur, prev) = st.latest.pair();
                 api::status(
                     cur.as_deref(),
@@ -116,11 +189,6 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<By
                 )
             })
             .await
-            .unwrap_or_else(|e| api::Answer {
-                status: 500,
-                content_type: "text/plain",
-                body: format!("status failed: {e}\n"),
-            })
         }
         "/api/v1/history" | "/api/v1/summary" => {
             let Ok(_permit) = state.queries.acquire().await else {
@@ -130,38 +198,18 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<By
                     "shutting down\n",
                 );
             };
-            let summary = path == "/api/v1/summary";
-            let st = state.clone();
-            let joined = tokio::task::spawn_blocking(move || {
-                if summary {
-                    api::summary(st.history.as_ref())
-                } else {
-                    api::history(st.history.as_ref(), &query)
-                }
-            })
-            .await;
-            match joined {
-                Ok(a) => a,
-                Err(e) => api::Answer {
-                    status: 500,
-                    content_type: "text/plain",
-                    body: format!("query failed: {e}\n"),
-                },
+            if path == "/api/v1/summary" {
+                off_thread(move || api::summary(st.history.as_ref())).await
+            } else {
+                off_thread(move || api::history(st.history.as_ref(), &query)).await
             }
         }
-        _ => {
-            return reply(
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                "not found; the API has /api/v1/status, /api/v1/history, /api/v1/summary, /api/v1/tunnels and /api/v1/alerts\n",
-            );
-        }
-    };
-    reply(
-        StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        a.content_type,
-        a.body,
-    )
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; the API has /api/v1/status, /api/v1/history, /api/v1/summary, /api/v1/tunnels, /api/v1/alerts, /api/v1/tunnels/{name}/peers, /api/v1/peers and /api/v1/inspect\n",
+        ),
+    }
 }
 
 fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -15,6 +15,8 @@ pub mod names {
     pub const TCP_STATS: &str = "TCP_STATS";
     /// `LruHashMap<u64, u64>`: socket address → monotonic open time (ns), for durations.
     pub const CONN_START: &str = "CONN_START";
+    /// `LruPerCpuHashMap<PeerKey, PeerCounters>`: traffic per (watched port, remote address).
+    pub const PEERS: &str = "PEERS";
     /// Global [`super::TracepointLayout`], set at load time from tracefs `format` files.
     pub const LAYOUT: &str = "LAYOUT";
 }
@@ -37,6 +39,45 @@ pub const DEFAULT_SLOTS: u32 = 4_096;
 pub const MAX_SLOTS: u32 = 65_535;
 /// Default capacity of the open-connection table used for durations.
 pub const DEFAULT_TRACKED_CONNECTIONS: u32 = 65_536;
+
+/// Default capacity of the peer table (LRU: the least recently seen peers make room).
+pub const DEFAULT_PEERS: u32 = 16_384;
+
+/// A remote address talking to a watched (port, protocol). IPv4 addresses are stored in the first
+/// four bytes of `addr` (network order) with `family` 4; IPv6 with `family` 6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub port: u16,
+    /// [`Proto`] as u8.
+    pub proto: u8,
+    pub family: u8,
+    pub addr: [u8; 16],
+}
+
+/// What one peer exchanged with one watched port ([`INGRESS`], [`EGRESS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    pub dir: [DirCounters; 2],
+    /// TCP segments with SYN and without ACK: connection attempts (from the peer on ingress,
+    /// to it on egress), retransmitted SYNs included.
+    pub syns: u64,
+}
+
+impl PeerCounters {
+    /// Element-wise sum, used to fold per-CPU values.
+    #[must_use]
+    pub fn merged(mut self, o: &Self) -> Self {
+        for (a, b) in self.dir.iter_mut().zip(o.dir.iter()) {
+            a.bytes = a.bytes.wrapping_add(b.bytes);
+            a.payload_bytes = a.payload_bytes.wrapping_add(b.payload_bytes);
+            a.packets = a.packets.wrapping_add(b.packets);
+        }
+        self.syns = self.syns.wrapping_add(o.syns);
+        self
+    }
+}
 
 /// Transport protocol of a watched port.
 #[repr(u8)]
@@ -292,6 +333,9 @@ mod pod {
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::TcpCounters {}
     unsafe impl aya::Pod for super::TracepointLayout {}
+    // SAFETY: as above: plain repr(C) integers and byte arrays, no padding.
+    unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::PeerCounters {}
 
     const _: () = assert!(size_of::<super::TrafficCounters>() == 6 * 8);
     const _: () = assert!(size_of::<super::TcpCounters>() == (8 + super::DURATION_BUCKETS) * 8);

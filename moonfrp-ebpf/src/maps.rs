@@ -1,11 +1,11 @@
 //! Maps and load-time globals shared by every program.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use moonfrp_common::{
-    DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, Proto, TcpCounters, TracepointLayout,
-    TrafficCounters, WATCH_ENTRIES, WatchEntry,
+    DEFAULT_PEERS, DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, PeerCounters, PeerKey, Proto,
+    TcpCounters, TracepointLayout, TrafficCounters, WATCH_ENTRIES, WatchEntry,
 };
 
 /// Local port → [`WatchEntry`]; written by the agent at run time.
@@ -24,6 +24,12 @@ pub static TCP_STATS: PerCpuArray<TcpCounters> = PerCpuArray::with_max_entries(D
 #[map(name = "CONN_START")]
 pub static CONN_START: LruHashMap<u64, u64> =
     LruHashMap::with_max_entries(DEFAULT_TRACKED_CONNECTIONS, 0);
+
+/// (watched port, remote address) → traffic; least recently used entries make room (the agent
+/// sizes it at load time).
+#[map(name = "PEERS")]
+pub static PEERS: LruPerCpuHashMap<PeerKey, PeerCounters> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_PEERS, 0);
 
 /// Tracepoint field offsets of the running kernel, set by the agent at load time.
 #[unsafe(no_mangle)]

@@ -143,6 +143,7 @@ pub fn load(cfg: &KernelConfig, tracefs: &Path, cgroup_root: &Path) -> Result<Ke
         .map_max_entries(names::TRAFFIC, cfg.slots)
         .map_max_entries(names::TCP_STATS, cfg.slots)
         .map_max_entries(names::CONN_START, cfg.tracked_connections)
+        .map_max_entries(names::PEERS, cfg.peers)
         .load(OBJECT)?;
     let maps = KernelMaps::take(&mut ebpf)?;
     let cgroup = File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
@@ -257,6 +258,7 @@ mod tests {
             names::TRAFFIC,
             names::TCP_STATS,
             names::CONN_START,
+            names::PEERS,
         ] {
             assert!(obj.maps.contains_key(map), "map {map} missing");
         }

@@ -1,10 +1,17 @@
 //! Typed access to the kernel maps: the watch table (written) and the counters (read, summed
 //! over CPUs).
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{Arc, Mutex},
+};
+
 use aya::{
     Ebpf,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
-use moonfrp_common::{TcpCounters, TrafficCounters, WatchEntry, names};
+use moonfrp_common::{
+    PeerCounters, PeerKey, Proto, TcpCounters, TrafficCounters, WatchEntry, names,
+};
 
 use super::LoadError;
 
@@ -13,6 +20,56 @@ pub struct KernelMaps {
     watch: Array<MapData, u32>,
     traffic: PerCpuArray<MapData, TrafficCounters>,
     tcp: PerCpuArray<MapData, TcpCounters>,
+    /// Read on request only (the API), never per interval.
+    pub peers: Arc<PeerTable>,
+}
+
+/// The kernel's (watched port, remote address) table.
+pub struct PeerTable(Mutex<PerCpuHashMap<MapData, PeerKey, PeerCounters>>);
+
+/// One remote address of one watched port, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub address: IpAddr,
+    pub counters: PeerCounters,
+}
+
+impl PeerTable {
+    /// The peers of (`port`, `proto`), most bytes first, and how many entries the whole table
+    /// holds now.
+    pub fn of(&self, port: u16, proto: Proto) -> Result<(Vec<Peer>, usize), MapError> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = Vec::new();
+        let mut entries = 0;
+        for item in map.iter() {
+            // An entry evicted between the key walk and its lookup is simply gone.
+            let Ok((key, values)) = item else { continue };
+            entries += 1;
+            if key.port != port || key.proto != proto as u8 {
+                continue;
+            }
+            let counters = values
+                .iter()
+                .fold(PeerCounters::default(), PeerCounters::merged);
+            let address = if key.family == 4 {
+                IpAddr::V4(Ipv4Addr::new(
+                    key.addr[0],
+                    key.addr[1],
+                    key.addr[2],
+                    key.addr[3],
+                ))
+            } else {
+                IpAddr::V6(Ipv6Addr::from(key.addr))
+            };
+            out.push(Peer { address, counters });
+        }
+        let total = |p: &Peer| p.counters.dir[0].bytes + p.counters.dir[1].bytes;
+        out.sort_by(|a, b| total(b).cmp(&total(a)).then(a.address.cmp(&b.address)));
+        Ok((out, entries))
+    }
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
@@ -32,6 +89,7 @@ impl KernelMaps {
             watch: take(ebpf, names::WATCH)?,
             traffic: take(ebpf, names::TRAFFIC)?,
             tcp: take(ebpf, names::TCP_STATS)?,
+            peers: Arc::new(PeerTable(Mutex::new(take(ebpf, names::PEERS)?))),
         })
     }
 

@@ -75,12 +75,24 @@ pub async fn get_any(
     path: &str,
     timeout: Duration,
 ) -> Result<(StatusCode, String), GetError> {
-    tokio::time::timeout(timeout, fetch(ep, path))
-        .await
-        .map_err(|_| GetError::Unreachable(format!("GET {path}: no answer within {timeout:?}")))?
+    request(ep, "GET", path, timeout).await
 }
 
-async fn fetch(ep: &Endpoint, path: &str) -> Result<(StatusCode, String), GetError> {
+/// `method path` (no body) on the endpoint: the status and body of whatever it answers.
+pub async fn request(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(StatusCode, String), GetError> {
+    tokio::time::timeout(timeout, fetch(ep, method, path))
+        .await
+        .map_err(|_| {
+            GetError::Unreachable(format!("{method} {path}: no answer within {timeout:?}"))
+        })?
+}
+
+async fn fetch(ep: &Endpoint, method: &str, path: &str) -> Result<(StatusCode, String), GetError> {
     let stream = TcpStream::connect(&ep.addr)
         .await
         .map_err(|e| GetError::Unreachable(format!("cannot connect to {}: {e}", ep.addr)))?;
@@ -88,7 +100,10 @@ async fn fetch(ep: &Endpoint, path: &str) -> Result<(StatusCode, String), GetErr
         .await
         .map_err(|e| GetError::Unreachable(format!("HTTP handshake with {}: {e}", ep.addr)))?;
     tokio::spawn(conn);
-    let mut req = Request::get(path).header(header::HOST, &ep.addr);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, &ep.addr);
     if let Some(user) = &ep.user {
         let pass = ep.password.as_ref().map_or("", Secret::expose);
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));

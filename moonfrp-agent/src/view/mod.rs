@@ -1,5 +1,6 @@
 //! What an operator opens first over SSH: `moonfrp-agent status` (one-shot text or JSON) and
 //! `moonfrp-agent top` (a live full-screen view). Both read the running agent's API.
+pub mod inspect;
 pub mod model;
 pub mod status;
 pub mod top;

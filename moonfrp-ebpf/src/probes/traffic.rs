@@ -2,9 +2,9 @@
 //! bytes and packets. `__sk_buff.local_port` is the socket's own port in host order, so no
 //! transport header is needed to find the port; headers are read only for watched ports.
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
-use moonfrp_common::{EGRESS, INGRESS, Proto, WatchEntry};
+use moonfrp_common::{EGRESS, INGRESS, PeerCounters, PeerKey, Proto, WatchEntry};
 
-use crate::maps::{TRAFFIC, WATCH};
+use crate::maps::{PEERS, TRAFFIC, WATCH};
 
 /// Every cgroup_skb program must let the packet through: 1 = allow.
 const PASS: i32 = 1;
@@ -55,12 +55,15 @@ fn try_count(ctx: &SkBuffContext, dir: usize) -> Option<()> {
     } else {
         return None;
     };
-    let (proto, l4_hdr) = match l4proto {
+    let (proto, l4_hdr, syn) = match l4proto {
         IPPROTO_TCP => {
-            let doff = u32::from(byte_at(ctx, (ip_hdr & 0x3f) as usize + 12)? >> 4) * 4;
-            (Proto::Tcp, doff)
+            let at = (ip_hdr & 0x3f) as usize;
+            let doff = u32::from(byte_at(ctx, at + 12)? >> 4) * 4;
+            // SYN without ACK: a connection attempt.
+            let flags = byte_at(ctx, at + 13)?;
+            (Proto::Tcp, doff, flags & 0x12 == 0x02)
         }
-        IPPROTO_UDP => (Proto::Udp, 8),
+        IPPROTO_UDP => (Proto::Udp, 8, false),
         _ => return None,
     };
     let slot = entry.slot(proto)?;
@@ -79,5 +82,68 @@ fn try_count(ctx: &SkBuffContext, dir: usize) -> Option<()> {
         d.payload_bytes += u64::from(payload);
         d.packets += u64::from(segs);
     }
+    count_peer(
+        ctx,
+        port,
+        proto,
+        l3proto == ETH_P_IPV6,
+        dir,
+        wire,
+        u64::from(payload),
+        u64::from(segs),
+        syn,
+    );
     Some(())
+}
+
+/// Adds the packet to its (port, remote address) entry of the peer table. The remote address
+/// comes from the IP header (source on ingress, destination on egress): during a handshake the
+/// socket is the listener, which has no remote address yet.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn count_peer(
+    ctx: &SkBuffContext,
+    port: u32,
+    proto: Proto,
+    v6: bool,
+    dir: usize,
+    wire: u64,
+    payload: u64,
+    segs: u64,
+    syn: bool,
+) {
+    let mut key = PeerKey {
+        port: port as u16,
+        proto: proto as u8,
+        family: 4,
+        addr: [0; 16],
+    };
+    let ingress = dir == INGRESS;
+    if v6 {
+        let Ok(a) = ctx.load::<[u8; 16]>(if ingress { 8 } else { 24 }) else {
+            return;
+        };
+        key.family = 6;
+        key.addr = a;
+    } else {
+        let Ok(a) = ctx.load::<[u8; 4]>(if ingress { 12 } else { 16 }) else {
+            return;
+        };
+        key.addr[..4].copy_from_slice(&a);
+    }
+    let add = |c: &mut PeerCounters| {
+        let d = &mut c.dir[dir & 1];
+        d.bytes += wire;
+        d.payload_bytes += payload;
+        d.packets += segs;
+        c.syns += u64::from(syn);
+    };
+    if let Some(c) = PEERS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value of an entry that exists; LRU may evict it later, not now.
+        unsafe { add(&mut *c) };
+    } else {
+        let mut c = PeerCounters::default();
+        add(&mut c);
+        let _ = PEERS.insert(&key, &c, 0);
+    }
 }

@@ -1,0 +1,234 @@
+//! Per-port peers: three clients (127.0.0.2–4) ranked with exact payload bytes, an ad-hoc port
+//! watched only while `inspect` looks at it, and the peer table staying within its bound when
+//! 100,000 distinct peers send.
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
+    os::fd::FromRawFd as _,
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use moonfrp_tests::{Agent, AgentCmd, agent_bin, free_port, http_get, poll};
+use serde_json::Value;
+
+/// Accepts connections on 127.0.0.1:`port` and reads them to the end, in the background.
+fn sink(port: u16) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = s;
+                let mut buf = vec![0u8; 16_384];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+}
+
+/// A TCP connection to 127.0.0.1:`port` from `from` (any 127/8 address works on `lo`).
+fn connect_from(from: Ipv4Addr, port: u16) -> TcpStream {
+    let addr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls with valid, sized address structs; the fd is owned by the
+    // returned stream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let local = addr(from, 0);
+        assert_eq!(
+            libc::bind(fd, (&raw const local).cast(), len),
+            0,
+            "bind {from}"
+        );
+        let remote = addr(Ipv4Addr::LOCALHOST, port);
+        assert_eq!(
+            libc::connect(fd, (&raw const remote).cast(), len),
+            0,
+            "connect from {from}"
+        );
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+fn send_from(from: Ipv4Addr, port: u16, bytes: usize) {
+    let mut c = connect_from(from, port);
+    c.write_all(&vec![1u8; bytes]).unwrap();
+}
+
+fn peers(agent: &Agent, path: &str) -> Value {
+    let (status, _, body) = http_get(agent.addr, path, None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<Value>(&body).unwrap()["data"].clone()
+}
+
+fn inspect(agent: &Agent, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(agent_bin())
+        .arg("inspect")
+        .args(["--listen", &agent.addr.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn three_peers_ranked_with_exact_payload_bytes() {
+    let port = free_port();
+    sink(port);
+    let agent = Agent::start(&["-t", &format!("web={port}")]);
+    for (last, bytes) in [(2, 30_000), (3, 10_000), (4, 20_000)] {
+        send_from(Ipv4Addr::new(127, 0, 0, last), port, bytes);
+    }
+    let d = poll("three peers", moonfrp_tests::TIMEOUT, || {
+        let d = peers(&agent, "/api/v1/tunnels/web/peers");
+        let got: Vec<(String, u64)> = d["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["address"].as_str().unwrap().to_owned(),
+                    p["receive_payload_bytes"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (got == [
+            ("127.0.0.2".to_owned(), 30_000),
+            ("127.0.0.4".to_owned(), 20_000),
+            ("127.0.0.3".to_owned(), 10_000),
+        ])
+        .then_some(d)
+    });
+    for p in d["peers"].as_array().unwrap() {
+        assert_eq!(p["connection_attempts"], 1, "{p}");
+        assert_eq!(p["transmit_payload_bytes"], 0, "{p}");
+    }
+    assert_eq!(d["tunnel"], "web");
+    assert_eq!(d["table"]["entries"], 3);
+    // Peers never reach /metrics.
+    let m = agent.metrics();
+    assert!(m.with_label("peer", "127.0.0.2").is_empty());
+    // The command shows the same ranking; the connections closed, so durations are there too.
+    let (code, out, err) = inspect(&agent, &["--tunnel", "web"]);
+    assert_eq!(code, 0, "{err}");
+    let order: Vec<usize> = ["127.0.0.2", "127.0.0.4", "127.0.0.3"]
+        .iter()
+        .map(|a| out.find(a).unwrap_or_else(|| panic!("{a} missing:\n{out}")))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{out}");
+    assert!(out.contains(" 30000 "), "{out}");
+    let (code, _, err) = inspect(&agent, &["--tunnel", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no watched tunnel named `nope`"), "{err}");
+}
+
+#[test]
+fn an_ad_hoc_port_is_watched_only_while_inspected() {
+    let port = free_port();
+    sink(port);
+    let agent = Agent::start(&["-t", &format!("other={}", free_port())]);
+    let name = format!("inspect-{port}-tcp");
+    let sender = thread::spawn(move || {
+        // Inside the 4 s window.
+        thread::sleep(Duration::from_millis(1_500));
+        send_from(Ipv4Addr::new(127, 0, 0, 5), port, 12_345);
+    });
+    let (code, out, err) = inspect(&agent, &["--port", &port.to_string(), "--seconds", "4"]);
+    sender.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("watching {port}/tcp for 4 s")),
+        "{err}"
+    );
+    let row = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("127.0.0.5"))
+        .unwrap_or_else(|| panic!("no peer row:\n{out}"));
+    assert!(row.contains(" 12345 "), "{row}");
+    // Let go: the port's series are gone after the next snapshot.
+    let m = agent.wait_snapshots(2);
+    assert!(
+        m.with_label("tunnel", &name).is_empty(),
+        "{name} still watched"
+    );
+    let d = peers(&agent, &format!("/api/v1/peers?port={port}"));
+    assert_eq!(d["tunnel"], Value::Null);
+}
+
+#[test]
+fn the_peer_table_stays_within_its_bound_with_100k_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("moonfrp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kernel]\npeers = 1024\n[[tunnels]]\nname = \"dns\"\nport = {port}\nproto = \"udp\"\n"
+        ),
+    )
+    .unwrap();
+    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()]).start();
+    let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    rx.set_nonblocking(true).unwrap();
+    let mut sent = 0u32;
+    for i in 0..100_000u32 {
+        let from = Ipv4Addr::new(127, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8);
+        let s = UdpSocket::bind((from, 0)).unwrap();
+        s.send_to(b"x", (Ipv4Addr::LOCALHOST, port)).unwrap();
+        sent += 1;
+        if i % 256 == 0 {
+            let mut buf = [0u8; 16];
+            while rx.recv(&mut buf).is_ok() {}
+        }
+    }
+    assert_eq!(sent, 100_000);
+    let d = peers(
+        &agent,
+        &format!("/api/v1/peers?port={port}&proto=udp&limit=5"),
+    );
+    let entries = d["table"]["entries"].as_u64().unwrap();
+    assert!(entries <= 1024, "{entries} entries in a 1024-entry table");
+    assert!(
+        entries > 500,
+        "the table holds the most recent peers: {entries}"
+    );
+    assert_eq!(d["table"]["capacity"], 1024);
+    assert_eq!(d["peers"].as_array().unwrap().len(), 5);
+    // The most recent peer is there; the first ones were evicted.
+    let all = peers(
+        &agent,
+        &format!("/api/v1/peers?port={port}&proto=udp&limit=2000"),
+    );
+    let addrs: Vec<&str> = all["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["address"].as_str().unwrap())
+        .collect();
+    assert!(
+        addrs.contains(&"127.2.134.159"),
+        "the last sender (99,999th) is kept"
+    );
+    assert!(
+        !addrs.contains(&"127.1.0.0"),
+        "the first sender was evicted"
+    );
+    let m = agent.wait_snapshots(1);
+    assert_eq!(
+        m.get("moonfrp_agent_bpf_map_max_entries", &[("map", "PEERS")]),
+        Some(1024.0)
+    );
+}
