@@ -205,6 +205,15 @@ fn top_in_tmux_shows_live_traffic_sorts_and_quits_cleanly() {
         tmux.run(&["send-keys", "-t", "top", key]);
         tmux.wait(label, |s| s.contains(label));
     }
+    // The busy tunnel is the first row (sorted by bandwidth): Enter shows its peers.
+    tmux.run(&["send-keys", "-t", "top", "Enter"]);
+    let screen = tmux.wait("the peers of web", |s| s.contains("peers of web"));
+    assert!(
+        screen.contains("127.0.0.1"),
+        "the client's address:\n{screen}"
+    );
+    tmux.run(&["send-keys", "-t", "top", "Escape"]);
+    tmux.wait("the tunnel table again", |s| s.contains("tunnels (2)"));
     tmux.run(&["send-keys", "-t", "top", "q"]);
     let screen = tmux.wait("top to exit", |s| s.contains("TOP-EXITED-0"));
     assert!(

@@ -121,6 +121,8 @@ fn app(status: Result<Status, FetchError>) -> App {
             ("game".to_owned(), (0..60).map(f64::from).collect()),
             ("ssh".to_owned(), vec![5.0; 60]),
         ]),
+        selected: 0,
+        peers: None,
     }
 }
 
@@ -151,6 +153,26 @@ fn top_frames_at_80x24_and_160x48() {
         "{f}"
     );
     assert!(f.contains("sort: name"));
+}
+
+#[test]
+fn top_peers_view() {
+    let mut a = app(Ok(fixture()));
+    a.peers = Some((
+        "game".into(),
+        serde_json::json!({
+            "peers_total": 2,
+            "peers": [
+                {"address": "203.0.113.7", "receive_bytes": 9_000_000, "transmit_bytes": 1_000, "packets": 7000, "connection_attempts": 3},
+                {"address": "2001:db8::1", "receive_bytes": 4_000, "transmit_bytes": 80, "packets": 9, "connection_attempts": 1},
+            ]
+        }),
+    ));
+    let f = frame(&a, 80, 24);
+    assert!(f.contains("peers of game (2 of 2)"), "{f}");
+    assert!(f.find("203.0.113.7").unwrap() < f.find("2001:db8::1").unwrap());
+    assert!(f.contains("9.0 MB"), "{f}");
+    golden("top-peers-80x24.txt", &f);
 }
 
 #[test]

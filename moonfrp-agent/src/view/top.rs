@@ -55,6 +55,11 @@ pub struct App {
     pub refresh: Duration,
     /// Per tunnel: bytes per second (in + out), one value a minute over the last hour.
     pub sparks: HashMap<String, Vec<f64>>,
+    /// Row under the cursor (↑/↓), in the sorted table.
+    pub selected: usize,
+    /// The peers view of a tunnel (Enter opens, Enter or Esc closes): its name and the API's
+    /// answer.
+    pub peers: Option<(String, serde_json::Value)>,
 }
 
 const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -109,7 +114,7 @@ pub fn render(f: &mut Frame<'_>, app: &App) {
     let area = f.area();
     let [head, body] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(area);
     let header = format!(
-        " moonfrp top · {} · every {} · sort: {} · b/c/e/n sort, +/- refresh, q quit",
+        " moonfrp top · {} · every {} · sort: {} · b/c/e/n sort, ↑↓ Enter peers, +/- refresh, q quit",
         app.addr,
         humantime::format_duration(app.refresh),
         app.sort.label()
@@ -139,7 +144,11 @@ pub fn render(f: &mut Frame<'_>, app: &App) {
     ])
     .areas(body);
     render_gauges(f, s, gauges);
-    render_tunnels(f, app, s, table);
+    if let Some((name, d)) = &app.peers {
+        render_peers(f, name, d, table);
+    } else {
+        render_tunnels(f, app, s, table);
+    }
     let lines: Vec<Line<'_>> = if s.alerts.is_empty() {
         vec![Line::from("none active")]
     } else {
@@ -227,10 +236,12 @@ fn render_tunnels(f: &mut Frame<'_>, app: &App, s: &Status, area: Rect) {
         header.push("LAST HOUR");
         widths.push(Constraint::Length(spark_width));
     }
+    let selected = app.selected.min(s.tunnels.len().saturating_sub(1));
     let rows: Vec<Row<'_>> =
         sorted(s, app.sort)
             .into_iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
                 let mut cells =
                     vec![
                         Cell::from(t.name.clone()),
@@ -256,7 +267,12 @@ fn render_tunnels(f: &mut Frame<'_>, app: &App, s: &Status, area: Rect) {
                             .unwrap_or_default(),
                     ));
                 }
-                Row::new(cells)
+                let row = Row::new(cells);
+                if i == selected {
+                    row.style(Style::new().add_modifier(Modifier::REVERSED))
+                } else {
+                    row
+                }
             })
             .collect();
     let title = if s.tunnels.is_empty() {
@@ -268,6 +284,48 @@ fn render_tunnels(f: &mut Frame<'_>, app: &App, s: &Status, area: Rect) {
         Table::new(rows, widths)
             .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
             .block(Block::bordered().title(title)),
+        area,
+    );
+}
+
+fn render_peers(f: &mut Frame<'_>, name: &str, d: &serde_json::Value, area: Rect) {
+    let header = Row::new(["PEER", "IN", "OUT", "PACKETS", "SYNS"])
+        .style(Style::new().add_modifier(Modifier::BOLD));
+    let rows: Vec<Row<'_>> = d["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let n = |k: &str| p[k].as_u64().unwrap_or(0);
+            #[allow(clippy::cast_precision_loss)]
+            let b = |k: &str| bytes(n(k) as f64);
+            Row::new([
+                p["address"].as_str().unwrap_or("?").to_owned(),
+                b("receive_bytes"),
+                b("transmit_bytes"),
+                n("packets").to_string(),
+                n("connection_attempts").to_string(),
+            ])
+        })
+        .collect();
+    let title = format!(
+        " peers of {name} ({} of {}) · Enter/Esc back ",
+        rows.len(),
+        d["peers_total"].as_u64().unwrap_or(0)
+    );
+    f.render_widget(
+        Table::new(
+            rows,
+            [
+                Constraint::Min(16),
+                Constraint::Length(11),
+                Constraint::Length(11),
+                Constraint::Length(9),
+                Constraint::Length(6),
+            ],
+        )
+        .header(header)
+        .block(Block::bordered().title(title)),
         area,
     );
 }
@@ -310,6 +368,19 @@ fn fetch_sparks(rt: &tokio::runtime::Runtime, ep: &Endpoint) -> HashMap<String, 
     out
 }
 
+/// The peers of a tunnel from the API (None when it cannot say).
+fn fetch_peers(
+    rt: &tokio::runtime::Runtime,
+    ep: &Endpoint,
+    name: &str,
+) -> Option<serde_json::Value> {
+    let name: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
+    let (code, body) =
+        super::get(rt, ep, &format!("/api/v1/tunnels/{name}/peers?limit=50")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    (code == 200).then(|| v["data"].clone())
+}
+
 /// Runs the view until `q`; the terminal is restored on the way out (and on a panic).
 pub fn run(args: &TopArgs) -> Result<(), String> {
     let ep = args.client.endpoint()?;
@@ -320,12 +391,17 @@ pub fn run(args: &TopArgs) -> Result<(), String> {
         sort: Sort::Bandwidth,
         refresh: args.refresh.max(Duration::from_millis(500)),
         sparks: HashMap::new(),
+        selected: 0,
+        peers: None,
     };
     let mut terminal = ratatui::init();
     let result = (|| -> std::io::Result<()> {
         let mut sparks_at: Option<Instant> = None;
         loop {
             app.status = fetch_status(&rt, &ep);
+            if let Some((name, _)) = &app.peers {
+                app.peers = fetch_peers(&rt, &ep, name).map(|d| (name.clone(), d));
+            }
             if app.status.is_ok()
                 && sparks_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
             {
@@ -341,7 +417,20 @@ pub fn run(args: &TopArgs) -> Result<(), String> {
                 }
                 match event::read()? {
                     Event::Key(k) if k.kind == KeyEventKind::Press => match k.code {
+                        KeyCode::Enter | KeyCode::Esc if app.peers.is_some() => app.peers = None,
                         KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
+                        KeyCode::Up => app.selected = app.selected.saturating_sub(1),
+                        KeyCode::Down => app.selected += 1,
+                        KeyCode::Enter => {
+                            let name = app.status.as_ref().ok().and_then(|s| {
+                                let rows = sorted(s, app.sort);
+                                rows.get(app.selected.min(rows.len().saturating_sub(1)))
+                                    .map(|t| t.name.clone())
+                            });
+                            if let Some(name) = name {
+                                app.peers = fetch_peers(&rt, &ep, &name).map(|d| (name, d));
+                            }
+                        }
                         KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
                             return Ok(());
                         }
