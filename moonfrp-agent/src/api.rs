@@ -344,6 +344,12 @@ pub fn peers(
             "the peer table is not available (kernel programs not loaded)",
         );
     };
+    if capacity == 0 {
+        return error(
+            503,
+            "peer counting is off (`kernel.peers = 0` in the config)",
+        );
+    }
     let find = |t: &&TunnelSample| match of {
         PeersOf::Tunnel(name) => &t.spec.name == name,
         PeersOf::Port(port, proto) => t.spec.port == *port && t.spec.proto == *proto,
@@ -366,10 +372,7 @@ pub fn peers(
             );
         }
     };
-    let (list, entries) = match table.of(port, proto) {
-        Ok(r) => r,
-        Err(e) => return error(500, &format!("cannot read the peer table: {e}")),
-    };
+    let (list, entries) = table.of(port, proto);
     let total = list.len();
     let rows: Vec<Value> = list
         .iter()

@@ -23,6 +23,8 @@ use crate::{
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
 /// Default collection interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_mins(1);
+/// Most peers per tunnel `kernel.export_peers` may put on `/metrics`.
+pub const MAX_EXPORTED_PEERS: u32 = 10;
 /// Shortest interval accepted.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -88,8 +90,12 @@ pub struct KernelConfig {
     pub slots: u32,
     /// Open connections tracked for the duration histogram (LRU beyond that).
     pub tracked_connections: u32,
-    /// Peer table capacity: (port, remote address) pairs with their traffic (LRU beyond).
+    /// Peer table capacity: (port, remote address) pairs with their traffic (LRU beyond);
+    /// 0 turns peer counting off (it roughly doubles the per-packet cost on watched ports).
     pub peers: u32,
+    /// Export each tunnel's busiest peers to `/metrics` (0 = none, the default; at most
+    /// [`MAX_EXPORTED_PEERS`]).
+    pub export_peers: u32,
     /// Keep the kernel's BPF run-time statistics on while the agent runs (≈ 20 ns per program
     /// run, for every BPF program on the host), for `moonfrp_agent_bpf_*`.
     pub bpf_stats: bool,
@@ -101,6 +107,7 @@ impl Default for KernelConfig {
             slots: DEFAULT_SLOTS,
             tracked_connections: DEFAULT_TRACKED_CONNECTIONS,
             peers: DEFAULT_PEERS,
+            export_peers: 0,
             bpf_stats: true,
         }
     }
@@ -368,10 +375,13 @@ impl Config {
                 format!("{} is out of range; use 1..={MAX_SLOTS}", kernel.slots),
             ));
         }
-        if kernel.peers == 0 {
+        if kernel.export_peers > MAX_EXPORTED_PEERS {
             return Err(invalid(
-                &format!("{file_origin}: key `kernel.peers`"),
-                "must be at least 1".to_owned(),
+                &format!("{file_origin}: key `kernel.export_peers`"),
+                format!(
+                    "{} is over the cap of {MAX_EXPORTED_PEERS} (one series per peer and tunnel); peers beyond it are in the API",
+                    kernel.export_peers
+                ),
             ));
         }
         if kernel.tracked_connections == 0 {

@@ -48,6 +48,8 @@ pub struct Cycle {
     /// Refused-connection counters at the previous cycle.
     refused: HashMap<(u16, Proto), u64>,
     maps: Vec<(&'static str, u32)>,
+    /// Busiest peers per tunnel to put on `/metrics` (0: none).
+    export_peers: usize,
     /// Ports watched for a while on request, until the given time.
     adhoc: BTreeMap<(u16, Proto), Instant>,
     seq: u64,
@@ -79,6 +81,7 @@ impl Cycle {
             refused: HashMap::new(),
             maps,
             adhoc: BTreeMap::new(),
+            export_peers: config.kernel.export_peers as usize,
             seq: 0,
             config_ok: true,
             errors: BTreeMap::new(),
@@ -268,6 +271,14 @@ impl Cycle {
         });
 
         let portless = self.judge_all(&mut tunnels, SystemTime::now());
+        if self.export_peers > 0 {
+            let mut top = self.kernel.maps.peers.top(self.export_peers);
+            for t in &mut tunnels {
+                t.peers = top
+                    .remove(&(t.spec.port, t.spec.proto as u8))
+                    .unwrap_or_default();
+            }
+        }
 
         let (system, host_runs) = self.host.collect(&mut self.errors);
         runs.extend(host_runs);

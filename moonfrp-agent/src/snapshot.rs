@@ -66,6 +66,8 @@ pub struct TunnelSample {
     /// TCP tunnels only.
     pub tcp: Option<TcpSample>,
     pub meta: TunnelMeta,
+    /// The busiest peers, when `kernel.export_peers` asks for them (else empty).
+    pub peers: Vec<crate::ebpf::maps::Peer>,
 }
 
 /// What FRP says about a tunnel, and its health.
@@ -161,6 +163,7 @@ pub fn read_tunnels(
             traffic,
             tcp,
             meta: TunnelMeta::default(),
+            peers: Vec::new(),
         });
     }
     out.sort_by(|a, b| {

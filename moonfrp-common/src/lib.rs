@@ -19,6 +19,8 @@ pub mod names {
     pub const PEERS: &str = "PEERS";
     /// Global [`super::TracepointLayout`], set at load time from tracefs `format` files.
     pub const LAYOUT: &str = "LAYOUT";
+    /// Global `u32`: 1 to count peers in [`PEERS`], 0 to skip it (set at load time).
+    pub const PEER_TRACKING: &str = "PEER_TRACKING";
 }
 
 /// Program names as they appear in the object file (and, truncated to 15 bytes, in the kernel).

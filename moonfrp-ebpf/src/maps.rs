@@ -31,6 +31,17 @@ pub static CONN_START: LruHashMap<u64, u64> =
 pub static PEERS: LruPerCpuHashMap<PeerKey, PeerCounters> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_PEERS, 0);
 
+/// 1: count peers in PEERS; 0: skip it (`kernel.peers = 0`). Set by the agent at load time.
+#[unsafe(no_mangle)]
+static PEER_TRACKING: u32 = 1;
+
+/// Whether peers are counted; read volatile so the compiler cannot fold in the default.
+#[inline(always)]
+pub fn peer_tracking() -> bool {
+    // SAFETY: a plain static the loader rewrites before load; reading it is always valid.
+    unsafe { core::ptr::read_volatile(&raw const PEER_TRACKING) != 0 }
+}
+
 /// Tracepoint field offsets of the running kernel, set by the agent at load time.
 #[unsafe(no_mangle)]
 static LAYOUT: TracepointLayout = TracepointLayout::DEFAULT;

@@ -232,3 +232,67 @@ fn the_peer_table_stays_within_its_bound_with_100k_peers() {
         Some(1024.0)
     );
 }
+
+#[test]
+fn opted_in_top_peers_reach_metrics_with_a_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    sink(port);
+    let config = dir.path().join("moonfrp.toml");
+    std::fs::write(
+        &config,
+        format!("[kernel]\nexport_peers = 2\n[[tunnels]]\nname = \"web\"\nport = {port}\n"),
+    )
+    .unwrap();
+    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()]).start();
+    for (last, bytes) in [(2, 30_000), (3, 10_000), (4, 20_000)] {
+        send_from(Ipv4Addr::new(127, 0, 0, last), port, bytes);
+    }
+    let m = agent.wait_for("the two busiest peers on /metrics", |m| {
+        m.with_label("peer", "127.0.0.2").len() == 2 && m.with_label("peer", "127.0.0.4").len() == 2
+    });
+    assert!(
+        m.with_label("peer", "127.0.0.3").is_empty(),
+        "only the top 2"
+    );
+    let rx = m
+        .get(
+            "moonfrp_tunnel_peer_receive_bytes_total",
+            &[("tunnel", "web"), ("peer", "127.0.0.2")],
+        )
+        .unwrap();
+    assert!(rx > 30_000.0, "IP-layer bytes include the headers: {rx}");
+    // Over the cap: refused at start, naming the key.
+    std::fs::write(&config, "[kernel]\nexport_peers = 50\n").unwrap();
+    let out = Command::new(agent_bin())
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`kernel.export_peers`") && err.contains("cap of 10"),
+        "{err}"
+    );
+}
+
+#[test]
+fn peer_counting_can_be_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    sink(port);
+    let config = dir.path().join("moonfrp.toml");
+    std::fs::write(
+        &config,
+        format!("[kernel]\npeers = 0\n[[tunnels]]\nname = \"web\"\nport = {port}\n"),
+    )
+    .unwrap();
+    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()]).start();
+    send_from(Ipv4Addr::new(127, 0, 0, 2), port, 5_000);
+    agent.wait_for("the bytes counted per tunnel", |m| {
+        m.tunnel("web", "moonfrp_tunnel_receive_payload_bytes_total") == 5_000.0
+    });
+    let (status, _, body) = http_get(agent.addr, "/api/v1/tunnels/web/peers", None).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("peer counting is off"), "{body}");
+}

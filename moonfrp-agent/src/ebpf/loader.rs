@@ -140,10 +140,11 @@ pub fn load(cfg: &KernelConfig, tracefs: &Path, cgroup_root: &Path) -> Result<Ke
     let layouts = layout::build(layout::read_from(tracefs));
     let mut ebpf = EbpfLoader::new()
         .override_global(names::LAYOUT, &layouts.layout, true)
+        .override_global(names::PEER_TRACKING, &u32::from(cfg.peers > 0), true)
         .map_max_entries(names::TRAFFIC, cfg.slots)
         .map_max_entries(names::TCP_STATS, cfg.slots)
         .map_max_entries(names::CONN_START, cfg.tracked_connections)
-        .map_max_entries(names::PEERS, cfg.peers)
+        .map_max_entries(names::PEERS, cfg.peers.max(1))
         .load(OBJECT)?;
     let maps = KernelMaps::take(&mut ebpf)?;
     let cgroup = File::open(cgroup_root).map_err(|source| LoadError::Cgroup {

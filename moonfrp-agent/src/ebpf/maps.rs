@@ -1,6 +1,7 @@
 //! Typed access to the kernel maps: the watch table (written) and the counters (read, summed
 //! over CPUs).
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
 };
@@ -34,23 +35,26 @@ pub struct Peer {
     pub counters: PeerCounters,
 }
 
+impl Peer {
+    fn total(&self) -> u64 {
+        self.counters.dir[0].bytes + self.counters.dir[1].bytes
+    }
+}
+
 impl PeerTable {
-    /// The peers of (`port`, `proto`), most bytes first, and how many entries the whole table
-    /// holds now.
-    pub fn of(&self, port: u16, proto: Proto) -> Result<(Vec<Peer>, usize), MapError> {
+    /// Every entry's peers grouped by (port, protocol number), most bytes first, and how many
+    /// entries the table holds now. One pass over the table.
+    fn grouped(&self) -> (HashMap<(u16, u8), Vec<Peer>>, usize) {
         let map = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut out = Vec::new();
+        let mut out: HashMap<(u16, u8), Vec<Peer>> = HashMap::new();
         let mut entries = 0;
         for item in map.iter() {
             // An entry evicted between the key walk and its lookup is simply gone.
             let Ok((key, values)) = item else { continue };
             entries += 1;
-            if key.port != port || key.proto != proto as u8 {
-                continue;
-            }
             let counters = values
                 .iter()
                 .fold(PeerCounters::default(), PeerCounters::merged);
@@ -64,11 +68,33 @@ impl PeerTable {
             } else {
                 IpAddr::V6(Ipv6Addr::from(key.addr))
             };
-            out.push(Peer { address, counters });
+            out.entry((key.port, key.proto))
+                .or_default()
+                .push(Peer { address, counters });
         }
-        let total = |p: &Peer| p.counters.dir[0].bytes + p.counters.dir[1].bytes;
-        out.sort_by(|a, b| total(b).cmp(&total(a)).then(a.address.cmp(&b.address)));
-        Ok((out, entries))
+        for peers in out.values_mut() {
+            peers.sort_by(|a, b| b.total().cmp(&a.total()).then(a.address.cmp(&b.address)));
+        }
+        (out, entries)
+    }
+
+    /// The peers of (`port`, `proto`), most bytes first, and how many entries the whole table
+    /// holds now.
+    pub fn of(&self, port: u16, proto: Proto) -> (Vec<Peer>, usize) {
+        let (mut all, entries) = self.grouped();
+        (
+            all.remove(&(port, proto as u8)).unwrap_or_default(),
+            entries,
+        )
+    }
+
+    /// The `n` busiest peers of every (port, protocol).
+    pub fn top(&self, n: usize) -> HashMap<(u16, u8), Vec<Peer>> {
+        let (mut all, _) = self.grouped();
+        for peers in all.values_mut() {
+            peers.truncate(n);
+        }
+        all
     }
 }
 

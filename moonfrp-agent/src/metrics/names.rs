@@ -94,6 +94,8 @@ pub const KNOWN: &[&str] = &[
     "moonfrp_tunnel_connections_refused_total",
     "moonfrp_tunnel_failures_total",
     "moonfrp_tunnel_info",
+    "moonfrp_tunnel_peer_receive_bytes_total",
+    "moonfrp_tunnel_peer_transmit_bytes_total",
     "moonfrp_tunnel_receive_bytes_total",
     "moonfrp_tunnel_receive_packets_total",
     "moonfrp_tunnel_receive_payload_bytes_total",

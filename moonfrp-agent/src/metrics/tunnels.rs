@@ -294,5 +294,47 @@ pub(super) fn encode(snap: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Resul
             tcp.iter().map(|t| (t.labels(), field(t.tcp()))),
         )?;
     }
+    encode_peers(&all, enc)
+}
+
+/// The busiest peers of each tunnel, only when `kernel.export_peers` asks for them.
+fn encode_peers(all: &[Row], enc: &mut DescriptorEncoder) -> fmt::Result {
+    if all.iter().all(|t| t.sample.peers.is_empty()) {
+        return Ok(());
+    }
+    let addrs: Vec<Vec<String>> = all
+        .iter()
+        .map(|t| {
+            t.sample
+                .peers
+                .iter()
+                .map(|p| p.address.to_string())
+                .collect()
+        })
+        .collect();
+    for (name, dir, help) in [
+        (
+            "moonfrp_tunnel_peer_receive",
+            INGRESS,
+            "IP-layer bytes received from one of the tunnel's busiest peers (kernel.export_peers).",
+        ),
+        (
+            "moonfrp_tunnel_peer_transmit",
+            EGRESS,
+            "IP-layer bytes sent to one of the tunnel's busiest peers (kernel.export_peers).",
+        ),
+    ] {
+        let mut rows: Vec<([(&str, &str); 4], u64)> = Vec::new();
+        for (t, a) in all.iter().zip(&addrs) {
+            let [tunnel, port, proto] = t.labels();
+            for (p, addr) in t.sample.peers.iter().zip(a) {
+                rows.push((
+                    [tunnel, port, proto, ("peer", addr.as_str())],
+                    p.counters.dir[dir].bytes,
+                ));
+            }
+        }
+        counters(enc, name, help, Some(&Unit::Bytes), rows)?;
+    }
     Ok(())
 }

@@ -82,6 +82,9 @@ fn try_count(ctx: &SkBuffContext, dir: usize) -> Option<()> {
         d.payload_bytes += u64::from(payload);
         d.packets += u64::from(segs);
     }
+    if !crate::maps::peer_tracking() {
+        return Some(());
+    }
     count_peer(
         ctx,
         port,
