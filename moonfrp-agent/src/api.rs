@@ -134,15 +134,7 @@ pub fn summary(h: Option<&HistoryApi>) -> Answer {
     let run = || -> Result<Value, QueryError> {
         let (conn, h) = connect(h)?;
         let window = |metric: &str, rate: bool| -> Result<_, QueryError> {
-            let req = Request {
-                metric: metric.to_owned(),
-                matchers: Vec::new(),
-                from: now - 3_600_000,
-                to: now,
-                step: None,
-                rate,
-                agg: query::Agg::Mean,
-            };
+            let req = Request::window(metric, now - 3_600_000, now, rate);
             match query::run(&conn, &h.settings, &req, now) {
                 Ok(a) => Ok(a.series),
                 // Nothing stored under that name yet (no tunnel of that kind).
@@ -209,15 +201,7 @@ fn last_hour(h: Option<&HistoryApi>, now: i64) -> HashMap<String, (f64, f64)> {
         ("moonfrp_tunnel_resets_received_total", false),
         ("moonfrp_tunnel_retransmits_total", false),
     ] {
-        let req = Request {
-            metric: metric.to_owned(),
-            matchers: Vec::new(),
-            from: now - 3_600_000,
-            to: now,
-            step: None,
-            rate: false,
-            agg: query::Agg::Last,
-        };
+        let req = Request::window(metric, now - 3_600_000, now, false);
         let Ok(a) = query::run(&conn, &h.settings, &req, now) else {
             continue;
         };
@@ -527,20 +511,11 @@ pub fn tunnels(cur: Option<&Snapshot>, prev: Option<&Snapshot>) -> Answer {
             "no snapshot taken yet; the first comes one interval after start",
         );
     };
-    let seconds = prev
-        .and_then(|p| cur.taken_at.duration_since(p.taken_at).ok())
-        .map_or(0.0, |d| d.as_secs_f64());
+    let seconds = crate::view::model::interval(cur, prev);
     let mut rows: Vec<Value> = cur
         .tunnels
         .iter()
-        .map(|t| {
-            let before = prev.and_then(|p| {
-                p.tunnels
-                    .iter()
-                    .find(|q| q.spec.port == t.spec.port && q.spec.proto == t.spec.proto)
-            });
-            tunnel_json(t, before, seconds)
-        })
+        .map(|t| tunnel_json(t, crate::view::model::before(t, prev), seconds))
         .collect();
     rows.extend(cur.portless.iter().map(|p| {
         let mut o = meta_json(&p.meta);

@@ -18,6 +18,15 @@ fn init_logging(level: &str) {
         .init();
 }
 
+/// Prints a client command's output and error, and exits with its code.
+fn finish((code, out, err): (u8, String, String)) -> ExitCode {
+    print!("{out}");
+    if !err.is_empty() {
+        eprintln!("moonfrp-agent: {err}");
+    }
+    ExitCode::from(code)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match &cli.command {
@@ -37,22 +46,8 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Inspect(a) => {
-            let (code, out, err) = moonfrp_agent::view::inspect::run(a);
-            print!("{out}");
-            if !err.is_empty() {
-                eprintln!("moonfrp-agent: {err}");
-            }
-            return ExitCode::from(code);
-        }
-        Command::Status(a) => {
-            let (code, out, err) = moonfrp_agent::view::status::run(a);
-            print!("{out}");
-            if !err.is_empty() {
-                eprintln!("moonfrp-agent: {err}");
-            }
-            return ExitCode::from(code);
-        }
+        Command::Inspect(a) => return finish(moonfrp_agent::view::inspect::run(a)),
+        Command::Status(a) => return finish(moonfrp_agent::view::status::run(a)),
         Command::Top(a) => {
             return match moonfrp_agent::view::top::run(a) {
                 Ok(()) => ExitCode::SUCCESS,

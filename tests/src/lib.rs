@@ -51,6 +51,24 @@ pub fn loopback(v6: bool) -> std::net::IpAddr {
     }
 }
 
+/// Runs `moonfrp-agent <args>` to the end: (exit code, stdout, stderr).
+pub fn agent_command(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e} (build it with `cargo xtask test`)",
+                agent_bin().display()
+            )
+        });
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Whether a BPF object with this ID still exists in the kernel (`BPF_*_GET_FD_BY_ID`).
 pub fn bpf_object_exists(id: u32, link: bool) -> bool {
     const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;

@@ -383,12 +383,9 @@ fn bad_alert_config_stops_the_agent_naming_the_rule() {
     for (text, want) in cases {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, format!("[alerts]\n{text}")).unwrap();
-        let out = std::process::Command::new(moonfrp_tests::agent_bin())
-            .args(["run", "--config", path.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let (code, _, err) =
+            moonfrp_tests::agent_command(&["run", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{err}");
         assert!(err.contains(want), "want {want:?} in:\n{err}");
         assert!(err.contains(&path.display().to_string()), "{err}");
     }

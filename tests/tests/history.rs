@@ -502,16 +502,7 @@ fn a_full_disk_costs_history_only_and_writes_resume_when_space_returns() {
 }
 
 fn history_cmd(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(moonfrp_tests::agent_bin())
-        .arg("history")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    moonfrp_tests::agent_command(&[&["history"], args].concat())
 }
 
 #[test]

@@ -5,12 +5,11 @@ use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
     os::fd::FromRawFd as _,
-    process::Command,
     thread,
     time::Duration,
 };
 
-use moonfrp_tests::{Agent, AgentCmd, agent_bin, free_port, http_get, poll};
+use moonfrp_tests::{Agent, AgentCmd, free_port, http_get, poll};
 use serde_json::Value;
 
 /// Accepts connections on 127.0.0.1:`port` and reads them to the end, in the background.
@@ -71,17 +70,23 @@ fn peers(agent: &Agent, path: &str) -> Value {
 }
 
 fn inspect(agent: &Agent, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(agent_bin())
-        .arg("inspect")
-        .args(["--listen", &agent.addr.to_string()])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    let listen = agent.addr.to_string();
+    moonfrp_tests::agent_command(&[&["inspect", "--listen", &listen], args].concat())
+}
+
+/// An agent watching TCP `web` on `port` (a sink reads what it gets), with `[kernel]` settings.
+fn agent_with_kernel(kernel: &str) -> (tempfile::TempDir, u16, Agent) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    sink(port);
+    let config = dir.path().join("moonfrp.toml");
+    std::fs::write(
+        &config,
+        format!("[kernel]\n{kernel}\n[[tunnels]]\nname = \"web\"\nport = {port}\n"),
     )
+    .unwrap();
+    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()]).start();
+    (dir, port, agent)
 }
 
 #[test]
@@ -235,16 +240,8 @@ fn the_peer_table_stays_within_its_bound_with_100k_peers() {
 
 #[test]
 fn opted_in_top_peers_reach_metrics_with_a_cap() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    sink(port);
-    let config = dir.path().join("moonfrp.toml");
-    std::fs::write(
-        &config,
-        format!("[kernel]\nexport_peers = 2\n[[tunnels]]\nname = \"web\"\nport = {port}\n"),
-    )
-    .unwrap();
-    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()]).start();
+    let (dir, port, agent) = agent_with_kernel("export_peers = 2");
+    let config = dir.path().join("over-the-cap.toml");
     for (last, bytes) in [(2, 30_000), (3, 10_000), (4, 20_000)] {
         send_from(Ipv4Addr::new(127, 0, 0, last), port, bytes);
     }
@@ -264,12 +261,9 @@ fn opted_in_top_peers_reach_metrics_with_a_cap() {
     assert!(rx > 30_000.0, "IP-layer bytes include the headers: {rx}");
     // Over the cap: refused at start, naming the key.
     std::fs::write(&config, "[kernel]\nexport_peers = 50\n").unwrap();
-    let out = Command::new(agent_bin())
-        .args(["check", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) =
+        moonfrp_tests::agent_command(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2);
     assert!(
         err.contains("`kernel.export_peers`") && err.contains("cap of 10"),
         "{err}"
@@ -278,16 +272,7 @@ fn opted_in_top_peers_reach_metrics_with_a_cap() {
 
 #[test]
 fn peer_counting_can_be_switched_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    sink(port);
-    let config = dir.path().join("moonfrp.toml");
-    std::fs::write(
-        &config,
-        format!("[kernel]\npeers = 0\n[[tunnels]]\nname = \"web\"\nport = {port}\n"),
-    )
-    .unwrap();
-    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()]).start();
+    let (_dir, port, agent) = agent_with_kernel("peers = 0");
     send_from(Ipv4Addr::new(127, 0, 0, 2), port, 5_000);
     agent.wait_for("the bytes counted per tunnel", |m| {
         m.tunnel("web", "moonfrp_tunnel_receive_payload_bytes_total") == 5_000.0

@@ -19,16 +19,7 @@ use moonfrp_tests::{
 use serde_json::Value;
 
 fn status(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(agent_bin())
-        .arg("status")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    moonfrp_tests::agent_command(&[&["status"], args].concat())
 }
 
 /// A client writing 10 kB every 50 ms to a listener on 127.0.0.1:`port`, until dropped.

@@ -146,13 +146,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let conn = open_read_only(&db)?;
     let now = unix_ms(end);
     let one = |rate: bool| Request {
-        metric: "moonfrp_tunnel_receive_bytes_total".into(),
         matchers: vec![("tunnel".into(), "tunnel-1".into())],
-        from: now - 86_400_000,
-        to: now,
-        step: None,
-        rate,
-        agg: query::Agg::Mean,
+        ..Request::window(
+            "moonfrp_tunnel_receive_bytes_total",
+            now - 86_400_000,
+            now,
+            rate,
+        )
     };
     let points = query::run(&conn, &settings, &one(false), now)?
         .series

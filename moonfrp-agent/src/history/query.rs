@@ -139,6 +139,19 @@ pub fn parse_step(s: &str) -> Result<Duration, String> {
 }
 
 impl Request {
+    /// Every stored point of every series of `metric` from `from` to `to` (Unix ms).
+    pub fn window(metric: &str, from: i64, to: i64, rate: bool) -> Self {
+        Self {
+            metric: metric.to_owned(),
+            matchers: Vec::new(),
+            from,
+            to,
+            step: None,
+            rate,
+            agg: Agg::Mean,
+        }
+    }
+
     /// Reads the API's query string: `metric`, `from`, `to`, `since`, `step`, `rate`, `agg`,
     /// `format`; any other parameter is a label matcher.
     pub fn from_query(query: &str, now_ms: i64) -> Result<(Self, Format), QueryError> {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     alerts::eval::Alert,
     history::{rollup::ms_to_s, unix_ms},
-    snapshot::Snapshot,
+    snapshot::{Snapshot, TunnelSample},
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -103,6 +103,21 @@ pub struct AlertRow {
     pub summary: String,
 }
 
+/// Seconds between two snapshots (0 without the earlier one).
+pub fn interval(cur: &Snapshot, prev: Option<&Snapshot>) -> f64 {
+    prev.and_then(|p| cur.taken_at.duration_since(p.taken_at).ok())
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The same (port, protocol) in the earlier snapshot.
+pub fn before<'a>(t: &TunnelSample, prev: Option<&'a Snapshot>) -> Option<&'a TunnelSample> {
+    prev.and_then(|p| {
+        p.tunnels
+            .iter()
+            .find(|q| q.spec.port == t.spec.port && q.spec.proto == t.spec.proto)
+    })
+}
+
 /// Reset-aware per-second rate of a counter between two snapshots.
 pub fn rate(cur: u64, prev: Option<u64>, seconds: f64) -> Option<f64> {
     let prev = prev?;
@@ -123,9 +138,7 @@ impl Status {
         alerts: &[Alert],
         last_hour: &HashMap<String, (f64, f64)>,
     ) -> Self {
-        let seconds = prev
-            .and_then(|p| cur.taken_at.duration_since(p.taken_at).ok())
-            .map_or(0.0, |d| d.as_secs_f64());
+        let seconds = interval(cur, prev);
         let tunnels = tunnel_rows(cur, prev, seconds, last_hour);
         let s = &cur.system;
         Self {
@@ -183,11 +196,7 @@ fn tunnel_rows(
         .tunnels
         .iter()
         .map(|t| {
-            let before = prev.and_then(|p| {
-                p.tunnels
-                    .iter()
-                    .find(|q| q.spec.port == t.spec.port && q.spec.proto == t.spec.proto)
-            });
+            let before = before(t, prev);
             let dir = |d: usize| {
                 rate(
                     t.traffic.dir[d].bytes,
