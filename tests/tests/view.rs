@@ -196,6 +196,14 @@ fn top_in_tmux_shows_live_traffic_sorts_and_quits_cleanly() {
         tmux.run(&["send-keys", "-t", "top", key]);
         tmux.wait(label, |s| s.contains(label));
     }
+    // Resize to 80×24 (as over a small SSH window): redrawn to fit, nothing lost.
+    tmux.run(&["resize-window", "-t", "top", "-x", "80", "-y", "24"]);
+    let small = tmux.wait("a redraw at 80 columns", |s| {
+        s.lines().all(|l| l.chars().count() <= 80)
+            && s.contains("web")
+            && s.contains("sort: bandwidth")
+    });
+    assert!(small.lines().count() <= 24, "{small}");
     // The busy tunnel is the first row (sorted by bandwidth): Enter shows its peers.
     tmux.run(&["send-keys", "-t", "top", "Enter"]);
     let screen = tmux.wait("the peers of web", |s| s.contains("peers of web"));
