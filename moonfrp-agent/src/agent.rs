@@ -29,8 +29,22 @@ use crate::{
     sys,
 };
 
+/// Every interval encodes the snapshot (megabytes at 1,000 tunnels) and reads it back on other
+/// threads. glibc's defaults keep such freed blocks in per-thread arenas and raise the mmap
+/// threshold after the first one is freed, so RSS settles far above what is live (55 MiB at
+/// 1,000 tunnels, 37 MiB with these settings; README, Performance).
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(config: Config, args: ConfigArgs) -> anyhow::Result<()> {
+    tune_allocator();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .max_blocking_threads(2)
