@@ -45,6 +45,11 @@ fn json_answer(status: u16, v: &impl Serialize) -> Answer {
     }
 }
 
+/// A 200 answer `{"status": "success", "data": …}`.
+fn success(data: &Value) -> Answer {
+    json_answer(200, &json!({ "status": "success", "data": data }))
+}
+
 fn error(status: u16, message: &str) -> Answer {
     json_answer(status, &json!({ "status": "error", "error": message }))
 }
@@ -76,7 +81,7 @@ pub fn history(h: Option<&HistoryApi>, query_string: &str) -> Answer {
         Ok::<_, QueryError>((query::run(&conn, &h.settings, &req, now)?, format))
     };
     match run() {
-        Ok((a, Format::Json)) => json_answer(200, &json!({ "status": "success", "data": a })),
+        Ok((a, Format::Json)) => success(&json!(a)),
         Ok((a, Format::Csv)) => Answer {
             status: 200,
             content_type: "text/csv; charset=utf-8",
@@ -248,7 +253,7 @@ pub fn status(
         .unwrap_or_default();
     let hour = last_hour(h, unix_ms(SystemTime::now()));
     let s = crate::view::model::Status::build(cur, prev, &active, &hour);
-    json_answer(200, &json!({ "status": "success", "data": s }))
+    success(&json!(s))
 }
 
 fn meta_json(m: &TunnelMeta) -> serde_json::Map<String, Value> {
@@ -386,21 +391,15 @@ pub fn peers(
                 .collect()
         })
         .unwrap_or_default();
-    json_answer(
-        200,
-        &json!({
-            "status": "success",
-            "data": {
-                "tunnel": tunnel.map(|t| t.spec.name.clone()),
-                "port": port,
-                "proto": proto.as_str(),
-                "peers_total": total,
-                "table": { "entries": entries, "capacity": capacity },
-                "peers": rows,
-                "durations": durations,
-            }
-        }),
-    )
+    success(&json!({
+        "tunnel": tunnel.map(|t| t.spec.name.clone()),
+        "port": port,
+        "proto": proto.as_str(),
+        "peers_total": total,
+        "table": { "entries": entries, "capacity": capacity },
+        "peers": rows,
+        "durations": durations,
+    }))
 }
 
 /// `POST /api/v1/inspect?port=P[&proto=tcp|udp][&ttl=30s]` watches a port for a while (renew by
@@ -463,10 +462,12 @@ pub fn inspect(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if start {
         match c.inspect(port, proto, ttl) {
-            Ok(name) => json_answer(
-                200,
-                &json!({ "status": "success", "data": { "tunnel": name, "port": port, "proto": proto.as_str(), "ttl_seconds": ttl.as_secs_f64() } }),
-            ),
+            Ok(name) => success(&json!({
+                "tunnel": name,
+                "port": port,
+                "proto": proto.as_str(),
+                "ttl_seconds": ttl.as_secs_f64(),
+            })),
             Err(e) => error(409, &format!("cannot watch {port}/{}: {e}", proto.as_str())),
         }
     } else {
@@ -482,25 +483,19 @@ pub fn alerts(shared: Option<&crate::alerts::Shared>) -> Answer {
     let active = shared
         .map(crate::alerts::Shared::active)
         .unwrap_or_default();
-    json_answer(
-        200,
-        &json!({
-            "status": "success",
-            "data": {
-                "enabled": shared.is_some(),
-                "alerts": active.iter().map(|a| json!({
-                    "alertname": a.alertname,
-                    "state": a.state,
-                    "severity": a.severity,
-                    "value": a.value,
-                    "threshold": a.threshold,
-                    "since": ms_to_s(a.active_since),
-                    "labels": a.labels,
-                    "annotations": a.annotations,
-                })).collect::<Vec<_>>(),
-            }
-        }),
-    )
+    success(&json!({
+        "enabled": shared.is_some(),
+        "alerts": active.iter().map(|a| json!({
+            "alertname": a.alertname,
+            "state": a.state,
+            "severity": a.severity,
+            "value": a.value,
+            "threshold": a.threshold,
+            "since": ms_to_s(a.active_since),
+            "labels": a.labels,
+            "annotations": a.annotations,
+        })).collect::<Vec<_>>(),
+    }))
 }
 
 /// `GET /api/v1/tunnels`: the tunnel table from the latest snapshot, rates against the one before.
@@ -523,15 +518,9 @@ pub fn tunnels(cur: Option<&Snapshot>, prev: Option<&Snapshot>) -> Answer {
         o.insert("port".into(), Value::Null);
         Value::Object(o)
     }));
-    json_answer(
-        200,
-        &json!({
-            "status": "success",
-            "data": {
-                "time": ms_to_s(unix_ms(cur.taken_at)),
-                "interval_seconds": seconds,
-                "tunnels": rows,
-            }
-        }),
-    )
+    success(&json!({
+        "time": ms_to_s(unix_ms(cur.taken_at)),
+        "interval_seconds": seconds,
+        "tunnels": rows,
+    }))
 }
