@@ -19,6 +19,16 @@ use std::{
 pub use agent::{Agent, AgentCmd, wait_timeout};
 pub use scrape::{Metrics, Sample};
 
+/// Every probe the agent attaches (`moonfrp_agent_probe_attached{probe}`).
+pub const PROBES: [&str; 6] = [
+    "traffic_ingress",
+    "traffic_egress",
+    "sock_state",
+    "tcp_retransmit",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+];
+
 /// Longest we wait for the agent to show something.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 

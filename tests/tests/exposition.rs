@@ -111,14 +111,7 @@ fn openmetrics_on_request_and_health_endpoints() {
     m.assert_each(
         "moonfrp_agent_probe_attached",
         "probe",
-        &[
-            "traffic_ingress",
-            "traffic_egress",
-            "sock_state",
-            "tcp_retransmit",
-            "tcp_send_reset",
-            "tcp_receive_reset",
-        ],
+        &moonfrp_tests::PROBES,
         1.0,
     );
 }
