@@ -47,7 +47,7 @@ pub fn run(config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     tune_allocator();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .max_blocking_threads(2)
+        .max_blocking_threads(4)
         .thread_name("moonfrp")
         .enable_all()
         .build()
@@ -68,15 +68,136 @@ fn raise_memlock() {
     }
 }
 
+/// File descriptors kept for the collectors, the maps and the history database whatever the
+/// HTTP clients do.
+const RESERVED_FDS: u64 = 256;
+
+/// Raises the soft limit of open files to the hard one (the usual soft 1,024 is a few hundred
+/// idle connections away from failing every collector), and returns how many connections the
+/// server may hold: `max_connections`, or fewer if the limit leaves less beside the reserve.
+fn raise_nofile(max_connections: u32) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) == 0 {
+                info!(
+                    from = lim.rlim_cur,
+                    to = lim.rlim_max,
+                    "raised the open-files limit"
+                );
+                lim = raised;
+            } else {
+                warn!(error = %std::io::Error::last_os_error(), soft = lim.rlim_cur, "cannot raise the open-files limit");
+            }
+        }
+    }
+    let room = lim.rlim_cur.saturating_sub(RESERVED_FDS).max(16);
+    let max = u64::from(max_connections).min(room);
+    if max < u64::from(max_connections) {
+        warn!(
+            max_connections,
+            allowed = max,
+            open_files_limit = lim.rlim_cur,
+            "the open-files limit leaves room for fewer connections than server.max_connections"
+        );
+    }
+    usize::try_from(max).unwrap_or(usize::MAX)
+}
+
 /// Identity of the config file's content, to notice edits between intervals.
 fn file_stamp(path: Option<&Path>) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path?).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
 
+/// Everything done once per interval, owned by the collection thread: collect, publish, hand
+/// the snapshot to the alert rules and history, write the textfile. It runs apart from the
+/// HTTP handlers and their blocking pool, so a flood of requests cannot delay a collection.
+struct Pipeline {
+    collector: Arc<Mutex<Cycle>>,
+    latest: Arc<Latest>,
+    history: Option<Writer>,
+    alerts: Option<Arc<Mutex<Alerts>>>,
+    textfile: Option<crate::textfile::Writer>,
+    state: Arc<AppState>,
+    rt: tokio::runtime::Handle,
+}
+
+/// Work for the collection thread.
+type Job = Box<dyn FnOnce(&mut Pipeline) + Send>;
+
+impl Pipeline {
+    fn collector(&self) -> std::sync::MutexGuard<'_, Cycle> {
+        self.collector
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn interval(&mut self) {
+        let snap = Arc::new(self.collector().collect(&self.rt));
+        self.latest.publish_arc(snap.clone());
+        self.consume(snap);
+        if let Some(w) = &self.textfile {
+            let text =
+                metrics::openmetrics_to_text(&metrics::encode_openmetrics(&self.state.registry));
+            let result = w.write(&text);
+            self.collector().textfile_result(result);
+        }
+    }
+
+    /// Hands a new snapshot to the alert rules and history, which read its series from its
+    /// exposition (encoded once).
+    fn consume(&self, snap: Arc<crate::snapshot::Snapshot>) {
+        if self.history.is_none() && self.alerts.is_none() {
+            return;
+        }
+        let ts = crate::history::unix_ms(snap.taken_at);
+        let text = Arc::new(metrics::encode_snapshot(snap));
+        let notes = self
+            .alerts
+            .as_ref()
+            .map(|a| {
+                a.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .evaluate(ts, &text)
+            })
+            .unwrap_or_default();
+        if let Some(h) = &self.history {
+            h.submit(ts, text);
+            if !notes.is_empty() {
+                h.record_alerts(ts, notes);
+            }
+        }
+    }
+}
+
+/// Runs `f` on the collection thread and waits for its result.
+async fn on_collector<R: Send + 'static>(
+    jobs: &std::sync::mpsc::Sender<Job>,
+    f: impl FnOnce(&mut Pipeline) -> R + Send + 'static,
+) -> anyhow::Result<R> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    jobs.send(Box::new(move |p| {
+        let _ = tx.send(f(p));
+    }))
+    .map_err(|_| anyhow::anyhow!("the collection thread has stopped"))?;
+    rx.await.map_err(|_| {
+        anyhow::anyhow!("the collection thread stopped during a collection (see the log)")
+    })
+}
+
 async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     privileges::check()?;
     raise_memlock();
+    let max_connections = raise_nofile(config.server.max_connections);
 
     let mounts = sys::current_mounts()?;
     let tracefs = sys::ensure_tracefs(&mounts).unwrap_or_else(|e| {
@@ -120,9 +241,55 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, state.clone(), stop_rx));
+    let server = tokio::spawn(server::serve(
+        listener,
+        state.clone(),
+        max_connections,
+        stop_rx,
+    ));
     info!(listen = %config.listen, interval = ?config.interval, tunnels = config.tunnels.len(), "serving /metrics");
 
+    let (jobs, jobs_rx) = std::sync::mpsc::channel::<Job>();
+    let mut pipeline = Pipeline {
+        collector: collector.clone(),
+        latest,
+        history,
+        alerts,
+        textfile,
+        state: state.clone(),
+        rt: tokio::runtime::Handle::current(),
+    };
+    let collection = std::thread::Builder::new()
+        .name("moonfrp-collect".into())
+        .spawn(move || {
+            for job in jobs_rx {
+                job(&mut pipeline);
+            }
+            // The pipeline drops here: the history writer finishes the snapshot it has.
+        })
+        .context("cannot start the collection thread")?;
+    drop(collector);
+
+    run_loop(&mut config, &args, &jobs).await?;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    drop(jobs);
+    tokio::task::block_in_place(|| collection.join())
+        .map_err(|_| anyhow::anyhow!("the collection thread panicked (see the log)"))?;
+    // The last reference to the collector goes with the server's state: dropping it drops the
+    // programs and their links, so nothing stays attached.
+    drop(state);
+    info!("kernel programs detached; bye");
+    Ok(())
+}
+
+/// Every interval a collection, on SIGHUP or a changed config file a reload, on an frp config
+/// edit a refresh of the tunnels; until SIGINT or SIGTERM.
+async fn run_loop(
+    config: &mut Config,
+    args: &ConfigArgs,
+    jobs: &std::sync::mpsc::Sender<Job>,
+) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -141,45 +308,29 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
                 let now = file_stamp(args.config.as_deref());
                 if now != stamp {
                     stamp = now;
-                    reload(&args, &mut config, &collector, &mut ticker);
+                    reload_on(jobs, args, config, &mut ticker).await?;
                 }
-                let c = collector.clone();
-                let rt = tokio::runtime::Handle::current();
-                let snap = tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).collect(&rt)).await?;
-                let snap = Arc::new(snap);
-                latest.publish_arc(snap.clone());
-                consume(snap, history.as_ref(), alerts.as_ref()).await?;
-                if let Some(w) = &textfile {
-                    let text = metrics::openmetrics_to_text(&metrics::encode_openmetrics(&state.registry));
-                    let result = tokio::task::block_in_place(|| w.write(&text));
-                    collector.lock().unwrap_or_else(std::sync::PoisonError::into_inner).textfile_result(result);
-                }
+                on_collector(jobs, Pipeline::interval).await?;
             }
             Some(()) = next_frp_event(&mut frp_events) => {
                 // Let the editor finish its write-and-rename, then take every change at once.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 drain_frp_events(&mut frp_events);
-                let c = collector.clone();
-                let rt = tokio::runtime::Handle::current();
-                tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).refresh_tunnels(&rt)).await?;
+                on_collector(jobs, |p| {
+                    let rt = p.rt.clone();
+                    p.collector().refresh_tunnels(&rt);
+                })
+                .await?;
             }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the configuration");
                 stamp = file_stamp(args.config.as_deref());
-                reload(&args, &mut config, &collector, &mut ticker);
+                reload_on(jobs, args, config, &mut ticker).await?;
             }
-            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
-            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
         }
     }
-    let _ = stop_tx.send(true);
-    let _ = server.await;
-    // Lets the writer finish the snapshot it has.
-    tokio::task::block_in_place(|| drop(history));
-    // Dropping the collector drops the programs and their links: nothing stays attached.
-    drop(collector);
-    info!("kernel programs detached; bye");
-    Ok(())
 }
 
 /// The alert engine (when on) and what the HTTP handlers read.
@@ -225,40 +376,7 @@ fn serve_state(
     app.alerts = alerts_shared;
     app.peers = Some(peers);
     app.collector = Some(collector);
-    (alerts, Arc::new(app))
-}
-
-/// Hands a new snapshot to history and the alert rules, which read its series from its
-/// exposition (encoded once, off the async workers).
-async fn consume(
-    snap: Arc<crate::snapshot::Snapshot>,
-    history: Option<&Writer>,
-    alerts: Option<&Arc<Mutex<Alerts>>>,
-) -> anyhow::Result<()> {
-    if history.is_none() && alerts.is_none() {
-        return Ok(());
-    }
-    let ts = crate::history::unix_ms(snap.taken_at);
-    let al = alerts.cloned();
-    let (text, notes) = tokio::task::spawn_blocking(move || {
-        let text = Arc::new(metrics::encode_snapshot(snap));
-        let notes = al
-            .map(|a| {
-                a.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .evaluate(ts, &text)
-            })
-            .unwrap_or_default();
-        (text, notes)
-    })
-    .await?;
-    if let Some(h) = history {
-        h.submit(ts, text);
-        if !notes.is_empty() {
-            h.record_alerts(ts, notes);
-        }
-    }
-    Ok(())
+    (alerts, Arc::new(app.with_limits(config.server)))
 }
 
 /// Opens the history database and starts its writer. A database that cannot be opened costs
@@ -335,42 +453,18 @@ fn drain_frp_events(events: &mut Option<FrpEvents>) {
     while let Some(Some(())) = next_frp_event(events).now_or_never() {}
 }
 
-fn reload(
+/// Reloads the configuration on the collection thread (it owns the collector) and applies
+/// the new interval.
+async fn reload_on(
+    jobs: &std::sync::mpsc::Sender<Job>,
     args: &ConfigArgs,
     config: &mut Config,
-    collector: &Mutex<Cycle>,
     ticker: &mut tokio::time::Interval,
-) {
-    let mut c = collector
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let new = match args.load() {
-        Ok(new) => new,
-        Err(e) => {
-            error!("configuration not reloaded, keeping the previous one: {e}");
-            c.config_ok = false;
-            *c.errors.entry("config").or_default() += 1;
-            return;
-        }
+) -> anyhow::Result<()> {
+    let (a, old) = (args.clone(), config.clone());
+    let Some(new) = on_collector(jobs, move |p| reload(&a, &old, &mut p.collector())).await? else {
+        return Ok(());
     };
-    if new.listen != config.listen
-        || new.kernel != config.kernel
-        || new.log_level != config.log_level
-        || new.textfile != config.textfile
-        || new.history != config.history
-        || new.alerts != config.alerts
-    {
-        warn!(
-            "listen address, textfile, history, alerts, kernel settings and log level only change on restart"
-        );
-    }
-    if let Err(e) = c.reconfigure(&new) {
-        error!("configuration not fully applied: {e}");
-        c.config_ok = false;
-        *c.errors.entry("config").or_default() += 1;
-        return;
-    }
-    c.config_ok = true;
     if new.interval != config.interval {
         info!(interval = ?new.interval, "collection interval changed");
         *ticker =
@@ -378,4 +472,71 @@ fn reload(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     *config = new;
+    Ok(())
+}
+
+/// Keys read only at start, with whether `new` changes them.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    [
+        ("listen", old.listen != new.listen),
+        ("textfile", old.textfile != new.textfile),
+        ("kernel", old.kernel != new.kernel),
+        ("log_level", old.log_level != new.log_level),
+        ("data_dir", old.history.data_dir != new.history.data_dir),
+        (
+            "history",
+            old.history.enabled != new.history.enabled
+                || old.history.settings != new.history.settings,
+        ),
+        ("alerts", old.alerts != new.alerts),
+        ("server", old.server != new.server),
+    ]
+    .into_iter()
+    .filter_map(|(k, changed)| changed.then_some(k))
+    .collect()
+}
+
+/// Loads the configuration again and applies what can change live; the new configuration, or
+/// `None` if it was refused. Keys that need a restart keep their running values until then:
+/// the log says which, and `moonfrp_agent_config_restart_required` is 1.
+fn reload(args: &ConfigArgs, config: &Config, c: &mut Cycle) -> Option<Config> {
+    let new = match args.load() {
+        Ok(new) => new,
+        Err(e) => {
+            error!("configuration not reloaded, keeping the previous one: {e}");
+            c.config_ok = false;
+            *c.errors.entry("config").or_default() += 1;
+            return None;
+        }
+    };
+    let pending = restart_only_changes(config, &new);
+    if !pending.is_empty() {
+        warn!(
+            keys = pending.join(", "),
+            "changed in the config file but only applied at the next restart; the running values stay"
+        );
+    }
+    c.restart_pending = pending;
+    if let Err(e) = c.reconfigure(&new) {
+        error!("configuration not fully applied: {e}");
+        c.config_ok = false;
+        *c.errors.entry("config").or_default() += 1;
+        return None;
+    }
+    c.config_ok = true;
+    // What needs a restart is compared with what runs, not with the file's last version.
+    let mut applied = new;
+    for key in &c.restart_pending {
+        match *key {
+            "listen" => applied.listen = config.listen,
+            "textfile" => applied.textfile.clone_from(&config.textfile),
+            "kernel" => applied.kernel = config.kernel,
+            "log_level" => applied.log_level.clone_from(&config.log_level),
+            "data_dir" | "history" => applied.history = config.history.clone(),
+            "alerts" => applied.alerts = config.alerts.clone(),
+            "server" => applied.server = config.server,
+            _ => {}
+        }
+    }
+    Some(applied)
 }

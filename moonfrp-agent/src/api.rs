@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{
+    cycle::InspectError,
     history::{
         Settings,
         query::{self, Format, QueryError, Request},
@@ -19,6 +20,7 @@ use crate::{
         unix_ms,
     },
     snapshot::{Snapshot, TunnelMeta, TunnelSample},
+    untrusted,
 };
 
 /// Where the history database is, for readers.
@@ -423,7 +425,10 @@ pub fn inspect(
                 _ => {
                     return error(
                         400,
-                        &format!("parameter `port`: `{v}` is not a port (1-65535)"),
+                        &format!(
+                            "parameter `port`: `{}` is not a port (1-65535)",
+                            untrusted::shown(&v)
+                        ),
                     );
                 }
             },
@@ -433,23 +438,37 @@ pub fn inspect(
                 other => {
                     return error(
                         400,
-                        &format!("parameter `proto`: `{other}`: use tcp or udp"),
+                        &format!(
+                            "parameter `proto`: `{}`: use tcp or udp",
+                            untrusted::shown(other)
+                        ),
                     );
                 }
             },
             "ttl" => match humantime::parse_duration(&v) {
-                Ok(d) if d <= std::time::Duration::from_hours(1) => ttl = d,
+                Ok(d)
+                    if (std::time::Duration::from_secs(1)..=std::time::Duration::from_hours(1))
+                        .contains(&d) =>
+                {
+                    ttl = d;
+                }
                 _ => {
                     return error(
                         400,
-                        &format!("parameter `ttl`: `{v}` is not a duration up to 1h"),
+                        &format!(
+                            "parameter `ttl`: `{}` is not a duration from 1s to 1h",
+                            untrusted::shown(&v)
+                        ),
                     );
                 }
             },
             other => {
                 return error(
                     400,
-                    &format!("parameter `{other}` is unknown; use port, proto, ttl"),
+                    &format!(
+                        "parameter `{}` is unknown; use port, proto, ttl",
+                        untrusted::shown(other)
+                    ),
                 );
             }
         }
@@ -468,11 +487,21 @@ pub fn inspect(
                 "proto": proto.as_str(),
                 "ttl_seconds": ttl.as_secs_f64(),
             })),
-            Err(e) => error(409, &format!("cannot watch {port}/{}: {e}", proto.as_str())),
+            Err(e @ (InspectError::TooMany | InspectError::NoSlot(_))) => {
+                error(409, &format!("cannot watch {port}/{}: {e}", proto.as_str()))
+            }
+            Err(e) => error(500, &format!("cannot watch {port}/{}: {e}", proto.as_str())),
         }
     } else {
         match c.end_inspect(port, proto) {
-            Ok(()) => json_answer(200, &json!({ "status": "success" })),
+            Ok(true) => json_answer(200, &json!({ "status": "success" })),
+            Ok(false) => error(
+                404,
+                &format!(
+                    "{port}/{} is not being inspected (a tunnel's port ends with the tunnel)",
+                    proto.as_str()
+                ),
+            ),
             Err(e) => error(500, &e.to_string()),
         }
     }

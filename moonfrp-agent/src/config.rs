@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::{
     alerts::{AlertsConfig, config::AlertsFile},
     history::{HistoryConfig, Level, Settings},
+    untrusted::{self, shown},
 };
 
 /// Default address of the HTTP server: loopback only, so nothing is exposed by accident.
@@ -27,6 +28,14 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_mins(1);
 pub const MAX_EXPORTED_PEERS: u32 = 10;
 /// Shortest interval accepted.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest interval accepted.
+pub const MAX_INTERVAL: Duration = Duration::from_hours(1);
+/// Largest `kernel.peers`: the per-CPU LRU table takes ≈ 56 B per entry and CPU.
+pub const MAX_PEERS: u32 = 262_144;
+/// Largest `kernel.tracked_connections` (≈ 80 B per entry).
+pub const MAX_TRACKED_CONNECTIONS: u32 = 1 << 20;
+/// Largest agent config file read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Where a tunnel definition came from (exported as the `source` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -80,6 +89,8 @@ pub struct Config {
     pub history: HistoryConfig,
     /// Alert rules and notification channels.
     pub alerts: AlertsConfig,
+    /// Bounds of the HTTP server.
+    pub server: crate::server::Limits,
 }
 
 /// Sizes of the kernel tables, fixed when the programs are loaded.
@@ -110,6 +121,31 @@ impl Default for KernelConfig {
             export_peers: 0,
             bpf_stats: true,
         }
+    }
+}
+
+impl KernelConfig {
+    /// Checks every size against its range; the error names the key.
+    fn validate(self, file_origin: &str) -> Result<Self, ConfigError> {
+        let key = |k: &str| format!("{file_origin}: key `kernel.{k}`");
+        ranged(&key("slots"), self.slots, 1, MAX_SLOTS)?;
+        ranged(&key("peers"), self.peers, 0, MAX_PEERS)?;
+        ranged(
+            &key("tracked_connections"),
+            self.tracked_connections,
+            1,
+            MAX_TRACKED_CONNECTIONS,
+        )?;
+        if self.export_peers > MAX_EXPORTED_PEERS {
+            return Err(invalid(
+                &key("export_peers"),
+                format!(
+                    "{} is over the cap of {MAX_EXPORTED_PEERS} (one series per peer and tunnel); peers beyond it are in the API",
+                    self.export_peers
+                ),
+            ));
+        }
+        Ok(self)
     }
 }
 
@@ -158,9 +194,52 @@ struct FrpFile {
     configs: Option<Vec<String>>,
     grace: Option<String>,
     api_timeout: Option<String>,
+    max_proxies: Option<u64>,
 }
 
-fn frp_discovery(f: FrpFile, file_origin: &str) -> Result<FrpDiscoveryConfig, ConfigError> {
+/// `value` of `key` if it lies in `lo..=hi`, else an error naming the key and the range.
+fn ranged<T: PartialOrd + Copy + fmt::Display>(
+    key: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<T, ConfigError> {
+    if value < lo || value > hi {
+        return Err(invalid(
+            key,
+            format!("{value} is out of range; use {lo}..={hi}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A duration `key` in `lo..=hi`, else an error naming the key and the range.
+fn ranged_duration(
+    key: &str,
+    raw: &str,
+    value: Duration,
+    lo: Duration,
+    hi: Duration,
+) -> Result<Duration, ConfigError> {
+    if value < lo || value > hi {
+        return Err(invalid(
+            key,
+            format!(
+                "`{}` is out of range; use {}..={}",
+                shown(raw),
+                humantime::format_duration(lo),
+                humantime::format_duration(hi)
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+fn frp_discovery(
+    f: FrpFile,
+    file_origin: &str,
+    interval: Duration,
+) -> Result<FrpDiscoveryConfig, ConfigError> {
     let mut options = crate::frp::discovery::Options::default();
     if let Some(c) = f.configs {
         options.configs = c;
@@ -169,16 +248,35 @@ fn frp_discovery(f: FrpFile, file_origin: &str) -> Result<FrpDiscoveryConfig, Co
         humantime::parse_duration(v).map_err(|e| {
             invalid(
                 &format!("{file_origin}: key `frp.{key}`"),
-                format!("`{v}` is not a duration ({e}); use e.g. 5m or 2s"),
+                format!("`{}` is not a duration ({e}); use e.g. 5m or 2s", shown(v)),
             )
         })
     };
+    let key = |k: &str| format!("{file_origin}: key `frp.{k}`");
     if let Some(g) = f.grace {
-        options.grace = duration("grace", &g)?;
+        options.grace = ranged_duration(
+            &key("grace"),
+            &g,
+            duration("grace", &g)?,
+            Duration::ZERO,
+            Duration::from_hours(24),
+        )?;
     }
     if let Some(t) = f.api_timeout {
-        options.api_timeout = duration("api_timeout", &t)?;
+        options.api_timeout = ranged_duration(
+            &key("api_timeout"),
+            &t,
+            duration("api_timeout", &t)?,
+            Duration::from_millis(100),
+            Duration::from_mins(1),
+        )?;
     }
+    if let Some(m) = f.max_proxies {
+        options.max_proxies = ranged(&key("max_proxies"), m, 1, 65_535)? as usize;
+    }
+    // A collection waits for the APIs at most a twentieth of its interval; a slower answer is
+    // used by the next collection (README: FRP discovery).
+    options.wait = options.api_timeout.min(interval / 20);
     Ok(FrpDiscoveryConfig {
         enabled: f.enabled.unwrap_or(true),
         options,
@@ -212,7 +310,7 @@ fn history(
         humantime::parse_duration(v).map_err(|e| {
             invalid(
                 &key(k),
-                format!("`{v}` is not a duration ({e}); use e.g. 24h or 7d"),
+                format!("`{}` is not a duration ({e}); use e.g. 24h or 7d", shown(v)),
             )
         })
     };
@@ -222,7 +320,7 @@ fn history(
         if settings.retention < Duration::from_mins(1) {
             return Err(invalid(
                 &key("retention"),
-                format!("`{r}` is shorter than 1m"),
+                format!("`{}` is shorter than 1m", shown(&r)),
             ));
         }
     }
@@ -239,10 +337,7 @@ fn history(
             .collect::<Result<_, ConfigError>>()?;
     }
     if let Some(m) = f.max_points {
-        if m < 2 {
-            return Err(invalid(&key("max_points"), "must be at least 2"));
-        }
-        settings.max_points = m;
+        settings.max_points = ranged(&key("max_points"), m, 2, 1_000_000)?;
     }
     settings
         .validate()
@@ -291,6 +386,8 @@ struct FileConfig {
     history: HistoryFile,
     #[serde(default)]
     alerts: AlertsFile,
+    #[serde(default)]
+    server: crate::server::Limits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -323,9 +420,19 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let (file, file_origin) = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
+                let text = untrusted::read_text(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+                    untrusted::ReadError::Io(source) => ConfigError::Read {
+                        path: path.to_owned(),
+                        source,
+                    },
+                    untrusted::ReadError::NotRegular => ConfigError::Read {
+                        path: path.to_owned(),
+                        source: std::io::Error::other("not a regular file"),
+                    },
+                    other => ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: other.to_string(),
+                    },
                 })?;
                 (
                     parse_file(path, &text)?,
@@ -352,7 +459,8 @@ impl Config {
                 invalid(
                     &origin,
                     format!(
-                        "`{v}` is not an address:port ({e}); use e.g. 127.0.0.1:9477 or [::1]:9477"
+                        "`{}` is not an address:port ({e}); use e.g. 127.0.0.1:9477 or [::1]:9477",
+                        shown(&v)
                     ),
                 )
             })?,
@@ -368,28 +476,11 @@ impl Config {
             Some((v, origin)) => parse_log_level(&v).map_err(|p| invalid(&origin, p))?,
             None => "info".to_owned(),
         };
-        let kernel = file.kernel;
-        if kernel.slots == 0 || kernel.slots > MAX_SLOTS {
-            return Err(invalid(
-                &format!("{file_origin}: key `kernel.slots`"),
-                format!("{} is out of range; use 1..={MAX_SLOTS}", kernel.slots),
-            ));
-        }
-        if kernel.export_peers > MAX_EXPORTED_PEERS {
-            return Err(invalid(
-                &format!("{file_origin}: key `kernel.export_peers`"),
-                format!(
-                    "{} is over the cap of {MAX_EXPORTED_PEERS} (one series per peer and tunnel); peers beyond it are in the API",
-                    kernel.export_peers
-                ),
-            ));
-        }
-        if kernel.tracked_connections == 0 {
-            return Err(invalid(
-                &format!("{file_origin}: key `kernel.tracked_connections`"),
-                "must be at least 1".to_owned(),
-            ));
-        }
+        let kernel = file.kernel.validate(file_origin)?;
+        let server = file
+            .server
+            .validate()
+            .map_err(|p| invalid(file_origin, p))?;
 
         let tunnels = all_tunnels(file.tunnels, file_origin, o)?;
         if tunnels.len() > kernel.slots as usize {
@@ -404,13 +495,18 @@ impl Config {
         }
         let tunnels = check_unique(tunnels)?;
         let textfile = o.textfile.clone().or(file.textfile);
-        if let Some(t) = &textfile
-            && t.file_name().is_none()
-        {
-            return Err(invalid(
-                "textfile",
-                format!("`{}` is not a file path", t.display()),
-            ));
+        if let Some(t) = &textfile {
+            // Never replace a device, a FIFO, a directory or whatever a symlink points at.
+            let not_plain = std::fs::symlink_metadata(t).is_ok_and(|m| !m.file_type().is_file());
+            if t.file_name().is_none() || not_plain {
+                return Err(invalid(
+                    "textfile",
+                    format!(
+                        "`{}` is not a regular file; give the path of a file (it is replaced every interval), e.g. /var/lib/node_exporter/textfile/moonfrp.prom",
+                        shown(&t.display().to_string())
+                    ),
+                ));
+            }
         }
         let data_dir = o
             .data_dir
@@ -423,6 +519,15 @@ impl Config {
                 "is empty; give a directory, e.g. /var/lib/moonfrp",
             ));
         }
+        if std::fs::metadata(&data_dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(invalid(
+                "data_dir",
+                format!(
+                    "`{}` exists and is not a directory; give a directory (created if missing)",
+                    shown(&data_dir.display().to_string())
+                ),
+            ));
+        }
         Ok(Self {
             listen,
             interval,
@@ -430,11 +535,12 @@ impl Config {
             tunnels,
             kernel,
             collectors: file.collectors,
-            frp: frp_discovery(file.frp, file_origin)?,
+            frp: frp_discovery(file.frp, file_origin, interval)?,
             textfile,
             history: history(file.history, data_dir, file_origin)?,
             alerts: crate::alerts::config::parse(file.alerts, crate::metrics::names::is_known)
                 .map_err(|p| invalid(file_origin, p))?,
+            server,
         })
     }
 }
@@ -447,7 +553,7 @@ fn all_tunnels(
 ) -> Result<Vec<(String, TunnelSpec)>, ConfigError> {
     let mut tunnels = Vec::new();
     for (i, t) in file.into_iter().enumerate() {
-        let origin = format!("{file_origin}: tunnels[{i}] (`{}`)", t.name);
+        let origin = format!("{file_origin}: tunnels[{i}] (`{}`)", shown(&t.name));
         let port = u16::try_from(t.port)
             .ok()
             .filter(|p| *p != 0)
@@ -486,16 +592,17 @@ fn all_tunnels(
 }
 
 fn invalid(origin: &str, problem: impl Into<String>) -> ConfigError {
+    // The last guard: whatever a message quotes, it stays a message.
     ConfigError::Invalid {
-        origin: origin.to_owned(),
-        problem: problem.into(),
+        origin: untrusted::message(origin, 500),
+        problem: untrusted::message(&problem.into(), 2000),
     }
 }
 
 fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
-        message: e.to_string().trim_end().replace('\n', "\n  "),
+        message: untrusted::located(text, e.span().map_or(0, |s| s.start), e.message(), true),
     })
 }
 
@@ -533,7 +640,7 @@ fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         return Err(format!(
             "tunnel name `{}` must be 1-128 printable characters",
-            name.escape_debug()
+            shown(name)
         ));
     }
     Ok(())
@@ -544,16 +651,21 @@ fn parse_proto(s: &str) -> Result<Proto, String> {
         "tcp" => Ok(Proto::Tcp),
         "udp" => Ok(Proto::Udp),
         other => Err(format!(
-            "protocol `{other}` is not supported; use tcp or udp"
+            "protocol `{}` is not supported; use tcp or udp",
+            shown(other)
         )),
     }
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration ({e}); use e.g. 60s, 10s, 1m"))?;
-    if d < MIN_INTERVAL {
-        return Err(format!("`{s}` is shorter than the minimum of 1s"));
+    let d = humantime::parse_duration(s).map_err(|e| {
+        format!(
+            "`{}` is not a duration ({e}); use e.g. 60s, 10s, 1m",
+            shown(s)
+        )
+    })?;
+    if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&d) {
+        return Err(format!("`{}` is out of range; use 1s..=1h", shown(s)));
     }
     Ok(d)
 }
@@ -562,7 +674,8 @@ fn parse_log_level(s: &str) -> Result<String, String> {
     match s.to_ascii_lowercase().as_str() {
         l @ ("error" | "warn" | "info" | "debug" | "trace") => Ok(l.to_owned()),
         _ => Err(format!(
-            "log level `{s}` is unknown; use error, warn, info, debug or trace"
+            "log level `{}` is unknown; use error, warn, info, debug or trace",
+            shown(s)
         )),
     }
 }
@@ -591,7 +704,7 @@ impl FromStr for CliTunnel {
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("port `{port}` is out of range; use 1..=65535"))?;
+            .ok_or_else(|| format!("port `{}` is out of range; use 1..=65535", shown(port)))?;
         Ok(Self {
             name: name.to_owned(),
             port,

@@ -2,7 +2,7 @@
 //! the kernel counters and every host collector, judge each tunnel's health, and return the
 //! `Snapshot`. Everything that must survive between intervals lives in [`Cycle`].
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     time::{Instant, SystemTime},
 };
 
@@ -20,6 +20,7 @@ use crate::{
     process,
     snapshot::{AgentSample, LastError, PortlessTunnel, Snapshot, TunnelMeta, read_tunnels},
     sockets,
+    untrusted::Limit,
     watch::{WatchError, WatchTable},
 };
 
@@ -54,8 +55,30 @@ pub struct Cycle {
     adhoc: BTreeMap<(u16, Proto), Instant>,
     seq: u64,
     pub config_ok: bool,
+    /// Keys changed in the config file that only a restart applies.
+    pub restart_pending: Vec<&'static str>,
     pub errors: BTreeMap<&'static str, u64>,
     textfile_error: Option<String>,
+    /// Tunnels that wanted a slot and got none (all in use), by name.
+    unwatched: BTreeSet<String>,
+}
+
+/// Most ports watched at once on request (`POST /api/v1/inspect`).
+pub const MAX_INSPECTIONS: usize = 16;
+
+/// Why an inspection was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(
+        "{MAX_INSPECTIONS} inspections are running already; end one (DELETE) or wait for one to expire"
+    )]
+    TooMany,
+    #[error(
+        "no free kernel slot: all {0} are taken by configured and discovered tunnels, which come first; raise `kernel.slots`"
+    )]
+    NoSlot(u32),
+    #[error("{0}")]
+    Watch(#[from] WatchError),
 }
 
 impl Cycle {
@@ -84,8 +107,10 @@ impl Cycle {
             export_peers: config.kernel.export_peers as usize,
             seq: 0,
             config_ok: true,
+            restart_pending: Vec::new(),
             errors: BTreeMap::new(),
             textfile_error: None,
+            unwatched: BTreeSet::new(),
         }
     }
 
@@ -104,7 +129,9 @@ impl Cycle {
         self.apply_tunnels()
     }
 
-    /// Explicit tunnels, then FRP's, one owner per (port, protocol).
+    /// Explicit tunnels, then FRP's, then inspections, one owner per (port, protocol), cut to
+    /// the kernel's slots in that order: configured tunnels always win a slot over discovered
+    /// ones, and both over inspections.
     fn desired(&self) -> Vec<TunnelSpec> {
         let mut out = self.explicit.clone();
         let mut taken: HashSet<(u16, Proto)> = out.iter().map(|t| (t.port, t.proto)).collect();
@@ -139,30 +166,56 @@ impl Cycle {
         out
     }
 
+    /// The name a (port, protocol) is counted under, if a configured or discovered tunnel
+    /// covers it.
+    fn covered(&self, port: u16, proto: Proto) -> Option<String> {
+        self.explicit
+            .iter()
+            .map(|t| (t.port, t.proto, &t.name))
+            .chain(
+                self.found
+                    .iter()
+                    .filter_map(|f| f.port.map(|(p, q)| (p, q, &f.name))),
+            )
+            .find(|(p, q, _)| *p == port && *q == proto)
+            .map(|(.., n)| n.clone())
+    }
+
     /// Watches (`port`, `proto`) until `ttl` from now (renewed by asking again), unless a tunnel
-    /// already covers it; returns the name it is counted under.
+    /// already covers it; returns the name it is counted under. At most [`MAX_INSPECTIONS`] at
+    /// once, and only in a slot no configured or discovered tunnel needs.
     pub fn inspect(
         &mut self,
         port: u16,
         proto: Proto,
         ttl: std::time::Duration,
-    ) -> Result<String, WatchError> {
+    ) -> Result<String, InspectError> {
+        if let Some(name) = self.covered(port, proto) {
+            return Ok(name);
+        }
+        if !self.adhoc.contains_key(&(port, proto)) {
+            if self.adhoc.len() >= MAX_INSPECTIONS {
+                Limit::Inspections.hit();
+                return Err(InspectError::TooMany);
+            }
+            if self.desired().len() >= self.watch.capacity() as usize {
+                Limit::Inspections.hit();
+                return Err(InspectError::NoSlot(self.watch.capacity()));
+            }
+        }
         self.adhoc.insert((port, proto), Instant::now() + ttl);
         self.apply_tunnels()?;
-        Ok(self
-            .desired()
-            .into_iter()
-            .find(|t| t.port == port && t.proto == proto)
-            .map(|t| t.name)
-            .unwrap_or_default())
+        Ok(format!("inspect-{port}-{}", proto.as_str()))
     }
 
     /// Ends an inspection early; the port goes back to unwatched unless a tunnel covers it.
-    pub fn end_inspect(&mut self, port: u16, proto: Proto) -> Result<(), WatchError> {
-        if self.adhoc.remove(&(port, proto)).is_some() {
-            self.apply_tunnels()?;
+    /// `false` if the port was not being inspected.
+    pub fn end_inspect(&mut self, port: u16, proto: Proto) -> Result<bool, WatchError> {
+        if self.adhoc.remove(&(port, proto)).is_none() {
+            return Ok(false);
         }
-        Ok(())
+        self.apply_tunnels()?;
+        Ok(true)
     }
 
     /// Drops inspections whose time is up.
@@ -190,9 +243,33 @@ impl Cycle {
         }
     }
 
-    /// Makes the kernel watch table match the desired tunnels.
+    /// Makes the kernel watch table match the desired tunnels, as many as there are slots.
+    /// Inspections that no longer fit (a tunnel added by a reload needs their slot) end; other
+    /// tunnels left without a slot are logged once and counted.
     pub fn apply_tunnels(&mut self) -> Result<(), WatchError> {
-        let desired = self.desired();
+        let mut desired = self.desired();
+        let capacity = self.watch.capacity() as usize;
+        let over = desired.split_off(capacity.min(desired.len()));
+        let mut unwatched = BTreeSet::new();
+        for t in over {
+            if t.source == TunnelSource::Inspect {
+                self.adhoc.remove(&(t.port, t.proto));
+                warn!(tunnel = %t, "inspection ended: a configured or discovered tunnel needs its slot");
+            } else {
+                unwatched.insert(t.name);
+            }
+        }
+        let new: Vec<&String> = unwatched.difference(&self.unwatched).collect();
+        if !new.is_empty() {
+            Limit::Slots.hits(new.len() as u64);
+            let first: Vec<&str> = new.iter().take(5).map(|n| n.as_str()).collect();
+            warn!(
+                tunnels = unwatched.len(),
+                first = first.join(", "),
+                "tunnels without a kernel slot (all {capacity} in use): not counted; raise `kernel.slots`"
+            );
+        }
+        self.unwatched = unwatched;
         let errors = &mut self.errors;
         let changes = self.watch.apply(&mut self.kernel.maps, &desired, |ports| {
             sockets::seed_active(ports).unwrap_or_else(|e| {
@@ -301,7 +378,10 @@ impl Cycle {
             agent: AgentSample {
                 slots_capacity: self.watch.capacity(),
                 slots_used: self.watch.len() as u32,
+                unwatched: self.unwatched.len() as u32,
                 config_ok: self.config_ok,
+                restart_pending: !self.restart_pending.is_empty(),
+                limits: crate::untrusted::limit_hits(),
                 errors: self.errors.clone(),
                 collectors: runs,
                 bpf: self.kernel.program_stats(),

@@ -1,22 +1,13 @@
 //! `moonfrp-agent`: parse the command line, set up logging, run; errors become exit codes
 //! (2: bad configuration or usage, 1: the agent could not start or failed).
-use std::{io::IsTerminal as _, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::Parser;
 use moonfrp_agent::{
     agent,
     cli::{Cli, Command},
+    logging,
 };
-use tracing_subscriber::EnvFilter;
-
-fn init_logging(level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
 
 /// Prints a client command's output and error, and exits with its code.
 fn finish((code, out, err): (u8, String, String)) -> ExitCode {
@@ -29,6 +20,12 @@ fn finish((code, out, err): (u8, String, String)) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A client command piped into `head` ends quietly when the pipe closes, as Unix tools
+        // do, instead of panicking on a failed print. The agent itself keeps ignoring SIGPIPE.
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let args = match &cli.command {
         Command::Run(args) | Command::Check(args) => args,
         Command::BenchHistory(b) => {
@@ -86,19 +83,16 @@ fn main() -> ExitCode {
             unreachable!("handled above")
         }
         Command::Check(_) => {
-            println!(
-                "configuration is valid: listen {}, interval {:?}, {} tunnel(s)",
-                config.listen,
-                config.interval,
-                config.tunnels.len()
-            );
-            for t in &config.tunnels {
-                println!("  {t} (from {})", t.source.as_str());
+            let (report, ok) = moonfrp_agent::check::report(&config);
+            print!("{report}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
             }
-            ExitCode::SUCCESS
         }
         Command::Run(args) => {
-            init_logging(&config.log_level);
+            logging::init(&config.log_level);
             match agent::run(config, args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -7,6 +7,7 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
+use serde::Deserialize;
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, watch},
@@ -17,10 +18,51 @@ use crate::{
     api::{self, HistoryApi},
     metrics,
     snapshot::Latest,
+    untrusted::Limit,
 };
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Bounds of the HTTP server (`[server]` in the config file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Requests handled at once; one more is answered 503 at once (node_exporter's
+    /// `--web.max-requests`).
+    pub max_requests: u32,
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_requests: 40,
+            max_connections: 512,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks the ranges; the error names the key.
+    pub fn validate(self) -> Result<Self, String> {
+        for (key, v, hi) in [
+            ("server.max_requests", self.max_requests, 10_000),
+            ("server.max_connections", self.max_connections, 65_536),
+        ] {
+            if v == 0 || v > hi {
+                return Err(format!("key `{key}`: {v} is out of range; use 1..={hi}"));
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// Largest request head (request line and headers) read; a larger one is answered 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// How long a client has to send a whole request head (an idle keep-alive connection included).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers read.
 pub struct AppState {
@@ -38,6 +80,9 @@ pub struct AppState {
     pub peers: Option<(Arc<crate::ebpf::maps::PeerTable>, u32)>,
     /// The collector, for inspections that watch a port for a while.
     pub collector: Option<Arc<std::sync::Mutex<crate::cycle::Cycle>>>,
+    /// Requests being handled, at most `max_requests`.
+    pub requests: Arc<Semaphore>,
+    pub max_requests: u32,
 }
 
 impl AppState {
@@ -56,7 +101,17 @@ impl AppState {
             alerts: None,
             peers: None,
             collector: None,
+            requests: Arc::new(Semaphore::new(Limits::default().max_requests as usize)),
+            max_requests: Limits::default().max_requests,
         }
+    }
+
+    /// Applies the server's bounds.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.requests = Arc::new(Semaphore::new(limits.max_requests as usize));
+        self.max_requests = limits.max_requests;
+        self
     }
 }
 
@@ -137,6 +192,25 @@ async fn off_thread(f: impl FnOnce() -> api::Answer + Send + 'static) -> Respons
         a.content_type,
         a.body,
     )
+}
+
+/// Answers within `max_requests` (503 beyond, like node_exporter), then routes.
+async fn admit(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let Ok(_permit) = state.requests.clone().try_acquire_owned() else {
+        Limit::Requests.hit();
+        let mut r = reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!(
+                "too many requests at once (server.max_requests = {}); try again\n",
+                state.max_requests
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return r;
+    };
+    route(state, req).await
 }
 
 /// Routes `/api/…` (anything that reads SQLite or the kernel off the async workers) and
@@ -256,12 +330,41 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-/// Serves until `shutdown` turns true.
+/// Counts and, at most once a minute, logs connections closed because `max_connections` were
+/// open.
+#[derive(Default)]
+struct Refusals {
+    since_log: u64,
+    logged_at: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    fn refuse(&mut self, max: usize) {
+        Limit::Connections.hit();
+        self.since_log += 1;
+        if self
+            .logged_at
+            .is_none_or(|t| t.elapsed() >= Duration::from_mins(1))
+        {
+            warn!(
+                refused = self.since_log,
+                "connections closed at once: {max} are open (server.max_connections)"
+            );
+            self.since_log = 0;
+            self.logged_at = Some(std::time::Instant::now());
+        }
+    }
+}
+
+/// Serves until `shutdown` turns true, with at most `max_connections` connections open.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let open = Arc::new(Semaphore::new(max_connections));
+    let mut refusals = Refusals::default();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -275,21 +378,33 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
+        let Ok(slot) = open.clone().try_acquire_owned() else {
+            drop(stream);
+            refusals.refuse(max_connections);
+            continue;
+        };
         let state = state.clone();
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(state, req).await) }
+                async move { Ok::<_, Infallible>(admit(state, req).await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "connection ended with an error") },
+                r = conn.as_mut() => if let Err(e) = r {
+                    if e.is_parse_too_large() {
+                        Limit::RequestSize.hit();
+                    }
+                    debug!(%peer, error = %e, "connection ended with an error");
+                },
                 _ = conn_shutdown.changed() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.as_mut().await;

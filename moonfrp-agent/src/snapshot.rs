@@ -45,8 +45,14 @@ pub struct Snapshot {
 pub struct AgentSample {
     pub slots_capacity: u32,
     pub slots_used: u32,
+    /// Tunnels that want a slot and have none (all in use).
+    pub unwatched: u32,
     /// Whether the last configuration (re)load was accepted.
     pub config_ok: bool,
+    /// The config file changes keys that only a restart applies.
+    pub restart_pending: bool,
+    /// How often each limit on outside input was reached since start ([`crate::untrusted::Limit`]).
+    pub limits: Vec<(&'static str, u64)>,
     /// Failed collections since start, by source (`kernel`, `process`, `config`, `sockets`,
     /// `textfile`, and each host collector).
     pub errors: BTreeMap<&'static str, u64>,

@@ -252,6 +252,32 @@ impl Agent {
         })
     }
 
+    /// The agent's peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the agent's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+            * 1024
+    }
+
+    /// When each snapshot was taken (Unix seconds, in order), from the history database.
+    pub fn snapshot_times(&self) -> Vec<f64> {
+        let db = rusqlite::Connection::open_with_flags(
+            self.data_dir.join("history.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("the history database");
+        let mut stmt = db.prepare("SELECT ts FROM snapshots ORDER BY ts").unwrap();
+        stmt.query_map([], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|t| t.unwrap() as f64 / 1000.0)
+            .collect()
+    }
+
     /// IDs of the BPF programs the agent process holds open.
     pub fn prog_ids(&self) -> BTreeSet<u32> {
         fd_info_ids(self.pid(), "prog_id:")

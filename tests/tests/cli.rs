@@ -64,7 +64,7 @@ fn bad_configuration_is_named_and_exits_2() {
         ),
         (
             vec!["run", "--interval", "100ms"],
-            vec!["--interval", "minimum of 1s"],
+            vec!["--interval", "out of range; use 1s..=1h"],
         ),
     ];
     for (args, needles) in cases {

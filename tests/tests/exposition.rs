@@ -2,33 +2,9 @@
 use std::{
     io::Write,
     net::{Ipv4Addr, TcpListener, TcpStream},
-    process::{Command, Stdio},
 };
 
-use moonfrp_tests::{Agent, Metrics, free_port};
-
-fn promtool_check(text: &str) -> (bool, String) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is installed by `cargo xtask test`");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let findings = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), findings)
-}
+use moonfrp_tests::{Agent, Metrics, free_port, promtool_check};
 
 #[test]
 fn metrics_pass_promtool_and_scrapes_are_stable() {

@@ -127,6 +127,7 @@ fn api_answers_from_the_database_with_real_traffic() {
 
     tunnel_table_and_summary(&agent, port);
     bad_input_names_the_parameter(&agent);
+    ranges_older_than_the_data_answer_with_the_data(&agent);
     private_file_readable_with_sql(&agent);
 }
 
@@ -176,15 +177,37 @@ fn bad_input_names_the_parameter(agent: &Agent) {
         v["error"].as_str().unwrap().contains("parameter `step`"),
         "{v}"
     );
+    // The limit is judged on the range that has data: a year ahead at 1 s is too many points.
+    let in_a_year = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 365 * 86_400;
     let (status, _, v) = api(
         agent,
-        "/api/v1/history?metric=moonfrp_system_load1&from=now-90d&step=1s",
+        &format!("/api/v1/history?metric=moonfrp_system_load1&from=now-90d&to={in_a_year}&step=1s"),
     );
     assert_eq!(status, 400);
     assert!(
         v["error"].as_str().unwrap().contains("limit is 11000"),
         "{v}"
     );
+}
+
+/// A range reaching back before the database began (`since=25h`, `from=0`) answers with the
+/// raw samples there are, not with empty rollup levels (issue 12, item 12).
+fn ranges_older_than_the_data_answer_with_the_data(agent: &Agent) {
+    for query in ["since=25h", "from=0", "from=now-90d&step=1m"] {
+        let (status, _, v) = api(
+            agent,
+            &format!("/api/v1/history?metric=moonfrp_system_load1&{query}"),
+        );
+        assert_eq!(status, 200, "{query}: {v}");
+        assert!(!samples(&v).is_empty(), "{query}: no points in {v}");
+        if !query.contains("step") {
+            assert_eq!(v["data"]["resolution"], "raw", "{query}: {v}");
+        }
+    }
 }
 
 /// The file: private, and readable with plain SQL through the documented view.
@@ -363,7 +386,8 @@ fn history_spans_a_restart_and_a_counter_reset_without_negative_rates_or_spikes(
         &b,
         "/api/v1/history?metric=moonfrp_tunnel_receive_payload_bytes_total&tunnel=u&since=10m&rate=true",
     );
-    let rates: Vec<f64> = samples(&v).into_iter().map(|(_, r)| r).collect();
+    let points = samples(&v);
+    let rates: Vec<f64> = points.iter().map(|(_, r)| *r).collect();
     let mut sorted = rates.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
@@ -378,6 +402,17 @@ fn history_spans_a_restart_and_a_counter_reset_without_negative_rates_or_spikes(
     assert!(
         rates.iter().all(|r| *r <= 2.5 * median),
         "a spike: {rates:?}"
+    );
+    // No dip towards 0 B/s at the restart while the stream never stopped: the new run's first
+    // sample gives no rate (when its counters began is unknown), the next one the stream's.
+    let after_restart = points
+        .windows(2)
+        .find(|w| w[1].0 - w[0].0 > 1.6)
+        .map(|w| w[1].1)
+        .expect("the restart leaves a gap");
+    assert!(
+        after_restart > 0.3 * median,
+        "{after_restart} B/s right after the restart, median {median}: {points:?}"
     );
     // The raw values show both resets: after the restart and after the tunnel came back.
     let (_, _, v) = api(

@@ -9,6 +9,7 @@ use super::{
     rules::{self, Func, Op, Rule},
     state::Severity,
 };
+use crate::untrusted::shown;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChannelKind {
@@ -144,8 +145,76 @@ struct ChannelFile {
 }
 
 fn duration(what: &str, v: &str) -> Result<Duration, String> {
-    humantime::parse_duration(v)
-        .map_err(|e| format!("{what}: `{v}` is not a duration ({e}); use e.g. 5m or 30s"))
+    humantime::parse_duration(v).map_err(|e| {
+        format!(
+            "{what}: `{}` is not a duration ({e}); use e.g. 5m or 30s",
+            shown(v)
+        )
+    })
+}
+
+/// A duration in `lo..=hi`.
+fn duration_in(what: &str, v: &str, lo: Duration, hi: Duration) -> Result<Duration, String> {
+    let d = duration(what, v)?;
+    if d < lo || d > hi {
+        return Err(format!(
+            "{what}: `{}` is out of range; use {}..={}",
+            shown(v),
+            humantime::format_duration(lo),
+            humantime::format_duration(hi)
+        ));
+    }
+    Ok(d)
+}
+
+/// Checks an annotation template: every `{{` closed, each placeholder a label name or
+/// `value`, `threshold`.
+fn check_template(key: &str, t: &str) -> Result<(), String> {
+    let mut rest = t;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err(format!(
+                "annotation `{}`: a `{{{{` is never closed with `}}}}`",
+                shown(key)
+            ));
+        };
+        let name = after[..end].trim();
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "annotation `{}`: `{{{{{}}}}}` is not a placeholder; use {{{{value}}}}, {{{{threshold}}}} or a label name such as {{{{tunnel}}}}",
+                shown(key),
+                shown(name)
+            ));
+        }
+        rest = &after[end + 2..];
+    }
+    Ok(())
+}
+
+/// Checks that an exec channel's program exists and can be run.
+fn check_program(path: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = std::path::Path::new(path);
+    if !p.is_absolute() {
+        return Err(format!(
+            "`command[0]` = `{}` must be an absolute path (the agent does not search PATH)",
+            shown(path)
+        ));
+    }
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+        Ok(_) => Err(format!(
+            "`command[0]` = `{}` is not an executable file",
+            shown(path)
+        )),
+        Err(e) => Err(format!("`command[0]` = `{}`: {e}", shown(path))),
+    }
 }
 
 /// Validates `[alerts]`; `known` tells whether a metric name exists. Errors name the rule or
@@ -156,10 +225,20 @@ pub fn parse(f: AlertsFile, known: impl Fn(&str) -> bool) -> Result<AlertsConfig
         ..AlertsConfig::default()
     };
     if let Some(r) = &f.repeat_interval {
-        c.repeat_interval = duration("alerts.repeat_interval", r)?;
+        c.repeat_interval = duration_in(
+            "alerts.repeat_interval",
+            r,
+            Duration::from_mins(1),
+            Duration::from_hours(30 * 24),
+        )?;
     }
     if let Some(r) = &f.cooldown {
-        c.cooldown = duration("alerts.cooldown", r)?;
+        c.cooldown = duration_in(
+            "alerts.cooldown",
+            r,
+            Duration::ZERO,
+            Duration::from_hours(24),
+        )?;
     }
     if !f.builtin.unwrap_or(true) {
         c.rules.clear();
@@ -167,7 +246,8 @@ pub fn parse(f: AlertsFile, known: impl Fn(&str) -> bool) -> Result<AlertsConfig
     for name in &f.disable {
         if !rules::builtin().iter().any(|r| &r.name == name) {
             return Err(format!(
-                "alerts.disable: `{name}` is not a built-in rule; they are: {}",
+                "alerts.disable: `{}` is not a built-in rule; they are: {}",
+                shown(name),
                 rules::builtin()
                     .iter()
                     .map(|r| r.name.as_str())
@@ -179,7 +259,7 @@ pub fn parse(f: AlertsFile, known: impl Fn(&str) -> bool) -> Result<AlertsConfig
     c.rules.retain(|r| !f.disable.contains(&r.name));
     let mut names = std::collections::BTreeSet::new();
     for (i, r) in f.rules.into_iter().enumerate() {
-        let origin = format!("alerts.rules[{i}] (`{}`)", r.name);
+        let origin = format!("alerts.rules[{i}] (`{}`)", shown(&r.name));
         let rule = rule(r, &known).map_err(|p| format!("{origin}: {p}"))?;
         if !names.insert(rule.name.clone()) {
             return Err(format!(
@@ -194,10 +274,16 @@ pub fn parse(f: AlertsFile, known: impl Fn(&str) -> bool) -> Result<AlertsConfig
             "alerts.channels[{i}]{}",
             ch.name
                 .as_ref()
-                .map_or_else(String::new, |n| format!(" (`{n}`)"))
+                .map_or_else(String::new, |n| format!(" (`{}`)", shown(n)))
         );
-        c.channels
-            .push(channel(ch, i).map_err(|p| format!("{origin}: {p}"))?);
+        let ch = channel(ch, i).map_err(|p| format!("{origin}: {p}"))?;
+        if c.channels.iter().any(|o| o.name == ch.name) {
+            return Err(format!(
+                "{origin}: another channel is named `{}`; names identify channels in metrics and logs",
+                shown(&ch.name)
+            ));
+        }
+        c.channels.push(ch);
     }
     Ok(c)
 }
@@ -220,28 +306,41 @@ fn rule(r: RuleFile, known: &impl Fn(&str) -> bool) -> Result<Rule, String> {
     for m in metrics.iter().chain(&r.divide_by) {
         if !known(m) {
             return Err(format!(
-                "unknown metric `{m}`; use a name from /metrics (README: Metrics), e.g. moonfrp_tunnel_up"
+                "unknown metric `{}`; use a name from /metrics (README: Metrics), e.g. moonfrp_tunnel_up",
+                shown(m)
             ));
         }
     }
     let func = match &r.function {
         None => Func::Value,
-        Some(f) => Func::parse(f)
-            .ok_or_else(|| format!("function `{f}` is unknown; use value, rate or increase"))?,
+        Some(f) => Func::parse(f).ok_or_else(|| {
+            format!(
+                "function `{}` is unknown; use value, rate or increase",
+                shown(f)
+            )
+        })?,
     };
     let op = Op::parse(&r.op).ok_or_else(|| {
         format!(
             "comparison `{}` is unknown; use >, >=, <, <=, == or !=",
-            r.op
+            shown(&r.op)
         )
     })?;
     if r.warning.is_none() && r.critical.is_none() {
         return Err("give a `warning` or a `critical` threshold (or both)".into());
     }
+    for (key, t) in [("warning", r.warning), ("critical", r.critical)] {
+        if t.is_some_and(|t| !t.is_finite()) {
+            return Err(format!("`{key}` must be a finite number, not nan or inf"));
+        }
+    }
     let for_ = match &r.for_ {
         None => Duration::ZERO,
-        Some(d) => duration("`for`", d)?,
+        Some(d) => duration_in("`for`", d, Duration::ZERO, Duration::from_hours(24))?,
     };
+    for (k, t) in &r.annotations {
+        check_template(k, t)?;
+    }
     let mut annotations = r.annotations;
     annotations
         .entry("summary".into())
@@ -270,7 +369,8 @@ fn channel(ch: ChannelFile, i: usize) -> Result<ChannelConfig, String> {
         "exec" => ChannelKind::Exec,
         other => {
             return Err(format!(
-                "type `{other}` is unknown; use webhook, slack, discord, alertmanager or exec"
+                "type `{}` is unknown; use webhook, slack, discord, alertmanager or exec",
+                shown(other)
             ));
         }
     };
@@ -279,23 +379,29 @@ fn channel(ch: ChannelFile, i: usize) -> Result<ChannelConfig, String> {
         if cmd.first().is_none_or(String::is_empty) {
             return Err("an exec channel needs `command = [\"/path/to/program\", …]`".into());
         }
+        check_program(&cmd[0])?;
         (String::new(), cmd)
     } else {
         let url = ch.url.unwrap_or_default();
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
             return Err(format!(
-                "`url` must be an http:// or https:// URL, not `{url}`"
+                "`url` must be an http:// or https:// URL, not `{}`",
+                shown(&url)
             ));
         }
-        reqwest::Url::parse(&url).map_err(|e| format!("`url` {url}: {e}"))?;
+        reqwest::Url::parse(&url).map_err(|e| format!("`url` {}: {e}", shown(&url)))?;
         (url, Vec::new())
     };
     let severities = ch
         .severities
         .iter()
         .map(|s| {
-            Severity::parse(s)
-                .ok_or_else(|| format!("severity `{s}` is unknown; use warning or critical"))
+            Severity::parse(s).ok_or_else(|| {
+                format!(
+                    "severity `{}` is unknown; use warning or critical",
+                    shown(s)
+                )
+            })
         })
         .collect::<Result<_, _>>()?;
     Ok(ChannelConfig {
@@ -305,15 +411,28 @@ fn channel(ch: ChannelFile, i: usize) -> Result<ChannelConfig, String> {
         command,
         severities,
         matchers: ch.matchers,
-        timeout: ch
-            .timeout
-            .map_or(Ok(Duration::from_secs(10)), |t| duration("`timeout`", &t))?,
-        retries: ch.retries.unwrap_or(3),
-        backoff: ch
-            .backoff
-            .map_or(Ok(Duration::from_secs(1)), |t| duration("`backoff`", &t))?,
-        resend: ch
-            .resend
-            .map_or(Ok(Duration::from_mins(1)), |t| duration("`resend`", &t))?,
+        timeout: ch.timeout.map_or(Ok(Duration::from_secs(10)), |t| {
+            duration_in(
+                "`timeout`",
+                &t,
+                Duration::from_millis(100),
+                Duration::from_mins(5),
+            )
+        })?,
+        retries: match ch.retries.unwrap_or(3) {
+            r @ 0..=10 => r,
+            r => return Err(format!("`retries` = {r} is out of range; use 0..=10")),
+        },
+        backoff: ch.backoff.map_or(Ok(Duration::from_secs(1)), |t| {
+            duration_in("`backoff`", &t, Duration::ZERO, Duration::from_mins(10))
+        })?,
+        resend: ch.resend.map_or(Ok(Duration::from_mins(1)), |t| {
+            duration_in(
+                "`resend`",
+                &t,
+                Duration::from_secs(1),
+                Duration::from_hours(1),
+            )
+        })?,
     })
 }

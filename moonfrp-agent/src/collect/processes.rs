@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use procfs::process::Process;
 
 use super::CollectError;
+use crate::untrusted::Limit;
 
 /// One FRP program identity: its name and config file.
 pub type Key = (String, String);
@@ -57,6 +58,9 @@ pub fn matches<'a>(names: &'a [String], comm: &str, exe: Option<&str>) -> Option
         .find(|n| comm == n.as_str() || exe.is_some_and(|e| e == n.as_str()))
 }
 
+/// Most (name, config) identities reported.
+pub const MAX_IDENTITIES: usize = 64;
+
 /// Remembers identities across intervals to count restarts.
 #[derive(Debug)]
 pub struct Tracker {
@@ -77,14 +81,19 @@ impl Tracker {
     }
 
     /// Folds one observation (identity → (pid, stats) of every matching process) into the state.
+    /// Identities are remembered (a vanished one reports 0 running), at most
+    /// [`MAX_IDENTITIES`]: any local user can start a process named `frps` with a config path of
+    /// their choosing, and each new path would otherwise be a series forever.
     pub fn observe(&mut self, now: &BTreeMap<Key, Vec<(i32, ProcStats)>>) -> Vec<FrpProcess> {
         for (key, procs) in now {
             let pids: BTreeSet<i32> = procs.iter().map(|(p, _)| *p).collect();
+            let full = self.seen.len() >= MAX_IDENTITIES;
             match self.seen.get_mut(key) {
                 Some((old, restarts)) => {
                     *restarts += pids.difference(old).count() as u64;
                     *old = pids;
                 }
+                None if full => Limit::Processes.hit(),
                 None => {
                     self.seen.insert(key.clone(), (pids, 0));
                 }
@@ -148,7 +157,10 @@ fn inspect(
         .and_then(|e| e.file_name())
         .and_then(|n| n.to_str());
     let name = matches(names, &stat.comm, exe_name)?;
-    let config = config_from_args(&p.cmdline().unwrap_or_default()).unwrap_or_default();
+    // The path comes from whoever started the process: escaped and bounded like a name.
+    let config = config_from_args(&p.cmdline().unwrap_or_default())
+        .map(|c| crate::untrusted::text(&c))
+        .unwrap_or_default();
     let stats = ProcStats {
         cpu_seconds: (stat.utime + stat.stime) as f64 / tps,
         resident_bytes: stat.rss * page,

@@ -109,7 +109,7 @@ fn bad_values_are_explained() {
                 interval: Some("500ms".into()),
                 ..Overrides::default()
             },
-            "minimum of 1s",
+            "out of range; use 1s..=1h",
         ),
         (
             Overrides {

@@ -2,7 +2,14 @@
 //! snake_case of frps ≤ 0.52, v2 `/api/v2/proxies`, `/api/serverinfo`) and of the frpc admin
 //! API (`/api/status`). Every parser turns a bad answer (an HTML page, truncated or mistyped
 //! JSON) into an error that says what came back.
-use serde_json::Value;
+//!
+//! Answers come from outside: each proxy is parsed on its own from the borrowed answer text (so
+//! memory follows the answer's size, not a JSON tree of it), and every string is escaped and
+//! bounded where it enters ([`crate::untrusted`]).
+use serde::Deserialize;
+use serde_json::{Value, value::RawValue};
+
+use crate::untrusted;
 
 /// Proxy types frps serves under `/api/proxy/{type}`.
 pub const V1_TYPES: [&str; 8] = [
@@ -12,8 +19,10 @@ pub const V1_TYPES: [&str; 8] = [
 /// One proxy as frps reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerProxy {
-    /// As frps names it: `{user}.{name}` when the client sets `user`.
+    /// As frps names it: `{user}.{name}` when the client sets `user` (escaped and bounded).
     pub name: String,
+    /// The name had to be escaped or cut.
+    pub renamed: bool,
     pub kind: String,
     /// The port frps listens on (resolved when the client asked for 0); `None` when offline.
     pub remote_port: Option<u16>,
@@ -39,6 +48,7 @@ pub struct ServerInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientProxy {
     pub name: String,
+    pub renamed: bool,
     pub kind: String,
     /// `new`, `wait start`, `start error`, `running`, `check failed`, `closed`.
     pub status: String,
@@ -47,16 +57,22 @@ pub struct ClientProxy {
     pub remote_addr: String,
 }
 
-/// Parses a JSON body, explaining what came back when it is not JSON.
-fn json(body: &str) -> Result<Value, String> {
-    serde_json::from_str(body).map_err(|e| {
-        let start: String = body.trim_start().chars().take(40).collect();
-        if start.starts_with('<') {
-            format!("the answer is an HTML page, not JSON (`{start}`…): is this the frp web server's address?")
-        } else {
-            format!("the answer is not valid JSON ({e})")
-        }
-    })
+/// What came back when an answer is not the JSON asked for.
+fn not_json(body: &str, e: &serde_json::Error) -> String {
+    let start: String = body.trim_start().chars().take(40).collect();
+    if start.starts_with('<') {
+        format!(
+            "the answer is an HTML page, not JSON (`{}`…): is this the frp web server's address?",
+            untrusted::escape(&start)
+        )
+    } else {
+        format!("the answer is not valid JSON ({e})")
+    }
+}
+
+/// Parses one element of a list (a single proxy: small).
+fn element(raw: &RawValue) -> Result<Value, String> {
+    serde_json::from_str(raw.get()).map_err(|e| format!("the answer is not valid JSON ({e})"))
 }
 
 fn u64_of(v: &Value, keys: &[&str], what: &str) -> Result<u64, String> {
@@ -68,7 +84,12 @@ fn u64_of(v: &Value, keys: &[&str], what: &str) -> Result<u64, String> {
                     .as_u64()
                     .ok_or_else(|| format!("{what}: `{k}` = {n} is not a count"));
             }
-            Some(other) => return Err(format!("{what}: `{k}` must be a number, found `{other}`")),
+            Some(other) => {
+                return Err(format!(
+                    "{what}: `{k}` must be a number, found `{}`",
+                    untrusted::shown(&other.to_string())
+                ));
+            }
         }
     }
     Ok(0)
@@ -76,6 +97,16 @@ fn u64_of(v: &Value, keys: &[&str], what: &str) -> Result<u64, String> {
 
 fn str_of<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a str> {
     keys.iter().find_map(|k| v.get(*k).and_then(Value::as_str))
+}
+
+/// A short word (type, status) from the answer, escaped and bounded.
+fn word_of(v: &Value, keys: &[&str]) -> Option<String> {
+    str_of(v, keys).map(untrusted::word)
+}
+
+/// The proxy's name, escaped and bounded; whether that changed it.
+fn name_of(v: &Value, what: impl FnOnce() -> String) -> Result<(String, bool), String> {
+    str_of(v, &["name"]).map(untrusted::name).ok_or_else(what)
 }
 
 fn port_of(v: Option<&Value>, what: &str) -> Result<Option<u16>, String> {
@@ -87,80 +118,106 @@ fn port_of(v: Option<&Value>, what: &str) -> Result<Option<u16>, String> {
             .and_then(|p| u16::try_from(p).ok())
             .map(|p| (p != 0).then_some(p))
             .ok_or_else(|| format!("{what}: port {n} is not a port")),
-        Some(other) => Err(format!("{what}: port must be a number, found `{other}`")),
+        Some(other) => Err(format!(
+            "{what}: port must be a number, found `{}`",
+            untrusted::shown(&other.to_string())
+        )),
     }
+}
+
+#[derive(Deserialize)]
+struct V1List<'a> {
+    #[serde(borrow)]
+    proxies: Option<&'a RawValue>,
+}
+
+/// The elements of a JSON list, borrowed from the answer.
+fn list<'a>(raw: Option<&'a RawValue>, missing: &str) -> Result<Vec<&'a RawValue>, String> {
+    let raw = raw.ok_or_else(|| missing.to_owned())?;
+    serde_json::from_str::<Vec<&RawValue>>(raw.get()).map_err(|_| missing.to_owned())
 }
 
 /// `GET /api/proxy/{kind}` (both key styles).
 pub fn parse_v1(kind: &str, body: &str) -> Result<Vec<ServerProxy>, String> {
-    let v = json(body)?;
-    let list = v
-        .get("proxies")
-        .and_then(Value::as_array)
-        .ok_or("no `proxies` list in the answer")?;
-    list.iter()
+    let v: V1List<'_> = serde_json::from_str(body).map_err(|e| not_json(body, &e))?;
+    list(v.proxies, "no `proxies` list in the answer")?
+        .into_iter()
         .enumerate()
-        .map(|(i, p)| {
-            let name = str_of(p, &["name"])
-                .ok_or_else(|| format!("proxies[{i}] has no name"))?
-                .to_owned();
+        .map(|(i, raw)| {
+            let p = element(raw)?;
+            let (name, renamed) = name_of(&p, || format!("proxies[{i}] has no name"))?;
             let what = format!("proxy `{name}`");
             let conf = p.get("conf").filter(|c| !c.is_null());
             let remote = conf.and_then(|c| c.get("remotePort").or_else(|| c.get("remote_port")));
             Ok(ServerProxy {
                 kind: conf
-                    .and_then(|c| str_of(c, &["type", "proxy_type"]))
-                    .unwrap_or(kind)
-                    .to_owned(),
+                    .and_then(|c| word_of(c, &["type", "proxy_type"]))
+                    .unwrap_or_else(|| kind.to_owned()),
                 remote_port: port_of(remote, &what)?,
-                status: str_of(p, &["status"]).unwrap_or_default().to_owned(),
-                today_traffic_in: u64_of(p, &["todayTrafficIn", "today_traffic_in"], &what)?,
-                today_traffic_out: u64_of(p, &["todayTrafficOut", "today_traffic_out"], &what)?,
-                cur_conns: u64_of(p, &["curConns", "cur_conns"], &what)?,
+                status: word_of(&p, &["status"]).unwrap_or_default(),
+                today_traffic_in: u64_of(&p, &["todayTrafficIn", "today_traffic_in"], &what)?,
+                today_traffic_out: u64_of(&p, &["todayTrafficOut", "today_traffic_out"], &what)?,
+                cur_conns: u64_of(&p, &["curConns", "cur_conns"], &what)?,
                 name,
+                renamed,
             })
         })
         .collect()
 }
 
+#[derive(Deserialize)]
+struct V2Answer<'a> {
+    code: Option<Value>,
+    msg: Option<Value>,
+    #[serde(borrow)]
+    data: Option<V2Data<'a>>,
+}
+
+#[derive(Deserialize)]
+struct V2Data<'a> {
+    #[serde(borrow)]
+    items: Option<&'a RawValue>,
+    total: Option<Value>,
+}
+
 /// `GET /api/v2/proxies?page=&pageSize=`: the proxies of this page and the total count.
 pub fn parse_v2(body: &str) -> Result<(Vec<ServerProxy>, u64), String> {
-    let v = json(body)?;
-    let code = v.get("code").and_then(Value::as_u64).unwrap_or(200);
+    let v: V2Answer<'_> = serde_json::from_str(body).map_err(|e| not_json(body, &e))?;
+    let code = v.code.as_ref().and_then(Value::as_u64).unwrap_or(200);
     if code != 200 && code != 0 {
         return Err(format!(
             "frps answered code {code}: {}",
-            str_of(&v, &["msg"]).unwrap_or_default()
+            untrusted::shown(v.msg.as_ref().and_then(Value::as_str).unwrap_or_default())
         ));
     }
-    let data = v.get("data").ok_or("no `data` in the answer")?;
-    let items = data
-        .get("items")
-        .and_then(Value::as_array)
-        .ok_or("no `data.items` list in the answer")?;
-    let total = u64_of(data, &["total"], "data")?;
+    let data = v.data.ok_or("no `data` in the answer")?;
+    let items = list(data.items, "no `data.items` list in the answer")?;
+    let total = match data.total {
+        None | Some(Value::Null) => 0,
+        Some(t) => t.as_u64().ok_or("data: `total` must be a count")?,
+    };
     let proxies = items
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, p)| {
-            let name = str_of(p, &["name"])
-                .ok_or_else(|| format!("items[{i}] has no name"))?
-                .to_owned();
+        .map(|(i, raw)| {
+            let p = element(raw)?;
+            let (name, renamed) = name_of(&p, || format!("items[{i}] has no name"))?;
             let what = format!("proxy `{name}`");
             let spec = p.get("spec").ok_or_else(|| format!("{what} has no spec"))?;
-            let kind = str_of(spec, &["type"]).unwrap_or_default().to_owned();
-            let remote = spec.get(&kind).and_then(|t| t.get("remotePort"));
+            let kind_raw = str_of(spec, &["type"]).unwrap_or_default();
+            let remote = spec.get(kind_raw).and_then(|t| t.get("remotePort"));
             let status = p
                 .get("status")
                 .ok_or_else(|| format!("{what} has no status"))?;
             Ok(ServerProxy {
                 remote_port: port_of(remote, &what)?,
-                status: str_of(status, &["phase"]).unwrap_or_default().to_owned(),
+                status: word_of(status, &["phase"]).unwrap_or_default(),
                 today_traffic_in: u64_of(status, &["todayTrafficIn"], &what)?,
                 today_traffic_out: u64_of(status, &["todayTrafficOut"], &what)?,
                 cur_conns: u64_of(status, &["curConns"], &what)?,
-                kind,
+                kind: untrusted::word(kind_raw),
                 name,
+                renamed,
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -169,40 +226,66 @@ pub fn parse_v2(body: &str) -> Result<(Vec<ServerProxy>, u64), String> {
 
 /// `GET /api/serverinfo`.
 pub fn parse_serverinfo(body: &str) -> Result<ServerInfo, String> {
-    let v = json(body)?;
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Info {
+        version: Option<Value>,
+        bind_port: Option<Value>,
+        kcp_bind_port: Option<Value>,
+        quic_bind_port: Option<Value>,
+        #[serde(rename = "vhostHTTPPort")]
+        vhost_http_port: Option<Value>,
+        #[serde(rename = "vhostHTTPSPort")]
+        vhost_https_port: Option<Value>,
+    }
+    let v: Info = serde_json::from_str(body).map_err(|e| not_json(body, &e))?;
     let port =
-        |k: &str| -> Result<u16, String> { Ok(port_of(v.get(k), "serverinfo")?.unwrap_or(0)) };
+        |p: Option<&Value>| -> Result<u16, String> { Ok(port_of(p, "serverinfo")?.unwrap_or(0)) };
     Ok(ServerInfo {
-        version: str_of(&v, &["version"]).unwrap_or_default().to_owned(),
-        bind_port: port("bindPort")?,
-        kcp_bind_port: port("kcpBindPort")?,
-        quic_bind_port: port("quicBindPort")?,
-        vhost_http_port: port("vhostHTTPPort")?,
-        vhost_https_port: port("vhostHTTPSPort")?,
+        version: v
+            .version
+            .as_ref()
+            .and_then(Value::as_str)
+            .map(untrusted::word)
+            .unwrap_or_default(),
+        bind_port: port(v.bind_port.as_ref())?,
+        kcp_bind_port: port(v.kcp_bind_port.as_ref())?,
+        quic_bind_port: port(v.quic_bind_port.as_ref())?,
+        vhost_http_port: port(v.vhost_http_port.as_ref())?,
+        vhost_https_port: port(v.vhost_https_port.as_ref())?,
     })
 }
 
 /// frpc `GET /api/status`: every proxy of every type (types frpc adds later are kept).
 pub fn parse_client_status(body: &str) -> Result<Vec<ClientProxy>, String> {
-    let v = json(body)?;
-    let by_type = v
-        .as_object()
-        .ok_or("the answer is not a JSON object of proxy types")?;
+    if !body.trim_start().starts_with('{') {
+        return match serde_json::from_str::<serde::de::IgnoredAny>(body) {
+            Err(e) => Err(not_json(body, &e)),
+            Ok(_) => Err("the answer is not a JSON object of proxy types".to_owned()),
+        };
+    }
+    let by_type: std::collections::BTreeMap<&str, &RawValue> =
+        serde_json::from_str(body).map_err(|e| not_json(body, &e))?;
     let mut out = Vec::new();
-    for (kind, list) in by_type {
-        let list = list
-            .as_array()
-            .ok_or_else(|| format!("`{kind}` must be a list"))?;
-        for p in list {
-            let name =
-                str_of(p, &["name"]).ok_or_else(|| format!("a `{kind}` proxy has no name"))?;
+    for (kind, raw) in by_type {
+        let kind = untrusted::word(kind);
+        for raw in list(Some(raw), &format!("`{kind}` must be a list"))? {
+            let p = element(raw)?;
+            let (name, renamed) = name_of(&p, || format!("a `{kind}` proxy has no name"))?;
             out.push(ClientProxy {
-                name: name.to_owned(),
-                kind: str_of(p, &["type"]).unwrap_or(kind).to_owned(),
-                status: str_of(p, &["status"]).unwrap_or_default().to_owned(),
-                err: str_of(p, &["err"]).unwrap_or_default().to_owned(),
-                local_addr: str_of(p, &["local_addr"]).unwrap_or_default().to_owned(),
-                remote_addr: str_of(p, &["remote_addr"]).unwrap_or_default().to_owned(),
+                name,
+                renamed,
+                kind: word_of(&p, &["type"]).unwrap_or_else(|| kind.clone()),
+                status: word_of(&p, &["status"]).unwrap_or_default(),
+                err: str_of(&p, &["err"])
+                    .map(untrusted::text)
+                    .unwrap_or_default(),
+                local_addr: str_of(&p, &["local_addr"])
+                    .map(untrusted::text)
+                    .unwrap_or_default(),
+                remote_addr: str_of(&p, &["remote_addr"])
+                    .map(untrusted::text)
+                    .unwrap_or_default(),
             });
         }
     }

@@ -4,12 +4,16 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Empty, LengthLimitError, Limited};
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{Secret, config::WebServer};
+use crate::untrusted::Limit;
+
+/// Largest answer read from an frps/frpc API: a v1 list of ~25,000 proxies.
+pub const MAX_API_BODY: u64 = 8 << 20;
 
 /// Where an API is and how to log in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,9 +22,21 @@ pub struct Endpoint {
     pub addr: String,
     pub user: Option<String>,
     pub password: Option<Secret>,
+    /// Largest answer body read; a longer one is an error, not a bigger buffer.
+    pub max_body: u64,
 }
 
 impl Endpoint {
+    /// An endpoint without credentials.
+    pub fn new(addr: String, max_body: u64) -> Self {
+        Self {
+            addr,
+            user: None,
+            password: None,
+            max_body,
+        }
+    }
+
     pub fn from_web(w: &WebServer) -> Self {
         // frp's web server listening on all addresses is reached through loopback.
         let host = match w.addr.as_str() {
@@ -37,6 +53,7 @@ impl Endpoint {
             addr,
             user: w.user.clone(),
             password: w.password.clone(),
+            max_body: MAX_API_BODY,
         }
     }
 }
@@ -44,9 +61,15 @@ impl Endpoint {
 /// A failed GET: nobody answered, or the answer was not a 200.
 #[derive(Debug, thiserror::Error)]
 pub enum GetError {
-    /// Connection refused, no answer in time: asking again at once will not help.
+    /// Connection refused, nobody listening: asking again at once will not help.
     #[error("{0}")]
     Unreachable(String),
+    /// Connected, but no whole answer before the deadline (a hung or dripping server).
+    #[error("{0}")]
+    Timeout(String),
+    /// The answer's body is larger than the endpoint allows.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{0}")]
     Answer(String),
 }
@@ -56,6 +79,10 @@ impl From<GetError> for String {
         e.to_string()
     }
 }
+
+/// Longest wait for a connection to be accepted (loopback or a LAN: a refused or unrouted
+/// address fails long before).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET path` on the endpoint; the body of a 200 answer.
 pub async fn get(ep: &Endpoint, path: &str, timeout: Duration) -> Result<String, GetError> {
@@ -78,24 +105,39 @@ pub async fn get_any(
     request(ep, "GET", path, timeout).await
 }
 
-/// `method path` (no body) on the endpoint: the status and body of whatever it answers.
+/// `method path` (no body) on the endpoint: the status and body of whatever it answers, all
+/// of it within `timeout` (a server that drips its answer runs out of time like a silent one).
 pub async fn request(
     ep: &Endpoint,
     method: &str,
     path: &str,
     timeout: Duration,
 ) -> Result<(StatusCode, String), GetError> {
-    tokio::time::timeout(timeout, fetch(ep, method, path))
+    // Messages name no durations: a caller that retries with what is left of its own deadline
+    // gets the same message for the same problem (and logs it once).
+    let deadline = tokio::time::Instant::now() + timeout;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT.min(timeout), TcpStream::connect(&ep.addr))
         .await
         .map_err(|_| {
-            GetError::Unreachable(format!("{method} {path}: no answer within {timeout:?}"))
+            GetError::Unreachable(format!("cannot connect to {}: no answer in time", ep.addr))
+        })?
+        .map_err(|e| GetError::Unreachable(format!("cannot connect to {}: {e}", ep.addr)))?;
+    tokio::time::timeout_at(deadline, fetch(stream, ep, method, path))
+        .await
+        .map_err(|_| {
+            GetError::Timeout(format!(
+                "{method} {path}: {} accepted the connection but gave no whole answer in time",
+                ep.addr
+            ))
         })?
 }
 
-async fn fetch(ep: &Endpoint, method: &str, path: &str) -> Result<(StatusCode, String), GetError> {
-    let stream = TcpStream::connect(&ep.addr)
-        .await
-        .map_err(|e| GetError::Unreachable(format!("cannot connect to {}: {e}", ep.addr)))?;
+async fn fetch(
+    stream: TcpStream,
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+) -> Result<(StatusCode, String), GetError> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| GetError::Unreachable(format!("HTTP handshake with {}: {e}", ep.addr)))?;
@@ -117,13 +159,36 @@ async fn fetch(ep: &Endpoint, method: &str, path: &str) -> Result<(StatusCode, S
         .await
         .map_err(|e| GetError::Answer(format!("GET {path}: {e}")))?;
     let status = resp.status();
-    let body = resp
-        .into_body()
+    let too_large = || {
+        Limit::ResponseSize.hit();
+        GetError::TooLarge(format!(
+            "{method} {path}: the answer is larger than {} bytes",
+            ep.max_body
+        ))
+    };
+    // A declared length over the limit is refused before anything is read.
+    if resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > ep.max_body)
+    {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(ep.max_body).unwrap_or(usize::MAX);
+    let body = Limited::new(resp.into_body(), limit)
         .collect()
         .await
-        .map_err(|e| GetError::Answer(format!("GET {path}: reading the body: {e}")))?
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                too_large()
+            } else {
+                GetError::Answer(format!("{method} {path}: reading the body: {e}"))
+            }
+        })?
         .to_bytes();
     let body = String::from_utf8(body.to_vec())
-        .map_err(|_| GetError::Answer(format!("GET {path}: the answer is not UTF-8")))?;
+        .map_err(|_| GetError::Answer(format!("{method} {path}: the answer is not UTF-8")))?;
     Ok((status, body))
 }

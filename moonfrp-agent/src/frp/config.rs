@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{FrpError, Secret, ini};
+use crate::untrusted;
 
 /// frps's or frpc's web server (dashboard / admin API).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +31,10 @@ pub struct ServerConfig {
 /// One proxy of an frpc config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyConf {
+    /// Escaped and bounded ([`untrusted::name`]).
     pub name: String,
+    /// The name had to be escaped or cut.
+    pub renamed: bool,
     /// `tcp`, `udp`, `http`, `https`, `tcpmux`, `stcp`, `sudp`, `xtcp`, or whatever a newer frp adds.
     pub kind: String,
     pub local_ip: String,
@@ -70,14 +74,23 @@ pub fn parse(path: &Path, text: &str) -> Result<FrpConfig, FrpError> {
         .and_then(|e| e.to_str())
         .unwrap_or_default()
         .to_ascii_lowercase();
+    // Parsers' own messages quote the offending line, which may set a password: errors say
+    // where and what, never the line.
     let value: Value = match ext.as_str() {
         "toml" => {
-            let t: toml::Value =
-                toml::from_str(text).map_err(|e| bad(e.to_string().trim().to_owned()))?;
+            let t: toml::Value = toml::from_str(text).map_err(|e| {
+                let at = e.span().map_or(0, |s| s.start);
+                bad(untrusted::located(text, at, e.message(), false))
+            })?;
             serde_json::to_value(t).map_err(|e| bad(e.to_string()))?
         }
-        "yaml" | "yml" => serde_yaml_ng::from_str(text).map_err(|e| bad(e.to_string()))?,
-        "json" => serde_json::from_str(text).map_err(|e| bad(e.to_string()))?,
+        "yaml" | "yml" => serde_yaml_ng::from_str(text).map_err(|e| {
+            let at = e.location().map_or(0, |l| l.index());
+            bad(untrusted::located(text, at, &e.to_string(), false))
+        })?,
+        "json" => {
+            serde_json::from_str(text).map_err(|e| bad(untrusted::message(&e.to_string(), 300)))?
+        }
         "ini" => {
             return ini::parse(text).and_then(|i| from_ini(&i)).map_err(&bad);
         }
@@ -172,23 +185,28 @@ fn from_value(v: &Value) -> Result<FrpConfig, String> {
             .as_array()
             .ok_or_else(|| format!("`proxies` must be a list, found {}", kind_of(list)))?;
         for (i, p) in list.iter().enumerate() {
-            let name = string(p, "name")?.ok_or_else(|| format!("proxies[{i}] has no name"))?;
+            let (name, renamed) = string(p, "name")?
+                .map(|n| untrusted::name(&n))
+                .ok_or_else(|| format!("proxies[{i}] has no name"))?;
             let at = |e: String| format!("proxies[{i}] (`{name}`): {e}");
             proxies.push(ProxyConf {
                 kind: string(p, "type")
                     .map_err(at)?
-                    .unwrap_or_else(|| "tcp".to_owned()),
+                    .map_or_else(|| "tcp".to_owned(), |k| untrusted::word(&k)),
                 local_ip: string(p, "localIP")
                     .map_err(at)?
-                    .unwrap_or_else(|| "127.0.0.1".to_owned()),
+                    .map_or_else(|| "127.0.0.1".to_owned(), |a| untrusted::text(&a)),
                 local_port: port(p, "localPort").map_err(at)?,
                 remote_port: port(p, "remotePort").map_err(at)?,
                 name,
+                renamed,
             });
         }
     }
     Ok(FrpConfig::Client(ClientConfig {
-        user: string(v, "user")?.filter(|u| !u.is_empty()),
+        user: string(v, "user")?
+            .filter(|u| !u.is_empty())
+            .map(|u| untrusted::name(&u).0),
         server_addr: string(v, "serverAddr")?,
         server_port: port(v, "serverPort")?.unwrap_or(7000),
         web: web(v, "127.0.0.1")?,
@@ -204,8 +222,12 @@ fn from_ini(ini: &ini::Ini) -> Result<FrpConfig, String> {
         section
             .get(key)
             .map(|v| {
-                v.parse::<u16>()
-                    .map_err(|_| format!("`{key}` = `{v}` is not a port (0..=65535)"))
+                v.parse::<u16>().map_err(|_| {
+                    format!(
+                        "`{key}` = `{}` is not a port (0..=65535)",
+                        untrusted::shown(v)
+                    )
+                })
             })
             .transpose()
     };
@@ -256,20 +278,22 @@ fn from_ini(ini: &ini::Ini) -> Result<FrpConfig, String> {
         .iter()
         .filter(|s| s.name != "common" && !s.name.starts_with("range:"))
     {
-        let at = |e: String| format!("[{}]: {e}", s.name);
+        let (name, renamed) = untrusted::name(&s.name);
+        let at = |e: String| format!("[{name}]: {e}");
         proxies.push(ProxyConf {
-            name: s.name.clone(),
-            kind: s.get("type").unwrap_or("tcp").to_owned(),
-            local_ip: s.get("local_ip").unwrap_or("127.0.0.1").to_owned(),
+            kind: untrusted::word(s.get("type").unwrap_or("tcp")),
+            local_ip: untrusted::text(s.get("local_ip").unwrap_or("127.0.0.1")),
             local_port: port(s, "local_port").map_err(at)?,
             remote_port: port(s, "remote_port").map_err(at)?,
+            name,
+            renamed,
         });
     }
     Ok(FrpConfig::Client(ClientConfig {
         user: common
             .get("user")
             .filter(|u| !u.is_empty())
-            .map(str::to_owned),
+            .map(|u| untrusted::name(u).0),
         server_addr: common.get("server_addr").map(str::to_owned),
         server_port: port(common, "server_port")?.unwrap_or(7000),
         web: web(

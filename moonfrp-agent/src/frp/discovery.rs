@@ -82,6 +82,8 @@ pub struct FrpsView {
     pub proxies: Vec<ServerProxy>,
     /// The running frps's own ports (`/api/serverinfo`), which win over its config file.
     pub info: Option<api::ServerInfo>,
+    /// Proxies beyond `frp.max_proxies` that were left out.
+    pub left_out: u64,
 }
 
 /// The frpc config proxies' local port protocol: the service behind any TCP-based type is TCP.
@@ -193,7 +195,7 @@ fn client_tunnels(
     };
     for p in &c.proxies {
         let name = match &c.user {
-            Some(u) => format!("{u}.{}", p.name),
+            Some(u) => crate::untrusted::name(&format!("{u}.{}", p.name)).0,
             None => p.name.clone(),
         };
         let port = p
@@ -243,7 +245,9 @@ pub fn derive(sources: &[Source]) -> Vec<Found> {
 
 mod state;
 
-pub use state::{Discovery, Options, watch_dirs};
+pub use state::{
+    Checked, DEFAULT_MAX_PROXIES, Discovery, MAX_CONFIG_BYTES, Options, check_configs, watch_dirs,
+};
 
 #[cfg(test)]
 mod tests;

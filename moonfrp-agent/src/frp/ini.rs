@@ -39,10 +39,11 @@ pub fn parse(text: &str) -> Result<Ini, String> {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
+        // Errors name the line, never quote it: it may hold a password.
         if let Some(name) = line.strip_prefix('[') {
             let name = name
                 .strip_suffix(']')
-                .ok_or_else(|| format!("line {}: `{line}` has no closing `]`", i + 1))?;
+                .ok_or_else(|| format!("line {}: a section header with no closing `]`", i + 1))?;
             sections.push(Section {
                 name: name.trim().to_owned(),
                 entries: Vec::new(),
@@ -51,10 +52,10 @@ pub fn parse(text: &str) -> Result<Ini, String> {
         }
         let (k, v) = line
             .split_once('=')
-            .ok_or_else(|| format!("line {}: `{line}` is not `key = value`", i + 1))?;
+            .ok_or_else(|| format!("line {}: not `key = value`", i + 1))?;
         let section = sections
             .last_mut()
-            .ok_or_else(|| format!("line {}: `{line}` comes before any [section]", i + 1))?;
+            .ok_or_else(|| format!("line {}: a key before any [section]", i + 1))?;
         section
             .entries
             .push((k.trim().to_owned(), v.trim().to_owned()));

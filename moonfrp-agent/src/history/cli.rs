@@ -59,6 +59,9 @@ pub struct HistoryArgs {
     /// The agent's data directory [default: from the config, else /var/lib/moonfrp].
     #[arg(long, value_name = "DIR", env = "MOONFRP_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// How long the agent may take to answer.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Why the command failed, and its exit code.
@@ -115,6 +118,9 @@ impl HistoryArgs {
     }
 }
 
+/// Largest answer read from the agent (a long range of many series as JSON).
+const MAX_ANSWER: u64 = 512 << 20;
+
 /// Runs the command; the text to print.
 pub fn run(args: &HistoryArgs) -> Result<String, CliError> {
     let config = Config::load(
@@ -127,21 +133,31 @@ pub fn run(args: &HistoryArgs) -> Result<String, CliError> {
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;
     let query_string = args.query_string(false)?;
+    let path = config.history.db_path();
     if !args.offline {
-        match ask_agent(&config, &query_string) {
+        match ask_agent(&config, &query_string, args.timeout) {
             Ok(answer) => return Ok(render(&answer, args.csv)),
             Err(Some(e)) => return Err(e),
+            // An agent at an address of the user's choosing keeps its history where its own
+            // config says; the default data directory would be another agent's.
+            Err(None)
+                if args.listen.is_some() && args.config.is_none() && args.data_dir.is_none() =>
+            {
+                return Err(CliError::Failed(format!(
+                    "no agent answers on {}; to read its history from the file, give its --data-dir or its config (-c)",
+                    config.listen
+                )));
+            }
             Err(None) => eprintln!(
                 "moonfrp-agent: no agent answers on {}; reading {} directly",
                 config.listen,
-                config.history.db_path().display()
+                path.display()
             ),
         }
     }
     let now = unix_ms(std::time::SystemTime::now());
     let (req, _) =
         Request::from_query(&query_string, now).map_err(|e| CliError::Usage(e.to_string()))?;
-    let path = config.history.db_path();
     if !path.exists() {
         return Err(CliError::Failed(format!(
             "no history database at {} (the agent has not run with this data directory; see --data-dir)",
@@ -160,22 +176,28 @@ pub fn run(args: &HistoryArgs) -> Result<String, CliError> {
     Ok(render(&answer, args.csv))
 }
 
-/// The agent's answer; `Err(None)` when no agent listens (fall back to the file).
-fn ask_agent(config: &Config, query_string: &str) -> Result<Answer, Option<CliError>> {
+/// The agent's answer; `Err(None)` when nobody listens (fall back to the file). An agent that
+/// accepts the connection but does not answer is an error, not a reason to read some file.
+fn ask_agent(
+    config: &Config,
+    query_string: &str,
+    timeout: Duration,
+) -> Result<Answer, Option<CliError>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Some(CliError::Failed(format!("cannot start a runtime: {e}"))))?;
-    let ep = Endpoint {
-        addr: config.listen.to_string(),
-        user: None,
-        password: None,
-    };
+    let ep = Endpoint::new(config.listen.to_string(), MAX_ANSWER);
     let path = format!("/api/v1/history?{query_string}");
-    let (status, body) = match rt.block_on(get_any(&ep, &path, Duration::from_secs(30))) {
+    let (status, body) = match rt.block_on(get_any(&ep, &path, timeout)) {
         Ok(r) => r,
         Err(GetError::Unreachable(_)) => return Err(None),
-        Err(GetError::Answer(e)) => return Err(Some(CliError::Failed(e))),
+        Err(GetError::Timeout(e)) => {
+            return Err(Some(CliError::Failed(format!(
+                "{e}; is the agent overloaded? Try again, or read the file with --offline (and --data-dir)"
+            ))));
+        }
+        Err(e) => return Err(Some(CliError::Failed(e.to_string()))),
     };
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
         Some(CliError::Failed(format!(
@@ -184,7 +206,7 @@ fn ask_agent(config: &Config, query_string: &str) -> Result<Answer, Option<CliEr
         )))
     })?;
     if !status.is_success() {
-        let msg = v["error"].as_str().unwrap_or("error").to_owned();
+        let msg = crate::untrusted::message(v["error"].as_str().unwrap_or("error"), 2000);
         return Err(Some(if status.is_client_error() {
             CliError::Usage(msg)
         } else {

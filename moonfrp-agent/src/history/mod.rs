@@ -89,8 +89,23 @@ impl Settings {
 
     /// Checks the rollup levels fit together; the message names the level.
     pub fn validate(&self) -> Result<(), String> {
+        if self.retention > MAX_RETENTION {
+            return Err(format!(
+                "retention {} is longer than {}; keep older data in rollups",
+                humantime::format_duration(self.retention),
+                humantime::format_duration(MAX_RETENTION)
+            ));
+        }
         let mut finer: Option<&Level> = None;
         for (i, l) in self.levels.iter().enumerate() {
+            if l.step < Duration::from_mins(1) || l.keep > MAX_KEEP {
+                return Err(format!(
+                    "rollups[{i}]: step must be at least 1m and keep at most {} (step {}, keep {})",
+                    humantime::format_duration(MAX_KEEP),
+                    humantime::format_duration(l.step),
+                    humantime::format_duration(l.keep)
+                ));
+            }
             let whole_seconds = l.step.subsec_nanos() == 0 && l.step.as_secs() > 0;
             if !whole_seconds {
                 return Err(format!(
@@ -127,6 +142,11 @@ impl Settings {
         Ok(())
     }
 }
+
+/// Longest raw retention accepted.
+pub const MAX_RETENTION: Duration = Duration::from_hours(400 * 24);
+/// Longest a rollup level may be kept.
+pub const MAX_KEEP: Duration = Duration::from_hours(3650 * 24);
 
 /// `[history]` plus the data directory, as the agent runs with them.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -295,6 +295,8 @@ pub fn run(
             format!("`{}` is a gauge; rates apply to counters", req.metric),
         ));
     }
+    let asked_from = req.from;
+    let req = &start_at_the_data(conn, settings, req)?;
     let span = req.to - req.from;
     let (source, step) = pick(settings, req, now_ms, span)?;
     let mut out = Answer {
@@ -303,7 +305,7 @@ pub fn run(
             Source::Rollup(l) => l.name(),
         },
         step: step.map(rollup::ms_to_s),
-        from: rollup::ms_to_s(req.from),
+        from: rollup::ms_to_s(asked_from),
         to: rollup::ms_to_s(req.to),
         rate: req.rate,
         series: Vec::new(),
@@ -322,6 +324,34 @@ pub fn run(
         });
     }
     Ok(out)
+}
+
+/// The request with `from` moved up to the oldest stored snapshot when nothing older exists
+/// in any rollup level (a database younger than the range asked for, e.g. `since=25h` or
+/// `from=0` after 25 minutes): the range is then answered from raw samples, which hold
+/// everything there is, instead of from rollup levels that have no bucket yet.
+fn start_at_the_data(
+    conn: &Connection,
+    settings: &Settings,
+    req: &Request,
+) -> rusqlite::Result<Request> {
+    let oldest: Option<i64> = conn.query_row("SELECT min(ts) FROM snapshots", [], |r| r.get(0))?;
+    let Some(oldest) = oldest.filter(|o| req.from < *o) else {
+        return Ok(req.clone());
+    };
+    for level in &settings.levels {
+        let older: Option<i64> = conn
+            .prepare_cached("SELECT start FROM rollups WHERE step = ?1 AND start < ?2 LIMIT 1")?
+            .query_row(params![level.step_s(), oldest], |r| r.get(0))
+            .optional()?;
+        if older.is_some() {
+            return Ok(req.clone());
+        }
+    }
+    Ok(Request {
+        from: oldest.min(req.to),
+        ..req.clone()
+    })
 }
 
 /// Chooses raw or a rollup level, and the output step (None: native points).
@@ -566,10 +596,16 @@ pub fn to_csv(a: &Answer) -> String {
     out
 }
 
-/// RFC 3339 (UTC, seconds) of Unix seconds.
+/// RFC 3339 (UTC, seconds) of Unix seconds; a time RFC 3339 cannot write (before 1970, after
+/// 9999, not a number) is shown as the number itself.
 pub fn rfc3339(ts: f64) -> String {
+    /// 9999-12-31T23:59:59Z.
+    const LAST: f64 = 253_402_300_799.0;
+    if !(0.0..=LAST).contains(&ts) {
+        return format!("@{ts}");
+    }
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let t = std::time::UNIX_EPOCH + Duration::from_millis((ts.max(0.0) * 1000.0) as u64);
+    let t = std::time::UNIX_EPOCH + Duration::from_millis((ts * 1000.0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 

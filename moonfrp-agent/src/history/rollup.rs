@@ -25,13 +25,14 @@ pub fn counter_step(prev: &Obs, cur: &Obs) -> Option<(f64, f64)> {
     if cur.value >= prev.value {
         return Some((cur.value - prev.value, ms_to_s(cur.ts - prev.ts)));
     }
-    // A reset: counting began again from zero, at the run's start if it is a new run.
-    let since = if cur.run == prev.run {
-        prev.ts
-    } else {
-        cur.run_start.clamp(prev.ts, cur.ts - 1)
-    };
-    Some((cur.value, ms_to_s(cur.ts - since)))
+    // A reset in the same run: counting began again from zero after the previous sample.
+    if cur.run == prev.run {
+        return Some((cur.value, ms_to_s(cur.ts - prev.ts)));
+    }
+    // A new run: its counters began at some moment after the run started (the programs load
+    // first), which no sample records. The increase is real, its time span is not known: no
+    // rate comes of it (a rate from the run's start would show a dip to ≈ 0 at every restart).
+    Some((cur.value, 0.0))
 }
 
 #[allow(clippy::cast_precision_loss)]
@@ -143,10 +144,11 @@ mod tests {
             counter_step(&obs(0, 100.0, 1, 0), &obs(10_000, 5.0, 1, 0)),
             Some((5.0, 10.0))
         );
-        // The agent restarted at 50 s: counting began then.
+        // The agent restarted at 50 s: counting began at some moment after that. The
+        // increase counts, but no rate comes of it.
         assert_eq!(
             counter_step(&obs(0, 100.0, 1, 0), &obs(60_000, 20.0, 2, 50_000)),
-            Some((20.0, 10.0))
+            Some((20.0, 0.0))
         );
         // A host counter that kept growing across the restart: the plain difference.
         assert_eq!(

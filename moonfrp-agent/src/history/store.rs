@@ -36,6 +36,10 @@ pub enum StoreError {
     },
     #[error("history database {path}: {source}")]
     Open { path: PathBuf, source: SchemaError },
+    /// Something in the data directory the agent must not use: a symlink, a file or
+    /// directory of another user.
+    #[error("{path}: {problem}")]
+    Unsafe { path: PathBuf, problem: String },
     #[error("cannot move the damaged history database {path} aside: {source}")]
     MoveAside {
         path: PathBuf,
@@ -142,8 +146,17 @@ fn check(conn: &mut Connection) -> Result<(), SchemaError> {
     schema::migrate(conn)
 }
 
-/// Creates the data directory (0700) and an empty database file (0600) if missing.
-fn prepare(dir: &Path) -> Result<PathBuf, StoreError> {
+/// The agent's effective user.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Makes the data directory the agent's alone: created 0700 when missing; an existing one must
+/// belong to the agent's user and loses any group or world access it had (logged). A data
+/// directory that others can write to lets them plant a symlink where the database goes.
+fn secure_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -152,11 +165,78 @@ fn prepare(dir: &Path) -> Result<PathBuf, StoreError> {
             path: dir.to_owned(),
             source,
         })?;
+    let unsafe_dir = |problem: String| StoreError::Unsafe {
+        path: dir.to_owned(),
+        problem,
+    };
+    let meta = fs::metadata(dir).map_err(|source| StoreError::Dir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(unsafe_dir(
+            "is not a directory; choose another --data-dir".into(),
+        ));
+    }
+    if meta.uid() != euid() {
+        return Err(unsafe_dir(format!(
+            "belongs to uid {}, not to the agent's user (uid {}); `chown` it to the agent's user or choose another --data-dir",
+            meta.uid(),
+            euid()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+            unsafe_dir(format!(
+                "has mode {mode:o} and cannot be made 0700: {e}; fix its mode or choose another --data-dir"
+            ))
+        })?;
+        tracing::warn!(dir = %dir.display(), from = format!("{mode:o}"), "the data directory was open to other users; its mode is 0700 now");
+    }
+    Ok(())
+}
+
+/// Refuses a database file (or its WAL, SHM, journal) that is a symlink, not a regular file,
+/// or another user's: SQLite would follow or trust it.
+fn check_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let problem = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StoreError::Dir {
+                path: path.to_owned(),
+                source,
+            });
+        }
+        Ok(m) if m.file_type().is_symlink() => "is a symbolic link".to_owned(),
+        Ok(m) if !m.file_type().is_file() => "is not a regular file".to_owned(),
+        Ok(m) if m.uid() != euid() => format!("belongs to uid {}, not to the agent", m.uid()),
+        Ok(_) => return Ok(()),
+    };
+    Err(StoreError::Unsafe {
+        path: path.to_owned(),
+        problem: format!(
+            "{problem}; the agent will not use it: move it away (history stays off until then)"
+        ),
+    })
+}
+
+/// Creates the data directory (0700) and an empty database file (0600) if missing, after
+/// checking that nothing in it would make the agent write elsewhere.
+fn prepare(dir: &Path) -> Result<PathBuf, StoreError> {
+    secure_dir(dir)?;
     let path = dir.join(FILE_NAME);
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        check_file(Path::new(&p))?;
+    }
     match fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
     {
         Ok(_) => {}

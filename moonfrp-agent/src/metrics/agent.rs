@@ -61,6 +61,30 @@ pub(super) fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
     )?;
     gauge(
         enc,
+        "moonfrp_agent_config_restart_required",
+        "1 if the config file changes keys that only apply after a restart (listed in the log).",
+        None,
+        i64::from(s.agent.restart_pending),
+    )?;
+    counters(
+        enc,
+        "moonfrp_agent_limit_reached",
+        "Times a limit on outside input was reached since start: names cut, proxies left out, answers, files or requests refused.",
+        None,
+        s.agent
+            .limits
+            .iter()
+            .map(|(limit, n)| ([("limit", *limit)], *n)),
+    )?;
+    gauge(
+        enc,
+        "moonfrp_agent_tunnels_unwatched",
+        "Tunnels without a kernel slot (all in use): not counted until one frees or kernel.slots grows.",
+        None,
+        i64::from(s.agent.unwatched),
+    )?;
+    gauge(
+        enc,
         "moonfrp_agent_watch_slots_capacity",
         "Kernel counter slots (watched port/protocol pairs) available.",
         None,

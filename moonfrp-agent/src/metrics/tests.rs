@@ -144,7 +144,10 @@ fn sample_snapshot() -> Snapshot {
         agent: AgentSample {
             slots_capacity: 4096,
             slots_used: 2,
+            unwatched: 1,
             config_ok: true,
+            restart_pending: true,
+            limits: vec![("name_length", 3), ("http_requests", 0)],
             errors: BTreeMap::from([("kernel", 1)]),
             collectors: vec![
                 CollectorRun {

@@ -65,7 +65,10 @@ fn ask(
 }
 
 fn api_error(v: &Value) -> FetchError {
-    FetchError::Other(v["error"].as_str().unwrap_or("error").to_owned())
+    FetchError::Other(crate::untrusted::message(
+        v["error"].as_str().unwrap_or("error"),
+        2000,
+    ))
 }
 
 /// Runs the command: (exit code, stdout, stderr).
@@ -143,11 +146,12 @@ pub fn render(d: &Value) -> String {
     let _ = writeln!(
         o,
         "{} {}/{} · {} peer(s) · peer table {} of {} entries",
-        d["tunnel"]
-            .as_str()
-            .map_or_else(|| "port".to_owned(), |t| format!("tunnel {t},")),
+        d["tunnel"].as_str().map_or_else(
+            || "port".to_owned(),
+            |t| format!("tunnel {},", super::plain(t))
+        ),
         d["port"],
-        d["proto"].as_str().unwrap_or("?"),
+        super::fit(d["proto"].as_str().unwrap_or("?"), 8),
         d["peers_total"],
         d["table"]["entries"],
         d["table"]["capacity"],
@@ -168,7 +172,7 @@ pub fn render(d: &Value) -> String {
             let _ = writeln!(
                 o,
                 "  {:<40} {:>11} {:>11} {:>13} {:>13} {:>8} {:>6}",
-                p["address"].as_str().unwrap_or("?"),
+                super::fit(p["address"].as_str().unwrap_or("?"), 40),
                 b("receive_bytes"),
                 b("transmit_bytes"),
                 n("receive_payload_bytes"),

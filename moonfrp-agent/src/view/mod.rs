@@ -38,11 +38,7 @@ impl ClientArgs {
             },
         )
         .map_err(|e| e.to_string())?;
-        Ok(Endpoint {
-            addr: config.listen.to_string(),
-            user: None,
-            password: None,
-        })
+        Ok(Endpoint::new(config.listen.to_string(), MAX_ANSWER))
     }
 }
 
@@ -69,6 +65,10 @@ impl std::fmt::Display for FetchError {
     }
 }
 
+/// Largest answer `status`, `top` and `inspect` read from the agent (its status at thousands of
+/// tunnels is a few MiB).
+pub const MAX_ANSWER: u64 = 64 << 20;
+
 /// A blocking GET of the agent's API: status and body.
 pub fn get(
     rt: &tokio::runtime::Runtime,
@@ -78,7 +78,7 @@ pub fn get(
     match rt.block_on(get_any(ep, path, Duration::from_secs(5))) {
         Ok((status, body)) => Ok((status.as_u16(), body)),
         Err(GetError::Unreachable(e)) => Err(FetchError::NotRunning(e)),
-        Err(GetError::Answer(e)) => Err(FetchError::Other(e)),
+        Err(e) => Err(FetchError::Other(e.to_string())),
     }
 }
 
@@ -98,9 +98,10 @@ pub fn fetch_status(
         ))
     })?;
     if code != 200 {
-        return Err(FetchError::Other(
-            v["error"].as_str().unwrap_or("error").to_owned(),
-        ));
+        return Err(FetchError::Other(crate::untrusted::message(
+            v["error"].as_str().unwrap_or("error"),
+            2000,
+        )));
     }
     serde_json::from_value(v["data"].clone())
         .map_err(|e| FetchError::Other(format!("unexpected status from the agent: {e}")))
@@ -111,6 +112,11 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))
+}
+
+/// `s` escaped for a terminal, whole.
+pub fn plain(s: &str) -> std::borrow::Cow<'_, str> {
+    crate::untrusted::escape(s)
 }
 
 /// `1.2 MB`, `340 B`: decimal units, as bandwidth is usually quoted.
@@ -146,10 +152,13 @@ pub fn ibytes(v: u64) -> String {
     }
 }
 
-/// Cuts `s` to `n` characters, ending with `…` when cut.
+/// `s` escaped for a terminal ([`crate::untrusted::escape`]) and cut to `n` characters,
+/// ending with `…` when cut. Everything the views print from the agent goes through here or
+/// [`plain`]: a name is whatever an frpc chose.
 pub fn fit(s: &str, n: usize) -> String {
+    let s = crate::untrusted::escape(s);
     if s.chars().count() <= n {
-        return s.to_owned();
+        return s.into_owned();
     }
     let mut out: String = s.chars().take(n.saturating_sub(1)).collect();
     out.push('…');

@@ -3,7 +3,7 @@ use std::fmt::Write as _;
 
 use clap::Args;
 
-use super::{ClientArgs, FetchError, bytes, fetch_status, fit, ibytes, model::Status};
+use super::{ClientArgs, FetchError, bytes, fetch_status, fit, ibytes, model::Status, plain};
 use crate::history::query::rfc3339;
 
 #[derive(Clone, Debug, Args)]
@@ -61,7 +61,7 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(
         o,
         "moonfrp-agent {} · snapshot {} · interval {:.0} s",
-        s.version,
+        fit(&s.version, 40),
         rfc3339(s.time),
         s.interval_seconds
     );
@@ -82,7 +82,7 @@ pub fn render(s: &Status) -> String {
                 o,
                 "  {:<24} {:<11} {:<5} {:>12} {:>12} {:>6} {:>8} {:>8}  {}",
                 fit(&t.name, 24),
-                port,
+                fit(&port, 11),
                 if t.up { "up" } else { "DOWN" },
                 rate(t.receive_bytes_per_second),
                 rate(t.transmit_bytes_per_second),
@@ -90,10 +90,12 @@ pub fn render(s: &Status) -> String {
                     .map_or_else(|| "-".into(), |c| c.to_string()),
                 count(t.refused_last_hour),
                 count(t.errors_last_hour),
-                t.reason
-                    .as_deref()
-                    .or(t.last_error.as_deref())
-                    .unwrap_or("-"),
+                plain(
+                    t.reason
+                        .as_deref()
+                        .or(t.last_error.as_deref())
+                        .unwrap_or("-")
+                ),
             );
         }
         o.push_str("  (REFUSED and ERRORS: over the last hour, from history; ERRORS = resets + retransmits)\n");
@@ -106,7 +108,7 @@ pub fn render(s: &Status) -> String {
         let _ = writeln!(
             o,
             "  {:<8} {:<32} {:<12} restarts {:<4} cpu {:<10} memory {}",
-            p.process,
+            fit(&p.process, 8),
             fit(&p.config, 32),
             if p.running > 0 {
                 format!("running ({})", p.running)
@@ -128,7 +130,7 @@ pub fn render(s: &Status) -> String {
             o,
             "  {:<40} {:<12} restarts {}",
             fit(&u.unit, 40),
-            u.state,
+            fit(&u.state, 12),
             u.restarts
         );
     }
@@ -141,11 +143,11 @@ pub fn render(s: &Status) -> String {
         let _ = writeln!(
             o,
             "  {:<8} {:<24} {:<7} since {}  {}",
-            a.severity,
-            a.alertname,
-            a.state,
+            fit(&a.severity, 8),
+            fit(&a.alertname, 24),
+            fit(&a.state, 7),
             rfc3339(a.since),
-            a.summary
+            plain(&a.summary)
         );
     }
     o

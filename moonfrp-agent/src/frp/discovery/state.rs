@@ -3,27 +3,43 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
+    sync::mpsc,
     time::{Duration, Instant, SystemTime},
 };
 
 use tracing::{info, warn};
 
 use super::{Found, FrpsView, Origin, Role, Source, derive};
-use crate::frp::{
-    api,
-    client::{self, Endpoint},
-    config::{self, FrpConfig},
+use crate::{
+    frp::{
+        api,
+        client::{self, Endpoint},
+        config::{self, FrpConfig},
+    },
+    untrusted::{self, Limit},
 };
 
-/// Where to look and how long to wait.
+/// Where to look, how long to wait, how much to take.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
     /// Glob patterns of frp config files.
     pub configs: Vec<String>,
     /// How long a tunnel that vanished from every source is kept.
     pub grace: Duration,
+    /// Deadline of one source's whole answer (every call it takes, pages included).
     pub api_timeout: Duration,
+    /// Most proxies taken from one source (a config file, an frps or frpc API); the rest are
+    /// left out, counted and logged.
+    pub max_proxies: usize,
+    /// How long a collection waits for the APIs' answers before it goes on with the last
+    /// answer of each source that has not answered yet (the fetch goes on in the background).
+    pub wait: Duration,
 }
+
+/// Largest frp config file read (an frpc config with tens of thousands of proxies).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// Default of `frp.max_proxies`.
+pub const DEFAULT_MAX_PROXIES: usize = 1000;
 
 impl Default for Options {
     fn default() -> Self {
@@ -34,12 +50,35 @@ impl Default for Options {
                 .collect(),
             grace: Duration::from_mins(5),
             api_timeout: Duration::from_secs(2),
+            max_proxies: DEFAULT_MAX_PROXIES,
+            wait: Duration::from_secs(2),
         }
     }
 }
 
 /// A config file's stamp (mtime, size), last version that parsed, and current error.
 type FileState = (Option<(SystemTime, u64)>, Option<FrpConfig>, Option<String>);
+
+/// What an API answered.
+#[derive(Clone, Debug)]
+enum Answer {
+    Server(FrpsView),
+    Client(Vec<api::ClientProxy>),
+}
+
+/// The API a config file points to, and what it last answered.
+#[derive(Debug)]
+struct ApiState {
+    endpoint: Endpoint,
+    client: bool,
+    /// A fetch is running in the background.
+    in_flight: bool,
+    /// The latest completed answer, used until the next one completes.
+    last: Option<Result<Answer, String>>,
+}
+
+/// A fetch that completed: for which file and endpoint, and its result.
+type Done = (PathBuf, Endpoint, Result<Answer, String>);
 
 /// Directories to watch for changes of the files `patterns` match: each pattern's longest
 /// directory prefix without wildcards.
@@ -72,6 +111,10 @@ pub struct Discovery {
     /// Per file: its stamp, the last version that parsed, and the current error if the latest
     /// version does not (a broken edit keeps the previous tunnels).
     files: BTreeMap<PathBuf, FileState>,
+    /// Per file with a web server: its API.
+    apis: BTreeMap<PathBuf, ApiState>,
+    done_tx: mpsc::Sender<Done>,
+    done_rx: mpsc::Receiver<Done>,
     seen: BTreeMap<(String, Role), (Found, Instant)>,
     logged: HashMap<String, String>,
 }
@@ -81,18 +124,59 @@ fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
+/// The source's name in logs.
+fn api_label(client: bool, ep: &Endpoint) -> String {
+    format!(
+        "{} API at {}",
+        if client { "frpc" } else { "frps" },
+        ep.addr
+    )
+}
+
+/// Sorts by name and keeps the first `max`; how many were left out.
+fn cap<T>(items: &mut Vec<T>, max: usize, name: impl Fn(&T) -> &str) -> u64 {
+    items.sort_by(|a, b| name(a).cmp(name(b)));
+    let left_out = items.len().saturating_sub(max) as u64;
+    items.truncate(max);
+    left_out
+}
+
+/// A line for the log about names and counts cut from one source (`None`: nothing was cut),
+/// and the counts of `moonfrp_agent_limit_reached_total`.
+fn limits_note(renamed: usize, left_out: u64, max: usize) -> Option<String> {
+    Limit::Name.hits(renamed as u64);
+    Limit::Proxies.hits(left_out);
+    let mut parts = Vec::new();
+    if renamed > 0 {
+        parts.push(format!(
+            "{renamed} proxy name(s) had control characters or more than {} characters: escaped and cut (see the `tunnel` label)",
+            untrusted::MAX_NAME_CHARS
+        ));
+    }
+    if left_out > 0 {
+        parts.push(format!(
+            "{left_out} proxies beyond `frp.max_proxies` ({max}) left out (the first {max} by name are kept)"
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 impl Discovery {
     pub fn new(opts: Options) -> Self {
+        let (done_tx, done_rx) = mpsc::channel();
         Self {
             opts,
             files: BTreeMap::new(),
+            apis: BTreeMap::new(),
+            done_tx,
+            done_rx,
             seen: BTreeMap::new(),
             logged: HashMap::new(),
         }
     }
 
     pub fn set_options(&mut self, opts: Options) {
-        if opts.configs != self.opts.configs {
+        if opts.configs != self.opts.configs || opts.max_proxies != self.opts.max_proxies {
             self.files.clear();
         }
         self.opts = opts;
@@ -122,19 +206,27 @@ impl Discovery {
         }
     }
 
+    /// Logs what a source had cut, once per change.
+    fn note_limits(&mut self, source: &str, note: Option<String>) {
+        let key = format!("{source} (limits)");
+        match note {
+            None => {
+                self.logged.remove(&key);
+            }
+            Some(n) => {
+                if self.logged.get(&key) != Some(&n) {
+                    warn!(source, "{n}");
+                    self.logged.insert(key, n);
+                }
+            }
+        }
+    }
+
     /// Re-reads the config files whose modification time changed (and drops vanished ones).
     fn read_configs(&mut self) {
-        let mut paths: Vec<PathBuf> = self
-            .opts
-            .configs
-            .iter()
-            .filter_map(|g| glob::glob(g).ok())
-            .flatten()
-            .flatten()
-            .collect();
-        paths.sort();
-        paths.dedup();
+        let paths = matching(&self.opts.configs);
         self.files.retain(|p, _| paths.contains(p));
+        self.apis.retain(|p, _| paths.contains(p));
         for path in paths {
             let now = stamp(&path);
             if self
@@ -144,100 +236,176 @@ impl Discovery {
             {
                 continue;
             }
-            let parsed = std::fs::read_to_string(&path)
-                .map_err(|e| format!("frp config {}: {e}", path.display()))
-                .and_then(|text| config::parse(&path, &text).map_err(|e| e.to_string()));
-            let previous = self.files.remove(&path).and_then(|(_, good, _)| good);
             info!(path = %path.display(), "reading frp config");
+            let parsed = read_config(&path, self.opts.max_proxies);
+            let previous = self.files.remove(&path).and_then(|(_, good, _)| good);
             let entry = match parsed {
-                Ok(cfg) => (now, Some(cfg), None),
+                Ok((cfg, note)) => {
+                    self.note_limits(&path.display().to_string(), note);
+                    (now, Some(cfg), None)
+                }
                 Err(e) => (now, previous, Some(e)),
             };
             self.files.insert(path, entry);
         }
     }
 
-    /// Asks the API each config file points to.
-    fn ask_apis(
-        &mut self,
-        rt: &tokio::runtime::Handle,
-        errors: &mut BTreeMap<&'static str, u64>,
-    ) -> Vec<Source> {
-        let mut sources = Vec::new();
+    /// Starts a background fetch for every API that has none running.
+    fn start_fetches(&mut self, rt: &tokio::runtime::Handle) {
+        for (path, (_, good, _)) in &self.files {
+            let target = match good {
+                Some(FrpConfig::Server(c)) => c.web.as_ref().map(|w| (w, false)),
+                Some(FrpConfig::Client(c)) => c.web.as_ref().map(|w| (w, true)),
+                None => None,
+            };
+            let Some((web, client)) = target else {
+                self.apis.remove(path);
+                continue;
+            };
+            let endpoint = Endpoint::from_web(web);
+            let api = self.apis.entry(path.clone()).or_insert_with(|| ApiState {
+                endpoint: endpoint.clone(),
+                client,
+                in_flight: false,
+                last: None,
+            });
+            if api.endpoint != endpoint || api.client != client {
+                *api = ApiState {
+                    endpoint: endpoint.clone(),
+                    client,
+                    in_flight: false,
+                    last: None,
+                };
+            }
+            if api.in_flight {
+                continue;
+            }
+            api.in_flight = true;
+            let (tx, path, timeout, max) = (
+                self.done_tx.clone(),
+                path.clone(),
+                self.opts.api_timeout,
+                self.opts.max_proxies,
+            );
+            rt.spawn(async move {
+                // Each call gets what is left of the source's deadline, so the calls time out
+                // at the deadline themselves; the outer limit only catches what has no timer.
+                let deadline = Instant::now() + timeout;
+                let result = tokio::time::timeout(
+                    timeout + Duration::from_millis(500),
+                    fetch(&endpoint, client, deadline, max),
+                )
+                .await
+                .unwrap_or_else(|_| Err(format!("{} gave no whole answer in time", endpoint.addr)))
+                .map_err(|e| format!("{e} (frp.api_timeout = {timeout:?})"));
+                let _ = tx.send((path, endpoint, result));
+            });
+        }
+    }
+
+    /// Takes the answers that complete within `opts.wait`; the others keep running and their
+    /// sources' last answers stand in.
+    fn take_answers(&mut self, errors: &mut BTreeMap<&'static str, u64>) {
+        let deadline = Instant::now() + self.opts.wait;
+        loop {
+            while let Ok(done) = self.done_rx.try_recv() {
+                self.apply(done, errors);
+            }
+            if !self.apis.values().any(|a| a.in_flight) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.done_rx.recv_timeout(left) {
+                Ok(done) => self.apply(done, errors),
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn apply(&mut self, (path, endpoint, result): Done, errors: &mut BTreeMap<&'static str, u64>) {
+        let Some(api) = self.apis.get_mut(&path) else {
+            return;
+        };
+        if api.endpoint != endpoint {
+            // An answer for an address the file no longer names.
+            return;
+        }
+        api.in_flight = false;
+        let client = api.client;
+        let label = api_label(client, &endpoint);
+        let key = if client { "frpc_api" } else { "frps_api" };
+        self.note(
+            &label,
+            result.as_ref().map(|_| ()).map_err(String::as_str),
+            errors,
+            key,
+        );
+        if let Ok(answer) = &result {
+            let (renamed, left_out) = match answer {
+                Answer::Server(v) => (v.proxies.iter().filter(|p| p.renamed).count(), v.left_out),
+                Answer::Client(list) => (list.iter().filter(|p| p.renamed).count(), 0),
+            };
+            let note = limits_note(renamed, left_out, self.opts.max_proxies);
+            self.note_limits(&label, note);
+        }
+        if let Some(api) = self.apis.get_mut(&path) {
+            api.last = Some(result);
+        }
+    }
+
+    /// Each config file that parsed, with its API's latest answer.
+    fn sources(&mut self, errors: &mut BTreeMap<&'static str, u64>) -> Vec<Source> {
         let files: Vec<(PathBuf, Option<FrpConfig>, Option<String>)> = self
             .files
             .iter()
             .map(|(p, (_, good, err))| (p.clone(), good.clone(), err.clone()))
             .collect();
+        let mut sources = Vec::new();
         for (path, good, err) in files {
-            let label = path.display().to_string();
             self.note(
-                &label,
+                &path.display().to_string(),
                 err.as_deref().map_or(Ok(()), Err),
                 errors,
                 "frp_config",
             );
+            let last = self.apis.get(&path).and_then(|a| a.last.clone());
             match good {
                 None => {}
-                Some(FrpConfig::Server(cfg)) => {
-                    let api = cfg.web.as_ref().map(|w| {
-                        rt.block_on(frps_view(&Endpoint::from_web(w), self.opts.api_timeout))
-                    });
-                    if let Some(result) = &api {
-                        let src = format!(
-                            "frps API at {}",
-                            cfg.web.as_ref().map(|w| w.port).unwrap_or_default()
-                        );
-                        self.note(
-                            &src,
-                            result.as_ref().map(|_| ()).map_err(String::as_str),
-                            errors,
-                            "frps_api",
-                        );
-                    }
-                    sources.push(Source::Server(cfg, api));
-                }
-                Some(FrpConfig::Client(cfg)) => {
-                    let api = cfg.web.as_ref().map(|w| {
-                        rt.block_on(client::get(
-                            &Endpoint::from_web(w),
-                            "/api/status",
-                            self.opts.api_timeout,
-                        ))
-                        .map_err(String::from)
-                        .and_then(|b| {
-                            api::parse_client_status(&b)
-                                .map_err(|e| format!("GET /api/status: {e}"))
+                Some(FrpConfig::Server(cfg)) => sources.push(Source::Server(
+                    cfg,
+                    last.map(|r| {
+                        r.and_then(|a| match a {
+                            Answer::Server(v) => Ok(v),
+                            Answer::Client(_) => Err("frpc answered for frps".to_owned()),
                         })
-                    });
-                    if let Some(result) = &api {
-                        let src = format!(
-                            "frpc API at {}",
-                            cfg.web.as_ref().map(|w| w.port).unwrap_or_default()
-                        );
-                        self.note(
-                            &src,
-                            result.as_ref().map(|_| ()).map_err(String::as_str),
-                            errors,
-                            "frpc_api",
-                        );
-                    }
-                    sources.push(Source::Client(cfg, api));
-                }
+                    }),
+                )),
+                Some(FrpConfig::Client(cfg)) => sources.push(Source::Client(
+                    cfg,
+                    last.map(|r| {
+                        r.and_then(|a| match a {
+                            Answer::Client(v) => Ok(v),
+                            Answer::Server(_) => Err("frps answered for frpc".to_owned()),
+                        })
+                    }),
+                )),
             }
         }
         sources
     }
 
-    /// Re-reads changed config files, asks every API, and returns the tunnels FRP knows now
-    /// (plus those still within their grace period). Blocks on the APIs: call it off the runtime.
+    /// Re-reads changed config files, asks every API (waiting at most `opts.wait`), and returns
+    /// the tunnels FRP knows now (plus those still within their grace period). Call it off the
+    /// runtime: it blocks for up to `opts.wait`.
     pub fn refresh(
         &mut self,
         rt: &tokio::runtime::Handle,
         errors: &mut BTreeMap<&'static str, u64>,
     ) -> Vec<Found> {
         self.read_configs();
-        let sources = self.ask_apis(rt, errors);
+        self.start_fetches(rt);
+        self.take_answers(errors);
+        let sources = self.sources(errors);
         let now = Instant::now();
         for mut f in derive(&sources) {
             let key = (f.name.clone(), f.role);
@@ -270,28 +438,108 @@ impl Discovery {
     }
 }
 
-/// frps's proxies from the v2 API (paged), or from v1 (one call per type) when v2 is absent.
-async fn frps_view(ep: &Endpoint, timeout: Duration) -> Result<FrpsView, String> {
+/// The files `patterns` match, sorted.
+fn matching(patterns: &[String]) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = patterns
+        .iter()
+        .filter_map(|g| glob::glob(g).ok())
+        .flatten()
+        .flatten()
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// A config file read and parsed as the agent reads it, and a note on what was cut.
+pub type Checked = Result<(FrpConfig, Option<String>), String>;
+
+/// Every file the `configs` patterns match, read and parsed as `run` reads them (for `check`).
+pub fn check_configs(opts: &Options) -> Vec<(PathBuf, Checked)> {
+    matching(&opts.configs)
+        .into_iter()
+        .map(|p| {
+            let parsed = read_config(&p, opts.max_proxies);
+            (p, parsed)
+        })
+        .collect()
+}
+
+/// Reads and parses one config file (bounded in size), keeping at most `max` proxies; the
+/// parsed config and a note on what was cut.
+fn read_config(path: &std::path::Path, max: usize) -> Checked {
+    let text = untrusted::read_text(path, MAX_CONFIG_BYTES).map_err(|e| {
+        if matches!(e, untrusted::ReadError::TooLarge { .. }) {
+            Limit::ConfigSize.hit();
+        }
+        format!("frp config {}: {e}", path.display())
+    })?;
+    let mut cfg = config::parse(path, &text).map_err(|e| e.to_string())?;
+    let note = match &mut cfg {
+        FrpConfig::Client(c) => {
+            let renamed = c.proxies.iter().filter(|p| p.renamed).count();
+            let left_out = cap(&mut c.proxies, max, |p| &p.name);
+            limits_note(renamed, left_out, max)
+        }
+        FrpConfig::Server(_) => None,
+    };
+    Ok((cfg, note))
+}
+
+/// One source's whole answer (run with the source's deadline around it).
+async fn fetch(
+    ep: &Endpoint,
+    client: bool,
+    deadline: Instant,
+    max: usize,
+) -> Result<Answer, String> {
+    if client {
+        match client::get(ep, "/api/status", left(deadline)).await {
+            Ok(body) => api::parse_client_status(&body)
+                .map(|mut list| {
+                    cap(&mut list, max, |p| &p.name);
+                    Answer::Client(list)
+                })
+                .map_err(|e| format!("GET /api/status: {e}")),
+            Err(e) => Err(e.into()),
+        }
+    } else {
+        frps_view(ep, deadline, max).await.map(Answer::Server)
+    }
+}
+
+/// What is left until `deadline`.
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Proxies asked for per page of frps's v2 API.
+const PAGE: usize = 200;
+
+/// frps's proxies from the v2 API (paged), or from v1 (one call per type) when v2 is absent;
+/// at most `max`, the first by name.
+async fn frps_view(ep: &Endpoint, deadline: Instant, max: usize) -> Result<FrpsView, String> {
     // Best effort: without it the config file's ports stand.
-    let info = match client::get(ep, "/api/serverinfo", timeout).await {
+    let info = match client::get(ep, "/api/serverinfo", left(deadline)).await {
         Ok(body) => api::parse_serverinfo(&body).ok(),
-        // Nobody answers: the proxy lists would only wait for the same timeout again.
-        Err(client::GetError::Unreachable(e)) => return Err(e),
         Err(client::GetError::Answer(_)) => None,
+        // Nobody answers, or not in time: the proxy lists would only wait for the same again.
+        Err(e) => return Err(e.into()),
     };
     let mut proxies = Vec::new();
-    if let Ok(body) = client::get(ep, "/api/v2/proxies?page=1&pageSize=200", timeout).await
+    if let Ok(body) = client::get(
+        ep,
+        &format!("/api/v2/proxies?page=1&pageSize={PAGE}"),
+        left(deadline),
+    )
+    .await
         && let Ok((first, total)) = api::parse_v2(&body)
     {
         proxies.extend(first);
         let mut page = 2;
-        while (proxies.len() as u64) < total && page <= 50 {
-            let body = client::get(
-                ep,
-                &format!("/api/v2/proxies?page={page}&pageSize=200"),
-                timeout,
-            )
-            .await?;
+        while (proxies.len() as u64) < total && proxies.len() < max {
+            let path = format!("/api/v2/proxies?page={page}&pageSize={PAGE}");
+            let body = client::get(ep, &path, left(deadline)).await?;
             let (more, _) =
                 api::parse_v2(&body).map_err(|e| format!("GET /api/v2/proxies: {e}"))?;
             if more.is_empty() {
@@ -300,12 +548,24 @@ async fn frps_view(ep: &Endpoint, timeout: Duration) -> Result<FrpsView, String>
             proxies.extend(more);
             page += 1;
         }
-        return Ok(FrpsView { proxies, info });
+        // Pages not asked for count as left out too.
+        let cut = cap(&mut proxies, max, |p| &p.name);
+        let left_out = cut.max(total.saturating_sub(proxies.len() as u64));
+        return Ok(FrpsView {
+            proxies,
+            info,
+            left_out,
+        });
     }
     for kind in api::V1_TYPES {
         let path = format!("/api/proxy/{kind}");
-        let body = client::get(ep, &path, timeout).await?;
+        let body = client::get(ep, &path, left(deadline)).await?;
         proxies.extend(api::parse_v1(kind, &body).map_err(|e| format!("GET {path}: {e}"))?);
     }
-    Ok(FrpsView { proxies, info })
+    let left_out = cap(&mut proxies, max, |p| &p.name);
+    Ok(FrpsView {
+        proxies,
+        info,
+        left_out,
+    })
 }

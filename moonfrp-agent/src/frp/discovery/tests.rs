@@ -36,6 +36,7 @@ fn frps_api() -> FrpsView {
     FrpsView {
         proxies,
         info: None,
+        left_out: 0,
     }
 }
 
@@ -179,6 +180,7 @@ fn serverinfo_ports_win_over_the_config_file() {
         Some(Ok(FrpsView {
             proxies: Vec::new(),
             info: Some(info),
+            left_out: 0,
         })),
     )]);
     assert_eq!(
