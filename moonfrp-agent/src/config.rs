@@ -170,10 +170,13 @@ impl Default for CollectorsConfig {
 }
 
 impl CollectorsConfig {
-    pub fn options(&self) -> crate::collect::CollectOptions {
+    /// The collectors' options at this collection interval: a call that can block gets a
+    /// quarter of the interval, at most 2 s.
+    pub fn options(&self, interval: Duration) -> crate::collect::CollectOptions {
         crate::collect::CollectOptions {
             process_names: self.processes.clone(),
             unit_patterns: self.units.clone(),
+            deadline: (interval / 4).min(Duration::from_secs(2)),
         }
     }
 }

@@ -93,7 +93,7 @@ impl Cycle {
         Self {
             watch: WatchTable::new(kernel.maps.slots()),
             kernel,
-            host: Collectors::new(&config.collectors.options()),
+            host: Collectors::new(&config.collectors.options(config.interval)),
             discovery: config
                 .frp
                 .enabled
@@ -117,7 +117,8 @@ impl Cycle {
     /// Takes a reloaded configuration: explicit tunnels, collectors and discovery options.
     pub fn reconfigure(&mut self, config: &Config) -> Result<(), WatchError> {
         self.explicit.clone_from(&config.tunnels);
-        self.host.set_options(&config.collectors.options());
+        self.host
+            .set_options(&config.collectors.options(config.interval));
         match (&mut self.discovery, config.frp.enabled) {
             (Some(d), true) => d.set_options(config.frp.options.clone()),
             (None, true) => self.discovery = Some(Discovery::new(config.frp.options.clone())),

@@ -332,6 +332,72 @@ fn textfile_in_a_missing_or_read_only_directory_stops_the_start() {
 }
 
 #[test]
+fn a_hung_systemctl_costs_its_collector_not_the_interval() {
+    // A host that looks like systemd's (in a private mount namespace) whose `systemctl` hangs,
+    // as it does when D-Bus is stuck: killed at its deadline, every interval on time.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("systemctl"), "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(
+        bin.join("systemctl"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let setup = format!(
+        "mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && export PATH={}:$PATH",
+        bin.display()
+    );
+    let agent = moonfrp_tests::AgentCmd::new(&["-t", &format!("web={}", free_port())])
+        .in_private_mounts(&setup)
+        .start();
+    let m = agent.wait_snapshots(6);
+    assert_eq!(
+        m.get(
+            "moonfrp_agent_collector_success",
+            &[("collector", "systemd")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.get(
+            "moonfrp_agent_collector_success",
+            &[("collector", "memory")]
+        ),
+        Some(1.0)
+    );
+    let ts = agent.snapshot_times();
+    for w in ts[1..].windows(2) {
+        assert!(
+            (0.9..=1.1).contains(&(w[1] - w[0])),
+            "a collection interval of {:.3} s: {ts:?}",
+            w[1] - w[0]
+        );
+    }
+    let log = agent.log();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("collector failed") && l.contains("collector=\"systemd\""))
+        .collect();
+    assert_eq!(failed.len(), 1, "{log}");
+    assert!(
+        failed[0].contains("did not finish within 250ms"),
+        "{}",
+        failed[0]
+    );
+    // No `sleep` was left behind.
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 60", "-P", &agent.pid().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
 fn a_collector_that_fails_is_skipped_counted_and_logged_once() {
     // /proc/loadavg replaced by garbage in a private mount namespace: the host collector fails.
     let dir = tempfile::tempdir().unwrap();

@@ -1,10 +1,10 @@
 //! Filesystem usage of real mounts: mountinfo (procfs) for the list, statvfs for the numbers.
 //! Pseudo filesystems and system paths are skipped with node_exporter's default lists.
-use std::{collections::BTreeSet, ffi::CString, io::BufRead};
+use std::{collections::BTreeSet, ffi::CString, io::BufRead, time::Duration};
 
 use procfs::{FromBufRead, process::MountInfos};
 
-use super::{CollectError, read_file};
+use super::{CollectError, deadline::Stuck, read_file};
 
 const PATH: &str = "/proc/self/mountinfo";
 
@@ -109,12 +109,24 @@ fn statvfs(path: &str) -> std::io::Result<(u64, u64, u64)> {
     ))
 }
 
-pub fn read() -> Result<Vec<Filesystem>, CollectError> {
+/// Every real mount with its usage. `statvfs` runs off the collection's thread: a mount that
+/// does not answer within `limit` (a hung network share) is left out, and skipped until its
+/// call returns, while the others are read.
+pub fn read(stuck: &Stuck, limit: Duration) -> Result<Vec<Filesystem>, CollectError> {
     let mounts = parse_mounts(read_file(PATH)?.as_bytes())?;
+    let (sizes, _) = stuck.each(
+        mounts.iter().map(|m| m.mountpoint.clone()).collect(),
+        limit,
+        statvfs,
+    );
+    let sizes: std::collections::HashMap<String, std::io::Result<(u64, u64, u64)>> =
+        sizes.into_iter().collect();
     let mut out = Vec::with_capacity(mounts.len());
     for mount in mounts {
         // One unreadable mount (a stale network share, a permission) does not hide the others.
-        let Ok((size, avail, free)) = statvfs(&mount.mountpoint) else {
+        let Some(Ok((size, avail, free))) =
+            sizes.get(&mount.mountpoint).map(|r| r.as_ref().map(|v| *v))
+        else {
             continue;
         };
         if size == 0 {
@@ -159,7 +171,7 @@ mod tests {
 
     #[test]
     fn root_has_size() {
-        let all = read().unwrap();
+        let all = read(&Stuck::default(), Duration::from_secs(5)).unwrap();
         assert!(
             all.iter()
                 .any(|f| f.size_bytes > 0 && f.used_bytes <= f.size_bytes),

@@ -3,6 +3,7 @@
 //! interval inside the snapshot; one that fails is skipped, counted, and logged once per change
 //! of its error, and the rest of the snapshot is still complete.
 pub mod cpu;
+pub mod deadline;
 pub mod disk;
 pub mod filesystem;
 pub mod host;
@@ -29,6 +30,9 @@ pub enum CollectError {
     },
     #[error("cannot parse {path}: {reason}")]
     Parse { path: String, reason: String },
+    /// A call that may block (a command, a system call on a network mount) took too long.
+    #[error("{what} did not finish within {limit:?}; skipped this interval")]
+    Timeout { what: String, limit: Duration },
 }
 
 impl CollectError {
@@ -84,6 +88,10 @@ pub struct Collectors {
     prev_cpu: Option<cpu::CpuSample>,
     processes: processes::Tracker,
     systemd: systemd::Systemd,
+    /// Mounts whose `statvfs` hangs.
+    stuck_mounts: deadline::Stuck,
+    /// Longest a call that can block may take.
+    deadline: Duration,
     /// The last error of each collector, to log only changes.
     last_error: HashMap<&'static str, String>,
 }
@@ -95,6 +103,8 @@ pub struct CollectOptions {
     pub process_names: Vec<String>,
     /// systemd unit patterns (globs).
     pub unit_patterns: Vec<String>,
+    /// Longest a call that can block (`systemctl`, `statvfs` on a network mount) may take.
+    pub deadline: Duration,
 }
 
 impl Default for CollectOptions {
@@ -102,6 +112,7 @@ impl Default for CollectOptions {
         Self {
             process_names: vec!["frps".into(), "frpc".into()],
             unit_patterns: vec!["moonfrp-*".into(), "frps*".into(), "frpc*".into()],
+            deadline: Duration::from_secs(2),
         }
     }
 }
@@ -112,6 +123,8 @@ impl Collectors {
             prev_cpu: None,
             processes: processes::Tracker::new(opts.process_names.clone()),
             systemd: systemd::Systemd::new(opts.unit_patterns.clone()),
+            stuck_mounts: deadline::Stuck::default(),
+            deadline: opts.deadline,
             last_error: HashMap::new(),
         }
     }
@@ -120,6 +133,7 @@ impl Collectors {
     pub fn set_options(&mut self, opts: &CollectOptions) {
         self.processes.set_names(opts.process_names.clone());
         self.systemd.set_patterns(opts.unit_patterns.clone());
+        self.deadline = opts.deadline;
     }
 
     fn run<T>(
@@ -173,11 +187,13 @@ impl Collectors {
         s.host = self.run("host", &mut runs, errors, |_| host::read());
         s.netdev = self.run("netdev", &mut runs, errors, |_| netdev::read());
         s.disks = self.run("disk", &mut runs, errors, |_| disk::read());
-        s.filesystems = self.run("filesystem", &mut runs, errors, |_| filesystem::read());
+        s.filesystems = self.run("filesystem", &mut runs, errors, |c| {
+            filesystem::read(&c.stuck_mounts, c.deadline)
+        });
         s.tcp = self.run("netstat", &mut runs, errors, |_| netstat::read());
         s.processes = self.run("processes", &mut runs, errors, |c| c.processes.read());
         if self.systemd.available() {
-            s.services = self.run("systemd", &mut runs, errors, |c| c.systemd.read());
+            s.services = self.run("systemd", &mut runs, errors, |c| c.systemd.read(c.deadline));
         }
         (s, runs)
     }

@@ -94,19 +94,20 @@ impl Systemd {
         })
     }
 
-    pub fn read(&mut self) -> Result<Services, CollectError> {
+    /// `systemctl show` of the matching units; killed if it takes longer than `limit` (a hung
+    /// D-Bus must not hold up the collection).
+    pub fn read(&mut self, limit: std::time::Duration) -> Result<Services, CollectError> {
         if self.patterns.is_empty() {
             return Ok(Services::default());
         }
-        let out = Command::new("systemctl")
-            .args([
-                "show",
-                "--no-pager",
-                "--property=Id,LoadState,ActiveState,SubState,NRestarts",
-            ])
-            .args(&self.patterns)
-            .output()
-            .map_err(|e| CollectError::read("systemctl", e))?;
+        let mut cmd = Command::new("systemctl");
+        cmd.args([
+            "show",
+            "--no-pager",
+            "--property=Id,LoadState,ActiveState,SubState,NRestarts",
+        ])
+        .args(&self.patterns);
+        let out = super::deadline::output_within(cmd, "systemctl show", limit)?;
         if !out.status.success() {
             return Err(CollectError::parse(
                 "systemctl show",
