@@ -125,7 +125,7 @@ struct Pipeline {
     collector: Arc<Mutex<Cycle>>,
     latest: Arc<Latest>,
     history: Option<Writer>,
-    alerts: Option<Arc<Mutex<Alerts>>>,
+    alerts: Option<Alerts>,
     textfile: Option<crate::textfile::Writer>,
     state: Arc<AppState>,
     rt: tokio::runtime::Handle,
@@ -155,7 +155,7 @@ impl Pipeline {
 
     /// Hands a new snapshot to the alert rules and history, which read its series from its
     /// exposition (encoded once).
-    fn consume(&self, snap: Arc<crate::snapshot::Snapshot>) {
+    fn consume(&mut self, snap: Arc<crate::snapshot::Snapshot>) {
         if self.history.is_none() && self.alerts.is_none() {
             return;
         }
@@ -163,12 +163,8 @@ impl Pipeline {
         let text = Arc::new(metrics::encode_snapshot(snap));
         let notes = self
             .alerts
-            .as_ref()
-            .map(|a| {
-                a.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .evaluate(ts, &text)
-            })
+            .as_mut()
+            .map(|a| a.evaluate(ts, &text))
             .unwrap_or_default();
         if let Some(h) = &self.history {
             h.submit(ts, text);
@@ -341,23 +337,16 @@ fn serve_state(
     probes_ok: bool,
     peers: (Arc<ebpf::maps::PeerTable>, u32),
     collector: Arc<Mutex<Cycle>>,
-) -> (Option<Arc<Mutex<Alerts>>>, Arc<AppState>) {
+) -> (Option<Alerts>, Arc<AppState>) {
     let alerts = config.alerts.enabled.then(|| {
         info!(
             rules = config.alerts.rules.len(),
             channels = config.alerts.channels.len(),
             "evaluating alert rules"
         );
-        Arc::new(Mutex::new(Alerts::start(
-            &config.alerts,
-            &config.listen.to_string(),
-        )))
+        Alerts::start(&config.alerts, &config.listen.to_string())
     });
-    let alerts_shared = alerts.as_ref().map(|a| {
-        a.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .shared()
-    });
+    let alerts_shared = alerts.as_ref().map(Alerts::shared);
     let mut app = AppState::new(
         metrics::registry_with(
             latest.clone(),

@@ -216,28 +216,6 @@ fn ranged<T: PartialOrd + Copy + fmt::Display>(
     Ok(value)
 }
 
-/// A duration `key` in `lo..=hi`, else an error naming the key and the range.
-fn ranged_duration(
-    key: &str,
-    raw: &str,
-    value: Duration,
-    lo: Duration,
-    hi: Duration,
-) -> Result<Duration, ConfigError> {
-    if value < lo || value > hi {
-        return Err(invalid(
-            key,
-            format!(
-                "`{}` is out of range; use {}..={}",
-                shown(raw),
-                humantime::format_duration(lo),
-                humantime::format_duration(hi)
-            ),
-        ));
-    }
-    Ok(value)
-}
-
 fn frp_discovery(
     f: FrpFile,
     file_origin: &str,
@@ -247,32 +225,15 @@ fn frp_discovery(
     if let Some(c) = f.configs {
         options.configs = c;
     }
-    let duration = |key: &str, v: &str| {
-        humantime::parse_duration(v).map_err(|e| {
-            invalid(
-                &format!("{file_origin}: key `frp.{key}`"),
-                format!("`{}` is not a duration ({e}); use e.g. 5m or 2s", shown(v)),
-            )
-        })
-    };
     let key = |k: &str| format!("{file_origin}: key `frp.{k}`");
     if let Some(g) = f.grace {
-        options.grace = ranged_duration(
-            &key("grace"),
-            &g,
-            duration("grace", &g)?,
-            Duration::ZERO,
-            Duration::from_hours(24),
-        )?;
+        options.grace = untrusted::duration_in(&g, Duration::ZERO, Duration::from_hours(24))
+            .map_err(|p| invalid(&key("grace"), p))?;
     }
     if let Some(t) = f.api_timeout {
-        options.api_timeout = ranged_duration(
-            &key("api_timeout"),
-            &t,
-            duration("api_timeout", &t)?,
-            Duration::from_millis(100),
-            Duration::from_mins(1),
-        )?;
+        options.api_timeout =
+            untrusted::duration_in(&t, Duration::from_millis(100), Duration::from_mins(1))
+                .map_err(|p| invalid(&key("api_timeout"), p))?;
     }
     if let Some(m) = f.max_proxies {
         options.max_proxies = ranged(&key("max_proxies"), m, 1, 65_535)? as usize;

@@ -63,6 +63,11 @@ pub struct Cycle {
     unwatched: BTreeSet<String>,
 }
 
+/// The name a port watched on request is counted under.
+fn inspect_name(port: u16, proto: Proto) -> String {
+    format!("inspect-{port}-{}", proto.as_str())
+}
+
 /// Most ports watched at once on request (`POST /api/v1/inspect`).
 pub const MAX_INSPECTIONS: usize = 16;
 
@@ -157,7 +162,7 @@ impl Cycle {
         for &(port, proto) in self.adhoc.keys() {
             if taken.insert((port, proto)) {
                 out.push(TunnelSpec {
-                    name: format!("inspect-{port}-{}", proto.as_str()),
+                    name: inspect_name(port, proto),
                     port,
                     proto,
                     source: TunnelSource::Inspect,
@@ -206,7 +211,7 @@ impl Cycle {
         }
         self.adhoc.insert((port, proto), Instant::now() + ttl);
         self.apply_tunnels()?;
-        Ok(format!("inspect-{port}-{}", proto.as_str()))
+        Ok(inspect_name(port, proto))
     }
 
     /// Ends an inspection early; the port goes back to unwatched unless a tunnel covers it.

@@ -173,6 +173,30 @@ pub fn located(text: &str, offset: usize, message: &str, quote: bool) -> String 
     out
 }
 
+/// A duration written in a config file (`5m`, `2s`), within `lo..=hi`; the error quotes the
+/// value (bounded) and says the range.
+pub fn duration_in(
+    raw: &str,
+    lo: std::time::Duration,
+    hi: std::time::Duration,
+) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(raw).map_err(|e| {
+        format!(
+            "`{}` is not a duration ({e}); use e.g. 5m or 30s",
+            shown(raw)
+        )
+    })?;
+    if d < lo || d > hi {
+        return Err(format!(
+            "`{}` is out of range; use {}..={}",
+            shown(raw),
+            humantime::format_duration(lo),
+            humantime::format_duration(hi)
+        ));
+    }
+    Ok(d)
+}
+
 /// Why a file from outside could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

@@ -50,6 +50,13 @@ impl Metrics {
             .unwrap_or_else(|| panic!("no {name}{{tunnel=\"{tunnel}\"}} in:\n{}", self.text))
     }
 
+    /// How often the agent reached a bound on outside input
+    /// (`moonfrp_agent_limit_reached_total{limit}`); panics if the series is missing.
+    pub fn limit(&self, limit: &str) -> f64 {
+        self.get("moonfrp_agent_limit_reached_total", &[("limit", limit)])
+            .unwrap_or_else(|| panic!("no limit `{limit}` in:\n{}", self.text))
+    }
+
     /// Asserts that `name{label="v"}` is `want` for each `v` of `values`.
     pub fn assert_each(&self, name: &str, label: &str, values: &[&str], want: f64) {
         for v in values {

@@ -181,6 +181,7 @@ fn proxy_names_are_escaped_and_bounded_and_the_log_stays_one_line_per_problem() 
     let (_, _, text) = agent.get("/metrics", None).unwrap();
     let (ok, findings) = promtool_check(&text);
     assert!(ok && findings.trim().is_empty(), "promtool:\n{findings}");
+    assert_interval_kept(&agent);
 
     let tunnel_of = |port: u16| {
         m.samples
@@ -219,22 +220,8 @@ fn proxy_names_are_escaped_and_bounded_and_the_log_stays_one_line_per_problem() 
         m2.get("moonfrp_tunnel_info", &[("tunnel", "site001000")])
             .is_none()
     );
-    assert!(
-        m2.get(
-            "moonfrp_agent_limit_reached_total",
-            &[("limit", "frp_proxies")]
-        )
-        .unwrap()
-            >= 99_000.0
-    );
-    assert!(
-        m2.get(
-            "moonfrp_agent_limit_reached_total",
-            &[("limit", "name_length")]
-        )
-        .unwrap()
-            >= 2.0
-    );
+    assert!(m2.limit("frp_proxies") >= 99_000.0);
+    assert!(m2.limit("name_length") >= 2.0);
 
     log_and_status_stay_one_line_per_thing(&agent, forged);
 
@@ -317,12 +304,7 @@ fn huge_endless_dripping_and_hung_answers_cost_their_source_only() {
             >= 4.0
     );
     assert!(
-        m.get(
-            "moonfrp_agent_limit_reached_total",
-            &[("limit", "http_response_size")]
-        )
-        .unwrap()
-            >= 2.0,
+        m.limit("http_response_size") >= 2.0,
         "the 100 MB answer and the endless one are cut at the limit"
     );
     let (_, _, text) = agent.get("/metrics", None).unwrap();

@@ -144,27 +144,9 @@ struct ChannelFile {
     resend: Option<String>,
 }
 
-fn duration(what: &str, v: &str) -> Result<Duration, String> {
-    humantime::parse_duration(v).map_err(|e| {
-        format!(
-            "{what}: `{}` is not a duration ({e}); use e.g. 5m or 30s",
-            shown(v)
-        )
-    })
-}
-
-/// A duration in `lo..=hi`.
+/// A duration in `lo..=hi`, the error naming `what`.
 fn duration_in(what: &str, v: &str, lo: Duration, hi: Duration) -> Result<Duration, String> {
-    let d = duration(what, v)?;
-    if d < lo || d > hi {
-        return Err(format!(
-            "{what}: `{}` is out of range; use {}..={}",
-            shown(v),
-            humantime::format_duration(lo),
-            humantime::format_duration(hi)
-        ));
-    }
-    Ok(d)
+    crate::untrusted::duration_in(v, lo, hi).map_err(|p| format!("{what}: {p}"))
 }
 
 /// Checks an annotation template: every `{{` closed, each placeholder a label name or
