@@ -1,6 +1,7 @@
 //! Criterion benches of the userspace hot paths at 1,000 tunnels: reading the kernel maps and
-//! summing CPUs (needs root: the programs are loaded for real), building the snapshot, and
-//! encoding `/metrics` in both formats; and the host collectors (read + parse). Run with `cargo bench -p moonfrp-agent`.
+//! summing CPUs (needs root: the programs are loaded for real), building the snapshot and its
+//! series, rendering `/metrics` in both formats (and gzip); and the host collectors (read +
+//! parse). Run with `cargo bench -p moonfrp-agent`.
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
@@ -11,8 +12,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use moonfrp_agent::{
     collect::{self, CollectOptions, Collectors},
     config::KernelConfig,
-    ebpf, metrics,
-    snapshot::{CounterSource, Latest, Snapshot},
+    ebpf,
+    exposition::{self, Format},
+    metrics,
+    snapshot::{CounterSource, Snapshot},
     synthetic::{self, Synthetic},
     sys,
     watch::WatchTable,
@@ -44,15 +47,22 @@ fn userspace(c: &mut Criterion) {
         |b| b.iter(|| snapshot_of(&Synthetic::default(), &watch)),
     );
 
-    let latest = Arc::new(Latest::default());
-    latest.publish(snapshot_of(&Synthetic::default(), &watch));
-    let registry = metrics::registry(latest);
-    c.bench_function("encode: OpenMetrics, 1000 tunnels", |b| {
-        b.iter(|| metrics::encode_openmetrics(&registry));
+    let snap = snapshot_of(&Synthetic::default(), &watch);
+    let extras = metrics::Extras::default();
+    c.bench_function("series: build from the snapshot, 1000 tunnels", |b| {
+        b.iter(|| metrics::series(Some(&snap), &extras));
     });
-    let om = metrics::encode_openmetrics(&registry);
-    c.bench_function("encode: OpenMetrics to text 0.0.4, 1000 tunnels", |b| {
-        b.iter(|| metrics::openmetrics_to_text(&om));
+    let series = metrics::series(Some(&snap), &extras);
+    c.bench_function("render: OpenMetrics, 1000 tunnels", |b| {
+        b.iter(|| exposition::render(&series, Format::OpenMetrics));
+    });
+    c.bench_function("render: text 0.0.4, 1000 tunnels", |b| {
+        b.iter(|| exposition::render(&series, Format::Text004));
+    });
+    c.bench_function("render: text 0.0.4 + gzip, 1000 tunnels", |b| {
+        b.iter(|| {
+            exposition::Published::new(Arc::new(series.clone())).bytes(Format::Text004, true)
+        });
     });
 }
 

@@ -22,6 +22,7 @@ use crate::{
     config::Config,
     cycle::Cycle,
     ebpf,
+    exposition::{self, Format, Published},
     history::writer::{self, Writer},
     metrics, privileges,
     server::{self, AppState},
@@ -128,6 +129,8 @@ struct Pipeline {
     alerts: Option<Alerts>,
     textfile: Option<crate::textfile::Writer>,
     state: Arc<AppState>,
+    /// The history writer's and alert engine's own counters, exported with each snapshot.
+    extras: metrics::Extras,
     rt: tokio::runtime::Handle,
 }
 
@@ -141,36 +144,29 @@ impl Pipeline {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// One interval: the snapshot, its series (built once; everything below reads them), the
+    /// alert rules, history and the textfile.
     fn interval(&mut self) {
         let snap = Arc::new(self.collector().collect(&self.rt));
+        let series = Arc::new(metrics::series(Some(&snap), &self.extras));
+        let published = Arc::new(Published::new(series.clone()));
         self.latest.publish_arc(snap.clone());
-        self.consume(snap);
-        if let Some(w) = &self.textfile {
-            let text =
-                metrics::openmetrics_to_text(&metrics::encode_openmetrics(&self.state.registry));
-            let result = w.write(&text);
-            self.collector().textfile_result(result);
-        }
-    }
-
-    /// Hands a new snapshot to the alert rules and history, which read its series from its
-    /// exposition (encoded once).
-    fn consume(&mut self, snap: Arc<crate::snapshot::Snapshot>) {
-        if self.history.is_none() && self.alerts.is_none() {
-            return;
-        }
+        self.state.exposition.publish(published.clone());
         let ts = crate::history::unix_ms(snap.taken_at);
-        let text = Arc::new(metrics::encode_snapshot(snap));
         let notes = self
             .alerts
             .as_mut()
-            .map(|a| a.evaluate(ts, &text))
+            .map(|a| a.evaluate(ts, &series))
             .unwrap_or_default();
         if let Some(h) = &self.history {
-            h.submit(ts, text);
+            h.submit(ts, series);
             if !notes.is_empty() {
                 h.record_alerts(ts, notes);
             }
+        }
+        if let Some(w) = &self.textfile {
+            let result = w.write(&published.bytes(Format::Text004, false));
+            self.collector().textfile_result(result);
         }
     }
 }
@@ -230,7 +226,7 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     let (alerts, state) = serve_state(
         &config,
         latest.clone(),
-        history_stats,
+        history_stats.clone(),
         probes_ok,
         peers,
         collector.clone(),
@@ -250,6 +246,10 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
         collector: collector.clone(),
         latest,
         history,
+        extras: metrics::Extras {
+            history: history_stats,
+            alerts: alerts.as_ref().map(Alerts::shared),
+        },
         alerts,
         textfile,
         state: state.clone(),
@@ -347,14 +347,15 @@ fn serve_state(
         Alerts::start(&config.alerts, &config.listen.to_string())
     });
     let alerts_shared = alerts.as_ref().map(Alerts::shared);
+    let before_first = metrics::series(
+        None,
+        &metrics::Extras {
+            history: history_stats,
+            alerts: alerts_shared.clone(),
+        },
+    );
     let mut app = AppState::new(
-        metrics::registry_with(
-            latest.clone(),
-            metrics::Extras {
-                history: history_stats,
-                alerts: alerts_shared.clone(),
-            },
-        ),
+        Arc::new(exposition::Current::new(before_first)),
         latest,
         probes_ok,
         config.history.enabled.then(|| HistoryApi {

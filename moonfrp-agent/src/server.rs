@@ -6,7 +6,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::{
     net::TcpListener,
@@ -16,7 +15,7 @@ use tracing::{debug, warn};
 
 use crate::{
     api::{self, HistoryApi},
-    metrics,
+    exposition::{self, Format},
     snapshot::Latest,
     untrusted::Limit,
 };
@@ -66,7 +65,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers read.
 pub struct AppState {
-    pub registry: Registry,
+    /// The latest snapshot's series and their renderings.
+    pub exposition: Arc<exposition::Current>,
     pub latest: Arc<Latest>,
     /// Probes attached (at least one); set once after loading.
     pub probes_ok: bool,
@@ -87,13 +87,13 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(
-        registry: Registry,
+        exposition: Arc<exposition::Current>,
         latest: Arc<Latest>,
         probes_ok: bool,
         history: Option<HistoryApi>,
     ) -> Self {
         Self {
-            registry,
+            exposition,
             latest,
             probes_ok,
             history,
@@ -133,6 +133,21 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
         }
     }
     om > 0.0 && om >= text
+}
+
+/// True if `Accept-Encoding` allows gzip (as Prometheus sends it).
+pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+    accept_encoding.is_some_and(|a| {
+        a.split(',').any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let q = parts
+                .find_map(|p| p.strip_prefix("q="))
+                .and_then(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && q > 0.0
+        })
+    })
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -296,16 +311,25 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/metrics" => {
-            let accept = req
-                .headers()
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok());
-            let om = metrics::encode_openmetrics(&state.registry);
-            if wants_openmetrics(accept) {
-                reply(StatusCode::OK, OPENMETRICS, om)
+            let header_of = |h| req.headers().get(h).and_then(|v| v.to_str().ok());
+            let (format, content_type) = if wants_openmetrics(header_of(header::ACCEPT)) {
+                (Format::OpenMetrics, OPENMETRICS)
             } else {
-                reply(StatusCode::OK, TEXT_004, metrics::openmetrics_to_text(&om))
+                (Format::Text004, TEXT_004)
+            };
+            let gzip = accepts_gzip(header_of(header::ACCEPT_ENCODING));
+            let mut r = reply(
+                StatusCode::OK,
+                content_type,
+                state.exposition.get().bytes(format, gzip),
+            );
+            if gzip {
+                r.headers_mut().insert(
+                    header::CONTENT_ENCODING,
+                    header::HeaderValue::from_static("gzip"),
+                );
             }
+            r
         }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => match (state.probes_ok, state.latest.get()) {
@@ -417,6 +441,16 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::wants_openmetrics;
+
+    #[test]
+    fn gzip_negotiation() {
+        use super::accepts_gzip;
+        assert!(accepts_gzip(Some("gzip")));
+        assert!(accepts_gzip(Some("deflate, gzip;q=0.5")));
+        assert!(!accepts_gzip(Some("gzip;q=0")));
+        assert!(!accepts_gzip(Some("identity")));
+        assert!(!accepts_gzip(None));
+    }
 
     #[test]
     fn content_negotiation() {

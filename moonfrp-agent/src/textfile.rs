@@ -82,14 +82,14 @@ impl Writer {
 
     /// Replaces the file with `text`, unless something other than a regular file took its
     /// place meanwhile.
-    pub fn write(&self, text: &str) -> Result<(), TextfileError> {
+    pub fn write(&self, text: &[u8]) -> Result<(), TextfileError> {
         check_target(&self.path)?;
         let err = |source| TextfileError::Write {
             path: self.path.clone(),
             source,
         };
         let mut f = create_tmp(&self.tmp).map_err(err)?;
-        f.write_all(text.as_bytes()).map_err(err)?;
+        f.write_all(text).map_err(err)?;
         drop(f);
         fs::rename(&self.tmp, &self.path).map_err(|e| {
             let _ = fs::remove_file(&self.tmp);
@@ -139,8 +139,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("moonfrp.prom");
         let w = Writer::new(&path).unwrap();
-        w.write("a 1\n").unwrap();
-        w.write("a 2\n").unwrap();
+        w.write(b"a 1\n").unwrap();
+        w.write(b"a 2\n").unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "a 2\n");
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
@@ -174,18 +174,18 @@ mod tests {
         // A file that turns into something else between writes is not replaced either.
         let path = dir.path().join("moonfrp.prom");
         let w = Writer::new(&path).unwrap();
-        w.write("a 1\n").unwrap();
+        w.write(b"a 1\n").unwrap();
         fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), &path).unwrap();
         assert!(matches!(
-            w.write("a 2\n"),
+            w.write(b"a 2\n"),
             Err(TextfileError::NotRegular { .. })
         ));
         assert!(!dir.path().join("elsewhere").exists());
         // A symlink planted at the temporary file's name is removed, not followed.
         fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(dir.path().join("victim"), &w.tmp).unwrap();
-        w.write("a 3\n").unwrap();
+        w.write(b"a 3\n").unwrap();
         assert!(!dir.path().join("victim").exists());
         assert_eq!(fs::read_to_string(&path).unwrap(), "a 3\n");
     }

@@ -7,10 +7,30 @@ use super::{
     rules::{Func, Rule, render},
     state::{Instance, Notify, Phase, Severity, Timing},
 };
-use crate::history::{
-    exposition::{self, Point},
-    rollup::{Obs, counter_step},
+use crate::{
+    history::rollup::{Obs, counter_step},
+    series::{Labels, Point, Series},
 };
+
+/// A label set as one string (`k=v` joined by NUL), to key instances and join divisors.
+fn label_key(labels: &Labels) -> String {
+    let mut key = String::new();
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            key.push('\0');
+        }
+        key.push_str(k);
+        key.push('=');
+        key.push_str(v);
+    }
+    key
+}
+
+/// A point of a series some rule reads, with its label key.
+struct Seen<'a> {
+    point: Point<'a>,
+    key: String,
+}
 
 /// An alert as channels, the API and history see it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -54,9 +74,12 @@ struct Tracked {
 pub struct Engine {
     rules: Vec<(Rule, Timing)>,
     instances: HashMap<(usize, String), Tracked>,
-    /// Previous value of every counter some rule takes a rate or increase of.
-    prev: HashMap<String, (i64, f64)>,
+    /// Previous value of every counter some rule takes a rate or increase of, by sample name
+    /// and label key.
+    prev: HashMap<(String, String), (i64, f64)>,
     counters: HashSet<String>,
+    /// Every sample name a rule reads (metrics and divisors).
+    used: HashSet<String>,
 }
 
 impl Engine {
@@ -65,6 +88,10 @@ impl Engine {
             .iter()
             .filter(|r| r.func != Func::Value)
             .flat_map(|r| r.metrics.iter().cloned())
+            .collect();
+        let used = rules
+            .iter()
+            .flat_map(|r| r.metrics.iter().chain(&r.divide_by).cloned())
             .collect();
         let rules = rules
             .into_iter()
@@ -82,13 +109,19 @@ impl Engine {
             instances: HashMap::new(),
             prev: HashMap::new(),
             counters,
+            used,
         }
     }
 
-    pub fn evaluate(&mut self, now: i64, points: &[Point<'_>]) -> Evaluation {
-        let mut by_name: HashMap<&str, Vec<&Point<'_>>> = HashMap::new();
-        for p in points {
-            by_name.entry(p.name).or_default().push(p);
+    pub fn evaluate(&mut self, now: i64, series: &Series) -> Evaluation {
+        let mut by_name: HashMap<&str, Vec<Seen<'_>>> = HashMap::new();
+        for (_, point) in series.points() {
+            if self.used.contains(point.name) {
+                by_name.entry(point.name).or_default().push(Seen {
+                    key: label_key(point.labels),
+                    point,
+                });
+            }
         }
         let mut out = Evaluation::default();
         let mut seen: HashSet<(usize, String)> = HashSet::new();
@@ -122,10 +155,13 @@ impl Engine {
         }
         self.instances
             .retain(|k, t| seen.contains(k) || t.instance.is_active());
-        self.prev = points
+        self.prev = by_name
             .iter()
-            .filter(|p| self.counters.contains(p.name))
-            .map(|p| (p.key.to_owned(), (now, p.value)))
+            .filter(|(name, _)| self.counters.contains(**name))
+            .flat_map(|(name, seen)| {
+                seen.iter()
+                    .map(move |s| (((*name).to_owned(), s.key.clone()), (now, s.point.value)))
+            })
             .collect();
         out.active
             .sort_by(|a, b| (&a.alertname, &a.labels).cmp(&(&b.alertname, &b.labels)));
@@ -136,14 +172,19 @@ impl Engine {
     fn observe(
         &self,
         ri: usize,
-        by_name: &HashMap<&str, Vec<&Point<'_>>>,
+        by_name: &HashMap<&str, Vec<Seen<'_>>>,
         now: i64,
     ) -> BTreeMap<String, (BTreeMap<String, String>, f64)> {
         let rule = &self.rules[ri].0;
         let mut groups: BTreeMap<String, (BTreeMap<String, String>, f64)> = BTreeMap::new();
         for metric in &rule.metrics {
-            for p in by_name.get(metric.as_str()).into_iter().flatten() {
-                let labels = exposition::labels(p.labels);
+            for seen in by_name.get(metric.as_str()).into_iter().flatten() {
+                let p = &seen.point;
+                let labels: BTreeMap<String, String> = p
+                    .labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.to_string()))
+                    .collect();
                 if !rule
                     .matchers
                     .iter()
@@ -154,7 +195,9 @@ impl Engine {
                 let v = match rule.func {
                     Func::Value => p.value,
                     Func::Rate | Func::Increase => {
-                        let Some(&(ts, before)) = self.prev.get(p.key) else {
+                        let Some(&(ts, before)) =
+                            self.prev.get(&(metric.clone(), seen.key.clone()))
+                        else {
                             continue;
                         };
                         let obs = |ts, value| Obs {
@@ -175,7 +218,7 @@ impl Engine {
                     }
                 };
                 let g = groups
-                    .entry(p.labels.to_owned())
+                    .entry(seen.key.clone())
                     .or_insert_with(|| (labels, 0.0));
                 g.1 += v;
             }
@@ -185,7 +228,7 @@ impl Engine {
                 .get(div.as_str())
                 .into_iter()
                 .flatten()
-                .map(|p| (p.labels, p.value))
+                .map(|s| (s.key.as_str(), s.point.value))
                 .collect();
             let single = (divisors.len() == 1)
                 .then(|| divisors.get(""))
@@ -255,21 +298,33 @@ mod tests {
     use super::*;
     use crate::alerts::rules::builtin;
 
-    fn text(up_b: u8, refused_a: u64, used: u64) -> String {
-        format!(
-            "# TYPE moonfrp_tunnel_up gauge\n\
-             moonfrp_tunnel_up{{tunnel=\"a\",port=\"1\",proto=\"tcp\"}} 1\n\
-             moonfrp_tunnel_up{{tunnel=\"b\",port=\"2\",proto=\"tcp\"}} {up_b}\n\
-             # TYPE moonfrp_tunnel_connections_refused counter\n\
-             moonfrp_tunnel_connections_refused_total{{tunnel=\"a\",port=\"1\",proto=\"tcp\"}} {refused_a}\n\
-             # TYPE moonfrp_system_memory_used_bytes gauge\nmoonfrp_system_memory_used_bytes {used}\n\
-             # TYPE moonfrp_system_memory_total_bytes gauge\nmoonfrp_system_memory_total_bytes 100\n# EOF\n"
-        )
+    fn text(up_b: u8, refused_a: u64, used: u64) -> Series {
+        use crate::series::Builder;
+        let tunnel =
+            |t: &'static str, p: &'static str| [("tunnel", t), ("port", p), ("proto", "tcp")];
+        let mut b = Builder::default();
+        b.gauges(
+            "moonfrp_tunnel_up",
+            "h",
+            None,
+            [
+                (tunnel("a", "1"), 1i64),
+                (tunnel("b", "2"), i64::from(up_b)),
+            ],
+        );
+        b.counters(
+            "moonfrp_tunnel_connections_refused",
+            "h",
+            None,
+            [(tunnel("a", "1"), refused_a)],
+        );
+        b.gauge("moonfrp_system_memory_used_bytes", "h", None, used);
+        b.gauge("moonfrp_system_memory_total_bytes", "h", None, 100u64);
+        b.build()
     }
 
-    fn run(e: &mut Engine, now: i64, t: &str) -> Evaluation {
-        let (_, points) = exposition::parse(t);
-        e.evaluate(now, &points)
+    fn run(e: &mut Engine, now: i64, t: &Series) -> Evaluation {
+        e.evaluate(now, t)
     }
 
     fn names(v: &[Alert]) -> Vec<(String, &'static str, String)> {
@@ -330,10 +385,10 @@ mod tests {
             ]
         );
         // t=3m: tunnel b's series is gone (removed): its alert resolves.
-        let t = text(0, 7, 96).replace(
-            "moonfrp_tunnel_up{tunnel=\"b\",port=\"2\",proto=\"tcp\"} 0\n",
-            "",
-        );
+        let mut t = text(0, 7, 96);
+        t.families[0]
+            .samples
+            .retain(|s| !s.labels.iter().any(|(k, v)| *k == "tunnel" && &**v == "b"));
         let r = run(&mut e, 3 * min, &t);
         assert_eq!(
             names(&r.notifications),

@@ -62,11 +62,10 @@ impl Alerts {
         self.shared.clone()
     }
 
-    /// Evaluates one snapshot's exposition taken at `now` (Unix ms), queues the notifications,
+    /// Evaluates one snapshot's series taken at `now` (Unix ms), queues the notifications,
     /// and returns them (for the history's alert log).
-    pub fn evaluate(&mut self, now: i64, exposition_text: &str) -> Vec<Alert> {
-        let (_, points) = crate::history::exposition::parse(exposition_text);
-        let e = self.engine.evaluate(now, &points);
+    pub fn evaluate(&mut self, now: i64, series: &crate::series::Series) -> Vec<Alert> {
+        let e = self.engine.evaluate(now, series);
         for n in &e.notifications {
             tracing::info!(alert = %n.alertname, event = n.event, severity = n.severity.as_str(), value = n.value, labels = ?n.labels, "alert");
             if n.alertname == "TunnelDown" && n.event == "firing" {

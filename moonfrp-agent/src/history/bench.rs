@@ -11,7 +11,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{
-    Settings, Store, exposition,
+    Settings, Store,
     query::{self, Request},
     store::open_read_only,
     unix_ms,
@@ -120,11 +120,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         };
         let snap = synthetic::snapshot(&source, &watch, system, taken_at, u64::from(i) + 1);
         let t = Instant::now();
-        let text = crate::metrics::encode_snapshot(std::sync::Arc::new(snap));
-        let (families, points) = exposition::parse(&text);
-        store.write(unix_ms(taken_at), &families, &points)?;
+        let built = crate::metrics::series(Some(&snap), &crate::metrics::Extras::default());
+        store.write(unix_ms(taken_at), &built)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
-        series = points.len();
+        series = built.points().count();
     }
     let db = store.path().to_owned();
     drop(store); // checkpoints the WAL into the file

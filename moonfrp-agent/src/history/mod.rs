@@ -4,7 +4,6 @@
 //! the writer).
 pub mod bench;
 pub mod cli;
-pub mod exposition;
 pub mod query;
 pub mod rollup;
 pub mod schema;
@@ -140,6 +139,31 @@ impl Settings {
             finer = Some(l);
         }
         Ok(())
+    }
+}
+
+/// Counter or gauge, as history stores a series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Cumulative: rates and increases apply, resets are detected.
+    Counter,
+    Gauge,
+}
+
+impl Kind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        if s == "counter" {
+            Self::Counter
+        } else {
+            Self::Gauge
+        }
     }
 }
 

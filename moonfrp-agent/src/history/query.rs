@@ -10,8 +10,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Level, Settings,
-    exposition::Kind,
+    Kind, Level, Settings,
     rollup::{self, Bucket, Obs},
 };
 

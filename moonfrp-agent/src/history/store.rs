@@ -16,11 +16,11 @@ use std::{
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _, Transaction, params};
 
 use super::{
-    Level, Settings,
-    exposition::{self, Kind, Point},
+    Kind, Level, Settings,
     rollup::{self, Bucket, Obs},
     schema::{self, SchemaError},
 };
+use crate::series::{Family, Point, Series};
 
 /// The database file's name inside the data directory.
 pub const FILE_NAME: &str = "history.db";
@@ -446,18 +446,14 @@ impl Store {
         stmt.query_map([], |r| r.get::<_, i64>(0))?.collect()
     }
 
-    /// Writes one snapshot's points taken at `ts_ms` in one transaction, flushes rollup buckets
-    /// that ended, then prunes a bounded batch of expired rows.
-    pub fn write(
-        &mut self,
-        ts_ms: i64,
-        families: &[exposition::Family<'_>],
-        points: &[Point<'_>],
-    ) -> Result<WriteStats, StoreError> {
+    /// Writes one snapshot's series taken at `ts_ms` in one transaction (every point: samples,
+    /// and a histogram's `_sum` and `_count`), flushes rollup buckets that ended, then prunes a
+    /// bounded batch of expired rows.
+    pub fn write(&mut self, ts_ms: i64, series: &Series) -> Result<WriteStats, StoreError> {
         let mut stats = WriteStats::default();
-        let mut new_keys: Vec<&str> = Vec::new();
-        let mut new_metrics: Vec<&str> = Vec::new();
-        let mut resolved: Vec<i64> = Vec::with_capacity(points.len());
+        let mut new_keys: Vec<String> = Vec::new();
+        let mut new_metrics: Vec<String> = Vec::new();
+        let mut resolved: Vec<(i64, f64, bool)> = Vec::with_capacity(series.len());
         let flushing: Vec<bool> = self
             .settings
             .levels
@@ -465,6 +461,7 @@ impl Store {
             .zip(&self.level_start)
             .map(|(l, s)| s.is_some_and(|s| s != rollup::bucket_start(ts_ms, l.step_ms())))
             .collect();
+        let mut key = String::with_capacity(256);
         let result = (|| -> Result<(), StoreError> {
             let tx = self.conn.transaction()?;
             tx.execute(
@@ -476,21 +473,22 @@ impl Store {
                 let mut insert = tx.prepare_cached(
                     "INSERT OR REPLACE INTO samples (key, value) VALUES (?1, ?2)",
                 )?;
-                for p in points {
-                    let id = if let Some(id) = self.ids.get(p.key) {
+                for (family, p) in series.points() {
+                    series_key(&mut key, &p);
+                    let id = if let Some(id) = self.ids.get(key.as_str()) {
                         *id
                     } else {
                         if !self.metrics.contains(p.name) {
-                            upsert_metric(&tx, p, &families[p.family])?;
-                            new_metrics.push(p.name);
+                            upsert_metric(&tx, &p, family)?;
+                            new_metrics.push(p.name.to_owned());
                         }
-                        let id = series_id(&tx, p)?;
-                        self.ids.insert(p.key.to_owned(), id);
-                        new_keys.push(p.key);
+                        let id = series_id(&tx, &p)?;
+                        self.ids.insert(key.clone(), id);
+                        new_keys.push(key.clone());
                         id
                     };
                     insert.execute(params![sample_key(snapshot, id), p.value])?;
-                    resolved.push(id);
+                    resolved.push((id, p.value, p.counter));
                 }
             }
             for (level, flush) in self.settings.levels.iter().zip(&flushing) {
@@ -510,22 +508,20 @@ impl Store {
             Ok(())
         })();
         if let Err(e) = result {
-            for k in new_keys {
+            for k in &new_keys {
                 self.ids.remove(k);
             }
             return Err(e);
         }
-        for m in new_metrics {
-            self.metrics.insert(m.to_owned());
-        }
-        stats.samples = points.len();
+        self.metrics.extend(new_metrics);
+        stats.samples = resolved.len();
         stats.new_series = new_keys.len();
-        self.after_commit(ts_ms, points, &resolved, &flushing);
+        self.after_commit(ts_ms, &resolved, &flushing);
         stats.pruned = self.prune(ts_ms)?;
         Ok(stats)
     }
 
-    fn after_commit(&mut self, ts_ms: i64, points: &[Point<'_>], ids: &[i64], flushed: &[bool]) {
+    fn after_commit(&mut self, ts_ms: i64, points: &[(i64, f64, bool)], flushed: &[bool]) {
         let levels = self.settings.levels.len();
         for (li, level) in self.settings.levels.iter().enumerate() {
             if flushed[li] || self.level_start[li].is_none() {
@@ -541,15 +537,15 @@ impl Store {
             self.acc
                 .retain(|_, a| a.prev.is_some_and(|p| p.ts >= horizon));
         }
-        for (p, id) in points.iter().zip(ids) {
+        for &(id, value, counter) in points {
             let obs = Obs {
                 ts: ts_ms,
-                value: p.value,
+                value,
                 run: self.run,
                 run_start: self.run_start,
             };
-            let acc = self.acc.entry(*id).or_insert_with(|| Acc {
-                counter: p.kind == Kind::Counter,
+            let acc = self.acc.entry(id).or_insert_with(|| Acc {
+                counter,
                 prev: None,
                 buckets: vec![Bucket::default(); levels],
             });
@@ -658,27 +654,42 @@ pub const fn sample_key(snapshot: i64, series: i64) -> i64 {
     snapshot << 24 | series
 }
 
-fn upsert_metric(
-    tx: &Transaction<'_>,
-    p: &Point<'_>,
-    family: &exposition::Family<'_>,
-) -> rusqlite::Result<()> {
-    let unit = if p.name.ends_with("_count") {
-        ""
+/// The in-memory key of a series for this run: its sample name and labels.
+fn series_key(key: &mut String, p: &Point<'_>) {
+    key.clear();
+    key.push_str(p.name);
+    for (k, v) in p.labels {
+        key.push('\0');
+        key.push_str(k);
+        key.push('=');
+        key.push_str(v);
+    }
+}
+
+fn upsert_metric(tx: &Transaction<'_>, p: &Point<'_>, family: &Family) -> rusqlite::Result<()> {
+    let unit = match family.unit {
+        Some(u) if !p.name.ends_with("_count") => u.as_str(),
+        _ => "",
+    };
+    let kind = if p.counter {
+        Kind::Counter
     } else {
-        family.unit
+        Kind::Gauge
     };
     tx.prepare_cached(
         "INSERT INTO metrics (name, type, unit, help) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (name) DO UPDATE SET type = excluded.type, unit = excluded.unit, help = excluded.help",
     )?
-    .execute(params![p.name, p.kind.as_str(), unit, family.help])?;
+    .execute(params![p.name, kind.as_str(), unit, family.help])?;
     Ok(())
 }
 
+/// The series' row: its metric and its labels as a JSON object with sorted keys (the key
+/// history has always used, so a database of an earlier version goes on with its series).
 fn series_id(tx: &Transaction<'_>, p: &Point<'_>) -> rusqlite::Result<i64> {
-    let labels = serde_json::to_string(&exposition::labels(p.labels))
-        .expect("a map of strings always serializes");
+    let sorted: std::collections::BTreeMap<&str, &str> =
+        p.labels.iter().map(|(k, v)| (*k, &**v)).collect();
+    let labels = serde_json::to_string(&sorted).expect("a map of strings always serializes");
     tx.prepare_cached(
         "INSERT INTO series (metric, labels) VALUES (?1, ?2)
          ON CONFLICT (metric, labels) DO UPDATE SET metric = excluded.metric RETURNING id",

@@ -1,16 +1,14 @@
 //! The store against a real SQLite file in a temp dir, with synthetic snapshots and a fake clock.
-use std::{
-    collections::BTreeMap, fmt::Write as _, os::unix::fs::PermissionsExt as _, time::Duration,
-};
+use std::{collections::BTreeMap, os::unix::fs::PermissionsExt as _, time::Duration};
 
 use rusqlite::params;
 
 use super::{
     Settings, Store,
-    exposition::parse,
     query::{self, Agg, Request},
     store::open_read_only,
 };
+use crate::series::{Builder, Series, Unit};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
@@ -29,39 +27,45 @@ struct Gen {
 }
 
 impl Gen {
-    fn text(&mut self, i: i64, reset: bool) -> String {
+    fn series(&mut self, i: i64, reset: bool) -> Series {
         if reset {
             self.bytes_a = 0;
         }
         self.bytes_a += 1000 + u64::try_from(i % 7).unwrap() * 250;
         self.bytes_b += u64::try_from(i % 3).unwrap() * 10;
         let load = f64::from(u32::try_from(i % 11).unwrap()) / 4.0;
-        let mut t = String::new();
-        t.push_str("# HELP t_bytes Bytes.\n# TYPE t_bytes counter\n# UNIT t_bytes bytes\n");
-        let _ = writeln!(
-            t,
-            "t_bytes_total{{tunnel=\"a\",port=\"6000\"}} {}",
-            self.bytes_a
+        let mut b = Builder::default();
+        b.counters(
+            "t",
+            "Bytes.",
+            Some(Unit::Bytes),
+            [
+                ([("tunnel", "a"), ("port", "6000")], self.bytes_a),
+                ([("tunnel", "b"), ("port", "6001")], self.bytes_b),
+            ],
         );
-        let _ = writeln!(
-            t,
-            "t_bytes_total{{tunnel=\"b\",port=\"6001\"}} {}",
-            self.bytes_b
-        );
-        t.push_str("# HELP t_load Load.\n# TYPE t_load gauge\n");
-        let _ = writeln!(t, "t_load {load}\n# EOF");
-        t
+        b.gauge("t_load", "Load.", None, load);
+        b.build()
     }
 }
 
-/// What the test wrote: per series, (ts, value, run start).
+/// What the test wrote: per series (`name{a="x",…}`), (ts, value, run start).
 type Written = BTreeMap<String, Vec<(i64, f64, i64)>>;
 
-fn record(written: &mut Written, text: &str, ts: i64, run_start: i64) {
-    let (_, points) = parse(text);
-    for p in points {
+fn record(written: &mut Written, series: &Series, ts: i64, run_start: i64) {
+    for (_, p) in series.points() {
+        let labels: Vec<String> = p
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{v}\""))
+            .collect();
+        let key = if labels.is_empty() {
+            p.name.to_owned()
+        } else {
+            format!("{}{{{}}}", p.name, labels.join(","))
+        };
         written
-            .entry(p.key.to_owned())
+            .entry(key)
             .or_default()
             .push((ts, p.value, run_start));
     }
@@ -133,10 +137,9 @@ fn write_day() -> (tempfile::TempDir, Written, i64) {
             run_start = ts - 30_000;
             store = Store::open(dir.path(), settings(), run_start).unwrap().0;
         }
-        let text = generator.text(i, i == RESTART_AT);
-        let (families, points) = parse(&text);
-        store.write(ts, &families, &points).unwrap();
-        record(&mut written, &text, ts, run_start);
+        let series = generator.series(i, i == RESTART_AT);
+        store.write(ts, &series).unwrap();
+        record(&mut written, &series, ts, run_start);
     }
     drop(store);
     (dir, written, T0 + (intervals - 1) * MIN)
@@ -334,9 +337,7 @@ fn bad_queries_say_which_parameter_and_why() {
         bytes_a: 0,
         bytes_b: 0,
     };
-    let text = g.text(0, false);
-    let (f, p) = parse(&text);
-    store.write(T0, &f, &p).unwrap();
+    store.write(T0, &g.series(0, false)).unwrap();
     let conn = open_read_only(store.path()).unwrap();
     let err = |q: &str| {
         Request::from_query(q, T0)

@@ -13,8 +13,8 @@ use std::{
 
 use tracing::{error, info, warn};
 
-use super::{HistoryConfig, Store, StoreError, exposition};
-use crate::alerts::eval::Alert;
+use super::{HistoryConfig, Store, StoreError};
+use crate::{alerts::eval::Alert, series::Series};
 
 /// What the writer has done, for `/metrics`.
 #[derive(Debug, Default)]
@@ -40,8 +40,8 @@ impl Stats {
 
 /// Work for the writer thread.
 enum Job {
-    /// One snapshot's exposition, taken at Unix ms.
-    Snapshot(i64, Arc<String>),
+    /// One snapshot's series, taken at Unix ms.
+    Snapshot(i64, Arc<Series>),
     Alerts(i64, Vec<Alert>),
 }
 
@@ -108,15 +108,15 @@ impl Writer {
         self.stats.clone()
     }
 
-    /// Queues a snapshot's exposition (taken at Unix ms `ts`); if the previous snapshot is still
+    /// Queues a snapshot's series (taken at Unix ms `ts`); if the previous snapshot is still
     /// waiting for the writer, this one is skipped and counted.
-    pub fn submit(&self, ts: i64, exposition_text: Arc<String>) {
+    pub fn submit(&self, ts: i64, series: Arc<Series>) {
         if self.snapshot_queued.swap(true, Relaxed) {
             self.stats.skipped.fetch_add(1, Relaxed);
             warn!("history: the previous write is still running; this interval is not stored");
             return;
         }
-        if !self.send(Job::Snapshot(ts, exposition_text)) {
+        if !self.send(Job::Snapshot(ts, series)) {
             self.snapshot_queued.store(false, Relaxed);
             self.stats.skipped.fetch_add(1, Relaxed);
         }
@@ -159,10 +159,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn write(&mut self, ts: i64, text: &str) {
+    fn write(&mut self, ts: i64, series: &Series) {
         let started = Instant::now();
-        let (families, points) = exposition::parse(text);
-        match self.store.write(ts, &families, &points) {
+        match self.store.write(ts, series) {
             Ok(s) => {
                 self.stats.writes_ok.fetch_add(1, Relaxed);
                 self.stats.pruned_rows.fetch_add(s.pruned, Relaxed);

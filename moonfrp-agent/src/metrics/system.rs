@@ -1,32 +1,26 @@
 //! Host, FRP-process and service series (`moonfrp_system_*`, `moonfrp_process_*`,
 //! `moonfrp_service_*`). A source that failed this interval has no series at all.
-use std::fmt;
 
-use prometheus_client::{encoding::DescriptorEncoder, registry::Unit};
-
-use super::{counter, counters, gauge, gauges};
-use crate::collect::{
-    SystemSample,
-    cpu::CpuSample,
-    disk::Disk,
-    filesystem::Filesystem,
-    host::HostSample,
-    memory::MemorySample,
-    netdev::NetDev,
-    netstat::HostTcp,
-    processes::{FrpProcess, ProcStats},
-    systemd::{STATES, Services},
+use crate::{
+    collect::{
+        SystemSample,
+        cpu::CpuSample,
+        disk::Disk,
+        filesystem::Filesystem,
+        host::HostSample,
+        memory::MemorySample,
+        netdev::NetDev,
+        netstat::HostTcp,
+        processes::{FrpProcess, ProcStats},
+        systemd::{STATES, Services},
+    },
+    series::{Builder, Text, Unit},
 };
 
-const SECONDS: Option<&Unit> = Some(&Unit::Seconds);
-const BYTES: Option<&Unit> = Some(&Unit::Bytes);
+const SECONDS: Option<Unit> = Some(Unit::Seconds);
+const BYTES: Option<Unit> = Some(Unit::Bytes);
 
-type NetField = (
-    &'static str,
-    Option<&'static Unit>,
-    fn(&NetDev) -> u64,
-    &'static str,
-);
+type NetField = (&'static str, Option<Unit>, fn(&NetDev) -> u64, &'static str);
 const NET: [NetField; 8] = [
     (
         "moonfrp_system_network_receive",
@@ -78,12 +72,7 @@ const NET: [NetField; 8] = [
     ),
 ];
 
-type DiskField = (
-    &'static str,
-    Option<&'static Unit>,
-    fn(&Disk) -> f64,
-    &'static str,
-);
+type DiskField = (&'static str, Option<Unit>, fn(&Disk) -> f64, &'static str);
 const DISK: [DiskField; 7] = [
     (
         "moonfrp_system_disk_reads_completed",
@@ -129,87 +118,82 @@ const DISK: [DiskField; 7] = [
     ),
 ];
 
-pub(super) fn encode(s: &SystemSample, enc: &mut DescriptorEncoder) -> fmt::Result {
+pub(super) fn build(s: &SystemSample, b: &mut Builder) {
     if let Some(c) = &s.cpu {
-        encode_cpu(c, enc)?;
+        build_cpu(c, b);
     }
     if let Some(m) = &s.memory {
-        encode_memory(m, enc)?;
+        build_memory(m, b);
     }
     if let Some(h) = &s.host {
-        encode_host(h, enc)?;
+        build_host(h, b);
     }
     if let Some(devs) = &s.netdev {
         for (name, unit, f, help) in &NET {
-            counters(
-                enc,
+            b.counters(
                 name,
                 help,
                 *unit,
-                devs.iter().map(|d| ([("device", d.name.as_str())], f(d))),
-            )?;
+                devs.iter().map(|d| ([("device", Text::of(&d.name))], f(d))),
+            );
         }
     }
     if let Some(disks) = &s.disks {
         for (name, unit, f, help) in &DISK {
-            counters(
-                enc,
+            b.counters(
                 name,
                 help,
                 *unit,
-                disks.iter().map(|d| ([("device", d.name.as_str())], f(d))),
-            )?;
+                disks
+                    .iter()
+                    .map(|d| ([("device", Text::of(&d.name))], f(d))),
+            );
         }
     }
     if let Some(fss) = &s.filesystems {
-        encode_filesystems(fss, enc)?;
+        build_filesystems(fss, b);
     }
     if let Some(t) = &s.tcp {
-        encode_tcp(t, enc)?;
+        build_tcp(t, b);
     }
     if let Some(p) = &s.processes {
-        encode_processes(p, enc)?;
+        build_processes(p, b);
     }
     if let Some(sv) = &s.services {
-        encode_services(sv, enc)?;
+        build_services(sv, b);
     }
-    Ok(())
 }
 
-fn encode_cpu(c: &CpuSample, enc: &mut DescriptorEncoder) -> fmt::Result {
-    counters(
-        enc,
+fn build_cpu(c: &CpuSample, b: &mut Builder) {
+    b.counters(
         "moonfrp_system_cpu",
         "CPU time of all CPUs by mode.",
         SECONDS,
         c.seconds.iter().map(|(m, v)| ([("mode", *m)], *v)),
-    )?;
-    gauge(
-        enc,
+    );
+    b.gauge(
         "moonfrp_system_cpus",
         "CPUs in the host.",
         None,
         c.cpus as i64,
-    )?;
+    );
     if let Some(r) = c.usage_ratio {
-        gauge(
-            enc,
+        b.gauge(
             "moonfrp_system_cpu_usage_ratio",
             "Busy share of all CPUs over the last interval (0..1).",
             None,
             r,
-        )?;
+        );
     }
-    gauge(
-        enc,
+    b.gauge(
         "moonfrp_system_boot_time",
         "Boot time, Unix seconds.",
         SECONDS,
         c.boot_time as i64,
-    )
+    );
 }
 
-fn encode_memory(m: &MemorySample, enc: &mut DescriptorEncoder) -> fmt::Result {
+fn build_memory(m: &MemorySample, b: &mut Builder) {
     for (name, v, help) in [
         ("moonfrp_system_memory_total", m.total, "Usable RAM."),
         (
@@ -240,54 +224,47 @@ fn encode_memory(m: &MemorySample, enc: &mut DescriptorEncoder) -> fmt::Result {
             "Unused swap space.",
         ),
     ] {
-        gauge(enc, name, help, BYTES, v as i64)?;
+        b.gauge(name, help, BYTES, v as i64);
     }
-    Ok(())
 }
 
-fn encode_host(h: &HostSample, enc: &mut DescriptorEncoder) -> fmt::Result {
-    gauge(
-        enc,
+fn build_host(h: &HostSample, b: &mut Builder) {
+    b.gauge(
         "moonfrp_system_load1",
         "Load average over 1 minute.",
         None,
         h.load1,
-    )?;
-    gauge(
-        enc,
+    );
+    b.gauge(
         "moonfrp_system_load5",
         "Load average over 5 minutes.",
         None,
         h.load5,
-    )?;
-    gauge(
-        enc,
+    );
+    b.gauge(
         "moonfrp_system_load15",
         "Load average over 15 minutes.",
         None,
         h.load15,
-    )?;
-    gauge(
-        enc,
+    );
+    b.gauge(
         "moonfrp_system_uptime",
         "Time since boot.",
         SECONDS,
         h.uptime_seconds,
-    )?;
-    gauge(
-        enc,
+    );
+    b.gauge(
         "moonfrp_system_open_fds",
         "File handles allocated on the host.",
         None,
         h.open_fds as i64,
-    )?;
-    gauge(
-        enc,
+    );
+    b.gauge(
         "moonfrp_system_max_fds",
         "Maximum file handles of the host.",
         None,
         h.max_fds as i64,
-    )
+    );
 }
 
 type FsField = (&'static str, fn(&Filesystem) -> u64, &'static str);
@@ -309,7 +286,7 @@ const FS: [FsField; 3] = [
     ),
 ];
 
-fn encode_filesystems(fss: &[Filesystem], enc: &mut DescriptorEncoder) -> fmt::Result {
+fn build_filesystems(fss: &[Filesystem], b: &mut Builder) {
     let labels = |f: &Filesystem| {
         let m = &f.mount;
         [
@@ -319,25 +296,22 @@ fn encode_filesystems(fss: &[Filesystem], enc: &mut DescriptorEncoder) -> fmt::R
         ]
     };
     for (name, f, help) in FS {
-        gauges(
-            enc,
+        b.gauges(
             name,
             help,
             BYTES,
             fss.iter().map(|fs| (labels(fs), f(fs) as i64)),
-        )?;
+        );
     }
-    Ok(())
 }
 
-fn encode_tcp(t: &HostTcp, enc: &mut DescriptorEncoder) -> fmt::Result {
-    gauge(
-        enc,
+fn build_tcp(t: &HostTcp, b: &mut Builder) {
+    b.gauge(
         "moonfrp_system_tcp_established",
         "TCP connections ESTABLISHED or CLOSE_WAIT now.",
         None,
         t.curr_estab as i64,
-    )?;
+    );
     for (name, v, help) in [
         (
             "moonfrp_system_tcp_retransmitted_segments",
@@ -370,112 +344,99 @@ fn encode_tcp(t: &HostTcp, enc: &mut DescriptorEncoder) -> fmt::Result {
             "TCP connections accepted by the host.",
         ),
     ] {
-        counter(enc, name, help, None, v)?;
+        b.counter(name, help, None, v);
     }
-    Ok(())
 }
 
-fn encode_processes(procs: &[FrpProcess], enc: &mut DescriptorEncoder) -> fmt::Result {
+fn build_processes(procs: &[FrpProcess], b: &mut Builder) {
     let l = |p: &FrpProcess| [("process", p.process.clone()), ("config", p.config.clone())];
-    gauges(
-        enc,
+    b.gauges(
         "moonfrp_process_up",
         "Processes running with this name and config (0: seen before, gone now).",
         None,
         procs.iter().map(|p| (l(p), p.running as i64)),
-    )?;
-    counters(
-        enc,
+    );
+    b.counters(
         "moonfrp_process_restarts",
         "New processes seen for this name and config after the first.",
         None,
         procs.iter().map(|p| (l(p), p.restarts)),
-    )?;
+    );
     let running: Vec<(&FrpProcess, &ProcStats)> = procs
         .iter()
         .filter_map(|p| p.stats.as_ref().map(|s| (p, s)))
         .collect();
-    counters(
-        enc,
+    b.counters(
         "moonfrp_process_cpu",
         "CPU time of the processes.",
         SECONDS,
         running.iter().map(|(p, s)| (l(p), s.cpu_seconds)),
-    )?;
-    gauges(
-        enc,
+    );
+    b.gauges(
         "moonfrp_process_resident_memory",
         "Resident memory of the processes.",
         BYTES,
         running.iter().map(|(p, s)| (l(p), s.resident_bytes as i64)),
-    )?;
-    gauges(
-        enc,
+    );
+    b.gauges(
         "moonfrp_process_threads",
         "Threads of the processes.",
         None,
         running.iter().map(|(p, s)| (l(p), s.threads as i64)),
-    )?;
-    gauges(
-        enc,
+    );
+    b.gauges(
         "moonfrp_process_open_fds",
         "Open file descriptors of the processes.",
         None,
         running.iter().map(|(p, s)| (l(p), s.open_fds as i64)),
-    )?;
-    gauges(
-        enc,
+    );
+    b.gauges(
         "moonfrp_process_start_time",
         "Start time of the oldest process, Unix seconds.",
         SECONDS,
         running.iter().map(|(p, s)| (l(p), s.start_time_seconds)),
-    )
+    );
 }
 
-fn encode_services(sv: &Services, enc: &mut DescriptorEncoder) -> fmt::Result {
+fn build_services(sv: &Services, b: &mut Builder) {
     let rows = sv.units.iter().flat_map(|u| {
         STATES.map(|st| {
             (
-                [("unit", u.name.as_str()), ("state", st)],
+                [("unit", Text::of(&u.name)), ("state", Text::Static(st))],
                 i64::from(u.active_state == st),
             )
         })
     });
-    gauges(
-        enc,
+    b.gauges(
         "moonfrp_service_state",
         "1 for the unit's current state (systemd ActiveState).",
         None,
         rows,
-    )?;
-    counters(
-        enc,
+    );
+    b.counters(
         "moonfrp_service_restarts",
         "Automatic restarts of the unit (systemd NRestarts).",
         None,
         sv.units
             .iter()
-            .map(|u| ([("unit", u.name.as_str())], u.restarts)),
-    )?;
-    gauge(
-        enc,
+            .map(|u| ([("unit", Text::of(&u.name))], u.restarts)),
+    );
+    b.gauge(
         "moonfrp_services",
         "Units matching the configured patterns.",
         None,
         sv.units.len() as i64,
-    )?;
-    gauge(
-        enc,
+    );
+    b.gauge(
         "moonfrp_services_active",
         "Matching units that are active.",
         None,
         sv.count("active") as i64,
-    )?;
-    gauge(
-        enc,
+    );
+    b.gauge(
         "moonfrp_services_failed",
         "Matching units that have failed.",
         None,
         sv.count("failed") as i64,
-    )
+    );
 }

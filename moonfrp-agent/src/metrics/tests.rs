@@ -12,6 +12,7 @@ use crate::{
     collect::{CollectorRun, SystemSample},
     config::{TunnelSource, TunnelSpec},
     ebpf::{ProbeStatus, ProgramStats},
+    exposition::{Format, render},
     frp::{
         discovery::{ApiStats, Role},
         health::Health,
@@ -272,12 +273,8 @@ fn sample_system() -> SystemSample {
     }
 }
 
-fn encoded(s: Option<Snapshot>) -> String {
-    let latest = Arc::new(Latest::default());
-    if let Some(s) = s {
-        latest.publish(s);
-    }
-    encode_openmetrics(&registry(latest))
+fn encoded(s: Option<&Snapshot>, format: Format) -> String {
+    render(&series(s, &Extras::default()), format)
 }
 
 /// Compares with a golden file; `MOONFRP_UPDATE_GOLDEN=1` rewrites it.
@@ -297,29 +294,30 @@ fn golden(name: &str, got: &str) {
 
 #[test]
 fn openmetrics_exposition_matches_golden() {
-    let om = encoded(Some(sample_snapshot()));
+    let om = encoded(Some(&sample_snapshot()), Format::OpenMetrics);
     assert!(om.ends_with("# EOF\n"));
     golden("openmetrics.txt", &om);
 }
 
 #[test]
 fn text_004_exposition_matches_golden() {
-    let text = openmetrics_to_text(&encoded(Some(sample_snapshot())));
+    let text = encoded(Some(&sample_snapshot()), Format::Text004);
     assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
     golden("text-0.0.4.txt", &text);
 }
 
 #[test]
-fn two_scrapes_of_one_snapshot_are_identical() {
-    let latest = Arc::new(Latest::default());
-    latest.publish(sample_snapshot());
-    let r = registry(latest);
-    assert_eq!(encode_openmetrics(&r), encode_openmetrics(&r));
+fn series_are_built_the_same_from_the_same_snapshot() {
+    let s = sample_snapshot();
+    assert_eq!(
+        series(Some(&s), &Extras::default()),
+        series(Some(&s), &Extras::default())
+    );
 }
 
 #[test]
 fn before_the_first_snapshot_only_build_info() {
-    let om = encoded(None);
+    let om = encoded(None, Format::OpenMetrics);
     assert_eq!(
         om.lines()
             .filter(|l| !l.starts_with('#'))
@@ -345,32 +343,18 @@ fn duration_buckets_fold_every_second_log2_bucket() {
 }
 
 #[test]
-fn text_translation_renames_counters_and_info() {
-    let om = "# HELP a_bytes Bytes.\n# TYPE a_bytes counter\n# UNIT a_bytes bytes\na_bytes_total 1\n\
-              # HELP b Build.\n# TYPE b info\nb_info{v=\"1\"} 1\n# HELP g Gauge.\n# TYPE g gauge\ng 2\n# EOF\n";
-    assert_eq!(
-        openmetrics_to_text(om),
-        "# HELP a_bytes_total Bytes.\n# TYPE a_bytes_total counter\na_bytes_total 1\n\
-         # HELP b_info Build.\n# TYPE b_info gauge\nb_info{v=\"1\"} 1\n# HELP g Gauge.\n# TYPE g gauge\ng 2\n"
-    );
-}
-
-#[test]
 fn every_exposed_name_is_in_the_known_list() {
     assert!(
         names::KNOWN.windows(2).all(|w| w[0] < w[1]),
         "KNOWN must be sorted"
     );
-    let latest = Arc::new(Latest::default());
-    latest.publish(sample_snapshot());
     let extras = Extras {
         history: Some(Arc::default()),
         alerts: Some(Arc::default()),
     };
-    let om = encode_openmetrics(&registry_with(latest, extras));
-    let (_, points) = crate::history::exposition::parse(&om);
+    let built = series(Some(&sample_snapshot()), &extras);
     let mut seen = std::collections::BTreeSet::new();
-    for p in &points {
+    for (_, p) in built.points() {
         assert!(
             names::is_known(p.name),
             "{} is not in metrics::names::KNOWN",

@@ -1,33 +1,25 @@
 //! Per-tunnel series.
-use std::fmt;
-
 use moonfrp_common::{DURATION_BUCKETS, DirCounters, EGRESS, INGRESS};
-use prometheus_client::{
-    encoding::{DescriptorEncoder, NoLabelSet},
-    metrics::MetricType,
-    registry::Unit,
-};
 
-use super::{counters, gauges};
 use crate::{
     frp::discovery::Role,
+    series::{Builder, Histogram, Labels, Text, Unit},
     snapshot::{Snapshot, TcpSample, TunnelMeta, TunnelSample},
 };
 
-type Labels<'a> = [(&'static str, &'a str); 3];
-
-/// A tunnel and its label values, computed once per scrape.
+/// A tunnel and its label values, made once per snapshot and shared by all its series.
 struct Row<'a> {
     sample: &'a TunnelSample,
-    port: String,
+    tunnel: Text,
+    port: Text,
 }
 
 impl Row<'_> {
-    fn labels(&self) -> Labels<'_> {
-        [
-            ("tunnel", &self.sample.spec.name),
-            ("port", &self.port),
-            ("proto", self.sample.spec.proto.as_str()),
+    fn labels(&self) -> Labels {
+        vec![
+            ("tunnel", self.tunnel.clone()),
+            ("port", self.port.clone()),
+            ("proto", Text::Static(self.sample.spec.proto.as_str())),
         ]
     }
 
@@ -142,176 +134,171 @@ pub(super) fn duration_buckets(kernel: &[u64; DURATION_BUCKETS]) -> Vec<(f64, u6
 
 /// Info, up, failures and frps's own numbers, for watched tunnels and for portless FRP ones
 /// (which have empty `port` and `proto`).
-fn encode_health(snap: &Snapshot, all: &[Row], enc: &mut DescriptorEncoder) -> fmt::Result {
-    let rows: Vec<(Labels<'_>, &TunnelMeta, &str)> = all
+fn build_health(snap: &Snapshot, all: &[Row], b: &mut Builder) {
+    let rows: Vec<(Labels, &TunnelMeta, &'static str)> = all
         .iter()
         .map(|t| (t.labels(), &t.sample.meta, t.sample.spec.source.as_str()))
         .chain(snap.portless.iter().map(|p| {
             (
-                [("tunnel", p.name.as_str()), ("port", ""), ("proto", "")],
+                vec![
+                    ("tunnel", Text::of(&p.name)),
+                    ("port", Text::Static("")),
+                    ("proto", Text::Static("")),
+                ],
                 &p.meta,
                 "frps-api",
             )
         }))
         .collect();
-    {
-        let mut m = enc.encode_descriptor(
-            "moonfrp_tunnel",
-            "Tunnels: where they come from, FRP's type, role and status, and why one is down.",
-            None,
-            MetricType::Info,
-        )?;
-        for (labels, meta, source) in &rows {
-            let [tunnel, port, proto] = *labels;
-            m.encode_info(&[
-                tunnel,
-                port,
-                proto,
-                ("source", *source),
-                ("type", meta.kind.as_str()),
-                ("role", meta.role.map_or("", Role::as_str)),
-                ("status", meta.frp_status.as_deref().unwrap_or("")),
-                ("reason", meta.health.reason.as_str()),
-            ])?;
-        }
-    }
-    gauges(
-        enc,
+    b.info(
+        "moonfrp_tunnel",
+        "Tunnels: where they come from, FRP's type, role and status, and why one is down.",
+        rows.iter().map(|(labels, meta, source)| {
+            let mut l = labels.clone();
+            l.extend([
+                ("source", Text::Static(source)),
+                ("type", Text::of(&meta.kind)),
+                ("role", Text::Static(meta.role.map_or("", Role::as_str))),
+                ("status", Text::of(meta.frp_status.as_deref().unwrap_or(""))),
+                ("reason", Text::of(&meta.health.reason)),
+            ]);
+            l
+        }),
+    );
+    b.gauges(
         "moonfrp_tunnel_up",
         "1 if the tunnel works: FRP says so (when it says), something listens on its port, and no connection was refused since the last interval.",
         None,
-        rows.iter().map(|(l, m, _)| (*l, i64::from(m.health.up))),
-    )?;
-    counters(
-        enc,
+        rows.iter().map(|(l, m, _)| (l.clone(), i64::from(m.health.up))),
+    );
+    b.counters(
         "moonfrp_tunnel_failures",
         "Times the tunnel went from up to down.",
         None,
-        rows.iter().map(|(l, m, _)| (*l, m.failures)),
-    )?;
-    let api: Vec<_> = rows
+        rows.iter().map(|(l, m, _)| (l.clone(), m.failures)),
+    );
+    let api: Vec<(Labels, _)> = rows
         .iter()
-        .filter_map(|(l, m, _)| m.api.map(|a| ([l[0], ("type", m.kind.as_str())], a)))
+        .filter_map(|(l, m, _)| {
+            m.api
+                .map(|a| (vec![l[0].clone(), ("type", Text::of(&m.kind))], a))
+        })
         .collect();
-    gauges(
-        enc,
+    b.gauges(
         "moonfrp_frp_proxy_today_traffic_in",
         "frps's own count of bytes in today (TCP counted when a connection closes; reset daily and on restart).",
-        Some(&Unit::Bytes),
-        api.iter().map(|(l, a)| (*l, a.today_traffic_in as i64)),
-    )?;
-    gauges(
-        enc,
+        Some(Unit::Bytes),
+        api.iter()
+            .map(|(l, a)| (l.clone(), a.today_traffic_in as i64)),
+    );
+    b.gauges(
         "moonfrp_frp_proxy_today_traffic_out",
         "frps's own count of bytes out today (TCP counted when a connection closes; reset daily and on restart).",
-        Some(&Unit::Bytes),
-        api.iter().map(|(l, a)| (*l, a.today_traffic_out as i64)),
-    )?;
-    gauges(
-        enc,
+        Some(Unit::Bytes),
+        api.iter()
+            .map(|(l, a)| (l.clone(), a.today_traffic_out as i64)),
+    );
+    b.gauges(
         "moonfrp_frp_proxy_connections",
         "frps's own count of the proxy's current connections.",
         None,
-        api.iter().map(|(l, a)| (*l, a.cur_conns as i64)),
-    )
+        api.into_iter().map(|(l, a)| (l, a.cur_conns as i64)),
+    );
 }
 
-pub(super) fn encode(snap: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+pub(super) fn build(snap: &Snapshot, b: &mut Builder) {
     let all: Vec<Row> = snap
         .tunnels
         .iter()
         .map(|t| Row {
             sample: t,
-            port: t.spec.port.to_string(),
+            tunnel: Text::of(&t.spec.name),
+            port: Text::from(t.spec.port.to_string()),
         })
         .collect();
     let tcp: Vec<&Row> = all.iter().filter(|t| t.sample.tcp.is_some()).collect();
 
-    super::gauge(
-        enc,
+    b.gauge(
         "moonfrp_tunnels",
         "Tunnels watched by this agent.",
         None,
         all.len() as i64,
-    )?;
-    encode_health(snap, &all, enc)?;
+    );
+    build_health(snap, &all, b);
     for (name, unit, dir, field, help) in &TRAFFIC {
-        counters(
-            enc,
+        b.counters(
             name,
             help,
-            unit.as_ref(),
+            *unit,
             all.iter()
                 .map(|t| (t.labels(), field(&t.sample.traffic.dir[*dir]))),
-        )?;
+        );
     }
 
     let opened = tcp.iter().flat_map(|t| {
         let c = &t.tcp().counters;
-        let [tunnel, port, proto] = t.labels();
-        [("inbound", c.opened_passive), ("outbound", c.opened_active)]
-            .map(|(direction, v)| ([tunnel, port, proto, ("direction", direction)], v))
+        [("inbound", c.opened_passive), ("outbound", c.opened_active)].map(|(direction, v)| {
+            let mut l = t.labels();
+            l.push(("direction", Text::Static(direction)));
+            (l, v)
+        })
     });
-    counters(
-        enc,
+    b.counters(
         "moonfrp_tunnel_connections_opened",
         "TCP connections established on the tunnel's local port; direction inbound = accepted (passive open), outbound = connected from the port (active open).",
         None,
         opened,
-    )?;
-    gauges(
-        enc,
+    );
+    b.gauges(
         "moonfrp_tunnel_connections_active",
         "TCP connections open now on the tunnel's local port.",
         None,
         tcp.iter().map(|t| (t.labels(), t.tcp().active)),
-    )?;
-    {
-        let mut m = enc.encode_descriptor(
-            "moonfrp_tunnel_connection_duration",
-            "Lifetime of closed TCP connections whose open the agent saw.",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-        )?;
-        for t in &tcp {
+    );
+    b.histograms(
+        "moonfrp_tunnel_connection_duration",
+        "Lifetime of closed TCP connections whose open the agent saw.",
+        Some(Unit::Seconds),
+        tcp.iter().map(|t| {
             let c = &t.tcp().counters;
-            let count = c.duration_buckets.iter().sum();
-            m.encode_family(&t.labels())?
-                .encode_histogram::<NoLabelSet>(
-                    c.duration_sum_ns as f64 / 1e9,
-                    count,
-                    &duration_buckets(&c.duration_buckets),
-                    None,
-                )?;
-        }
-    }
+            (
+                t.labels(),
+                Histogram {
+                    sum: c.duration_sum_ns as f64 / 1e9,
+                    count: c.duration_buckets.iter().sum(),
+                    buckets: cumulative(&duration_buckets(&c.duration_buckets)),
+                },
+            )
+        }),
+    );
     for (name, field, help) in &TCP {
-        counters(
-            enc,
+        b.counters(
             name,
             help,
             None,
             tcp.iter().map(|t| (t.labels(), field(t.tcp()))),
-        )?;
+        );
     }
-    encode_peers(&all, enc)
+    build_peers(&all, b);
+}
+
+/// Bucket counts made cumulative, as histograms expose them.
+fn cumulative(buckets: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    let mut total = 0;
+    buckets
+        .iter()
+        .map(|(le, n)| {
+            total += n;
+            (*le, total)
+        })
+        .collect()
 }
 
 /// The busiest peers of each tunnel, only when `kernel.export_peers` asks for them.
-fn encode_peers(all: &[Row], enc: &mut DescriptorEncoder) -> fmt::Result {
+fn build_peers(all: &[Row], b: &mut Builder) {
     if all.iter().all(|t| t.sample.peers.is_empty()) {
-        return Ok(());
+        return;
     }
-    let addrs: Vec<Vec<String>> = all
-        .iter()
-        .map(|t| {
-            t.sample
-                .peers
-                .iter()
-                .map(|p| p.address.to_string())
-                .collect()
-        })
-        .collect();
     for (name, dir, help) in [
         (
             "moonfrp_tunnel_peer_receive",
@@ -324,17 +311,13 @@ fn encode_peers(all: &[Row], enc: &mut DescriptorEncoder) -> fmt::Result {
             "IP-layer bytes sent to one of the tunnel's busiest peers (kernel.export_peers).",
         ),
     ] {
-        let mut rows: Vec<([(&str, &str); 4], u64)> = Vec::new();
-        for (t, a) in all.iter().zip(&addrs) {
-            let [tunnel, port, proto] = t.labels();
-            for (p, addr) in t.sample.peers.iter().zip(a) {
-                rows.push((
-                    [tunnel, port, proto, ("peer", addr.as_str())],
-                    p.counters.dir[dir].bytes,
-                ));
-            }
-        }
-        counters(enc, name, help, Some(&Unit::Bytes), rows)?;
+        let rows = all.iter().flat_map(|t| {
+            t.sample.peers.iter().map(move |p| {
+                let mut l = t.labels();
+                l.push(("peer", Text::from(p.address.to_string())));
+                (l, p.counters.dir[dir].bytes)
+            })
+        });
+        b.counters(name, help, Some(Unit::Bytes), rows);
     }
-    Ok(())
 }

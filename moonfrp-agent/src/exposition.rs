@@ -1,0 +1,282 @@
+//! The text renderings of a snapshot's series: OpenMetrics 1.0 (what Prometheus asks for) and
+//! the Prometheus text format 0.0.4 (everything else, and node_exporter's textfile collector).
+//! Both are written straight from the typed series; numbers are formatted as the Prometheus
+//! client libraries do (integers as integers, floats shortest-exact).
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    sync::{Arc, OnceLock, PoisonError, RwLock},
+};
+
+use bytes::Bytes;
+
+use crate::series::{Family, Histogram, Kind, Labels, Series, Value};
+
+/// The two formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    Text004,
+}
+
+/// Writes `s` as an escaped label value (`\`, `"` and line feeds).
+fn label_value(out: &mut String, s: &str) {
+    if !s.contains(['\\', '"', '\n']) {
+        out.push_str(s);
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Writes a HELP text: backslash and line feed escaped (and `"` in OpenMetrics).
+fn help(out: &mut String, s: &str, format: Format) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if format == Format::OpenMetrics => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+}
+
+/// `{a="x",b="y"}`, or nothing without labels; `first` goes before the others (a bucket's `le`).
+fn labels(out: &mut String, first: Option<(&str, &str)>, labels: &Labels) {
+    if first.is_none() && labels.is_empty() {
+        return;
+    }
+    out.push('{');
+    let mut sep = "";
+    for (k, v) in first
+        .into_iter()
+        .chain(labels.iter().map(|(k, v)| (*k, &**v)))
+    {
+        out.push_str(sep);
+        out.push_str(k);
+        out.push_str("=\"");
+        label_value(out, v);
+        out.push('"');
+        sep = ",";
+    }
+    out.push('}');
+}
+
+fn float(out: &mut String, v: f64) {
+    if v.is_finite() {
+        out.push_str(dtoa::Buffer::new().format(v));
+    } else if v.is_nan() {
+        out.push_str("NaN");
+    } else if v > 0.0 {
+        out.push_str("+Inf");
+    } else {
+        out.push_str("-Inf");
+    }
+}
+
+fn value(out: &mut String, v: &Value) {
+    match v {
+        Value::Uint(n) => out.push_str(itoa::Buffer::new().format(*n)),
+        Value::Int(n) => out.push_str(itoa::Buffer::new().format(*n)),
+        Value::Float(x) => float(out, *x),
+        Value::Histogram(_) => unreachable!("histograms are written bucket by bucket"),
+    }
+}
+
+fn line(out: &mut String, name: &str, suffix: &str, l: &Labels, v: &Value) {
+    out.push_str(name);
+    out.push_str(suffix);
+    labels(out, None, l);
+    out.push(' ');
+    value(out, v);
+    out.push('\n');
+}
+
+fn histogram(out: &mut String, name: &str, l: &Labels, h: &Histogram) {
+    line(out, name, "_sum", l, &Value::Float(h.sum));
+    line(out, name, "_count", l, &Value::Uint(h.count));
+    let mut le = dtoa::Buffer::new();
+    for (upper, cumulative) in &h.buckets {
+        out.push_str(name);
+        out.push_str("_bucket");
+        let bound = if upper.is_infinite() {
+            "+Inf"
+        } else {
+            le.format(*upper)
+        };
+        labels(out, Some(("le", bound)), l);
+        out.push(' ');
+        out.push_str(itoa::Buffer::new().format(*cumulative));
+        out.push('\n');
+    }
+}
+
+/// The family's metadata lines. In 0.0.4 counters and infos are described under their sample
+/// names (`…_total`, `…_info`, the latter as a gauge) and there is no `# UNIT`.
+fn metadata(out: &mut String, f: &Family, format: Format) {
+    let (suffix, ty) = match (format, f.kind) {
+        (Format::OpenMetrics, Kind::Counter) => ("", "counter"),
+        (Format::OpenMetrics, Kind::Info) => ("", "info"),
+        (Format::Text004, Kind::Counter) => ("_total", "counter"),
+        (Format::Text004, Kind::Info) => ("_info", "gauge"),
+        (_, Kind::Gauge) => ("", "gauge"),
+        (_, Kind::Histogram) => ("", "histogram"),
+    };
+    let _ = write!(out, "# HELP {}{suffix} ", f.name);
+    help(out, f.help, format);
+    let _ = writeln!(out, "\n# TYPE {}{suffix} {ty}", f.name);
+    if let (Format::OpenMetrics, Some(unit)) = (format, f.unit) {
+        let _ = writeln!(out, "# UNIT {} {}", f.name, unit.as_str());
+    }
+}
+
+/// The series in `format`.
+pub fn render(series: &Series, format: Format) -> String {
+    let mut out = String::with_capacity(series.len() * 96 + 64);
+    for f in &series.families {
+        metadata(&mut out, f, format);
+        let suffix = match f.kind {
+            Kind::Counter => "_total",
+            Kind::Info => "_info",
+            Kind::Gauge | Kind::Histogram => "",
+        };
+        for s in &f.samples {
+            match &s.value {
+                Value::Histogram(h) => histogram(&mut out, &f.name, &s.labels, h),
+                v => line(&mut out, &f.name, suffix, &s.labels, v),
+            }
+        }
+    }
+    if format == Format::OpenMetrics {
+        out.push_str("# EOF\n");
+    }
+    out
+}
+
+/// One snapshot's series with their renderings, each made the first time it is asked for and
+/// kept: every scrape of one snapshot gets the same bytes, and a snapshot nobody scrapes is
+/// never rendered.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub series: Arc<Series>,
+    rendered: [OnceLock<Bytes>; 4],
+}
+
+impl Published {
+    pub fn new(series: Arc<Series>) -> Self {
+        Self {
+            series,
+            rendered: Default::default(),
+        }
+    }
+
+    /// The exposition in `format`, gzip-compressed if asked.
+    pub fn bytes(&self, format: Format, gzip: bool) -> Bytes {
+        let slot = usize::from(format == Format::Text004) * 2 + usize::from(gzip);
+        self.rendered[slot]
+            .get_or_init(|| {
+                if gzip {
+                    compress(&self.bytes(format, false))
+                } else {
+                    Bytes::from(render(&self.series, format))
+                }
+            })
+            .clone()
+    }
+}
+
+/// gzip at the fastest level: a few milliseconds for megabytes of exposition, which compresses
+/// about tenfold anyway.
+fn compress(raw: &[u8]) -> Bytes {
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(raw.len() / 8),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(raw)
+        .and_then(|()| gz.finish())
+        .map(Bytes::from)
+        .expect("writing to memory cannot fail")
+}
+
+/// The latest snapshot's [`Published`], for `/metrics` and the textfile.
+#[derive(Debug, Default)]
+pub struct Current(RwLock<Arc<Published>>);
+
+impl Current {
+    /// Starts with the series there are before the first snapshot.
+    pub fn new(series: Series) -> Self {
+        Self(RwLock::new(Arc::new(Published::new(Arc::new(series)))))
+    }
+
+    pub fn publish(&self, p: Arc<Published>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = p;
+    }
+
+    pub fn get(&self) -> Arc<Published> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+    use crate::series::{Builder, Text, Unit};
+
+    #[test]
+    fn escapes_and_formats_as_the_client_libraries_do() {
+        let mut b = Builder::default();
+        b.counters(
+            "c",
+            "A \"help\" with \\ and\nbreak.",
+            Some(Unit::Bytes),
+            [([("tunnel", Text::of("a\"b\\c\nd"))], 3u64)],
+        );
+        b.gauge("g", "G.", None, 0.5);
+        b.gauge("n", "N.", None, f64::NAN);
+        b.info("i", "I.", [[("version", "1")]]);
+        let s = b.build();
+        assert_eq!(
+            render(&s, Format::OpenMetrics),
+            "# HELP c_bytes A \\\"help\\\" with \\\\ and\\nbreak.\n# TYPE c_bytes counter\n# UNIT c_bytes bytes\n\
+             c_bytes_total{tunnel=\"a\\\"b\\\\c\\nd\"} 3\n# HELP g G.\n# TYPE g gauge\ng 0.5\n\
+             # HELP n N.\n# TYPE n gauge\nn NaN\n# HELP i I.\n# TYPE i info\ni_info{version=\"1\"} 1\n# EOF\n"
+        );
+        assert_eq!(
+            render(&s, Format::Text004),
+            "# HELP c_bytes_total A \"help\" with \\\\ and\\nbreak.\n# TYPE c_bytes_total counter\n\
+             c_bytes_total{tunnel=\"a\\\"b\\\\c\\nd\"} 3\n# HELP g G.\n# TYPE g gauge\ng 0.5\n\
+             # HELP n N.\n# TYPE n gauge\nn NaN\n# HELP i_info I.\n# TYPE i_info gauge\ni_info{version=\"1\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn renderings_are_made_once_and_gzip_decodes_to_the_text() {
+        let mut b = Builder::default();
+        b.gauge("g", "G.", None, 1i64);
+        let p = Published::new(Arc::new(b.build()));
+        let text = p.bytes(Format::Text004, false);
+        assert_eq!(
+            text.as_ptr(),
+            p.bytes(Format::Text004, false).as_ptr(),
+            "cached"
+        );
+        let gz = p.bytes(Format::Text004, true);
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, text);
+        assert!(p.bytes(Format::OpenMetrics, false).ends_with(b"# EOF\n"));
+    }
+}
