@@ -1,10 +1,12 @@
 //! The HTTP endpoints as a scraper sees them, checked with the real promtool.
 use std::{
-    io::Write,
+    collections::BTreeMap,
+    io::{Read as _, Write},
     net::{Ipv4Addr, TcpListener, TcpStream},
+    time::Duration,
 };
 
-use moonfrp_tests::{Agent, Metrics, free_port, promtool_check};
+use moonfrp_tests::{Agent, AgentCmd, Metrics, free_port, poll, promtool_check};
 
 #[test]
 fn metrics_pass_promtool_and_scrapes_are_stable() {
@@ -89,5 +91,140 @@ fn openmetrics_on_request_and_health_endpoints() {
         "probe",
         &moonfrp_tests::PROBES,
         1.0,
+    );
+}
+
+/// `GET /metrics` with `Accept-Encoding: gzip`: the headers and the raw body.
+fn scrape_gzip(agent: &Agent) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(agent.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: agent\r\nAccept-Encoding: gzip\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    (
+        String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase(),
+        raw[at + 4..].to_vec(),
+    )
+}
+
+#[test]
+fn gzip_scrapes_decode_to_the_same_bytes_of_one_snapshot() {
+    // One snapshot at start, the next a minute later: every scrape below reads the first.
+    let agent = AgentCmd::new(&["-t", &format!("web={}", free_port())])
+        .interval("60s")
+        .start();
+    let (head, gz) = scrape_gzip(&agent);
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    let (_, _, plain) = agent.get("/metrics", None).unwrap();
+    assert_eq!(text, plain, "gzip decodes to the plain scrape");
+    assert_eq!(
+        scrape_gzip(&agent).1,
+        gz,
+        "two gzip scrapes, identical bytes"
+    );
+    assert_eq!(agent.get("/metrics", None).unwrap().2, plain);
+    assert!(
+        gz.len() * 4 < plain.len(),
+        "{} → {} bytes",
+        plain.len(),
+        gz.len()
+    );
+}
+
+/// (sample name, labels) → value, for every sample of an exposition history keeps (no
+/// histogram buckets, no NaN).
+fn samples_of(text: &str) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
+    Metrics::parse(text)
+        .samples
+        .into_iter()
+        .filter(|s| !s.name.ends_with("_bucket") && !s.value.is_nan())
+        .map(|s| ((s.name, s.labels.into_iter().collect()), s.value))
+        .collect()
+}
+
+#[test]
+fn history_stores_exactly_the_series_metrics_shows_and_alerts_see_the_same_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("moonfrp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[frp]\nenabled = false\n[[tunnels]]\nname = \"web\"\nport = {}\n[[tunnels]]\nname = \"dns\"\nport = {}\nproto = \"udp\"\n\
+             [[alerts.rules]]\nname = \"TunnelCount\"\nmetric = \"moonfrp_tunnels\"\nop = \">=\"\nwarning = 0\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()])
+        .interval("60s")
+        .start();
+    let (_, _, text) = agent.get("/metrics", None).unwrap();
+    let exposed = samples_of(&text);
+    let taken = exposed[&(
+        "moonfrp_agent_last_snapshot_timestamp_seconds".to_owned(),
+        BTreeMap::new(),
+    )];
+    // The snapshot's row in history, once the writer has stored it.
+    let db = agent.data_dir.join("history.db");
+    let stored: BTreeMap<(String, BTreeMap<String, String>), f64> =
+        poll("the snapshot in history", moonfrp_tests::TIMEOUT, || {
+            let c = rusqlite::Connection::open_with_flags(
+                &db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .ok()?;
+            let mut stmt = c
+                .prepare(
+                    "SELECT metric, labels, value FROM history WHERE ts BETWEEN ?1 - 1 AND ?1 + 1",
+                )
+                .ok()?;
+            let rows: BTreeMap<_, _> = stmt
+                .query_map([(taken * 1000.0).round() as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, f64>(2)?,
+                    ))
+                })
+                .ok()?
+                .map(|r| {
+                    let (m, l, v) = r.unwrap();
+                    ((m, serde_json::from_str(&l).unwrap()), v)
+                })
+                .collect();
+            (!rows.is_empty()).then_some(rows)
+        });
+    let names = |m: &BTreeMap<(String, BTreeMap<String, String>), f64>| -> Vec<(String, BTreeMap<String, String>)> {
+        m.keys().cloned().collect()
+    };
+    assert_eq!(
+        names(&stored),
+        names(&exposed),
+        "the same series, names and labels"
+    );
+    assert_eq!(stored, exposed, "with the same values");
+    // The alert rule read the same value as /metrics shows.
+    let (_, _, alerts) = agent.get("/api/v1/alerts", None).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&alerts).unwrap();
+    let alert = v["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["alertname"] == "TunnelCount")
+        .unwrap_or_else(|| panic!("{v}"))
+        .clone();
+    assert_eq!(
+        alert["value"].as_f64(),
+        Some(exposed[&("moonfrp_tunnels".to_owned(), BTreeMap::new())])
     );
 }

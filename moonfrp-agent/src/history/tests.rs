@@ -409,3 +409,106 @@ fn rollup_levels_are_validated() {
     s.levels[0].keep = Duration::from_mins(5);
     assert!(s.validate().unwrap_err().contains("rollups[0]: keep"));
 }
+
+/// A database written by the previous version (text exposition parsed back, schema 2) opens,
+/// and the typed series of the same tunnels land on its series rows: the keys did not move.
+#[test]
+fn a_database_of_the_previous_version_goes_on_with_its_series() {
+    use crate::{
+        config::{TunnelSource, TunnelSpec},
+        metrics::{Extras, series},
+        synthetic::{self, Synthetic},
+        watch::WatchTable,
+    };
+    use moonfrp_common::Proto;
+
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/history/written-by-a438f81.db");
+    std::fs::copy(&fixture, dir.path().join(super::FILE_NAME)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let rows = |dir: &std::path::Path| -> (i64, i64) {
+        let c = open_read_only(&dir.join(super::FILE_NAME)).unwrap();
+        c.query_row(
+            "SELECT (SELECT COUNT(*) FROM series), (SELECT MAX(ts) FROM snapshots)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    let (series_before, last_before) = rows(dir.path());
+    // The tunnels the fixture's agent watched.
+    let specs: Vec<TunnelSpec> = [("web", 31501, Proto::Tcp), ("ssh", 31502, Proto::Tcp), ("dns", 31503, Proto::Udp)]
+        .into_iter()
+        .map(|(name, port, proto)| TunnelSpec {
+            name: name.into(),
+            port,
+            proto,
+            source: TunnelSource::Cli,
+        })
+        .collect();
+    let mut watch = WatchTable::new(8);
+    watch
+        .apply(&mut Synthetic::default(), &specs, |_| std::collections::HashMap::new())
+        .unwrap();
+    let now = last_before + 60_000;
+    let (mut store, recovery) = Store::open(dir.path(), settings(), now - 1000).unwrap();
+    assert!(recovery.is_none(), "the old file is not treated as damaged");
+    let snap = synthetic::snapshot(
+        &Synthetic { round: 1 },
+        &watch,
+        crate::collect::SystemSample::default(),
+        std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(now).unwrap()),
+        1,
+    );
+    let built = series(Some(&snap), &Extras::default());
+    let written = store.write(now, &built).unwrap();
+    drop(store);
+    // Every per-tunnel counter and gauge found its old row; only series the old agent never
+    // had (here: info labels with other values, families the old run had no sample of) are new.
+    let conn = open_read_only(&dir.path().join(super::FILE_NAME)).unwrap();
+    let mut checked = 0;
+    for (_, p) in built.points() {
+        let tunnel_series = p.name.starts_with("moonfrp_tunnel_")
+            && p.name != "moonfrp_tunnel_info"
+            && p.labels.iter().any(|(k, _)| *k == "tunnel");
+        if !tunnel_series {
+            continue;
+        }
+        let sorted: BTreeMap<&str, &str> = p.labels.iter().map(|(k, v)| (*k, &**v)).collect();
+        let labels = serde_json::to_string(&sorted).unwrap();
+        let (id, old_points): (i64, i64) = conn
+            .query_row(
+                "SELECT se.id, (SELECT COUNT(*) FROM snapshots sn JOIN samples sa
+                   ON sa.key = (sn.id << 24) + se.id WHERE sn.ts < ?3)
+                 FROM series se WHERE se.metric = ?1 AND se.labels = ?2",
+                params![p.name, labels, now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap_or_else(|e| panic!("{} {labels}: no row of the old version ({e})", p.name));
+        assert!(id > 0 && old_points > 0, "{} {labels}", p.name);
+        checked += 1;
+    }
+    assert!(checked >= 40, "{checked} tunnel series checked");
+    let (series_after, last_after) = rows(dir.path());
+    assert_eq!(last_after, now);
+    assert!(
+        usize::try_from(series_after - series_before).unwrap() < written.samples - checked,
+        "{series_before} → {series_after} series rows for {} points",
+        written.samples
+    );
+    // A query across both versions returns the old points and the new one.
+    let (req, _) = Request::from_query(
+        "metric=moonfrp_tunnel_receive_bytes_total&tunnel=web&from=0",
+        now,
+    )
+    .unwrap();
+    let a = query::run(&conn, &settings(), &req, now).unwrap();
+    let points = &a.series[0].samples;
+    assert!(points.len() >= 3, "{points:?}");
+    assert_eq!(points.last().unwrap().0, rollup_s(now));
+}
+
+fn rollup_s(ms: i64) -> f64 {
+    super::rollup::ms_to_s(ms)
+}
