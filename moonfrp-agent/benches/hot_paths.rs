@@ -49,10 +49,11 @@ fn userspace(c: &mut Criterion) {
 
     let snap = snapshot_of(&Synthetic::default(), &watch);
     let extras = metrics::Extras::default();
+    let settings = metrics::Settings::default();
     c.bench_function("series: build from the snapshot, 1000 tunnels", |b| {
-        b.iter(|| metrics::series(Some(&snap), &extras));
+        b.iter(|| metrics::series(Some(&snap), &extras, &settings));
     });
-    let series = metrics::series(Some(&snap), &extras);
+    let series = metrics::series(Some(&snap), &extras, &settings);
     c.bench_function("render: OpenMetrics, 1000 tunnels", |b| {
         b.iter(|| exposition::render(&series, Format::OpenMetrics));
     });

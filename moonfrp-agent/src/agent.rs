@@ -131,6 +131,8 @@ struct Pipeline {
     state: Arc<AppState>,
     /// The history writer's and alert engine's own counters, exported with each snapshot.
     extras: metrics::Extras,
+    /// Which optional families are built (`[metrics]`, applied live).
+    settings: metrics::Settings,
     rt: tokio::runtime::Handle,
 }
 
@@ -148,7 +150,7 @@ impl Pipeline {
     /// alert rules, history and the textfile.
     fn interval(&mut self) {
         let snap = Arc::new(self.collector().collect(&self.rt));
-        let series = Arc::new(metrics::series(Some(&snap), &self.extras));
+        let series = Arc::new(metrics::series(Some(&snap), &self.extras, &self.settings));
         let published = Arc::new(Published::new(series.clone()));
         self.latest.publish_arc(snap.clone());
         self.state.exposition.publish(published.clone());
@@ -250,6 +252,7 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
             history: history_stats,
             alerts: alerts.as_ref().map(Alerts::shared),
         },
+        settings: config.metrics.clone(),
         alerts,
         textfile,
         state: state.clone(),
@@ -353,6 +356,7 @@ fn serve_state(
             history: history_stats,
             alerts: alerts_shared.clone(),
         },
+        &config.metrics,
     );
     let mut app = AppState::new(
         Arc::new(exposition::Current::new(before_first)),
@@ -452,7 +456,15 @@ async fn reload_on(
     ticker: &mut tokio::time::Interval,
 ) -> anyhow::Result<()> {
     let (a, old) = (args.clone(), config.clone());
-    let Some(new) = on_collector(jobs, move |p| reload(&a, &old, &mut p.collector())).await? else {
+    let Some(new) = on_collector(jobs, move |p| {
+        let new = reload(&a, &old, &mut p.collector());
+        if let Some(n) = &new {
+            p.settings.clone_from(&n.metrics);
+        }
+        new
+    })
+    .await?
+    else {
         return Ok(());
     };
     if new.interval != config.interval {

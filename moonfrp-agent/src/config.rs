@@ -91,6 +91,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Bounds of the HTTP server.
     pub server: crate::server::Limits,
+    /// Optional families and histogram buckets of `/metrics` (and history).
+    pub metrics: crate::metrics::Settings,
 }
 
 /// Sizes of the kernel tables, fixed when the programs are loaded.
@@ -352,6 +354,8 @@ struct FileConfig {
     alerts: AlertsFile,
     #[serde(default)]
     server: crate::server::Limits,
+    #[serde(default)]
+    metrics: crate::metrics::SettingsFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -505,6 +509,10 @@ impl Config {
             alerts: crate::alerts::config::parse(file.alerts, crate::metrics::names::is_known)
                 .map_err(|p| invalid(file_origin, p))?,
             server,
+            metrics: file
+                .metrics
+                .validate()
+                .map_err(|p| invalid(file_origin, p))?,
         })
     }
 }

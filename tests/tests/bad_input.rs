@@ -251,6 +251,8 @@ fn values_out_of_range_are_refused_by_check_and_run_with_exit_2() {
         ("[server]\nmax_requests = 0\n".into(), "server.max_requests"),
         ("[server]\nmax_connections = 1000000\n".into(), "server.max_connections"),
         ("[alerts]\nrepeat_interval = \"0s\"\n".into(), "alerts.repeat_interval"),
+        ("[metrics]\nduration_buckets = [\"1s\", \"1.01s\"]\n".into(), "metrics.duration_buckets"),
+        ("[metrics]\nduration_buckets = [\"3d\"]\n".into(), "metrics.duration_buckets"),
     ];
     let config = dir.path().join("moonfrp.toml");
     for (text, needle) in &cases {

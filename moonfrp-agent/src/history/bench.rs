@@ -120,7 +120,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         };
         let snap = synthetic::snapshot(&source, &watch, system, taken_at, u64::from(i) + 1);
         let t = Instant::now();
-        let built = crate::metrics::series(Some(&snap), &crate::metrics::Extras::default());
+        let built = crate::metrics::series(
+            Some(&snap),
+            &crate::metrics::Extras::default(),
+            &crate::metrics::Settings::default(),
+        );
         store.write(unix_ms(taken_at), &built)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         series = built.points().count();

@@ -414,13 +414,14 @@ fn rollup_levels_are_validated() {
 /// and the typed series of the same tunnels land on its series rows: the keys did not move.
 #[test]
 fn a_database_of_the_previous_version_goes_on_with_its_series() {
+    use moonfrp_common::Proto;
+
     use crate::{
         config::{TunnelSource, TunnelSpec},
         metrics::{Extras, series},
         synthetic::{self, Synthetic},
         watch::WatchTable,
     };
-    use moonfrp_common::Proto;
 
     let dir = tempfile::tempdir().unwrap();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -438,18 +439,24 @@ fn a_database_of_the_previous_version_goes_on_with_its_series() {
     };
     let (series_before, last_before) = rows(dir.path());
     // The tunnels the fixture's agent watched.
-    let specs: Vec<TunnelSpec> = [("web", 31501, Proto::Tcp), ("ssh", 31502, Proto::Tcp), ("dns", 31503, Proto::Udp)]
-        .into_iter()
-        .map(|(name, port, proto)| TunnelSpec {
-            name: name.into(),
-            port,
-            proto,
-            source: TunnelSource::Cli,
-        })
-        .collect();
+    let specs: Vec<TunnelSpec> = [
+        ("web", 31501, Proto::Tcp),
+        ("ssh", 31502, Proto::Tcp),
+        ("dns", 31503, Proto::Udp),
+    ]
+    .into_iter()
+    .map(|(name, port, proto)| TunnelSpec {
+        name: name.into(),
+        port,
+        proto,
+        source: TunnelSource::Cli,
+    })
+    .collect();
     let mut watch = WatchTable::new(8);
     watch
-        .apply(&mut Synthetic::default(), &specs, |_| std::collections::HashMap::new())
+        .apply(&mut Synthetic::default(), &specs, |_| {
+            std::collections::HashMap::new()
+        })
         .unwrap();
     let now = last_before + 60_000;
     let (mut store, recovery) = Store::open(dir.path(), settings(), now - 1000).unwrap();
@@ -461,7 +468,11 @@ fn a_database_of_the_previous_version_goes_on_with_its_series() {
         std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(now).unwrap()),
         1,
     );
-    let built = series(Some(&snap), &Extras::default());
+    let built = series(
+        Some(&snap),
+        &Extras::default(),
+        &crate::metrics::Settings::default(),
+    );
     let written = store.write(now, &built).unwrap();
     drop(store);
     // Every per-tunnel counter and gauge found its old row; only series the old agent never

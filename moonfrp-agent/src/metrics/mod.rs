@@ -5,10 +5,13 @@ mod agent;
 mod alerts;
 mod history;
 pub mod names;
+mod settings;
 mod system;
 mod tunnels;
 
 use std::sync::Arc;
+
+pub use settings::{Settings, SettingsFile};
 
 use crate::{
     series::{Builder, Series},
@@ -24,8 +27,9 @@ pub struct Extras {
     pub alerts: Option<Arc<crate::alerts::Shared>>,
 }
 
-/// The series of `snap` (build information only before the first snapshot).
-pub fn series(snap: Option<&Snapshot>, extras: &Extras) -> Series {
+/// The series of `snap` (build information only before the first snapshot), with the families
+/// `settings` ask for.
+pub fn series(snap: Option<&Snapshot>, extras: &Extras, settings: &Settings) -> Series {
     let mut b = Builder::default();
     b.info(
         "moonfrp_agent_build",
@@ -39,7 +43,7 @@ pub fn series(snap: Option<&Snapshot>, extras: &Extras) -> Series {
         alerts::build(a, &mut b);
     }
     if let Some(s) = snap {
-        tunnels::build(s, &mut b);
+        tunnels::build(s, settings, &mut b);
         system::build(&s.system, &mut b);
         agent::build(s, &mut b);
     }

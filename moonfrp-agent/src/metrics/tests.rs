@@ -274,7 +274,7 @@ fn sample_system() -> SystemSample {
 }
 
 fn encoded(s: Option<&Snapshot>, format: Format) -> String {
-    render(&series(s, &Extras::default()), format)
+    render(&series(s, &Extras::default(), &Settings::default()), format)
 }
 
 /// Compares with a golden file; `MOONFRP_UPDATE_GOLDEN=1` rewrites it.
@@ -310,8 +310,8 @@ fn text_004_exposition_matches_golden() {
 fn series_are_built_the_same_from_the_same_snapshot() {
     let s = sample_snapshot();
     assert_eq!(
-        series(Some(&s), &Extras::default()),
-        series(Some(&s), &Extras::default())
+        series(Some(&s), &Extras::default(), &Settings::default()),
+        series(Some(&s), &Extras::default(), &Settings::default())
     );
 }
 
@@ -327,19 +327,47 @@ fn before_the_first_snapshot_only_build_info() {
 }
 
 #[test]
-fn duration_buckets_fold_every_second_log2_bucket() {
+fn duration_buckets_are_cumulative_up_to_each_chosen_kernel_bucket() {
     let mut k = [0u64; DURATION_BUCKETS];
     for (i, v) in k.iter_mut().enumerate() {
         *v = i as u64 + 1;
     }
-    let b = duration_buckets(&k);
-    assert_eq!(b.len(), DURATION_BUCKETS / 2 + 1);
+    let b = duration_buckets(&k, &[0, 2, 26]);
     assert_eq!(b[0], (0.001, 1)); // kernel bucket 0: < 1 ms
-    assert_eq!(b[1], (0.004, 2 + 3)); // buckets 1, 2: < 4 ms
-    assert_eq!(b[2], (0.016, 4 + 5));
-    assert_eq!(b[13].0, 67_108.864);
-    assert_eq!(b[14], (f64::INFINITY, 28));
-    assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), k.iter().sum::<u64>());
+    assert_eq!(b[1], (0.004, 1 + 2 + 3)); // buckets 0..=2: < 4 ms
+    assert_eq!(b[2].0, 67_108.864);
+    assert_eq!(b[3], (f64::INFINITY, k.iter().sum::<u64>()));
+    // The defaults: ≈ 1 s, 1 min, 17 min, 4.7 h.
+    let d = duration_buckets(&k, &Settings::default().duration_buckets);
+    let bounds: Vec<f64> = d.iter().map(|(le, _)| *le).collect();
+    assert_eq!(bounds, [1.024, 65.536, 1048.576, 16777.216, f64::INFINITY]);
+}
+
+/// Series per tunnel with the lean default and with every optional family switched off.
+#[test]
+fn series_per_tunnel() {
+    let per_tunnel = |settings: &Settings, proto: &str| {
+        let s = series(Some(&sample_snapshot()), &Extras::default(), settings);
+        let text = render(&s, Format::Text004);
+        text.lines()
+            .filter(|l| {
+                l.starts_with("moonfrp_tunnel_")
+                    && l.contains("port=\"")
+                    && l.contains(&format!("proto=\"{proto}\""))
+            })
+            .count()
+    };
+    let d = Settings::default();
+    assert_eq!(per_tunnel(&d, "tcp"), 24, "a TCP tunnel");
+    assert_eq!(per_tunnel(&d, "udp"), 9, "a UDP tunnel");
+    let lean = Settings {
+        connection_duration: false,
+        packets: false,
+        payload: false,
+        ..Settings::default()
+    };
+    assert_eq!(per_tunnel(&lean, "tcp"), 13);
+    assert_eq!(per_tunnel(&lean, "udp"), 5);
 }
 
 #[test]
@@ -352,7 +380,7 @@ fn every_exposed_name_is_in_the_known_list() {
         history: Some(Arc::default()),
         alerts: Some(Arc::default()),
     };
-    let built = series(Some(&sample_snapshot()), &extras);
+    let built = series(Some(&sample_snapshot()), &extras, &Settings::default());
     let mut seen = std::collections::BTreeSet::new();
     for (_, p) in built.points() {
         assert!(

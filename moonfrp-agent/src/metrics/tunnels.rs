@@ -1,6 +1,7 @@
 //! Per-tunnel series.
 use moonfrp_common::{DURATION_BUCKETS, DirCounters, EGRESS, INGRESS};
 
+use super::Settings;
 use crate::{
     frp::discovery::Role,
     series::{Builder, Histogram, Labels, Text, Unit},
@@ -113,22 +114,18 @@ const TCP: [TcpFamily; 5] = [
     ),
 ];
 
-/// Histogram upper bounds exported for connection durations: every second log2 bucket
-/// (1 ms, 4 ms, 16 ms, … ≈ 18.6 h), then +Inf.
-const EXPORTED_BOUNDS: usize = DURATION_BUCKETS / 2;
-
-/// (upper bound in seconds, count in that bucket) from the kernel's log2-millisecond buckets:
-/// export bucket k covers kernel buckets up to 2k, i.e. durations below 4^k ms.
-pub(super) fn duration_buckets(kernel: &[u64; DURATION_BUCKETS]) -> Vec<(f64, u64)> {
-    let mut out = Vec::with_capacity(EXPORTED_BOUNDS + 1);
-    let mut b = 0;
-    for k in 0..EXPORTED_BOUNDS {
-        let top = 2 * k;
-        let n: u64 = kernel[b..=top].iter().sum();
-        b = top + 1;
-        out.push(((1u64 << top) as f64 / 1000.0, n));
+/// The histogram's buckets from the kernel's log2-millisecond ones: for each chosen kernel
+/// bucket `b` (bound 2^b ms) the connections shorter than that, cumulative; then +Inf.
+pub(super) fn duration_buckets(
+    kernel: &[u64; DURATION_BUCKETS],
+    bounds: &[usize],
+) -> Vec<(f64, u64)> {
+    let mut out = Vec::with_capacity(bounds.len() + 1);
+    for &b in bounds {
+        let below: u64 = kernel[..=b.min(DURATION_BUCKETS - 1)].iter().sum();
+        out.push(((1u64 << b) as f64 / 1000.0, below));
     }
-    out.push((f64::INFINITY, kernel[b..].iter().sum()));
+    out.push((f64::INFINITY, kernel.iter().sum()));
     out
 }
 
@@ -206,7 +203,7 @@ fn build_health(snap: &Snapshot, all: &[Row], b: &mut Builder) {
     );
 }
 
-pub(super) fn build(snap: &Snapshot, b: &mut Builder) {
+pub(super) fn build(snap: &Snapshot, settings: &Settings, b: &mut Builder) {
     let all: Vec<Row> = snap
         .tunnels
         .iter()
@@ -226,6 +223,16 @@ pub(super) fn build(snap: &Snapshot, b: &mut Builder) {
     );
     build_health(snap, &all, b);
     for (name, unit, dir, field, help) in &TRAFFIC {
+        let wanted = if name.ends_with("_payload") {
+            settings.payload
+        } else if name.ends_with("_packets") {
+            settings.packets
+        } else {
+            true
+        };
+        if !wanted {
+            continue;
+        }
         b.counters(
             name,
             help,
@@ -255,22 +262,24 @@ pub(super) fn build(snap: &Snapshot, b: &mut Builder) {
         None,
         tcp.iter().map(|t| (t.labels(), t.tcp().active)),
     );
-    b.histograms(
-        "moonfrp_tunnel_connection_duration",
-        "Lifetime of closed TCP connections whose open the agent saw.",
-        Some(Unit::Seconds),
-        tcp.iter().map(|t| {
-            let c = &t.tcp().counters;
-            (
-                t.labels(),
-                Histogram {
-                    sum: c.duration_sum_ns as f64 / 1e9,
-                    count: c.duration_buckets.iter().sum(),
-                    buckets: cumulative(&duration_buckets(&c.duration_buckets)),
-                },
-            )
-        }),
-    );
+    if settings.connection_duration {
+        b.histograms(
+            "moonfrp_tunnel_connection_duration",
+            "Lifetime of closed TCP connections whose open the agent saw.",
+            Some(Unit::Seconds),
+            tcp.iter().map(|t| {
+                let c = &t.tcp().counters;
+                (
+                    t.labels(),
+                    Histogram {
+                        sum: c.duration_sum_ns as f64 / 1e9,
+                        count: c.duration_buckets.iter().sum(),
+                        buckets: duration_buckets(&c.duration_buckets, &settings.duration_buckets),
+                    },
+                )
+            }),
+        );
+    }
     for (name, field, help) in &TCP {
         b.counters(
             name,
@@ -280,18 +289,6 @@ pub(super) fn build(snap: &Snapshot, b: &mut Builder) {
         );
     }
     build_peers(&all, b);
-}
-
-/// Bucket counts made cumulative, as histograms expose them.
-fn cumulative(buckets: &[(f64, u64)]) -> Vec<(f64, u64)> {
-    let mut total = 0;
-    buckets
-        .iter()
-        .map(|(le, n)| {
-            total += n;
-            (*le, total)
-        })
-        .collect()
 }
 
 /// The busiest peers of each tunnel, only when `kernel.export_peers` asks for them.
