@@ -54,8 +54,9 @@ impl fmt::Display for Text {
     }
 }
 
-/// Label names and values, in the order they are exposed.
-pub type Labels = Vec<(&'static str, Text)>;
+/// Label names and values, in the order they are exposed; shared (a tunnel's `tunnel`, `port`
+/// and `proto` are one allocation for all its series).
+pub type Labels = Arc<[(&'static str, Text)]>;
 
 /// What a family measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,6 +230,19 @@ impl Series {
             .flat_map(|(f, names)| f.points(names).map(move |p| (f, p)))
     }
 
+    /// The points whose sample name `wanted` accepts; families with no such name are skipped
+    /// whole.
+    pub fn points_where<'a>(
+        &'a self,
+        wanted: impl Fn(&str) -> bool + 'a,
+    ) -> impl Iterator<Item = Point<'a>> + 'a {
+        self.families
+            .iter()
+            .zip(&self.names)
+            .filter(move |(_, names)| names.iter().any(|n| wanted(n)))
+            .flat_map(|(f, names)| f.points(names))
+    }
+
     /// Number of samples (a histogram counts as one).
     pub fn len(&self) -> usize {
         self.families.iter().map(|f| f.samples.len()).sum()
@@ -260,6 +274,17 @@ impl IntoLabels for Labels {
     fn into_labels(self) -> Labels {
         self
     }
+}
+
+impl IntoLabels for Vec<(&'static str, Text)> {
+    fn into_labels(self) -> Labels {
+        self.into()
+    }
+}
+
+/// `base` with more labels after it.
+pub fn extend(base: &Labels, more: impl IntoIterator<Item = (&'static str, Text)>) -> Labels {
+    base.iter().cloned().chain(more).collect()
 }
 
 /// A family name with its unit appended (unless it ends with it already).
@@ -325,7 +350,7 @@ impl Builder {
         unit: Option<Unit>,
         v: impl Into<Value>,
     ) {
-        self.counters(name, help, unit, [(Labels::new(), v)]);
+        self.counters(name, help, unit, [(Labels::from([]), v)]);
     }
 
     /// One gauge without labels.
@@ -336,7 +361,7 @@ impl Builder {
         unit: Option<Unit>,
         v: impl Into<Value>,
     ) {
-        self.gauges(name, help, unit, [(Labels::new(), v)]);
+        self.gauges(name, help, unit, [(Labels::from([]), v)]);
     }
 
     /// An info family: one sample of value 1 per label set.

@@ -1,5 +1,8 @@
 //! Evaluates every rule against one snapshot's series and advances each alert instance.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use serde::Serialize;
 
@@ -60,7 +63,7 @@ pub struct Evaluation {
     /// Firing, repeated, changed and resolved alerts to send.
     pub notifications: Vec<Alert>,
     /// Pending and firing instances now.
-    pub active: Vec<Alert>,
+    pub active: Vec<Arc<Alert>>,
 }
 
 struct Tracked {
@@ -69,17 +72,24 @@ struct Tracked {
     value: f64,
     /// When the condition started to hold (kept for the resolve).
     since: i64,
+    /// The alert as last built; built again only when the instance or its value changes (a
+    /// thousand tunnels down must not mean a thousand alerts rebuilt every interval).
+    current: Option<Arc<Alert>>,
 }
+
+/// A fast hash with a per-process random seed: keys hold label values strangers choose.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
 pub struct Engine {
     rules: Vec<(Rule, Timing)>,
-    instances: HashMap<(usize, String), Tracked>,
+    instances: Map<(usize, String), Tracked>,
     /// Previous value of every counter some rule takes a rate or increase of, by sample name
     /// and label key.
-    prev: HashMap<(String, String), (i64, f64)>,
-    counters: HashSet<String>,
+    prev: Map<(String, String), (i64, f64)>,
+    counters: Set<String>,
     /// Every sample name a rule reads (metrics and divisors).
-    used: HashSet<String>,
+    used: Set<String>,
 }
 
 impl Engine {
@@ -106,16 +116,16 @@ impl Engine {
             .collect();
         Self {
             rules,
-            instances: HashMap::new(),
-            prev: HashMap::new(),
+            instances: Map::default(),
+            prev: Map::default(),
             counters,
             used,
         }
     }
 
     pub fn evaluate(&mut self, now: i64, series: &Series) -> Evaluation {
-        let mut by_name: HashMap<&str, Vec<Seen<'_>>> = HashMap::new();
-        for (_, point) in series.points() {
+        let mut by_name: Map<&str, Vec<Seen<'_>>> = Map::default();
+        for point in series.points_where(|n| self.used.contains(n)) {
             if self.used.contains(point.name) {
                 by_name.entry(point.name).or_default().push(Seen {
                     key: label_key(point.labels),
@@ -124,7 +134,7 @@ impl Engine {
             }
         }
         let mut out = Evaluation::default();
-        let mut seen: HashSet<(usize, String)> = HashSet::new();
+        let mut seen: Set<(usize, String)> = Set::default();
         for ri in 0..self.rules.len() {
             for (raw, (labels, value)) in self.observe(ri, &by_name, now) {
                 let (rule, timing) = &self.rules[ri];
@@ -133,12 +143,20 @@ impl Engine {
                 seen.insert(key.clone());
                 let t = self.instances.entry(key).or_insert_with(|| Tracked {
                     instance: Instance::default(),
-                    labels,
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), v.to_string()))
+                        .collect(),
                     value,
                     since: now,
+                    current: None,
                 });
-                t.value = value;
+                let before = t.instance;
                 let note = t.instance.step(now, verdict, timing);
+                if t.instance != before || t.value.to_bits() != value.to_bits() {
+                    t.current = None;
+                }
+                t.value = value;
                 if let Phase::Pending { since } | Phase::Firing { since, .. } = t.instance.phase {
                     t.since = since;
                 }
@@ -150,6 +168,7 @@ impl Engine {
             if !seen.contains(key) {
                 let (rule, timing) = &self.rules[key.0];
                 let note = t.instance.step(now, None, timing);
+                t.current = None;
                 emit(rule, t, note, now, &mut out);
             }
         }
@@ -169,27 +188,22 @@ impl Engine {
     }
 
     /// Values of a rule's series this evaluation, by exposed label set.
-    fn observe(
+    fn observe<'a>(
         &self,
         ri: usize,
-        by_name: &HashMap<&str, Vec<Seen<'_>>>,
+        by_name: &Map<&str, Vec<Seen<'a>>>,
         now: i64,
-    ) -> BTreeMap<String, (BTreeMap<String, String>, f64)> {
+    ) -> BTreeMap<String, (&'a Labels, f64)> {
         let rule = &self.rules[ri].0;
-        let mut groups: BTreeMap<String, (BTreeMap<String, String>, f64)> = BTreeMap::new();
+        let mut groups: BTreeMap<String, (&'a Labels, f64)> = BTreeMap::new();
         for metric in &rule.metrics {
             for seen in by_name.get(metric.as_str()).into_iter().flatten() {
                 let p = &seen.point;
-                let labels: BTreeMap<String, String> = p
-                    .labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), v.to_string()))
-                    .collect();
-                if !rule
-                    .matchers
-                    .iter()
-                    .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
-                {
+                if !rule.matchers.iter().all(|(k, v)| {
+                    p.labels
+                        .iter()
+                        .any(|(lk, lv)| lk == k && &**lv == v.as_str())
+                }) {
                     continue;
                 }
                 let v = match rule.func {
@@ -219,12 +233,12 @@ impl Engine {
                 };
                 let g = groups
                     .entry(seen.key.clone())
-                    .or_insert_with(|| (labels, 0.0));
+                    .or_insert_with(|| (p.labels, 0.0));
                 g.1 += v;
             }
         }
         if let Some(div) = &rule.divide_by {
-            let divisors: HashMap<&str, f64> = by_name
+            let divisors: Map<&str, f64> = by_name
                 .get(div.as_str())
                 .into_iter()
                 .flatten()
@@ -248,7 +262,8 @@ impl Engine {
     }
 }
 
-fn emit(rule: &Rule, t: &Tracked, note: Option<Notify>, now: i64, out: &mut Evaluation) {
+/// The alert of an instance as it stands now.
+fn build(rule: &Rule, t: &Tracked, now: i64) -> Alert {
     let (state, since) = match t.instance.phase {
         Phase::Pending { since } => ("pending", since),
         Phase::Firing { since, .. } => ("firing", since),
@@ -265,7 +280,7 @@ fn emit(rule: &Rule, t: &Tracked, note: Option<Notify>, now: i64, out: &mut Eval
         .iter()
         .map(|(k, v)| (k.clone(), render(v, &labels, t.value, threshold)))
         .collect();
-    let alert = Alert {
+    Alert {
         alertname: rule.name.clone(),
         state,
         severity,
@@ -276,7 +291,14 @@ fn emit(rule: &Rule, t: &Tracked, note: Option<Notify>, now: i64, out: &mut Eval
         active_since: since,
         ended_at: (state == "resolved").then_some(now),
         event: "",
-    };
+    }
+}
+
+fn emit(rule: &Rule, t: &mut Tracked, note: Option<Notify>, now: i64, out: &mut Evaluation) {
+    if t.current.is_none() {
+        t.current = Some(Arc::new(build(rule, t, now)));
+    }
+    let alert = t.current.clone().expect("built above");
     if t.instance.is_active() {
         out.active.push(alert.clone());
     }
@@ -288,7 +310,7 @@ fn emit(rule: &Rule, t: &Tracked, note: Option<Notify>, now: i64, out: &mut Eval
                 Notify::SeverityChanged => "severity_changed",
                 Notify::Resolved => "resolved",
             },
-            ..alert
+            ..(*alert).clone()
         });
     }
 }

@@ -20,7 +20,7 @@ use notify::{Counts, Dispatcher};
 /// What the API and `/metrics` read.
 #[derive(Debug, Default)]
 pub struct Shared {
-    active: Mutex<Vec<Alert>>,
+    active: Mutex<Vec<Arc<Alert>>>,
     pub notifications: Arc<Counts>,
     /// TunnelDown alerts that fired.
     pub tunnel_failures: AtomicU64,
@@ -29,7 +29,7 @@ pub struct Shared {
 
 impl Shared {
     /// Pending and firing alerts, as of the latest evaluation.
-    pub fn active(&self) -> Vec<Alert> {
+    pub fn active(&self) -> Vec<Arc<Alert>> {
         self.active
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

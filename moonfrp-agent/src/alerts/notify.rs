@@ -88,7 +88,7 @@ impl Dispatcher {
 
     /// Queues this evaluation's notifications on every channel that wants them; Alertmanager
     /// channels also get every firing alert again once per `resend`, as Prometheus does.
-    pub fn dispatch(&mut self, now: i64, notifications: &[Alert], active: &[Alert]) {
+    pub fn dispatch(&mut self, now: i64, notifications: &[Alert], active: &[Arc<Alert>]) {
         for ch in &mut self.channels {
             let mut batch: Vec<Alert> = notifications
                 .iter()
@@ -104,7 +104,7 @@ impl Dispatcher {
                     .filter(|a| a.state == "firing" && ch.cfg.wants(a))
                 {
                     if !batch.iter().any(|b| b.labels == a.labels) {
-                        batch.push(a.clone());
+                        batch.push((**a).clone());
                     }
                 }
             }

@@ -101,7 +101,9 @@ pub struct Store {
     run: i64,
     run_start: i64,
     /// `name{labels}` as exposed → series id, for this run.
-    ids: HashMap<String, i64>,
+    /// Series id by the series' key for this run (sample name and labels). A fast hash with a
+    /// per-process random seed: the keys hold names strangers choose.
+    ids: HashMap<String, i64, foldhash::fast::RandomState>,
     metrics: HashSet<String>,
     acc: HashMap<i64, Acc>,
     /// Start of the bucket in progress, per level.
@@ -323,7 +325,7 @@ impl Store {
             settings,
             run,
             run_start: now_ms,
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             metrics: HashSet::new(),
             acc: HashMap::new(),
         };
@@ -658,7 +660,7 @@ pub const fn sample_key(snapshot: i64, series: i64) -> i64 {
 fn series_key(key: &mut String, p: &Point<'_>) {
     key.clear();
     key.push_str(p.name);
-    for (k, v) in p.labels {
+    for (k, v) in p.labels.iter() {
         key.push('\0');
         key.push_str(k);
         key.push('=');

@@ -4,24 +4,19 @@ use moonfrp_common::{DURATION_BUCKETS, DirCounters, EGRESS, INGRESS};
 use super::Settings;
 use crate::{
     frp::discovery::Role,
-    series::{Builder, Histogram, Labels, Text, Unit},
+    series::{Builder, Histogram, Labels, Text, Unit, extend},
     snapshot::{Snapshot, TcpSample, TunnelMeta, TunnelSample},
 };
 
-/// A tunnel and its label values, made once per snapshot and shared by all its series.
+/// A tunnel and its labels, made once per snapshot and shared by all its series.
 struct Row<'a> {
     sample: &'a TunnelSample,
-    tunnel: Text,
-    port: Text,
+    labels: Labels,
 }
 
 impl Row<'_> {
     fn labels(&self) -> Labels {
-        vec![
-            ("tunnel", self.tunnel.clone()),
-            ("port", self.port.clone()),
-            ("proto", Text::Static(self.sample.spec.proto.as_str())),
-        ]
+        self.labels.clone()
     }
 
     fn tcp(&self) -> &TcpSample {
@@ -137,11 +132,11 @@ fn build_health(snap: &Snapshot, all: &[Row], b: &mut Builder) {
         .map(|t| (t.labels(), &t.sample.meta, t.sample.spec.source.as_str()))
         .chain(snap.portless.iter().map(|p| {
             (
-                vec![
+                Labels::from([
                     ("tunnel", Text::of(&p.name)),
                     ("port", Text::Static("")),
                     ("proto", Text::Static("")),
-                ],
+                ]),
                 &p.meta,
                 "frps-api",
             )
@@ -151,15 +146,16 @@ fn build_health(snap: &Snapshot, all: &[Row], b: &mut Builder) {
         "moonfrp_tunnel",
         "Tunnels: where they come from, FRP's type, role and status, and why one is down.",
         rows.iter().map(|(labels, meta, source)| {
-            let mut l = labels.clone();
-            l.extend([
-                ("source", Text::Static(source)),
-                ("type", Text::of(&meta.kind)),
-                ("role", Text::Static(meta.role.map_or("", Role::as_str))),
-                ("status", Text::of(meta.frp_status.as_deref().unwrap_or(""))),
-                ("reason", Text::of(&meta.health.reason)),
-            ]);
-            l
+            extend(
+                labels,
+                [
+                    ("source", Text::Static(source)),
+                    ("type", Text::of(&meta.kind)),
+                    ("role", Text::Static(meta.role.map_or("", Role::as_str))),
+                    ("status", Text::of(meta.frp_status.as_deref().unwrap_or(""))),
+                    ("reason", Text::of(&meta.health.reason)),
+                ],
+            )
         }),
     );
     b.gauges(
@@ -178,7 +174,7 @@ fn build_health(snap: &Snapshot, all: &[Row], b: &mut Builder) {
         .iter()
         .filter_map(|(l, m, _)| {
             m.api
-                .map(|a| (vec![l[0].clone(), ("type", Text::of(&m.kind))], a))
+                .map(|a| (Labels::from([l[0].clone(), ("type", Text::of(&m.kind))]), a))
         })
         .collect();
     b.gauges(
@@ -209,8 +205,11 @@ pub(super) fn build(snap: &Snapshot, settings: &Settings, b: &mut Builder) {
         .iter()
         .map(|t| Row {
             sample: t,
-            tunnel: Text::of(&t.spec.name),
-            port: Text::from(t.spec.port.to_string()),
+            labels: Labels::from([
+                ("tunnel", Text::of(&t.spec.name)),
+                ("port", Text::from(t.spec.port.to_string())),
+                ("proto", Text::Static(t.spec.proto.as_str())),
+            ]),
         })
         .collect();
     let tcp: Vec<&Row> = all.iter().filter(|t| t.sample.tcp.is_some()).collect();
@@ -245,9 +244,10 @@ pub(super) fn build(snap: &Snapshot, settings: &Settings, b: &mut Builder) {
     let opened = tcp.iter().flat_map(|t| {
         let c = &t.tcp().counters;
         [("inbound", c.opened_passive), ("outbound", c.opened_active)].map(|(direction, v)| {
-            let mut l = t.labels();
-            l.push(("direction", Text::Static(direction)));
-            (l, v)
+            (
+                extend(&t.labels, [("direction", Text::Static(direction))]),
+                v,
+            )
         })
     });
     b.counters(
@@ -310,9 +310,10 @@ fn build_peers(all: &[Row], b: &mut Builder) {
     ] {
         let rows = all.iter().flat_map(|t| {
             t.sample.peers.iter().map(move |p| {
-                let mut l = t.labels();
-                l.push(("peer", Text::from(p.address.to_string())));
-                (l, p.counters.dir[dir].bytes)
+                (
+                    extend(&t.labels, [("peer", Text::from(p.address.to_string()))]),
+                    p.counters.dir[dir].bytes,
+                )
             })
         });
         b.counters(name, help, Some(Unit::Bytes), rows);

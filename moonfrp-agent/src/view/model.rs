@@ -135,7 +135,7 @@ impl Status {
     pub fn build(
         cur: &Snapshot,
         prev: Option<&Snapshot>,
-        alerts: &[Alert],
+        alerts: &[std::sync::Arc<Alert>],
         last_hour: &HashMap<String, (f64, f64)>,
     ) -> Self {
         let seconds = interval(cur, prev);

@@ -117,7 +117,15 @@ pub struct Discovery {
     done_rx: mpsc::Receiver<Done>,
     seen: BTreeMap<(String, Role), (Found, Instant)>,
     logged: HashMap<String, String>,
+    /// The files the patterns matched, with the modification times of the directories they
+    /// were looked for in and when: globbing compiles every pattern, so it is done again only
+    /// when a directory changed (a file added, removed or renamed) or after a minute.
+    matched: Option<(Vec<PathBuf>, Vec<Option<SystemTime>>, Instant)>,
 }
+
+/// Longest a glob result is reused while its directories look unchanged (a pattern with a
+/// wildcard in a directory component can match a file deeper than the directory watched).
+const REGLOB_AFTER: Duration = Duration::from_mins(1);
 
 fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
@@ -172,12 +180,14 @@ impl Discovery {
             done_rx,
             seen: BTreeMap::new(),
             logged: HashMap::new(),
+            matched: None,
         }
     }
 
     pub fn set_options(&mut self, opts: Options) {
         if opts.configs != self.opts.configs || opts.max_proxies != self.opts.max_proxies {
             self.files.clear();
+            self.matched = None;
         }
         self.opts = opts;
     }
@@ -223,8 +233,26 @@ impl Discovery {
     }
 
     /// Re-reads the config files whose modification time changed (and drops vanished ones).
+    /// The files the patterns match, globbed again only when needed (see `matched`).
+    fn config_paths(&mut self) -> Vec<PathBuf> {
+        let dirs: Vec<Option<SystemTime>> = watch_dirs(&self.opts.configs)
+            .iter()
+            .map(|d| std::fs::metadata(d).and_then(|m| m.modified()).ok())
+            .collect();
+        match &self.matched {
+            Some((paths, seen, at)) if *seen == dirs && at.elapsed() < REGLOB_AFTER => {
+                paths.clone()
+            }
+            _ => {
+                let paths = matching(&self.opts.configs);
+                self.matched = Some((paths.clone(), dirs, Instant::now()));
+                paths
+            }
+        }
+    }
+
     fn read_configs(&mut self) {
-        let paths = matching(&self.opts.configs);
+        let paths = self.config_paths();
         self.files.retain(|p, _| paths.contains(p));
         self.apis.retain(|p, _| paths.contains(p));
         for path in paths {
