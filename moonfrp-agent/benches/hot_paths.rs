@@ -11,8 +11,8 @@ use std::{
 use criterion::{Criterion, criterion_group, criterion_main};
 use moonfrp_agent::{
     collect::{self, CollectOptions, Collectors},
-    config::KernelConfig,
     ebpf,
+    ebpf::KernelConfig,
     exposition::{self, Format},
     metrics,
     snapshot::{CounterSource, Snapshot},

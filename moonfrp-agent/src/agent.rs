@@ -154,7 +154,7 @@ impl Pipeline {
         let published = Arc::new(Published::new(series.clone()));
         self.latest.publish_arc(snap.clone());
         self.state.exposition.publish(published.clone());
-        let ts = crate::history::unix_ms(snap.taken_at);
+        let ts = crate::time::unix_ms(snap.taken_at);
         let notes = self
             .alerts
             .as_mut()
@@ -163,13 +163,26 @@ impl Pipeline {
         if let Some(h) = &self.history {
             h.submit(ts, series);
             if !notes.is_empty() {
-                h.record_alerts(ts, notes);
+                h.record_alerts(ts, notes.iter().map(alert_event).collect());
             }
         }
         if let Some(w) = &self.textfile {
             let result = w.write(&published.bytes(Format::Text004, false));
             self.collector().textfile_result(result);
         }
+    }
+}
+
+/// An alert notification as history's alert log keeps it.
+fn alert_event(a: &crate::alerts::eval::Alert) -> crate::history::AlertEvent {
+    crate::history::AlertEvent {
+        alertname: a.alertname.clone(),
+        event: a.event,
+        severity: a.severity.as_str(),
+        value: a.value,
+        labels: a.labels.clone(),
+        summary: a.annotations.get("summary").cloned().unwrap_or_default(),
+        active_since: a.active_since,
     }
 }
 
@@ -191,7 +204,7 @@ async fn on_collector<R: Send + 'static>(
 async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     privileges::check()?;
     raise_memlock();
-    let max_connections = raise_nofile(config.server.max_connections);
+    let max_connections = raise_nofile(config.start.server.max_connections);
 
     let mounts = sys::current_mounts()?;
     let tracefs = sys::ensure_tracefs(&mounts).unwrap_or_else(|e| {
@@ -201,15 +214,17 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     let cgroup = sys::cgroup2_root(&mounts)?;
 
     let textfile = config
+        .start
         .textfile
         .as_deref()
         .map(crate::textfile::Writer::new)
         .transpose()?;
-    let listener = TcpListener::bind(config.listen).await.with_context(|| {
-        format!("cannot listen on {}; choose another address with --listen or `listen` in the config file", config.listen)
+    let listener = TcpListener::bind(config.start.listen).await.with_context(|| {
+        format!("cannot listen on {}; choose another address with --listen or `listen` in the config file", config.start.listen)
     })?;
 
-    let kernel = tokio::task::block_in_place(|| ebpf::load(&config.kernel, &tracefs, &cgroup))?;
+    let kernel =
+        tokio::task::block_in_place(|| ebpf::load(&config.start.kernel, &tracefs, &cgroup))?;
     // After loading: the kernel BTF parsed for it is freed by now, so the two peaks do not add.
     let (history, history_stats) = start_history(&config);
     let probes_ok = kernel.probes.iter().any(|p| p.attached);
@@ -224,7 +239,7 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     let collector = Arc::new(Mutex::new(collector));
 
     let latest = Arc::new(Latest::default());
-    let peers = (collector_peers, config.kernel.peers);
+    let peers = (collector_peers, config.start.kernel.peers);
     let (alerts, state) = serve_state(
         &config,
         latest.clone(),
@@ -241,7 +256,7 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
         max_connections,
         stop_rx,
     ));
-    info!(listen = %config.listen, interval = ?config.interval, tunnels = config.tunnels.len(), "serving /metrics");
+    info!(listen = %config.start.listen, interval = ?config.interval, tunnels = config.tunnels.len(), "serving /metrics");
 
     let (jobs, jobs_rx) = std::sync::mpsc::channel::<Job>();
     let mut pipeline = Pipeline {
@@ -341,13 +356,13 @@ fn serve_state(
     peers: (Arc<ebpf::maps::PeerTable>, u32),
     collector: Arc<Mutex<Cycle>>,
 ) -> (Option<Alerts>, Arc<AppState>) {
-    let alerts = config.alerts.enabled.then(|| {
+    let alerts = config.start.alerts.enabled.then(|| {
         info!(
-            rules = config.alerts.rules.len(),
-            channels = config.alerts.channels.len(),
+            rules = config.start.alerts.rules.len(),
+            channels = config.start.alerts.channels.len(),
             "evaluating alert rules"
         );
-        Alerts::start(&config.alerts, &config.listen.to_string())
+        Alerts::start(&config.start.alerts, &config.start.listen.to_string())
     });
     let alerts_shared = alerts.as_ref().map(Alerts::shared);
     let before_first = metrics::series(
@@ -362,26 +377,29 @@ fn serve_state(
         Arc::new(exposition::Current::new(before_first)),
         latest,
         probes_ok,
-        config.history.enabled.then(|| HistoryApi {
-            db: config.history.db_path(),
-            settings: config.history.settings.clone(),
+        config.start.history.enabled.then(|| HistoryApi {
+            db: config.start.history.db_path(),
+            settings: config.start.history.settings.clone(),
         }),
     );
     app.alerts = alerts_shared;
     app.peers = Some(peers);
     app.collector = Some(collector);
-    (alerts, Arc::new(app.with_limits(config.server)))
+    (alerts, Arc::new(app.with_limits(config.start.server)))
 }
 
 /// Opens the history database and starts its writer. A database that cannot be opened costs
 /// history only: the agent runs on and says so in the log and in `moonfrp_history_up`.
 fn start_history(config: &Config) -> (Option<Writer>, Option<Arc<writer::Stats>>) {
-    if !config.history.enabled {
+    if !config.start.history.enabled {
         info!("history is disabled in the configuration");
         return (None, None);
     }
     match tokio::task::block_in_place(|| {
-        Writer::start(&config.history, crate::history::unix_ms(SystemTime::now()))
+        Writer::start(
+            &config.start.history,
+            crate::time::unix_ms(SystemTime::now()),
+        )
     }) {
         Ok(w) => {
             let stats = w.stats();
@@ -477,32 +495,12 @@ async fn reload_on(
     Ok(())
 }
 
-/// Keys read only at start, with whether `new` changes them.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    [
-        ("listen", old.listen != new.listen),
-        ("textfile", old.textfile != new.textfile),
-        ("kernel", old.kernel != new.kernel),
-        ("log_level", old.log_level != new.log_level),
-        ("data_dir", old.history.data_dir != new.history.data_dir),
-        (
-            "history",
-            old.history.enabled != new.history.enabled
-                || old.history.settings != new.history.settings,
-        ),
-        ("alerts", old.alerts != new.alerts),
-        ("server", old.server != new.server),
-    ]
-    .into_iter()
-    .filter_map(|(k, changed)| changed.then_some(k))
-    .collect()
-}
-
 /// Loads the configuration again and applies what can change live; the new configuration, or
-/// `None` if it was refused. Keys that need a restart keep their running values until then:
-/// the log says which, and `moonfrp_agent_config_restart_required` is 1.
+/// `None` if it was refused. The settings read only at start keep their running values until a
+/// restart: the log names the keys that changed, and `moonfrp_agent_config_restart_required`
+/// is 1 until the file agrees with what runs again.
 fn reload(args: &ConfigArgs, config: &Config, c: &mut Cycle) -> Option<Config> {
-    let new = match args.load() {
+    let mut new = match args.load() {
         Ok(new) => new,
         Err(e) => {
             error!("configuration not reloaded, keeping the previous one: {e}");
@@ -511,7 +509,7 @@ fn reload(args: &ConfigArgs, config: &Config, c: &mut Cycle) -> Option<Config> {
             return None;
         }
     };
-    let pending = restart_only_changes(config, &new);
+    let pending = config.start.changed(&new.start);
     if !pending.is_empty() {
         warn!(
             keys = pending.join(", "),
@@ -519,6 +517,7 @@ fn reload(args: &ConfigArgs, config: &Config, c: &mut Cycle) -> Option<Config> {
         );
     }
     c.restart_pending = pending;
+    new.start.clone_from(&config.start);
     if let Err(e) = c.reconfigure(&new) {
         error!("configuration not fully applied: {e}");
         c.config_ok = false;
@@ -526,19 +525,5 @@ fn reload(args: &ConfigArgs, config: &Config, c: &mut Cycle) -> Option<Config> {
         return None;
     }
     c.config_ok = true;
-    // What needs a restart is compared with what runs, not with the file's last version.
-    let mut applied = new;
-    for key in &c.restart_pending {
-        match *key {
-            "listen" => applied.listen = config.listen,
-            "textfile" => applied.textfile.clone_from(&config.textfile),
-            "kernel" => applied.kernel = config.kernel,
-            "log_level" => applied.log_level.clone_from(&config.log_level),
-            "data_dir" | "history" => applied.history = config.history.clone(),
-            "alerts" => applied.alerts = config.alerts.clone(),
-            "server" => applied.server = config.server,
-            _ => {}
-        }
-    }
-    Some(applied)
+    Some(new)
 }

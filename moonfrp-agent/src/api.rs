@@ -15,11 +15,10 @@ use crate::{
     history::{
         Settings,
         query::{self, Format, QueryError, Request},
-        rollup::ms_to_s,
         store::open_read_only,
-        unix_ms,
     },
     snapshot::{Snapshot, TunnelMeta, TunnelSample},
+    time::{ms_to_s, unix_ms},
     untrusted,
 };
 

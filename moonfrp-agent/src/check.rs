@@ -16,7 +16,7 @@ pub fn report(config: &Config) -> (String, bool) {
     let _ = writeln!(
         out,
         "configuration is valid: listen {}, interval {:?}, {} tunnel(s)",
-        config.listen,
+        config.start.listen,
         config.interval,
         config.tunnels.len()
     );

@@ -4,19 +4,21 @@
 //! privileges, so bad input is rejected before the agent touches the kernel.
 use std::{
     collections::BTreeMap,
-    fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
-    str::FromStr,
     time::Duration,
 };
 
-use moonfrp_common::{DEFAULT_PEERS, DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, MAX_SLOTS, Proto};
+use moonfrp_common::Proto;
 use serde::Deserialize;
 
 use crate::{
     alerts::{AlertsConfig, config::AlertsFile},
-    history::{HistoryConfig, Level, Settings},
+    collect::CollectOptions,
+    ebpf::KernelConfig,
+    frp::discovery::{FrpDiscoveryConfig, FrpFile},
+    history::{HistoryConfig, config::HistoryFile},
+    tunnel::{CliTunnel, TunnelSource, TunnelSpec, check_name, parse_proto},
     untrusted::{self, shown},
 };
 
@@ -24,295 +26,65 @@ use crate::{
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
 /// Default collection interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_mins(1);
-/// Most peers per tunnel `kernel.export_peers` may put on `/metrics`.
-pub const MAX_EXPORTED_PEERS: u32 = 10;
 /// Shortest interval accepted.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest interval accepted.
 pub const MAX_INTERVAL: Duration = Duration::from_hours(1);
-/// Largest `kernel.peers`: the per-CPU LRU table takes ≈ 56 B per entry and CPU.
-pub const MAX_PEERS: u32 = 262_144;
-/// Largest `kernel.tracked_connections` (≈ 80 B per entry).
-pub const MAX_TRACKED_CONNECTIONS: u32 = 1 << 20;
 /// Largest agent config file read.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
-/// Where a tunnel definition came from (exported as the `source` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TunnelSource {
-    Cli,
-    ConfigFile,
-    /// An frps or frpc configuration file.
-    FrpConfig,
-    /// The frps dashboard API.
-    FrpsApi,
-    /// Watched for a while on request (`moonfrp-agent inspect --port`).
-    Inspect,
-}
-
-impl TunnelSource {
-    /// Label value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Cli => "cli",
-            Self::ConfigFile => "config",
-            Self::FrpConfig => "frp-config",
-            Self::FrpsApi => "frps-api",
-            Self::Inspect => "inspect",
-        }
-    }
-}
-
-/// One tunnel to watch: a name and a local (port, protocol).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TunnelSpec {
-    pub name: String,
-    pub port: u16,
-    pub proto: Proto,
-    pub source: TunnelSource,
-}
-
-/// The validated configuration the agent runs with.
+/// The validated configuration the agent runs with: what a reload applies live, and the
+/// settings read only at start.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    pub listen: SocketAddr,
     pub interval: Duration,
-    pub log_level: String,
     /// Sorted by name; names and (port, proto) pairs are unique.
     pub tunnels: Vec<TunnelSpec>,
-    pub kernel: KernelConfig,
-    pub collectors: CollectorsConfig,
+    pub collectors: CollectOptions,
     pub frp: FrpDiscoveryConfig,
+    /// Optional families and histogram buckets of `/metrics` (and history).
+    pub metrics: crate::metrics::Settings,
+    pub start: StartSettings,
+}
+
+/// The settings a running agent keeps until it restarts: a reload that changes one of them keeps
+/// the running value and says so (`moonfrp_agent_config_restart_required`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StartSettings {
+    pub listen: SocketAddr,
+    pub log_level: String,
+    pub kernel: KernelConfig,
     /// Write the exposition here every interval (for node_exporter's textfile collector).
     pub textfile: Option<PathBuf>,
-    /// The history database and how long it keeps what.
+    /// The history database (in the data directory) and how long it keeps what.
     pub history: HistoryConfig,
     /// Alert rules and notification channels.
     pub alerts: AlertsConfig,
     /// Bounds of the HTTP server.
     pub server: crate::server::Limits,
-    /// Optional families and histogram buckets of `/metrics` (and history).
-    pub metrics: crate::metrics::Settings,
 }
 
-/// Sizes of the kernel tables, fixed when the programs are loaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KernelConfig {
-    /// Counter slots: how many (port, protocol) pairs can be watched at once.
-    pub slots: u32,
-    /// Open connections tracked for the duration histogram (LRU beyond that).
-    pub tracked_connections: u32,
-    /// Peer table capacity: (port, remote address) pairs with their traffic (LRU beyond);
-    /// 0 turns peer counting off (it roughly doubles the per-packet cost on watched ports).
-    pub peers: u32,
-    /// Export each tunnel's busiest peers to `/metrics` (0 = none, the default; at most
-    /// [`MAX_EXPORTED_PEERS`]).
-    pub export_peers: u32,
-    /// Keep the kernel's BPF run-time statistics on while the agent runs (≈ 20 ns per program
-    /// run, for every BPF program on the host), for `moonfrp_agent_bpf_*`.
-    pub bpf_stats: bool,
-}
-
-impl Default for KernelConfig {
-    fn default() -> Self {
-        Self {
-            slots: DEFAULT_SLOTS,
-            tracked_connections: DEFAULT_TRACKED_CONNECTIONS,
-            peers: DEFAULT_PEERS,
-            export_peers: 0,
-            bpf_stats: true,
-        }
+impl StartSettings {
+    /// The config keys whose values differ from `other`'s, for the log.
+    pub fn changed(&self, other: &Self) -> Vec<&'static str> {
+        [
+            ("listen", self.listen != other.listen),
+            ("log_level", self.log_level != other.log_level),
+            ("kernel", self.kernel != other.kernel),
+            ("textfile", self.textfile != other.textfile),
+            ("data_dir", self.history.data_dir != other.history.data_dir),
+            (
+                "history",
+                self.history.enabled != other.history.enabled
+                    || self.history.settings != other.history.settings,
+            ),
+            ("alerts", self.alerts != other.alerts),
+            ("server", self.server != other.server),
+        ]
+        .into_iter()
+        .filter_map(|(k, changed)| changed.then_some(k))
+        .collect()
     }
-}
-
-impl KernelConfig {
-    /// Checks every size against its range; the error names the key.
-    fn validate(self, file_origin: &str) -> Result<Self, ConfigError> {
-        let key = |k: &str| format!("{file_origin}: key `kernel.{k}`");
-        ranged(&key("slots"), self.slots, 1, MAX_SLOTS)?;
-        ranged(&key("peers"), self.peers, 0, MAX_PEERS)?;
-        ranged(
-            &key("tracked_connections"),
-            self.tracked_connections,
-            1,
-            MAX_TRACKED_CONNECTIONS,
-        )?;
-        if self.export_peers > MAX_EXPORTED_PEERS {
-            return Err(invalid(
-                &key("export_peers"),
-                format!(
-                    "{} is over the cap of {MAX_EXPORTED_PEERS} (one series per peer and tunnel); peers beyond it are in the API",
-                    self.export_peers
-                ),
-            ));
-        }
-        Ok(self)
-    }
-}
-
-/// What the host collectors look for.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CollectorsConfig {
-    /// Process names (or executable file names) that are FRP.
-    pub processes: Vec<String>,
-    /// systemd unit patterns (globs as `systemctl` takes them).
-    pub units: Vec<String>,
-}
-
-impl Default for CollectorsConfig {
-    fn default() -> Self {
-        let d = crate::collect::CollectOptions::default();
-        Self {
-            processes: d.process_names,
-            units: d.unit_patterns,
-        }
-    }
-}
-
-impl CollectorsConfig {
-    /// The collectors' options at this collection interval: a call that can block gets a
-    /// quarter of the interval, at most 2 s.
-    pub fn options(&self, interval: Duration) -> crate::collect::CollectOptions {
-        crate::collect::CollectOptions {
-            process_names: self.processes.clone(),
-            unit_patterns: self.units.clone(),
-            deadline: (interval / 4).min(Duration::from_secs(2)),
-        }
-    }
-}
-
-/// How FRP's own configs and APIs are found and asked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FrpDiscoveryConfig {
-    /// Off: only the tunnels given explicitly are watched.
-    pub enabled: bool,
-    pub options: crate::frp::discovery::Options,
-}
-
-/// `[frp]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FrpFile {
-    enabled: Option<bool>,
-    configs: Option<Vec<String>>,
-    grace: Option<String>,
-    api_timeout: Option<String>,
-    max_proxies: Option<u64>,
-}
-
-/// `value` of `key` if it lies in `lo..=hi`, else an error naming the key and the range.
-fn ranged<T: PartialOrd + Copy + fmt::Display>(
-    key: &str,
-    value: T,
-    lo: T,
-    hi: T,
-) -> Result<T, ConfigError> {
-    if value < lo || value > hi {
-        return Err(invalid(
-            key,
-            format!("{value} is out of range; use {lo}..={hi}"),
-        ));
-    }
-    Ok(value)
-}
-
-fn frp_discovery(
-    f: FrpFile,
-    file_origin: &str,
-    interval: Duration,
-) -> Result<FrpDiscoveryConfig, ConfigError> {
-    let mut options = crate::frp::discovery::Options::default();
-    if let Some(c) = f.configs {
-        options.configs = c;
-    }
-    let key = |k: &str| format!("{file_origin}: key `frp.{k}`");
-    if let Some(g) = f.grace {
-        options.grace = untrusted::duration_in(&g, Duration::ZERO, Duration::from_hours(24))
-            .map_err(|p| invalid(&key("grace"), p))?;
-    }
-    if let Some(t) = f.api_timeout {
-        options.api_timeout =
-            untrusted::duration_in(&t, Duration::from_millis(100), Duration::from_mins(1))
-                .map_err(|p| invalid(&key("api_timeout"), p))?;
-    }
-    if let Some(m) = f.max_proxies {
-        options.max_proxies = ranged(&key("max_proxies"), m, 1, 65_535)? as usize;
-    }
-    // A collection waits for the APIs at most a twentieth of its interval; a slower answer is
-    // used by the next collection (README: FRP discovery).
-    options.wait = options.api_timeout.min(interval / 20);
-    Ok(FrpDiscoveryConfig {
-        enabled: f.enabled.unwrap_or(true),
-        options,
-    })
-}
-
-/// `[history]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HistoryFile {
-    enabled: Option<bool>,
-    retention: Option<String>,
-    rollups: Option<Vec<RollupFile>>,
-    max_points: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RollupFile {
-    step: String,
-    keep: String,
-}
-
-fn history(
-    f: HistoryFile,
-    data_dir: PathBuf,
-    file_origin: &str,
-) -> Result<HistoryConfig, ConfigError> {
-    let key = |k: &str| format!("{file_origin}: key `history.{k}`");
-    let duration = |k: &str, v: &str| {
-        humantime::parse_duration(v).map_err(|e| {
-            invalid(
-                &key(k),
-                format!("`{}` is not a duration ({e}); use e.g. 24h or 7d", shown(v)),
-            )
-        })
-    };
-    let mut settings = Settings::default();
-    if let Some(r) = f.retention {
-        settings.retention = duration("retention", &r)?;
-        if settings.retention < Duration::from_mins(1) {
-            return Err(invalid(
-                &key("retention"),
-                format!("`{}` is shorter than 1m", shown(&r)),
-            ));
-        }
-    }
-    if let Some(levels) = f.rollups {
-        settings.levels = levels
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| {
-                Ok(Level {
-                    step: duration(&format!("rollups[{i}].step"), &l.step)?,
-                    keep: duration(&format!("rollups[{i}].keep"), &l.keep)?,
-                })
-            })
-            .collect::<Result<_, ConfigError>>()?;
-    }
-    if let Some(m) = f.max_points {
-        settings.max_points = ranged(&key("max_points"), m, 2, 1_000_000)?;
-    }
-    settings
-        .validate()
-        .map_err(|p| invalid(&format!("{file_origin}: section `history`"), p))?;
-    Ok(HistoryConfig {
-        enabled: f.enabled.unwrap_or(true),
-        data_dir,
-        settings,
-    })
 }
 
 /// Why a configuration was rejected.
@@ -343,7 +115,7 @@ struct FileConfig {
     #[serde(default)]
     kernel: KernelConfig,
     #[serde(default)]
-    collectors: CollectorsConfig,
+    collectors: CollectOptions,
     #[serde(default)]
     frp: FrpFile,
     textfile: Option<PathBuf>,
@@ -444,7 +216,10 @@ impl Config {
             Some((v, origin)) => parse_log_level(&v).map_err(|p| invalid(&origin, p))?,
             None => "info".to_owned(),
         };
-        let kernel = file.kernel.validate(file_origin)?;
+        let kernel = file
+            .kernel
+            .validate()
+            .map_err(|p| invalid(file_origin, p))?;
         let server = file
             .server
             .validate()
@@ -462,59 +237,74 @@ impl Config {
             ));
         }
         let tunnels = check_unique(tunnels)?;
-        let textfile = o.textfile.clone().or(file.textfile);
-        if let Some(t) = &textfile {
-            // Never replace a device, a FIFO, a directory or whatever a symlink points at.
-            let not_plain = std::fs::symlink_metadata(t).is_ok_and(|m| !m.file_type().is_file());
-            if t.file_name().is_none() || not_plain {
-                return Err(invalid(
-                    "textfile",
-                    format!(
-                        "`{}` is not a regular file; give the path of a file (it is replaced every interval), e.g. /var/lib/node_exporter/textfile/moonfrp.prom",
-                        shown(&t.display().to_string())
-                    ),
-                ));
-            }
-        }
-        let data_dir = o
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(crate::history::DEFAULT_DATA_DIR));
-        if data_dir.as_os_str().is_empty() {
-            return Err(invalid(
-                "data_dir",
-                "is empty; give a directory, e.g. /var/lib/moonfrp",
-            ));
-        }
-        if std::fs::metadata(&data_dir).is_ok_and(|m| !m.is_dir()) {
-            return Err(invalid(
-                "data_dir",
-                format!(
-                    "`{}` exists and is not a directory; give a directory (created if missing)",
-                    shown(&data_dir.display().to_string())
-                ),
-            ));
-        }
+        let textfile = textfile(o.textfile.clone().or(file.textfile))?;
+        let data_dir = data_dir(o.data_dir.clone().or(file.data_dir))?;
         Ok(Self {
-            listen,
             interval,
-            log_level,
             tunnels,
-            kernel,
-            collectors: file.collectors,
-            frp: frp_discovery(file.frp, file_origin, interval)?,
-            textfile,
-            history: history(file.history, data_dir, file_origin)?,
-            alerts: crate::alerts::config::parse(file.alerts, crate::metrics::names::is_known)
+            collectors: file.collectors.for_interval(interval),
+            frp: file
+                .frp
+                .validate(interval)
                 .map_err(|p| invalid(file_origin, p))?,
-            server,
             metrics: file
                 .metrics
                 .validate()
                 .map_err(|p| invalid(file_origin, p))?,
+            start: StartSettings {
+                listen,
+                log_level,
+                kernel,
+                textfile,
+                history: file
+                    .history
+                    .validate(data_dir)
+                    .map_err(|p| invalid(file_origin, p))?,
+                alerts: crate::alerts::config::parse(file.alerts, crate::metrics::names::is_known)
+                    .map_err(|p| invalid(file_origin, p))?,
+                server,
+            },
         })
     }
+}
+
+/// The textfile target: a regular file or a path not taken yet.
+fn textfile(textfile: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+    if let Some(t) = &textfile {
+        // Never replace a device, a FIFO, a directory or whatever a symlink points at.
+        let not_plain = std::fs::symlink_metadata(t).is_ok_and(|m| !m.file_type().is_file());
+        if t.file_name().is_none() || not_plain {
+            return Err(invalid(
+                "textfile",
+                format!(
+                    "`{}` is not a regular file; give the path of a file (it is replaced every interval), e.g. /var/lib/node_exporter/textfile/moonfrp.prom",
+                    shown(&t.display().to_string())
+                ),
+            ));
+        }
+    }
+    Ok(textfile)
+}
+
+/// The data directory (default /var/lib/moonfrp): a directory, or a path not taken yet.
+fn data_dir(data_dir: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(crate::history::DEFAULT_DATA_DIR));
+    if data_dir.as_os_str().is_empty() {
+        return Err(invalid(
+            "data_dir",
+            "is empty; give a directory, e.g. /var/lib/moonfrp",
+        ));
+    }
+    if std::fs::metadata(&data_dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(invalid(
+            "data_dir",
+            format!(
+                "`{}` exists and is not a directory; give a directory (created if missing)",
+                shown(&data_dir.display().to_string())
+            ),
+        ));
+    }
+    Ok(data_dir)
 }
 
 /// Tunnels from the file, then from `--tunnel` flags, each with where it came from.
@@ -608,27 +398,6 @@ fn check_unique(tunnels: Vec<(String, TunnelSpec)>) -> Result<Vec<TunnelSpec>, C
     Ok(by_name.into_values().map(|(_, t)| t).collect())
 }
 
-fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-        return Err(format!(
-            "tunnel name `{}` must be 1-128 printable characters",
-            shown(name)
-        ));
-    }
-    Ok(())
-}
-
-fn parse_proto(s: &str) -> Result<Proto, String> {
-    match s {
-        "tcp" => Ok(Proto::Tcp),
-        "udp" => Ok(Proto::Udp),
-        other => Err(format!(
-            "protocol `{}` is not supported; use tcp or udp",
-            shown(other)
-        )),
-    }
-}
-
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| {
         format!(
@@ -649,45 +418,6 @@ fn parse_log_level(s: &str) -> Result<String, String> {
             "log level `{}` is unknown; use error, warn, info, debug or trace",
             shown(s)
         )),
-    }
-}
-
-/// A `--tunnel NAME=PORT[/tcp|udp]` value.
-#[derive(Debug, PartialEq, Eq)]
-struct CliTunnel {
-    name: String,
-    port: u16,
-    proto: Proto,
-}
-
-impl FromStr for CliTunnel {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (name, rest) = s.split_once('=').ok_or_else(|| {
-            "expected NAME=PORT[/tcp|udp], e.g. ssh=6000 or dns=5353/udp".to_owned()
-        })?;
-        check_name(name)?;
-        let (port, proto) = match rest.split_once('/') {
-            Some((p, proto)) => (p, parse_proto(proto)?),
-            None => (rest, Proto::Tcp),
-        };
-        let port = port
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("port `{}` is out of range; use 1..=65535", shown(port)))?;
-        Ok(Self {
-            name: name.to_owned(),
-            port,
-            proto,
-        })
-    }
-}
-
-impl fmt::Display for TunnelSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}/{}", self.name, self.port, self.proto.as_str())
     }
 }
 

@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     collect::{CollectorRun, Collectors},
-    config::{Config, TunnelSource, TunnelSpec},
+    config::Config,
     ebpf::Kernel,
     frp::{
         discovery::{Discovery, Found, Origin},
@@ -20,6 +20,7 @@ use crate::{
     process,
     snapshot::{AgentSample, LastError, PortlessTunnel, Snapshot, TunnelMeta, read_tunnels},
     sockets,
+    tunnel::{TunnelSource, TunnelSpec},
     untrusted::Limit,
     watch::{WatchError, WatchTable},
 };
@@ -92,13 +93,13 @@ impl Cycle {
             (names::WATCH, moonfrp_common::WATCH_ENTRIES),
             (names::TRAFFIC, kernel.maps.slots()),
             (names::TCP_STATS, kernel.maps.slots()),
-            (names::CONN_START, config.kernel.tracked_connections),
-            (names::PEERS, config.kernel.peers),
+            (names::CONN_START, config.start.kernel.tracked_connections),
+            (names::PEERS, config.start.kernel.peers),
         ];
         Self {
             watch: WatchTable::new(kernel.maps.slots()),
             kernel,
-            host: Collectors::new(&config.collectors.options(config.interval)),
+            host: Collectors::new(&config.collectors),
             discovery: config
                 .frp
                 .enabled
@@ -109,7 +110,7 @@ impl Cycle {
             refused: HashMap::new(),
             maps,
             adhoc: BTreeMap::new(),
-            export_peers: config.kernel.export_peers as usize,
+            export_peers: config.start.kernel.export_peers as usize,
             seq: 0,
             config_ok: true,
             restart_pending: Vec::new(),
@@ -122,8 +123,7 @@ impl Cycle {
     /// Takes a reloaded configuration: explicit tunnels, collectors and discovery options.
     pub fn reconfigure(&mut self, config: &Config) -> Result<(), WatchError> {
         self.explicit.clone_from(&config.tunnels);
-        self.host
-            .set_options(&config.collectors.options(config.interval));
+        self.host.set_options(&config.collectors);
         match (&mut self.discovery, config.frp.enabled) {
             (Some(d), true) => d.set_options(config.frp.options.clone()),
             (None, true) => self.discovery = Some(Discovery::new(config.frp.options.clone())),

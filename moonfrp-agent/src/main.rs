@@ -92,7 +92,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => {
-            logging::init(&config.log_level);
+            logging::init(&config.start.log_level);
             match agent::run(config, args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

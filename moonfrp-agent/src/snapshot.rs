@@ -11,13 +11,13 @@ use moonfrp_common::{Proto, TcpCounters, TrafficCounters};
 
 use crate::{
     collect::{CollectorRun, SystemSample},
-    config::TunnelSpec,
     ebpf::{ProbeStatus, ProgramStats},
     frp::{
         discovery::{ApiStats, Role},
         health::Health,
     },
     process::ProcessSample,
+    tunnel::TunnelSpec,
     watch::WatchTable,
 };
 
@@ -225,7 +225,7 @@ mod tests {
     use moonfrp_common::WatchEntry;
 
     use super::*;
-    use crate::{config::TunnelSource, watch::WatchBackend};
+    use crate::{tunnel::TunnelSource, watch::WatchBackend};
 
     struct Fake;
 

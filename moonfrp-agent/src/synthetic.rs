@@ -7,8 +7,8 @@ use moonfrp_common::{DURATION_BUCKETS, Proto, TcpCounters, TrafficCounters, Watc
 
 use crate::{
     collect::SystemSample,
-    config::{TunnelSource, TunnelSpec},
     snapshot::{AgentSample, CounterSource, Snapshot, read_tunnels},
+    tunnel::{TunnelSource, TunnelSpec},
     watch::{WatchBackend, WatchTable},
 };
 

@@ -197,6 +197,21 @@ pub fn duration_in(
     Ok(d)
 }
 
+/// `value` of `key` if it lies in `lo..=hi`, else an error naming the key and the range.
+pub fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
+    key: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<T, String> {
+    if value < lo || value > hi {
+        return Err(format!(
+            "key `{key}`: {value} is out of range; use {lo}..={hi}"
+        ));
+    }
+    Ok(value)
+}
+
 /// Why a file from outside could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

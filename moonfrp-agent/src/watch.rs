@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use aya::maps::MapError;
 use moonfrp_common::{Proto, WatchEntry};
 
-use crate::config::TunnelSpec;
+use crate::tunnel::TunnelSpec;
 
 /// The kernel side of the table (the real maps, or a fake in tests).
 pub trait WatchBackend {
@@ -180,7 +180,7 @@ impl WatchTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TunnelSource;
+    use crate::tunnel::TunnelSource;
 
     #[derive(Default)]
     struct FakeKernel {

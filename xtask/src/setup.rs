@@ -82,6 +82,15 @@ pub fn toolchain() -> anyhow::Result<()> {
     bpf_linker(&sysroot)
 }
 
+/// The nightly's rustfmt: `rustfmt.toml` groups imports, which only nightly rustfmt does.
+pub fn rustfmt() -> anyhow::Result<()> {
+    if output(Command::new("rustfmt").args(["+nightly", "--version"])).is_none() {
+        sh(Command::new("rustup").args(["component", "add", "rustfmt", "--toolchain", "nightly"]))
+            .context("cannot add the nightly rustfmt (the format check needs it)")?;
+    }
+    Ok(())
+}
+
 fn bpf_linker_ok() -> bool {
     // `--version` loads libLLVM: a linker whose library moved or vanished fails here.
     output(Command::new("bpf-linker").arg("--version")).is_some_and(|v| v.ends_with(BPF_LINKER))

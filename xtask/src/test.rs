@@ -68,6 +68,7 @@ pub fn all() -> anyhow::Result<()> {
     );
 
     let ws = root();
+    lint(&ws)?;
     let mut tally = Tally::default();
     let unit = [
         "test",
@@ -114,6 +115,34 @@ pub fn all() -> anyhow::Result<()> {
     println!("bench-history --quick: every figure produced");
     tally.passed += 1;
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+    Ok(())
+}
+
+/// The format check (nightly rustfmt, for `rustfmt.toml`'s import grouping) and clippy with
+/// warnings as errors on every host crate; either failing fails the test command.
+fn lint(ws: &std::path::Path) -> anyhow::Result<()> {
+    setup::rustfmt()?;
+    sh(Command::new("cargo")
+        .current_dir(ws)
+        .args(["+nightly", "fmt", "--all", "--", "--check"]))
+    .context("the code is not formatted: run `cargo +nightly fmt --all`")?;
+    sh(cargo().current_dir(ws).args([
+        "clippy",
+        "-p",
+        "moonfrp-common",
+        "-p",
+        "moonfrp-agent",
+        "-p",
+        "xtask",
+        "-p",
+        "moonfrp-tests",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy found something: see above")?;
+    println!("lint: rustfmt and clippy clean");
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use super::{
     state::{Instance, Notify, Phase, Severity, Timing},
 };
 use crate::{
-    history::rollup::{Obs, counter_step},
+    counter::{Obs, counter_step},
     series::{Labels, Point, Series},
 };
 

@@ -176,7 +176,7 @@ async fn post_with_retries(
 }
 
 fn rfc3339(ms: i64) -> String {
-    crate::history::query::rfc3339(crate::history::rollup::ms_to_s(ms))
+    crate::time::rfc3339(crate::time::ms_to_s(ms))
 }
 
 fn alert_json(a: &Alert) -> Value {

@@ -96,24 +96,36 @@ pub struct Collectors {
     last_error: HashMap<&'static str, String>,
 }
 
-/// Options of the collectors.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `[collectors]`: what the host collectors look for.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct CollectOptions {
     /// Process names that are FRP (matched against the process name and executable's name).
-    pub process_names: Vec<String>,
-    /// systemd unit patterns (globs).
-    pub unit_patterns: Vec<String>,
-    /// Longest a call that can block (`systemctl`, `statvfs` on a network mount) may take.
+    pub processes: Vec<String>,
+    /// systemd unit patterns (globs as `systemctl` takes them).
+    pub units: Vec<String>,
+    /// Longest a call that can block (`systemctl`, `statvfs` on a network mount) may take: a
+    /// quarter of the interval, at most 2 s ([`Self::for_interval`]).
+    #[serde(skip)]
     pub deadline: Duration,
 }
 
 impl Default for CollectOptions {
     fn default() -> Self {
         Self {
-            process_names: vec!["frps".into(), "frpc".into()],
-            unit_patterns: vec!["moonfrp-*".into(), "frps*".into(), "frpc*".into()],
+            processes: vec!["frps".into(), "frpc".into()],
+            units: vec!["moonfrp-*".into(), "frps*".into(), "frpc*".into()],
             deadline: Duration::from_secs(2),
         }
+    }
+}
+
+impl CollectOptions {
+    /// These options at a collection interval.
+    #[must_use]
+    pub fn for_interval(mut self, interval: Duration) -> Self {
+        self.deadline = (interval / 4).min(Duration::from_secs(2));
+        self
     }
 }
 
@@ -121,8 +133,8 @@ impl Collectors {
     pub fn new(opts: &CollectOptions) -> Self {
         Self {
             prev_cpu: None,
-            processes: processes::Tracker::new(opts.process_names.clone()),
-            systemd: systemd::Systemd::new(opts.unit_patterns.clone()),
+            processes: processes::Tracker::new(opts.processes.clone()),
+            systemd: systemd::Systemd::new(opts.units.clone()),
             stuck_mounts: deadline::Stuck::default(),
             deadline: opts.deadline,
             last_error: HashMap::new(),
@@ -131,8 +143,8 @@ impl Collectors {
 
     /// Replaces the options (after a configuration reload).
     pub fn set_options(&mut self, opts: &CollectOptions) {
-        self.processes.set_names(opts.process_names.clone());
-        self.systemd.set_patterns(opts.unit_patterns.clone());
+        self.processes.set_names(opts.processes.clone());
+        self.systemd.set_patterns(opts.units.clone());
         self.deadline = opts.deadline;
     }
 

@@ -8,11 +8,11 @@ fn load_str(text: &str, o: &Overrides) -> Result<Config, ConfigError> {
 #[test]
 fn defaults_without_file_or_flags() {
     let c = Config::load(None, &Overrides::default()).unwrap();
-    assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(c.start.listen.to_string(), DEFAULT_LISTEN);
     assert_eq!(c.interval, DEFAULT_INTERVAL);
-    assert_eq!(c.log_level, "info");
+    assert_eq!(c.start.log_level, "info");
     assert!(c.tunnels.is_empty());
-    assert_eq!(c.kernel, KernelConfig::default());
+    assert_eq!(c.start.kernel, KernelConfig::default());
 }
 
 #[test]
@@ -27,7 +27,7 @@ fn file_and_flags_merge_flags_win() {
         &o,
     )
     .unwrap();
-    assert_eq!(c.listen.to_string(), "[::1]:9100");
+    assert_eq!(c.start.listen.to_string(), "[::1]:9100");
     assert_eq!(c.interval, Duration::from_secs(5));
     let got: Vec<String> = c.tunnels.iter().map(ToString::to_string).collect();
     assert_eq!(got, ["dns=5353/udp", "ssh=6000/tcp", "web=8080/tcp"]);
@@ -173,16 +173,19 @@ fn kernel_sizes_are_checked() {
         .to_string();
     assert!(err.contains("kernel.slots"), "{err}");
     let c = load_str("[kernel]\nslots = 8192\n", &Overrides::default()).unwrap();
-    assert_eq!(c.kernel.slots, 8192);
-    assert_eq!(c.kernel.tracked_connections, DEFAULT_TRACKED_CONNECTIONS);
+    assert_eq!(c.start.kernel.slots, 8192);
+    assert_eq!(
+        c.start.kernel.tracked_connections,
+        moonfrp_common::DEFAULT_TRACKED_CONNECTIONS
+    );
 }
 
 #[test]
 fn history_settings_and_data_dir() {
     let c = Config::load(None, &Overrides::default()).unwrap();
-    assert_eq!(c.history, HistoryConfig::default());
+    assert_eq!(c.start.history, HistoryConfig::default());
     assert_eq!(
-        c.history.db_path(),
+        c.start.history.db_path(),
         Path::new("/var/lib/moonfrp/history.db")
     );
     let c = load_str(
@@ -191,11 +194,14 @@ fn history_settings_and_data_dir() {
         &Overrides::default(),
     )
     .unwrap();
-    assert_eq!(c.history.data_dir, Path::new("/srv/moonfrp"));
-    assert_eq!(c.history.settings.retention, Duration::from_hours(48));
-    assert_eq!(c.history.settings.max_points, 500);
-    assert_eq!(c.history.settings.levels.len(), 2);
-    assert_eq!(c.history.settings.levels[0].step, Duration::from_mins(5));
+    assert_eq!(c.start.history.data_dir, Path::new("/srv/moonfrp"));
+    assert_eq!(c.start.history.settings.retention, Duration::from_hours(48));
+    assert_eq!(c.start.history.settings.max_points, 500);
+    assert_eq!(c.start.history.settings.levels.len(), 2);
+    assert_eq!(
+        c.start.history.settings.levels[0].step,
+        Duration::from_mins(5)
+    );
     let o = Overrides {
         data_dir: Some("/tmp/elsewhere".into()),
         ..Overrides::default()
@@ -205,8 +211,8 @@ fn history_settings_and_data_dir() {
         &o,
     )
     .unwrap();
-    assert_eq!(c.history.data_dir, Path::new("/tmp/elsewhere"));
-    assert!(!c.history.enabled);
+    assert_eq!(c.start.history.data_dir, Path::new("/tmp/elsewhere"));
+    assert!(!c.start.history.enabled);
 }
 
 #[test]
@@ -239,8 +245,11 @@ fn bad_history_settings_name_the_key() {
 #[test]
 fn alerts_builtins_can_be_replaced_and_disabled() {
     let c = Config::load(None, &Overrides::default()).unwrap();
-    assert!(c.alerts.enabled);
-    assert_eq!(c.alerts.rules.len(), crate::alerts::rules::builtin().len());
+    assert!(c.start.alerts.enabled);
+    assert_eq!(
+        c.start.alerts.rules.len(),
+        crate::alerts::rules::builtin().len()
+    );
     let c = load_str(
         "[alerts]\ndisable = [\"HostLoadHigh\"]\n\
          [[alerts.rules]]\nname = \"TunnelDown\"\nmetric = \"moonfrp_tunnel_up\"\nop = \"==\"\ncritical = 0\nfor = \"10s\"\n\
@@ -250,23 +259,36 @@ fn alerts_builtins_can_be_replaced_and_disabled() {
         &Overrides::default(),
     )
     .unwrap();
-    let names: Vec<&str> = c.alerts.rules.iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<&str> = c
+        .start
+        .alerts
+        .rules
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
     assert!(!names.contains(&"HostLoadHigh"));
     assert_eq!(names.iter().filter(|n| **n == "TunnelDown").count(), 1);
     let down = c
+        .start
         .alerts
         .rules
         .iter()
         .find(|r| r.name == "TunnelDown")
         .unwrap();
     assert_eq!(down.for_, Duration::from_secs(10));
-    let busy = c.alerts.rules.iter().find(|r| r.name == "Busy").unwrap();
+    let busy = c
+        .start
+        .alerts
+        .rules
+        .iter()
+        .find(|r| r.name == "Busy")
+        .unwrap();
     assert_eq!(busy.metrics.len(), 2);
     assert_eq!(
         busy.annotations["summary"],
         "moonfrp_tunnel_receive_bytes_total + moonfrp_tunnel_transmit_bytes_total is {{value}}"
     );
-    assert_eq!(c.alerts.channels[0].name, "slack-0");
+    assert_eq!(c.start.alerts.channels[0].name, "slack-0");
     let e = load_str("[alerts]\ndisable = [\"Nope\"]\n", &Overrides::default())
         .unwrap_err()
         .to_string();

@@ -12,7 +12,7 @@ use moonfrp_common::{names, programs};
 use tracing::{info, warn};
 
 use super::{KernelMaps, layout};
-use crate::config::KernelConfig;
+use crate::ebpf::KernelConfig;
 
 /// The compiled kernel programs (built by build.rs through aya-build).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moonfrp"));

@@ -243,8 +243,10 @@ pub fn derive(sources: &[Source]) -> Vec<Found> {
     all
 }
 
+pub mod config;
 mod state;
 
+pub use config::{FrpDiscoveryConfig, FrpFile};
 pub use state::{
     Checked, DEFAULT_MAX_PROXIES, Discovery, MAX_CONFIG_BYTES, Options, check_configs, watch_dirs,
 };

@@ -14,11 +14,11 @@ use super::{
     Settings, Store,
     query::{self, Request},
     store::open_read_only,
-    unix_ms,
 };
 use crate::{
     collect::{CollectOptions, Collectors},
     synthetic::{self, Synthetic},
+    time::unix_ms,
     watch::WatchTable,
 };
 

@@ -7,11 +7,11 @@ use clap::Args;
 use super::{
     query::{self, Answer, Request},
     store::open_read_only,
-    unix_ms,
 };
 use crate::{
     config::{Config, Overrides},
     frp::client::{Endpoint, GetError, get_any},
+    time::unix_ms,
 };
 
 /// What to show.
@@ -133,7 +133,7 @@ pub fn run(args: &HistoryArgs) -> Result<String, CliError> {
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;
     let query_string = args.query_string(false)?;
-    let path = config.history.db_path();
+    let path = config.start.history.db_path();
     if !args.offline {
         match ask_agent(&config, &query_string, args.timeout) {
             Ok(answer) => return Ok(render(&answer, args.csv)),
@@ -145,12 +145,12 @@ pub fn run(args: &HistoryArgs) -> Result<String, CliError> {
             {
                 return Err(CliError::Failed(format!(
                     "no agent answers on {}; to read its history from the file, give its --data-dir or its config (-c)",
-                    config.listen
+                    config.start.listen
                 )));
             }
             Err(None) => eprintln!(
                 "moonfrp-agent: no agent answers on {}; reading {} directly",
-                config.listen,
+                config.start.listen,
                 path.display()
             ),
         }
@@ -166,7 +166,7 @@ pub fn run(args: &HistoryArgs) -> Result<String, CliError> {
     }
     let conn = open_read_only(&path)
         .map_err(|e| CliError::Failed(format!("cannot open {}: {e}", path.display())))?;
-    let answer = query::run(&conn, &config.history.settings, &req, now).map_err(|e| {
+    let answer = query::run(&conn, &config.start.history.settings, &req, now).map_err(|e| {
         if e.status() < 500 {
             CliError::Usage(e.to_string())
         } else {
@@ -187,7 +187,7 @@ fn ask_agent(
         .enable_all()
         .build()
         .map_err(|e| Some(CliError::Failed(format!("cannot start a runtime: {e}"))))?;
-    let ep = Endpoint::new(config.listen.to_string(), MAX_ANSWER);
+    let ep = Endpoint::new(config.start.listen.to_string(), MAX_ANSWER);
     let path = format!("/api/v1/history?{query_string}");
     let (status, body) = match rt.block_on(get_any(&ep, &path, timeout)) {
         Ok(r) => r,
@@ -202,7 +202,7 @@ fn ask_agent(
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
         Some(CliError::Failed(format!(
             "{} answered {status} with something that is not the history API ({e}); is it moonfrp-agent?",
-            config.listen
+            config.start.listen
         )))
     })?;
     if !status.is_success() {
@@ -249,7 +249,7 @@ fn render(a: &Answer, csv: bool) -> String {
             s.samples.len()
         );
         for (ts, v) in &s.samples {
-            let _ = writeln!(out, "  {}  {v}", query::rfc3339(*ts));
+            let _ = writeln!(out, "  {}  {v}", crate::time::rfc3339(*ts));
         }
     }
     out

@@ -4,6 +4,7 @@
 //! the writer).
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod query;
 pub mod rollup;
 pub mod schema;
@@ -142,6 +143,20 @@ impl Settings {
     }
 }
 
+/// One alert notification, as the alert log (`alert_events`) keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertEvent {
+    pub alertname: String,
+    /// `firing`, `repeat`, `severity_changed` or `resolved`.
+    pub event: &'static str,
+    pub severity: &'static str,
+    pub value: f64,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub summary: String,
+    /// Unix ms the condition started to hold.
+    pub active_since: i64,
+}
+
 /// Counter or gauge, as history stores a series.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -194,12 +209,6 @@ impl Default for HistoryConfig {
             settings: Settings::default(),
         }
     }
-}
-
-/// Unix milliseconds of a system time (0 before the epoch).
-pub fn unix_ms(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -118,7 +118,7 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
         return Ok((secs * 1000.0).round() as i64);
     }
     humantime::parse_rfc3339_weak(s)
-        .map(super::unix_ms)
+        .map(crate::time::unix_ms)
         .map_err(|_| {
             format!("`{s}` is not a time; use RFC 3339 (2026-11-22T10:00:00Z), Unix seconds, now or now-6h")
         })
@@ -303,9 +303,9 @@ pub fn run(
             Source::Raw => "raw".to_owned(),
             Source::Rollup(l) => l.name(),
         },
-        step: step.map(rollup::ms_to_s),
-        from: rollup::ms_to_s(asked_from),
-        to: rollup::ms_to_s(req.to),
+        step: step.map(crate::time::ms_to_s),
+        from: crate::time::ms_to_s(asked_from),
+        to: crate::time::ms_to_s(req.to),
         rate: req.rate,
         series: Vec::new(),
     };
@@ -507,7 +507,7 @@ fn raw_points(
             } else {
                 p.value
             };
-            out.push((rollup::ms_to_s(p.ts), value));
+            out.push((crate::time::ms_to_s(p.ts), value));
         }
         return Ok(out);
     };
@@ -562,7 +562,7 @@ fn values(slots: BTreeMap<i64, Bucket>, req: &Request, counter: bool) -> Vec<(f6
                 (false, _, Agg::Max) => b.max,
                 (false, _, Agg::Mean) => b.mean()?,
             };
-            (b.samples > 0).then_some((rollup::ms_to_s(start), v))
+            (b.samples > 0).then_some((crate::time::ms_to_s(start), v))
         })
         .collect()
 }
@@ -584,7 +584,12 @@ pub fn to_csv(a: &Answer) -> String {
     out.push_str(",value\n");
     for s in &a.series {
         for (ts, v) in &s.samples {
-            let _ = write!(out, "{ts},{},{}", rfc3339(*ts), csv_field(&s.metric));
+            let _ = write!(
+                out,
+                "{ts},{},{}",
+                crate::time::rfc3339(*ts),
+                csv_field(&s.metric)
+            );
             for l in &label_names {
                 out.push(',');
                 out.push_str(&csv_field(s.labels.get(*l).map_or("", String::as_str)));
@@ -593,19 +598,6 @@ pub fn to_csv(a: &Answer) -> String {
         }
     }
     out
-}
-
-/// RFC 3339 (UTC, seconds) of Unix seconds; a time RFC 3339 cannot write (before 1970, after
-/// 9999, not a number) is shown as the number itself.
-pub fn rfc3339(ts: f64) -> String {
-    /// 9999-12-31T23:59:59Z.
-    const LAST: f64 = 253_402_300_799.0;
-    if !(0.0..=LAST).contains(&ts) {
-        return format!("@{ts}");
-    }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let t = std::time::UNIX_EPOCH + Duration::from_millis((ts * 1000.0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn csv_field(s: &str) -> String {

@@ -16,7 +16,7 @@ use std::{
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _, Transaction, params};
 
 use super::{
-    Kind, Level, Settings,
+    AlertEvent, Kind, Level, Settings,
     rollup::{self, Bucket, Obs},
     schema::{self, SchemaError},
 };
@@ -559,11 +559,7 @@ impl Store {
     }
 
     /// Appends alert notifications to the alert log (kept as long as the coarsest rollup).
-    pub fn record_alerts(
-        &mut self,
-        ts_ms: i64,
-        alerts: &[crate::alerts::eval::Alert],
-    ) -> Result<(), StoreError> {
+    pub fn record_alerts(&mut self, ts_ms: i64, alerts: &[AlertEvent]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
@@ -575,10 +571,10 @@ impl Store {
                     ts_ms,
                     a.alertname,
                     a.event,
-                    a.severity.as_str(),
+                    a.severity,
                     a.value,
                     serde_json::to_string(&a.labels).unwrap_or_default(),
-                    a.annotations.get("summary").map_or("", String::as_str),
+                    a.summary,
                     a.active_since,
                 ])?;
             }

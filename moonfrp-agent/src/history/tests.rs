@@ -417,9 +417,9 @@ fn a_database_of_the_previous_version_goes_on_with_its_series() {
     use moonfrp_common::Proto;
 
     use crate::{
-        config::{TunnelSource, TunnelSpec},
         metrics::{Extras, series},
         synthetic::{self, Synthetic},
+        tunnel::{TunnelSource, TunnelSpec},
         watch::WatchTable,
     };
 
@@ -521,5 +521,5 @@ fn a_database_of_the_previous_version_goes_on_with_its_series() {
 }
 
 fn rollup_s(ms: i64) -> f64 {
-    super::rollup::ms_to_s(ms)
+    crate::time::ms_to_s(ms)
 }

@@ -13,8 +13,8 @@ use std::{
 
 use tracing::{error, info, warn};
 
-use super::{HistoryConfig, Store, StoreError};
-use crate::{alerts::eval::Alert, series::Series};
+use super::{AlertEvent, HistoryConfig, Store, StoreError};
+use crate::series::Series;
 
 /// What the writer has done, for `/metrics`.
 #[derive(Debug, Default)]
@@ -42,7 +42,7 @@ impl Stats {
 enum Job {
     /// One snapshot's series, taken at Unix ms.
     Snapshot(i64, Arc<Series>),
-    Alerts(i64, Vec<Alert>),
+    Alerts(i64, Vec<AlertEvent>),
 }
 
 /// Handle to the writer thread; dropping it lets the thread finish its queue and exit.
@@ -123,7 +123,7 @@ impl Writer {
     }
 
     /// Queues alert notifications for the alert log.
-    pub fn record_alerts(&self, ts: i64, alerts: Vec<Alert>) {
+    pub fn record_alerts(&self, ts: i64, alerts: Vec<AlertEvent>) {
         if !self.send(Job::Alerts(ts, alerts)) {
             warn!("history: the writer is behind; alert notifications not logged");
         }

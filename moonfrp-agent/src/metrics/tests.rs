@@ -10,7 +10,6 @@ use moonfrp_common::{DURATION_BUCKETS, EGRESS, INGRESS, Proto, TcpCounters, Traf
 use super::{tunnels::duration_buckets, *};
 use crate::{
     collect::{CollectorRun, SystemSample},
-    config::{TunnelSource, TunnelSpec},
     ebpf::{ProbeStatus, ProgramStats},
     exposition::{Format, render},
     frp::{
@@ -19,6 +18,7 @@ use crate::{
     },
     process::ProcessSample,
     snapshot::{AgentSample, PortlessTunnel, Snapshot, TcpSample, TunnelMeta, TunnelSample},
+    tunnel::{TunnelSource, TunnelSpec},
 };
 
 #[expect(clippy::too_many_lines, reason = "one literal of every field")]

@@ -38,7 +38,7 @@ impl ClientArgs {
             },
         )
         .map_err(|e| e.to_string())?;
-        Ok(Endpoint::new(config.listen.to_string(), MAX_ANSWER))
+        Ok(Endpoint::new(config.start.listen.to_string(), MAX_ANSWER))
     }
 }
 

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     alerts::eval::Alert,
-    history::{rollup::ms_to_s, unix_ms},
     snapshot::{Snapshot, TunnelSample},
+    time::{ms_to_s, unix_ms},
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

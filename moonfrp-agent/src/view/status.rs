@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use clap::Args;
 
 use super::{ClientArgs, FetchError, bytes, fetch_status, fit, ibytes, model::Status, plain};
-use crate::history::query::rfc3339;
+use crate::time::rfc3339;
 
 #[derive(Clone, Debug, Args)]
 pub struct StatusArgs {

@@ -1,0 +1,64 @@
+//! `[kernel]`: the sizes of the kernel tables, fixed when the programs are loaded.
+use moonfrp_common::{DEFAULT_PEERS, DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, MAX_SLOTS};
+use serde::Deserialize;
+
+use crate::untrusted::in_range;
+
+/// Most peers per tunnel `kernel.export_peers` may put on `/metrics`.
+pub const MAX_EXPORTED_PEERS: u32 = 10;
+/// Largest `kernel.peers`: the per-CPU LRU table takes ≈ 56 B per entry and CPU.
+pub const MAX_PEERS: u32 = 262_144;
+/// Largest `kernel.tracked_connections` (≈ 80 B per entry).
+pub const MAX_TRACKED_CONNECTIONS: u32 = 1 << 20;
+
+/// Sizes of the kernel tables, fixed when the programs are loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelConfig {
+    /// Counter slots: how many (port, protocol) pairs can be watched at once.
+    pub slots: u32,
+    /// Open connections tracked for the duration histogram (LRU beyond that).
+    pub tracked_connections: u32,
+    /// Peer table capacity: (port, remote address) pairs with their traffic (LRU beyond);
+    /// 0 turns peer counting off (it roughly doubles the per-packet cost on watched ports).
+    pub peers: u32,
+    /// Export each tunnel's busiest peers to `/metrics` (0 = none, the default; at most
+    /// [`MAX_EXPORTED_PEERS`]).
+    pub export_peers: u32,
+    /// Keep the kernel's BPF run-time statistics on while the agent runs (≈ 20 ns per program
+    /// run, for every BPF program on the host), for `moonfrp_agent_bpf_*`.
+    pub bpf_stats: bool,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            slots: DEFAULT_SLOTS,
+            tracked_connections: DEFAULT_TRACKED_CONNECTIONS,
+            peers: DEFAULT_PEERS,
+            export_peers: 0,
+            bpf_stats: true,
+        }
+    }
+}
+
+impl KernelConfig {
+    /// Checks every size against its range; the error names the key.
+    pub fn validate(self) -> Result<Self, String> {
+        in_range("kernel.slots", self.slots, 1, MAX_SLOTS)?;
+        in_range("kernel.peers", self.peers, 0, MAX_PEERS)?;
+        in_range(
+            "kernel.tracked_connections",
+            self.tracked_connections,
+            1,
+            MAX_TRACKED_CONNECTIONS,
+        )?;
+        if self.export_peers > MAX_EXPORTED_PEERS {
+            return Err(format!(
+                "key `kernel.export_peers`: {} is over the cap of {MAX_EXPORTED_PEERS} (one series per peer and tunnel); peers beyond it are in the API",
+                self.export_peers
+            ));
+        }
+        Ok(self)
+    }
+}
