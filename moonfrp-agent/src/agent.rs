@@ -1,6 +1,7 @@
 //! The agent's life: check privileges, mount what is missing, load and attach, then every
-//! interval read the kernel and /proc into a `Snapshot`; reload the config on SIGHUP or when the
-//! file changes; detach everything on SIGINT/SIGTERM.
+//! interval (on a thread of its own) read the kernel and /proc into a `Snapshot`, build its
+//! series once and hand them to `/metrics`, the alert rules, history and the textfile; reload
+//! the config on SIGHUP or when the file changes; detach everything on SIGINT/SIGTERM.
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},

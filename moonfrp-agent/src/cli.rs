@@ -20,17 +20,14 @@ pub enum Command {
     /// Validate the configuration and print the tunnels it defines, then exit (no privileges needed).
     Check(ConfigArgs),
     /// Show a metric's history: through the running agent's API, or from the database file.
-    History(crate::history::cli::HistoryArgs),
+    History(crate::client::history::HistoryArgs),
     /// The running agent's latest snapshot as text, grouped: tunnels, FRP processes, services,
     /// system, alerts (or --json).
-    Status(crate::view::status::StatusArgs),
+    Status(crate::client::status::StatusArgs),
     /// A live full-screen view of the running agent (q quits).
-    Top(crate::view::top::TopArgs),
+    Top(crate::client::top::TopArgs),
     /// A tunnel's (or any port's) top peers and connection durations.
-    Inspect(crate::view::inspect::InspectArgs),
-    /// Benchmark the history store with synthetic snapshots (for `cargo xtask bench-history`).
-    #[command(hide = true)]
-    BenchHistory(crate::history::bench::BenchArgs),
+    Inspect(crate::client::inspect::InspectArgs),
 }
 
 /// Where the configuration comes from; flags override the file.

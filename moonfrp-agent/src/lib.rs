@@ -1,31 +1,38 @@
-//! moonfrp-agent: reads moonfrp's kernel counters every interval, builds a `Snapshot`, and serves
-//! it as Prometheus metrics. `main.rs` is a thin wrapper around [`agent::run`].
+//! moonfrp-agent: reads moonfrp's kernel counters every interval into a [`snapshot::Snapshot`],
+//! turns it into typed [`series`] once, and hands those to every output: `/metrics`, history,
+//! the alert rules, the textfile. `main.rs` is a thin wrapper around [`agent::run`] and the
+//! [`client`] commands.
+//!
+//! Data flows one way: kernel ([`ebpf`], [`watch`]) and host ([`collect`], [`frp`]) → snapshot
+//! ([`cycle`]) → series ([`metrics`]) → outputs ([`exposition`], [`history`], [`alerts`],
+//! [`api`] and [`server`]). The public modules are what the binary, the benches and the
+//! examples use; the rest is the agent's own.
 pub mod agent;
-pub mod alerts;
+pub(crate) mod alerts;
 pub mod api;
 pub mod check;
 pub mod cli;
+pub mod client;
 pub mod collect;
 pub mod config;
-pub mod counter;
-pub mod cycle;
+pub(crate) mod counter;
+pub(crate) mod cycle;
 pub mod ebpf;
 pub mod exposition;
-pub mod frp;
+pub(crate) mod frp;
 pub mod history;
 pub mod logging;
 pub mod metrics;
-pub mod privileges;
-pub mod process;
+pub(crate) mod privileges;
+pub(crate) mod process;
 pub mod series;
-pub mod server;
+pub(crate) mod server;
 pub mod snapshot;
-pub mod sockets;
+pub(crate) mod sockets;
 pub mod synthetic;
 pub mod sys;
-pub mod textfile;
+pub(crate) mod textfile;
 pub mod time;
 pub mod tunnel;
-pub mod untrusted;
-pub mod view;
+pub(crate) mod untrusted;
 pub mod watch;

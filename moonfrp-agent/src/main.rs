@@ -28,25 +28,10 @@ fn main() -> ExitCode {
     }
     let args = match &cli.command {
         Command::Run(args) | Command::Check(args) => args,
-        Command::BenchHistory(b) => {
-            return match moonfrp_agent::history::bench::run(b) {
-                Ok(report) => {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&report).expect("the report serializes")
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("moonfrp-agent: {e:#}");
-                    ExitCode::from(1)
-                }
-            };
-        }
-        Command::Inspect(a) => return finish(moonfrp_agent::view::inspect::run(a)),
-        Command::Status(a) => return finish(moonfrp_agent::view::status::run(a)),
+        Command::Inspect(a) => return finish(moonfrp_agent::client::inspect::run(a)),
+        Command::Status(a) => return finish(moonfrp_agent::client::status::run(a)),
         Command::Top(a) => {
-            return match moonfrp_agent::view::top::run(a) {
+            return match moonfrp_agent::client::top::run(a) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("moonfrp-agent: {e}");
@@ -55,7 +40,7 @@ fn main() -> ExitCode {
             };
         }
         Command::History(h) => {
-            return match moonfrp_agent::history::cli::run(h) {
+            return match moonfrp_agent::client::history::run(h) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS
@@ -75,11 +60,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::History(_)
-        | Command::BenchHistory(_)
-        | Command::Status(_)
-        | Command::Top(_)
-        | Command::Inspect(_) => {
+        Command::History(_) | Command::Status(_) | Command::Top(_) | Command::Inspect(_) => {
             unreachable!("handled above")
         }
         Command::Check(_) => {

@@ -1,5 +1,7 @@
-//! The HTTP server: `/metrics` (OpenMetrics or text 0.0.4 by content negotiation), `/healthz`,
-//! `/readyz`, and a small index page. Plain HTTP on loopback by default; TLS and auth come later.
+//! The HTTP server: `/metrics` (OpenMetrics or text 0.0.4 by content negotiation, gzip on
+//! request, bytes rendered once per snapshot), `/healthz`, `/readyz`, the API ([`crate::api`])
+//! and a small index page; bounded in requests, connections and request size. Plain HTTP on
+//! loopback by default; TLS and auth come later.
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -167,7 +169,7 @@ const INDEX: &str = "<!doctype html><title>moonfrp-agent</title><h1>moonfrp-agen
 <li><a href=\"/api/v1/history?metric=moonfrp_system_cpu_usage_ratio\">/api/v1/history</a></li></ul>\n";
 
 /// `/api/v1/tunnels/{name}/peers` or `/api/v1/peers?port=P[&proto=tcp|udp]`.
-fn peers_target(path: &str, query: &str) -> Option<api::PeersOf> {
+fn peers_target(path: &str, query: &str) -> Option<api::peers::PeersOf> {
     if let Some(name) = path
         .strip_prefix("/api/v1/tunnels/")
         .and_then(|r| r.strip_suffix("/peers"))
@@ -175,7 +177,7 @@ fn peers_target(path: &str, query: &str) -> Option<api::PeersOf> {
         let name = form_urlencoded::parse(format!("n={name}").as_bytes())
             .next()
             .map(|(_, v)| v.into_owned())?;
-        return Some(api::PeersOf::Tunnel(name));
+        return Some(api::peers::PeersOf::Tunnel(name));
     }
     if path != "/api/v1/peers" {
         return None;
@@ -190,7 +192,7 @@ fn peers_target(path: &str, query: &str) -> Option<api::PeersOf> {
         }
     }
     // Without a valid port this falls through to the 404 that lists the API.
-    Some(api::PeersOf::Port(port?, proto))
+    Some(api::peers::PeersOf::Port(port?, proto))
 }
 
 /// Runs an API handler on the blocking pool (it reads SQLite or the kernel) and answers with it.
@@ -237,7 +239,8 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<By
     if path == "/api/v1/inspect" && (req.method() == Method::POST || req.method() == Method::DELETE)
     {
         let start = req.method() == Method::POST;
-        return off_thread(move || api::inspect(st.collector.as_deref(), &query, start)).await;
+        return off_thread(move || api::inspect::inspect(st.collector.as_deref(), &query, start))
+            .await;
     }
     if !path.starts_with("/api/") || !(req.method() == Method::GET || req.method() == Method::HEAD)
     {
@@ -254,23 +257,23 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<By
                 .peers
                 .as_ref()
                 .map_or((None, 0), |(t, c)| (Some(&**t), *c));
-            api::peers(table, capacity, cur.as_deref(), &of, limit)
+            api::peers::peers(table, capacity, cur.as_deref(), &of, limit)
         })
         .await;
     }
     match path.as_str() {
-        "/api/v1/alerts" => off_thread(move || api::alerts(st.alerts.as_deref())).await,
+        "/api/v1/alerts" => off_thread(move || api::alerts::alerts(st.alerts.as_deref())).await,
         "/api/v1/tunnels" => {
             off_thread(move || {
                 let (cur, prev) = st.latest.pair();
-                api::tunnels(cur.as_deref(), prev.as_deref())
+                api::tunnels::tunnels(cur.as_deref(), prev.as_deref())
             })
             .await
         }
         "/api/v1/status" => {
             off_thread(move || {
                 let (cur, prev) = st.latest.pair();
-                api::status(
+                api::status::status(
                     cur.as_deref(),
                     prev.as_deref(),
                     st.alerts.as_deref(),
@@ -288,9 +291,9 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<By
                 );
             };
             if path == "/api/v1/summary" {
-                off_thread(move || api::summary(st.history.as_ref())).await
+                off_thread(move || api::history::summary(st.history.as_ref())).await
             } else {
-                off_thread(move || api::history(st.history.as_ref(), &query)).await
+                off_thread(move || api::history::history(st.history.as_ref(), &query)).await
             }
         }
         _ => reply(

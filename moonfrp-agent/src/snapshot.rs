@@ -1,5 +1,6 @@
-//! The per-interval `Snapshot`: the one value every consumer (exposition now; history, alerts and
-//! dashboards later) reads. Nothing downstream touches the kernel or /proc itself.
+//! The per-interval `Snapshot`: what the kernel, /proc and FRP said at one collection. Its
+//! series ([`crate::metrics`]) and the API read it; nothing downstream touches the kernel or
+//! /proc itself.
 use std::{
     collections::BTreeMap,
     sync::{Arc, RwLock},

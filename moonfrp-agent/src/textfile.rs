@@ -76,10 +76,6 @@ impl Writer {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Replaces the file with `text`, unless something other than a regular file took its
     /// place meanwhile.
     pub fn write(&self, text: &[u8]) -> Result<(), TextfileError> {

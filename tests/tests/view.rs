@@ -102,7 +102,7 @@ fn status_with_the_agent_down_with_no_snapshot_and_with_data() {
     let (code, json, _) = status(&["--listen", &listen, "--json"]);
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["tunnels"][0]["name"], "web");
+    assert_eq!(v["tunnels"][0]["tunnel"], "web");
     assert_eq!(v["tunnels"][0]["port"], port);
     assert!(
         v["tunnels"][0]["receive_bytes_per_second"]

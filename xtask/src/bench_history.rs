@@ -28,23 +28,23 @@ const RSS_BYTES: f64 = 24.0 * 1024.0 * 1024.0;
 const BASE_PORT: u16 = 30_000;
 
 fn store_run(
-    agent: &std::path::Path,
+    bench: &std::path::Path,
     tunnels: u16,
     intervals: u32,
     dir: &std::path::Path,
 ) -> anyhow::Result<Value> {
     eprintln!("xtask: bench-history: writing {intervals} intervals of {tunnels} tunnels");
-    let out = Command::new(agent)
-        .args(["bench-history", "--tunnels", &tunnels.to_string()])
+    let out = Command::new(bench)
+        .args(["--tunnels", &tunnels.to_string()])
         .args(["--intervals", &intervals.to_string()])
         .args(["--base-port", &BASE_PORT.to_string()])
         .arg("--data-dir")
         .arg(dir)
         .output()
-        .context("cannot run moonfrp-agent bench-history")?;
+        .context("cannot run the bench_history example")?;
     ensure!(
         out.status.success(),
-        "moonfrp-agent bench-history failed: {}",
+        "bench_history failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).context("bench-history printed no JSON report")
@@ -154,13 +154,14 @@ fn mib(b: f64) -> f64 {
 pub fn run(opts: &Opts) -> anyhow::Result<Value> {
     setup::toolchain()?;
     let agent = run::build_release()?;
+    let bench = run::build_release_example("bench_history")?;
     let intervals = if opts.quick { 61 } else { 1441 };
     let scratch = tempfile::tempdir()?;
     let mut stores = Vec::new();
     for tunnels in [100u16, 1000] {
         let dir = scratch.path().join(format!("t{tunnels}"));
         std::fs::create_dir_all(&dir)?;
-        stores.push(store_run(&agent, tunnels, intervals, &dir.join("data"))?);
+        stores.push(store_run(&bench, tunnels, intervals, &dir.join("data"))?);
     }
     let snapshots = if opts.quick { 3 } else { 10 };
     let memory = agent_memory(&agent, &scratch.path().join("t100"), snapshots, true)?;

@@ -21,6 +21,19 @@ pub fn build_release() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/release/moonfrp-agent"))
 }
 
+/// Builds an example of the agent's library in release mode; its path.
+pub fn build_release_example(name: &str) -> anyhow::Result<PathBuf> {
+    sh(cargo().current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "moonfrp-agent",
+        "--example",
+        name,
+    ]))?;
+    Ok(root().join("target/release/examples").join(name))
+}
+
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     setup::toolchain()?;
     let agent = build_release()?;

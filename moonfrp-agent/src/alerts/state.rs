@@ -29,6 +29,10 @@ impl Severity {
 
 /// Timing of the state machine, in ms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "milliseconds, as every time inside the agent; the suffix says so"
+)]
 pub struct Timing {
     /// How long the condition must hold before firing.
     pub for_ms: i64,

@@ -1,5 +1,6 @@
-//! A small HTTP/1.1 GET for the frps and frpc web servers (hyper's client connection), with
-//! basic auth and a deadline. Errors name the API and what went wrong, never the credentials.
+//! A small HTTP/1.1 client (hyper's client connection) for the frps and frpc web servers, and
+//! for the command-line clients asking the agent: basic auth, one deadline for the whole answer,
+//! and a bound on its size. Errors name the API and what went wrong, never the credentials.
 use std::time::Duration;
 
 use base64::Engine as _;

@@ -247,9 +247,7 @@ pub mod config;
 mod state;
 
 pub use config::{FrpDiscoveryConfig, FrpFile};
-pub use state::{
-    Checked, DEFAULT_MAX_PROXIES, Discovery, MAX_CONFIG_BYTES, Options, check_configs, watch_dirs,
-};
+pub use state::{Discovery, Options, check_configs, watch_dirs};
 
 #[cfg(test)]
 mod tests;

@@ -30,8 +30,6 @@ impl fmt::Debug for Secret {
 pub enum FrpError {
     #[error("frp config {path}: {reason}")]
     Config { path: String, reason: String },
-    #[error("{source_name}: {reason}")]
-    Api { source_name: String, reason: String },
 }
 
 /// The protocol whose port a proxy type occupies on frps (`None`: shared vhost or P2P types).

@@ -1,4 +1,4 @@
-//! Range queries over the history database, shared by the HTTP API and the `history` command.
+//! Range queries over the history database, shared by the HTTP API and the `history` client.
 //!
 //! The resolution is picked from the range: raw samples while they cover `from`, else the finest
 //! rollup level that does. Without `step` every stored point comes back; with `step` the points

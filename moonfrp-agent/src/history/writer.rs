@@ -1,6 +1,6 @@
-//! The history writer thread: takes each snapshot from the agent loop through a one-slot queue
-//! (a write still running when the next snapshot comes means that snapshot is skipped and
-//! counted, never that the collection waits), turns it into series and writes them.
+//! The history writer thread: takes each snapshot's series from the agent loop through a
+//! one-slot queue (a write still running when the next snapshot comes means that snapshot is
+//! skipped and counted, never that the collection waits) and writes them.
 use std::{
     sync::{
         Arc,

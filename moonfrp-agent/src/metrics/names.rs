@@ -1,5 +1,5 @@
 //! Every sample name the agent exposes, for checking alert rules at start. A test keeps it in
-//! line with the golden exposition.
+//! line with the series of a sample snapshot.
 
 /// Sample names (as on `/metrics`), sorted.
 pub const KNOWN: &[&str] = &[

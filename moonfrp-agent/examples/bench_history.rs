@@ -1,29 +1,29 @@
-//! `moonfrp-agent bench-history` (hidden; run by `cargo xtask bench-history`): writes synthetic
-//! snapshots of busy tunnels into a fresh database through the writer's own path (encode, parse,
-//! write, roll up, prune) with a fake clock, then times queries. Prints one JSON report.
+//! The history store's benchmark (run by `cargo xtask bench-history`): writes synthetic
+//! snapshots of busy tunnels into a fresh database through the writer's own path (build the
+//! series, write, roll up, prune) with a fake clock, then times queries. Prints one JSON report.
+//! Built as an example of the library, so that none of it ships in the agent.
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
 
-use clap::Args;
-use serde::Serialize;
-
-use super::{
-    Settings, Store,
-    query::{self, Request},
-    store::open_read_only,
-};
-use crate::{
+use clap::Parser;
+use moonfrp_agent::{
     collect::{CollectOptions, Collectors},
+    history::{
+        Settings, Store,
+        query::{self, Request},
+        store::open_read_only,
+    },
     synthetic::{self, Synthetic},
     time::unix_ms,
     watch::WatchTable,
 };
+use serde::Serialize;
 
-#[derive(Clone, Debug, Args)]
-pub struct BenchArgs {
+#[derive(Clone, Debug, Parser)]
+struct BenchArgs {
     /// Tunnels (one in ten UDP), named tunnel-<i> on ports base_port + i.
     #[arg(long, default_value_t = 100)]
     pub tunnels: u16,
@@ -96,7 +96,7 @@ fn timed(n: usize, mut f: impl FnMut()) -> f64 {
     t[n / 2]
 }
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
+fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.intervals >= 2, "--intervals must be at least 2");
     let settings = Settings::default();
     let step = args.interval;
@@ -120,10 +120,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         };
         let snap = synthetic::snapshot(&source, &watch, system, taken_at, u64::from(i) + 1);
         let t = Instant::now();
-        let built = crate::metrics::series(
+        let built = moonfrp_agent::metrics::series(
             Some(&snap),
-            &crate::metrics::Extras::default(),
-            &crate::metrics::Settings::default(),
+            &moonfrp_agent::metrics::Extras::default(),
+            &moonfrp_agent::metrics::Settings::default(),
         );
         store.write(unix_ms(taken_at), &built)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
@@ -167,12 +167,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let query_24h_rate_ms = timed(21, || {
         query::run(&conn, &settings, &one(true), now).expect("query");
     });
-    let api = crate::api::HistoryApi {
+    let api = moonfrp_agent::api::HistoryApi {
         db: db.clone(),
         settings: settings.clone(),
     };
     let summary_ms = timed(5, || {
-        let a = crate::api::summary(Some(&api));
+        let a = moonfrp_agent::api::history::summary(Some(&api));
         assert_eq!(a.status, 200, "{}", a.body);
     });
     Ok(Report {
@@ -189,4 +189,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         query_24h_points: points,
         summary_ms,
     })
+}
+
+fn main() -> std::process::ExitCode {
+    match run(&BenchArgs::parse()) {
+        Ok(report) => {
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("the report serializes")
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench_history: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
 }

@@ -3,8 +3,8 @@ use std::fmt::Write as _;
 
 use clap::Args;
 
-use super::{ClientArgs, FetchError, bytes, fetch_status, fit, ibytes, model::Status, plain};
-use crate::time::rfc3339;
+use super::{ClientArgs, FetchError, bytes, fetch_status, fit, ibytes, plain};
+use crate::{api::status::Status, time::rfc3339};
 
 #[derive(Clone, Debug, Args)]
 pub struct StatusArgs {
@@ -77,11 +77,11 @@ pub fn render(s: &Status) -> String {
         for t in &s.tunnels {
             let port = t
                 .port
-                .map_or_else(|| format!("-/{}", t.proto), |p| format!("{p}/{}", t.proto));
+                .map_or_else(|| format!("-/{}", t.kind), |p| format!("{p}/{}", t.proto));
             let _ = writeln!(
                 o,
                 "  {:<24} {:<11} {:<5} {:>12} {:>12} {:>6} {:>8} {:>8}  {}",
-                fit(&t.name, 24),
+                fit(&t.tunnel, 24),
                 fit(&port, 11),
                 if t.up { "up" } else { "DOWN" },
                 rate(t.receive_bytes_per_second),
@@ -93,7 +93,7 @@ pub fn render(s: &Status) -> String {
                 plain(
                     t.reason
                         .as_deref()
-                        .or(t.last_error.as_deref())
+                        .or(t.last_error.as_ref().map(|e| e.reason.as_str()))
                         .unwrap_or("-")
                 ),
             );

@@ -1,12 +1,18 @@
-//! What `GET /api/v1/status` answers, and what `status` and `top` show: the latest snapshot
-//! grouped by category, with per-second rates against the snapshot before.
-use std::collections::HashMap;
+//! `/api/v1/status`: the latest snapshot grouped by category, with per-second rates against
+//! the snapshot before — what `status` and `top` show.
+use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::{
+    Answer, HistoryApi, error,
+    history::last_hour,
+    success,
+    tunnels::{TunnelRow, interval, rate, rows},
+};
 use crate::{
     alerts::eval::Alert,
-    snapshot::{Snapshot, TunnelSample},
+    snapshot::Snapshot,
     time::{ms_to_s, unix_ms},
 };
 
@@ -22,32 +28,6 @@ pub struct Status {
     pub services: Vec<ServiceRow>,
     pub system: SystemRow,
     pub alerts: Vec<AlertRow>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct TunnelRow {
-    pub name: String,
-    /// None: a tunnel FRP knows without a port of its own.
-    pub port: Option<u16>,
-    pub proto: String,
-    pub up: bool,
-    pub reason: Option<String>,
-    pub last_error: Option<String>,
-    pub receive_bytes_per_second: Option<f64>,
-    pub transmit_bytes_per_second: Option<f64>,
-    pub connections_active: Option<u64>,
-    pub refused_total: u64,
-    /// Resets sent and received plus retransmits.
-    pub errors_total: u64,
-    /// Since an hour ago (from history; None without it).
-    pub refused_last_hour: Option<f64>,
-    pub errors_last_hour: Option<f64>,
-}
-
-impl TunnelRow {
-    pub fn bandwidth(&self) -> f64 {
-        self.receive_bytes_per_second.unwrap_or(0.0) + self.transmit_bytes_per_second.unwrap_or(0.0)
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -103,43 +83,23 @@ pub struct AlertRow {
     pub summary: String,
 }
 
-/// Seconds between two snapshots (0 without the earlier one).
-pub fn interval(cur: &Snapshot, prev: Option<&Snapshot>) -> f64 {
-    prev.and_then(|p| cur.taken_at.duration_since(p.taken_at).ok())
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// The same (port, protocol) in the earlier snapshot.
-pub fn before<'a>(t: &TunnelSample, prev: Option<&'a Snapshot>) -> Option<&'a TunnelSample> {
-    prev.and_then(|p| {
-        p.tunnels
-            .iter()
-            .find(|q| q.spec.port == t.spec.port && q.spec.proto == t.spec.proto)
-    })
-}
-
-/// Reset-aware per-second rate of a counter between two snapshots.
-pub fn rate(cur: u64, prev: Option<u64>, seconds: f64) -> Option<f64> {
-    let prev = prev?;
-    if seconds <= 0.0 {
-        return None;
-    }
-    let inc = if cur >= prev { cur - prev } else { cur };
-    #[allow(clippy::cast_precision_loss)]
-    Some(inc as f64 / seconds)
-}
-
 impl Status {
     /// Builds the view of `cur`, with rates against `prev`; `last_hour` gives, per tunnel name,
     /// (refused, errors) over the last hour when history has them.
     pub fn build(
         cur: &Snapshot,
         prev: Option<&Snapshot>,
-        alerts: &[std::sync::Arc<Alert>],
+        alerts: &[Arc<Alert>],
         last_hour: &HashMap<String, (f64, f64)>,
     ) -> Self {
         let seconds = interval(cur, prev);
-        let tunnels = tunnel_rows(cur, prev, seconds, last_hour);
+        let mut tunnels = rows(cur, prev);
+        for t in &mut tunnels {
+            if let Some(h) = last_hour.get(&t.tunnel) {
+                t.refused_last_hour = Some(h.0);
+                t.errors_last_hour = Some(h.1);
+            }
+        }
         let s = &cur.system;
         Self {
             time: ms_to_s(unix_ms(cur.taken_at)),
@@ -185,55 +145,6 @@ impl Status {
     }
 }
 
-fn tunnel_rows(
-    cur: &Snapshot,
-    prev: Option<&Snapshot>,
-    seconds: f64,
-    last_hour: &HashMap<String, (f64, f64)>,
-) -> Vec<TunnelRow> {
-    use moonfrp_common::{EGRESS, INGRESS};
-    let mut tunnels: Vec<TunnelRow> = cur
-        .tunnels
-        .iter()
-        .map(|t| {
-            let before = before(t, prev);
-            let dir = |d: usize| {
-                rate(
-                    t.traffic.dir[d].bytes,
-                    before.map(|b| b.traffic.dir[d].bytes),
-                    seconds,
-                )
-            };
-            let c = t.tcp.as_ref().map(|s| s.counters).unwrap_or_default();
-            let hour = last_hour.get(&t.spec.name);
-            TunnelRow {
-                name: t.spec.name.clone(),
-                port: Some(t.spec.port),
-                proto: t.spec.proto.as_str().to_owned(),
-                up: t.meta.health.up,
-                reason: (!t.meta.health.reason.is_empty()).then(|| t.meta.health.reason.clone()),
-                last_error: t.meta.last_error.as_ref().map(|e| e.reason.clone()),
-                receive_bytes_per_second: dir(INGRESS),
-                transmit_bytes_per_second: dir(EGRESS),
-                connections_active: t.tcp.as_ref().map(|s| s.active),
-                refused_total: c.refused,
-                errors_total: c.resets_sent + c.resets_received + c.retransmits,
-                refused_last_hour: hour.map(|h| h.0),
-                errors_last_hour: hour.map(|h| h.1),
-            }
-        })
-        .collect();
-    tunnels.extend(cur.portless.iter().map(|p| TunnelRow {
-        name: p.name.clone(),
-        up: p.meta.health.up,
-        reason: (!p.meta.health.reason.is_empty()).then(|| p.meta.health.reason.clone()),
-        last_error: p.meta.last_error.as_ref().map(|e| e.reason.clone()),
-        proto: p.meta.kind.clone(),
-        ..TunnelRow::default()
-    }));
-    tunnels
-}
-
 fn system_row(cur: &Snapshot, prev: Option<&Snapshot>, seconds: f64) -> SystemRow {
     let s = &cur.system;
     let net_before: HashMap<&str, (u64, u64)> = prev
@@ -273,4 +184,25 @@ fn system_row(cur: &Snapshot, prev: Option<&Snapshot>, seconds: f64) -> SystemRo
             })
             .collect(),
     }
+}
+
+/// `GET /api/v1/status` (blocking): the latest snapshot grouped for `status` and `top`.
+pub fn status(
+    cur: Option<&Snapshot>,
+    prev: Option<&Snapshot>,
+    alerts: Option<&crate::alerts::Shared>,
+    h: Option<&HistoryApi>,
+) -> Answer {
+    let Some(cur) = cur else {
+        return error(
+            503,
+            "no snapshot taken yet; the first comes one interval after start",
+        );
+    };
+    let active = alerts
+        .map(crate::alerts::Shared::active)
+        .unwrap_or_default();
+    let hour = last_hour(h, unix_ms(SystemTime::now()));
+    let s = Status::build(cur, prev, &active, &hour);
+    success(&serde_json::json!(s))
 }

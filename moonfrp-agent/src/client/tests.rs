@@ -5,29 +5,31 @@ use std::{collections::HashMap, path::PathBuf};
 use ratatui::{Terminal, backend::TestBackend};
 
 use super::{
-    FetchError,
-    model::{AlertRow, FilesystemRow, NetworkRow, ProcessRow, Status, SystemRow, TunnelRow},
-    status,
+    FetchError, status,
     top::{App, Sort, render, sparkline},
+};
+use crate::api::{
+    status::{AlertRow, FilesystemRow, NetworkRow, ProcessRow, Status, SystemRow},
+    tunnels::TunnelRow,
 };
 
 const LONG: &str = "a-tunnel-with-a-sixty-character-name-for-the-layout-to-cope-";
 
 pub fn fixture() -> Status {
     let tunnel = |name: &str, port, up, rx: f64, conns, errors| TunnelRow {
-        name: name.into(),
+        tunnel: name.into(),
         port: Some(port),
         proto: "tcp".into(),
         up,
         reason: (!up).then(|| "nothing listens on 6001/tcp".into()),
-        last_error: None,
         receive_bytes_per_second: Some(rx),
         transmit_bytes_per_second: Some(rx / 4.0),
         connections_active: Some(conns),
-        refused_total: 0,
-        errors_total: errors,
+        connections_refused_total: Some(0),
+        retransmits_total: Some(errors),
         refused_last_hour: Some(0.0),
         errors_last_hour: Some(errors as f64),
+        ..TunnelRow::default()
     };
     Status {
         time: 1_795_353_600.0,
@@ -38,8 +40,8 @@ pub fn fixture() -> Status {
             tunnel(LONG, 6001, false, 0.0, 0, 7),
             tunnel("game", 27015, true, 2_400_000.0, 42, 1),
             TunnelRow {
-                name: "home.web".into(),
-                proto: "http".into(),
+                tunnel: "home.web".into(),
+                kind: "http".into(),
                 up: true,
                 ..TunnelRow::default()
             },

@@ -4,13 +4,13 @@ use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use super::{
-    query::{self, Answer, Request},
-    store::open_read_only,
-};
 use crate::{
     config::{Config, Overrides},
     frp::client::{Endpoint, GetError, get_any},
+    history::{
+        query::{self, Answer, Request},
+        store::open_read_only,
+    },
     time::unix_ms,
 };
 

@@ -16,8 +16,11 @@ use ratatui::{
     widgets::{Block, Cell, Gauge, Paragraph, Row, Table, Wrap},
 };
 
-use super::{ClientArgs, FetchError, bytes, fetch_status, fit, ibytes, model::Status};
-use crate::frp::client::Endpoint;
+use super::{ClientArgs, FetchError, bytes, fetch_status, fit, ibytes};
+use crate::{
+    api::{status::Status, tunnels::TunnelRow},
+    frp::client::Endpoint,
+};
 
 #[derive(Clone, Debug, Args)]
 pub struct TopArgs {
@@ -81,26 +84,26 @@ pub fn sparkline(values: &[f64], width: usize) -> String {
         .collect()
 }
 
-fn sorted(s: &Status, sort: Sort) -> Vec<&super::model::TunnelRow> {
+fn sorted(s: &Status, sort: Sort) -> Vec<&TunnelRow> {
     let mut rows: Vec<_> = s.tunnels.iter().collect();
     match sort {
         Sort::Bandwidth => rows.sort_by(|a, b| {
             b.bandwidth()
                 .total_cmp(&a.bandwidth())
-                .then(a.name.cmp(&b.name))
+                .then(a.tunnel.cmp(&b.tunnel))
         }),
         Sort::Connections => rows.sort_by(|a, b| {
             b.connections_active
                 .unwrap_or(0)
                 .cmp(&a.connections_active.unwrap_or(0))
-                .then(a.name.cmp(&b.name))
+                .then(a.tunnel.cmp(&b.tunnel))
         }),
         Sort::Errors => rows.sort_by(|a, b| {
-            (b.errors_total + b.refused_total)
-                .cmp(&(a.errors_total + a.refused_total))
-                .then(a.name.cmp(&b.name))
+            (b.errors_total() + b.connections_refused_total.unwrap_or(0))
+                .cmp(&(a.errors_total() + a.connections_refused_total.unwrap_or(0)))
+                .then(a.tunnel.cmp(&b.tunnel))
         }),
-        Sort::Name => rows.sort_by(|a, b| a.name.cmp(&b.name)),
+        Sort::Name => rows.sort_by(|a, b| a.tunnel.cmp(&b.tunnel)),
     }
     rows
 }
@@ -237,44 +240,47 @@ fn render_tunnels(f: &mut Frame<'_>, app: &App, s: &Status, area: Rect) {
         widths.push(Constraint::Length(spark_width));
     }
     let selected = app.selected.min(s.tunnels.len().saturating_sub(1));
-    let rows: Vec<Row<'_>> =
-        sorted(s, app.sort)
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let mut cells =
-                    vec![
-                        Cell::from(t.name.clone()),
-                        Cell::from(t.port.map_or_else(
-                            || format!("-/{}", t.proto),
-                            |p| format!("{p}/{}", t.proto),
-                        )),
-                        Cell::from(if t.up { "up" } else { "DOWN" })
-                            .style(Style::new().fg(if t.up { Color::Green } else { Color::Red })),
-                        Cell::from(rate(t.receive_bytes_per_second)),
-                        Cell::from(rate(t.transmit_bytes_per_second)),
-                        Cell::from(
-                            t.connections_active
-                                .map_or_else(|| "-".into(), |c| c.to_string()),
-                        ),
-                        Cell::from((t.errors_total + t.refused_total).to_string()),
-                    ];
-                if wide {
-                    cells.push(Cell::from(
-                        app.sparks
-                            .get(&t.name)
-                            .map(|v| sparkline(v, usize::from(spark_width)))
-                            .unwrap_or_default(),
-                    ));
-                }
-                let row = Row::new(cells);
-                if i == selected {
-                    row.style(Style::new().add_modifier(Modifier::REVERSED))
+    let rows: Vec<Row<'_>> = sorted(s, app.sort)
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut cells = vec![
+                Cell::from(t.tunnel.clone()),
+                Cell::from(
+                    t.port
+                        .map_or_else(|| format!("-/{}", t.kind), |p| format!("{p}/{}", t.proto)),
+                ),
+                Cell::from(if t.up { "up" } else { "DOWN" }).style(Style::new().fg(if t.up {
+                    Color::Green
                 } else {
-                    row
-                }
-            })
-            .collect();
+                    Color::Red
+                })),
+                Cell::from(rate(t.receive_bytes_per_second)),
+                Cell::from(rate(t.transmit_bytes_per_second)),
+                Cell::from(
+                    t.connections_active
+                        .map_or_else(|| "-".into(), |c| c.to_string()),
+                ),
+                Cell::from(
+                    (t.errors_total() + t.connections_refused_total.unwrap_or(0)).to_string(),
+                ),
+            ];
+            if wide {
+                cells.push(Cell::from(
+                    app.sparks
+                        .get(&t.tunnel)
+                        .map(|v| sparkline(v, usize::from(spark_width)))
+                        .unwrap_or_default(),
+                ));
+            }
+            let row = Row::new(cells);
+            if i == selected {
+                row.style(Style::new().add_modifier(Modifier::REVERSED))
+            } else {
+                row
+            }
+        })
+        .collect();
     let title = if s.tunnels.is_empty() {
         " tunnels: none watched ".to_owned()
     } else {
@@ -425,7 +431,7 @@ pub fn run(args: &TopArgs) -> Result<(), String> {
                             let name = app.status.as_ref().ok().and_then(|s| {
                                 let rows = sorted(s, app.sort);
                                 rows.get(app.selected.min(rows.len().saturating_sub(1)))
-                                    .map(|t| t.name.clone())
+                                    .map(|t| t.tunnel.clone())
                             });
                             if let Some(name) = name {
                                 app.peers = fetch_peers(&rt, &ep, &name).map(|d| (name, d));

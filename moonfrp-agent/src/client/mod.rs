@@ -1,7 +1,8 @@
-//! What an operator opens first over SSH: `moonfrp-agent status` (one-shot text or JSON) and
-//! `moonfrp-agent top` (a live full-screen view). Both read the running agent's API.
+//! The command-line clients of a running agent: `status` (one-shot text or JSON), `top` (a live
+//! full-screen view), `inspect` (a port's peers) and `history` (a metric over time). They read
+//! the agent's API and its typed answers ([`crate::api`]); nothing here runs inside the agent.
+pub mod history;
 pub mod inspect;
-pub mod model;
 pub mod status;
 pub mod top;
 
@@ -86,7 +87,7 @@ pub fn get(
 pub fn fetch_status(
     rt: &tokio::runtime::Runtime,
     ep: &Endpoint,
-) -> Result<model::Status, FetchError> {
+) -> Result<crate::api::status::Status, FetchError> {
     let (code, body) = get(rt, ep, "/api/v1/status")?;
     if code == 503 {
         return Err(FetchError::NoSnapshot);

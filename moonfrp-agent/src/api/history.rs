@@ -1,0 +1,175 @@
+//! `/api/v1/history` (JSON or CSV) and `/api/v1/summary`, from the history database. Queries
+//! run with their own read-only connection, at most two at a time.
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::SystemTime,
+};
+
+use serde_json::{Value, json};
+
+use super::{Answer, HistoryApi, connect, json_answer, query_error, success};
+use crate::{
+    history::query::{self, Format, QueryError, Request},
+    time::{ms_to_s, unix_ms},
+};
+
+/// `GET /api/v1/history?metric=…` (blocking).
+pub fn history(h: Option<&HistoryApi>, query_string: &str) -> Answer {
+    let now = unix_ms(SystemTime::now());
+    let run = || {
+        let (req, format) = Request::from_query(query_string, now)?;
+        let (conn, h) = connect(h)?;
+        Ok::<_, QueryError>((query::run(&conn, &h.settings, &req, now)?, format))
+    };
+    match run() {
+        Ok((a, Format::Json)) => success(&json!(a)),
+        Ok((a, Format::Csv)) => Answer {
+            status: 200,
+            content_type: "text/csv; charset=utf-8",
+            body: query::to_csv(&a),
+        },
+        Err(e) => query_error(&e),
+    }
+}
+
+/// Latest value and last-hour statistics of a list of points.
+fn stats(points: &[(f64, f64)]) -> Value {
+    let Some(last) = points.last() else {
+        return Value::Null;
+    };
+    let n = points.len() as f64;
+    let (min, max, sum) = points.iter().fold(
+        (f64::INFINITY, f64::NEG_INFINITY, 0.0),
+        |(lo, hi, s), (_, v)| (lo.min(*v), hi.max(*v), s + v),
+    );
+    json!({ "now": last.1, "avg": sum / n, "min": min, "max": max })
+}
+
+/// The headline series: per-tunnel bandwidth and connections, host CPU, memory and load.
+const TUNNEL_HEADLINES: [(&str, &str, bool); 3] = [
+    (
+        "receive_bytes_per_second",
+        "moonfrp_tunnel_receive_bytes_total",
+        true,
+    ),
+    (
+        "transmit_bytes_per_second",
+        "moonfrp_tunnel_transmit_bytes_total",
+        true,
+    ),
+    (
+        "connections_active",
+        "moonfrp_tunnel_connections_active",
+        false,
+    ),
+];
+const SYSTEM_HEADLINES: [(&str, &str); 4] = [
+    ("cpu_usage_ratio", "moonfrp_system_cpu_usage_ratio"),
+    ("memory_used_bytes", "moonfrp_system_memory_used_bytes"),
+    (
+        "memory_available_bytes",
+        "moonfrp_system_memory_available_bytes",
+    ),
+    ("load1", "moonfrp_system_load1"),
+];
+
+/// `GET /api/v1/summary` (blocking): latest value and last-hour avg/min/max of the headline
+/// series, from history.
+pub fn summary(h: Option<&HistoryApi>) -> Answer {
+    let now = unix_ms(SystemTime::now());
+    let run = || -> Result<Value, QueryError> {
+        let (conn, h) = connect(h)?;
+        let window = |metric: &str, rate: bool| -> Result<_, QueryError> {
+            let req = Request::window(metric, now - 3_600_000, now, rate);
+            match query::run(&conn, &h.settings, &req, now) {
+                Ok(a) => Ok(a.series),
+                // Nothing stored under that name yet (no tunnel of that kind).
+                Err(QueryError::UnknownMetric { .. }) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            }
+        };
+        let mut tunnels: BTreeMap<(String, String, String), serde_json::Map<String, Value>> =
+            BTreeMap::new();
+        for (field, metric, rate) in TUNNEL_HEADLINES {
+            for s in window(metric, rate)? {
+                let label = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
+                let row = tunnels
+                    .entry((label("tunnel"), label("port"), label("proto")))
+                    .or_default();
+                row.insert(field.to_owned(), stats(&s.samples));
+            }
+        }
+        let tunnels: Vec<Value> = tunnels
+            .into_iter()
+            .map(|((tunnel, port, proto), mut fields)| {
+                fields.insert("tunnel".into(), json!(tunnel));
+                fields.insert("port".into(), json!(port));
+                fields.insert("proto".into(), json!(proto));
+                Value::Object(fields)
+            })
+            .collect();
+        let mut system = serde_json::Map::new();
+        for (field, metric) in SYSTEM_HEADLINES {
+            let series = window(metric, false)?;
+            system.insert(
+                field.to_owned(),
+                series.first().map_or(Value::Null, |s| stats(&s.samples)),
+            );
+        }
+        Ok(json!({
+            "status": "success",
+            "data": {
+                "time": ms_to_s(now),
+                "window_seconds": 3600,
+                "tunnels": tunnels,
+                "system": system,
+            }
+        }))
+    };
+    match run() {
+        Ok(v) => json_answer(200, &v),
+        Err(e) => query_error(&e),
+    }
+}
+
+/// Per tunnel name: connections refused and errors (resets + retransmits) over the last hour,
+/// from history (blocking; empty without history).
+pub(crate) fn last_hour(h: Option<&HistoryApi>, now: i64) -> HashMap<String, (f64, f64)> {
+    let mut out: HashMap<String, (f64, f64)> = HashMap::new();
+    let Ok((conn, h)) = connect(h) else {
+        return out;
+    };
+    for (metric, refused) in [
+        ("moonfrp_tunnel_connections_refused_total", true),
+        ("moonfrp_tunnel_resets_sent_total", false),
+        ("moonfrp_tunnel_resets_received_total", false),
+        ("moonfrp_tunnel_retransmits_total", false),
+    ] {
+        let req = Request::window(metric, now - 3_600_000, now, false);
+        let Ok(a) = query::run(&conn, &h.settings, &req, now) else {
+            continue;
+        };
+        for s in a.series {
+            let increase: f64 = s
+                .samples
+                .windows(2)
+                .map(|w| {
+                    if w[1].1 >= w[0].1 {
+                        w[1].1 - w[0].1
+                    } else {
+                        w[1].1
+                    }
+                })
+                .sum();
+            let e = out
+                .entry(s.labels.get("tunnel").cloned().unwrap_or_default())
+                .or_default();
+            if refused {
+                e.0 += increase;
+            } else {
+                e.1 += increase;
+            }
+        }
+    }
+    out
+}
