@@ -31,10 +31,12 @@ use crate::{
     sys,
 };
 
-/// Every interval encodes the snapshot (megabytes at 1,000 tunnels) and reads it back on other
-/// threads. glibc's defaults keep such freed blocks in per-thread arenas and raise the mmap
-/// threshold after the first one is freed, so RSS settles far above what is live (55 MiB at
-/// 1,000 tunnels, 37 MiB with these settings; README, Performance).
+/// Every interval builds the snapshot's series (tens of thousands of small blocks at 1,000
+/// tunnels) on the collection thread and frees them on whichever thread drops them last (the
+/// history writer, a scrape). glibc's defaults give each thread its own arena and raise the mmap
+/// threshold after the first large block is freed, so RSS settles above what is live. Measured
+/// side by side (1,000 tunnels up, 1 s interval, 60 s): 39.4 MiB with these settings, 42.6 MiB
+/// without; at 100 tunnels 17.7 vs 20.0 MiB; CPU within noise.
 fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator parameters; called before any thread starts.

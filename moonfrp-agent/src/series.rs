@@ -5,11 +5,38 @@
 use std::{fmt, ops::Deref, sync::Arc};
 
 /// A label value: a static word or a shared string (a tunnel's name and port are made once per
-/// snapshot and shared by all its series).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// snapshot and shared by all its series). Compared and hashed by its text, whichever the
+/// variant: label sets key alert instances and history series across snapshots.
+#[derive(Clone, Debug)]
 pub enum Text {
     Static(&'static str),
     Shared(Arc<str>),
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialOrd for Text {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Text {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
 }
 
 impl Text {

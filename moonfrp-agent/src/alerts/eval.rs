@@ -15,26 +15,6 @@ use crate::{
     series::{Labels, Point, Series},
 };
 
-/// A label set as one string (`k=v` joined by NUL), to key instances and join divisors.
-fn label_key(labels: &Labels) -> String {
-    let mut key = String::new();
-    for (i, (k, v)) in labels.iter().enumerate() {
-        if i > 0 {
-            key.push('\0');
-        }
-        key.push_str(k);
-        key.push('=');
-        key.push_str(v);
-    }
-    key
-}
-
-/// A point of a series some rule reads, with its label key.
-struct Seen<'a> {
-    point: Point<'a>,
-    key: String,
-}
-
 /// An alert as channels, the API and history see it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Alert {
@@ -68,6 +48,8 @@ pub struct Evaluation {
 
 struct Tracked {
     instance: Instance,
+    /// The evaluation that last saw its series.
+    seen: u64,
     labels: BTreeMap<String, String>,
     value: f64,
     /// When the condition started to hold (kept for the resolve).
@@ -81,15 +63,20 @@ struct Tracked {
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
+/// Label sets key instances and counters by content (each snapshot's sets are new allocations):
+/// a key is a reference-counted copy of the series' own set, so an evaluation allocates nothing
+/// per series.
 pub struct Engine {
     rules: Vec<(Rule, Timing)>,
-    instances: Map<(usize, String), Tracked>,
+    instances: Map<(usize, Labels), Tracked>,
     /// Previous value of every counter some rule takes a rate or increase of, by sample name
-    /// and label key.
-    prev: Map<(String, String), (i64, f64)>,
+    /// and label set.
+    prev: Map<String, Map<Labels, (i64, f64)>>,
     counters: Set<String>,
     /// Every sample name a rule reads (metrics and divisors).
     used: Set<String>,
+    /// Evaluations so far.
+    generation: u64,
 }
 
 impl Engine {
@@ -120,37 +107,39 @@ impl Engine {
             prev: Map::default(),
             counters,
             used,
+            generation: 0,
         }
     }
 
     pub fn evaluate(&mut self, now: i64, series: &Series) -> Evaluation {
-        let mut by_name: Map<&str, Vec<Seen<'_>>> = Map::default();
+        let mut by_name: Map<&str, Vec<Point<'_>>> = Map::default();
         for point in series.points_where(|n| self.used.contains(n)) {
             if self.used.contains(point.name) {
-                by_name.entry(point.name).or_default().push(Seen {
-                    key: label_key(point.labels),
-                    point,
-                });
+                by_name.entry(point.name).or_default().push(point);
             }
         }
+        self.generation += 1;
+        let generation = self.generation;
         let mut out = Evaluation::default();
-        let mut seen: Set<(usize, String)> = Set::default();
         for ri in 0..self.rules.len() {
-            for (raw, (labels, value)) in self.observe(ri, &by_name, now) {
+            for (labels, value) in self.observe(ri, &by_name, now) {
                 let (rule, timing) = &self.rules[ri];
                 let verdict = rule.judge(value);
-                let key = (ri, raw);
-                seen.insert(key.clone());
-                let t = self.instances.entry(key).or_insert_with(|| Tracked {
-                    instance: Instance::default(),
-                    labels: labels
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), v.to_string()))
-                        .collect(),
-                    value,
-                    since: now,
-                    current: None,
-                });
+                let t = self
+                    .instances
+                    .entry((ri, labels.clone()))
+                    .or_insert_with(|| Tracked {
+                        instance: Instance::default(),
+                        seen: generation,
+                        labels: labels
+                            .iter()
+                            .map(|(k, v)| ((*k).to_owned(), v.to_string()))
+                            .collect(),
+                        value,
+                        since: now,
+                        current: None,
+                    });
+                t.seen = generation;
                 let before = t.instance;
                 let note = t.instance.step(now, verdict, timing);
                 if t.instance != before || t.value.to_bits() != value.to_bits() {
@@ -164,22 +153,25 @@ impl Engine {
             }
         }
         // Instances whose series went away resolve.
-        for (key, t) in &mut self.instances {
-            if !seen.contains(key) {
-                let (rule, timing) = &self.rules[key.0];
+        for ((ri, _), t) in &mut self.instances {
+            if t.seen != generation {
+                let (rule, timing) = &self.rules[*ri];
                 let note = t.instance.step(now, None, timing);
                 t.current = None;
                 emit(rule, t, note, now, &mut out);
             }
         }
         self.instances
-            .retain(|k, t| seen.contains(k) || t.instance.is_active());
+            .retain(|_, t| t.seen == generation || t.instance.is_active());
         self.prev = by_name
             .iter()
             .filter(|(name, _)| self.counters.contains(**name))
-            .flat_map(|(name, seen)| {
-                seen.iter()
-                    .map(move |s| (((*name).to_owned(), s.key.clone()), (now, s.point.value)))
+            .map(|(name, points)| {
+                let values = points
+                    .iter()
+                    .map(|p| (p.labels.clone(), (now, p.value)))
+                    .collect();
+                ((*name).to_owned(), values)
             })
             .collect();
         out.active
@@ -191,14 +183,14 @@ impl Engine {
     fn observe<'a>(
         &self,
         ri: usize,
-        by_name: &Map<&str, Vec<Seen<'a>>>,
+        by_name: &Map<&str, Vec<Point<'a>>>,
         now: i64,
-    ) -> BTreeMap<String, (&'a Labels, f64)> {
+    ) -> BTreeMap<&'a Labels, f64> {
         let rule = &self.rules[ri].0;
-        let mut groups: BTreeMap<String, (&'a Labels, f64)> = BTreeMap::new();
+        let mut groups: BTreeMap<&'a Labels, f64> = BTreeMap::new();
         for metric in &rule.metrics {
-            for seen in by_name.get(metric.as_str()).into_iter().flatten() {
-                let p = &seen.point;
+            let prev = self.prev.get(metric.as_str());
+            for p in by_name.get(metric.as_str()).into_iter().flatten() {
                 if !rule.matchers.iter().all(|(k, v)| {
                     p.labels
                         .iter()
@@ -209,9 +201,7 @@ impl Engine {
                 let v = match rule.func {
                     Func::Value => p.value,
                     Func::Rate | Func::Increase => {
-                        let Some(&(ts, before)) =
-                            self.prev.get(&(metric.clone(), seen.key.clone()))
-                        else {
+                        let Some(&(ts, before)) = prev.and_then(|m| m.get(p.labels)) else {
                             continue;
                         };
                         let obs = |ts, value| Obs {
@@ -231,32 +221,28 @@ impl Engine {
                         }
                     }
                 };
-                let g = groups
-                    .entry(seen.key.clone())
-                    .or_insert_with(|| (p.labels, 0.0));
-                g.1 += v;
+                *groups.entry(p.labels).or_insert(0.0) += v;
             }
         }
         if let Some(div) = &rule.divide_by {
-            let divisors: Map<&str, f64> = by_name
+            let divisors: Map<&Labels, f64> = by_name
                 .get(div.as_str())
                 .into_iter()
                 .flatten()
-                .map(|s| (s.key.as_str(), s.point.value))
+                .map(|p| (p.labels, p.value))
                 .collect();
-            let single = (divisors.len() == 1)
-                .then(|| divisors.get(""))
-                .flatten()
-                .copied();
-            groups.retain(
-                |raw, (_, v)| match divisors.get(raw.as_str()).copied().or(single) {
-                    Some(d) if d != 0.0 => {
-                        *v /= d;
-                        true
-                    }
-                    _ => false,
-                },
-            );
+            // One divisor without labels divides every group.
+            let single = match divisors.iter().next() {
+                Some((labels, v)) if divisors.len() == 1 && labels.is_empty() => Some(*v),
+                _ => None,
+            };
+            groups.retain(|labels, v| match divisors.get(labels).copied().or(single) {
+                Some(d) if d != 0.0 => {
+                    *v /= d;
+                    true
+                }
+                _ => false,
+            });
         }
         groups
     }
