@@ -150,6 +150,34 @@ pub fn http_request(
     Ok((status, content_type, body.to_owned()))
 }
 
+/// A minimal HTTP/1.0 GET with extra header lines (`"Accept-Encoding: gzip"`): the response
+/// head, lower-cased, and the raw body bytes.
+pub fn http_get_raw(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[&str],
+) -> std::io::Result<(String, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    s.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no end of the response head"))?;
+    Ok((
+        String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase(),
+        raw[at + 4..].to_vec(),
+    ))
+}
+
 /// Accepts one connection on 127.0.0.1:`port` and sends it `bytes` bytes from a client;
 /// returns once the server has read them all.
 pub fn send_tcp(port: u16, bytes: usize) {

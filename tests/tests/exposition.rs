@@ -3,10 +3,9 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write},
     net::{Ipv4Addr, TcpListener, TcpStream},
-    time::Duration,
 };
 
-use moonfrp_tests::{Agent, AgentCmd, Metrics, free_port, poll, promtool_check};
+use moonfrp_tests::{Agent, AgentCmd, Metrics, free_port, http_get_raw, poll, promtool_check};
 
 #[test]
 fn metrics_pass_promtool_and_scrapes_are_stable() {
@@ -96,20 +95,7 @@ fn openmetrics_on_request_and_health_endpoints() {
 
 /// `GET /metrics` with `Accept-Encoding: gzip`: the headers and the raw body.
 fn scrape_gzip(agent: &Agent) -> (String, Vec<u8>) {
-    let mut s = TcpStream::connect(agent.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.0\r\nHost: agent\r\nAccept-Encoding: gzip\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    (
-        String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase(),
-        raw[at + 4..].to_vec(),
-    )
+    http_get_raw(agent.addr, "/metrics", &["Accept-Encoding: gzip"]).unwrap()
 }
 
 #[test]

@@ -102,3 +102,23 @@ pub fn prog_stats(pid: u32) -> anyhow::Result<BTreeMap<String, ProgStats>> {
     }
     Ok(out)
 }
+
+/// CPU time, in nanoseconds, of the threads of `pid` named `comm` (the first field of each
+/// thread's schedstat): the share of one thread pool in a process's CPU.
+pub fn threads_ns(pid: u32, comm: &str) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = task?.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if name.trim_end() != comm {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}

@@ -93,6 +93,24 @@ pub struct Scrape {
     pub openmetrics_ms_median: f64,
     pub openmetrics_bytes: usize,
     pub snapshot_ms_median: f64,
+    /// CPU per scrape as Prometheus asks (OpenMetrics, gzip).
+    pub prometheus: ScrapeCpu,
+    /// CPU per scrape of plain text 0.0.4 without compression.
+    pub plain: ScrapeCpu,
+    /// node_exporter (default collectors) CPU per scrape on this machine, as Prometheus asks.
+    pub node_exporter_cpu_ms: f64,
+    pub node_exporter_bytes: usize,
+}
+
+/// The agent's CPU per scrape of one format (medians, ms of one core).
+#[derive(Clone, Debug, Serialize)]
+pub struct ScrapeCpu {
+    /// The first scrape after a snapshot: renders (and compresses) it.
+    pub first_ms: f64,
+    /// Any further scrape of that snapshot: copies the kept bytes.
+    pub cached_ms: f64,
+    /// Bytes on the wire.
+    pub bytes: usize,
 }
 
 /// Everything one run measured.
@@ -105,7 +123,10 @@ pub struct Report {
     pub kernel_cost: Vec<KernelCost>,
     pub ab: Vec<AbResult>,
     pub scrape: Scrape,
+    /// The budget: the run fails if one is broken.
     pub verdicts: Vec<report::Verdict>,
+    /// Design targets, stricter than the budget: reported, not enforced.
+    pub targets: Vec<report::Verdict>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -179,8 +200,10 @@ pub fn run(opts: &Opts) -> anyhow::Result<Report> {
         ab: ab_results,
         scrape,
         verdicts: Vec::new(),
+        targets: Vec::new(),
     };
     r.verdicts = report::verdicts(&r);
+    r.targets = report::targets(&r);
     report::print(&r, started.elapsed());
     let json = out.join("overhead.json");
     std::fs::write(&json, serde_json::to_string_pretty(&r)?)
@@ -248,6 +271,22 @@ impl Report {
         );
         finite("scrape time", self.scrape.text_ms_median)?;
         finite("snapshot time", self.scrape.snapshot_ms_median)?;
+        for (what, c) in [
+            ("prometheus", &self.scrape.prometheus),
+            ("plain", &self.scrape.plain),
+        ] {
+            finite(&format!("{what} first-scrape CPU"), c.first_ms)?;
+            finite(&format!("{what} cached-scrape CPU"), c.cached_ms)?;
+            ensure!(c.bytes > 0, "empty {what} scrape");
+        }
+        finite(
+            "node_exporter CPU per scrape",
+            self.scrape.node_exporter_cpu_ms,
+        )?;
+        ensure!(
+            self.scrape.node_exporter_bytes > 0,
+            "empty node_exporter scrape"
+        );
         ensure!(
             !self.verdicts.is_empty(),
             "no verdict (the 60 s interval was not measured)"

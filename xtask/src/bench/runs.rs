@@ -8,7 +8,9 @@ use std::{
 use anyhow::{Context as _, ensure};
 use moonfrp_tests::{Agent, AgentCmd, free_port, http_get};
 
-use super::{AbResult, AgentCpu, KernelCost, Kind, Opts, Scrape, load, measure, median, report};
+use super::{
+    AbResult, AgentCpu, KernelCost, Kind, Opts, Scrape, ScrapeCpu, load, measure, median, report,
+};
 
 fn parse_interval(s: &str) -> anyhow::Result<Duration> {
     let secs = s
@@ -34,6 +36,49 @@ fn tunnels_config(dir: &std::path::Path, n: u32, base: u16) -> anyhow::Result<Pa
     let path = dir.join(format!("tunnels-{n}.toml"));
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// Listeners on `n` ports from `base`, except `skip` (the load's own servers bind those): each
+/// tunnel is up, as on a working frps, so the agent does the work of a healthy server (a
+/// thousand tunnels down would be a thousand alerts firing).
+fn listeners(base: u16, n: u32, skip: &[u16]) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    raise_nofile(u64::from(n) + 1024)?;
+    (0..n)
+        .map(|i| base + i as u16)
+        .filter(|p| !skip.contains(p))
+        .map(|port| {
+            std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).with_context(|| {
+                format!(
+                    "cannot listen on 127.0.0.1:{port} for tunnel t{}",
+                    port - base
+                )
+            })
+        })
+        .collect()
+}
+
+/// Raises this process's open-file limit to at least `want` (within the hard limit).
+fn raise_nofile(want: u64) -> anyhow::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        ensure!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0,
+            "getrlimit failed"
+        );
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            ensure!(
+                libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) == 0,
+                "cannot raise the open-file limit to {want}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Background load for the CPU table, at fixed rates, until `stop`.
@@ -75,6 +120,8 @@ pub(super) fn agent_cpu(
         .map(|s| parse_interval(s))
         .collect::<Result<_, _>>()?;
     let base = 40_000;
+    let tunnels_max = opts.tunnels.iter().copied().max().unwrap_or(0);
+    let _up = listeners(base, tunnels_max, &[base, base + 2])?;
     // Every agent (one per tunnel count and interval) runs at once: each one's CPU is its own.
     let mut agents = Vec::new();
     for &n in &opts.tunnels {
@@ -238,8 +285,12 @@ pub(super) fn scrape(
     quick: bool,
 ) -> anyhow::Result<Scrape> {
     let config = tunnels_config(dir, n, 50_000)?;
+    let _up = listeners(50_000, n, &[])?;
+    // 2 s: new snapshots often enough to measure the first scrape of each a few times, far
+    // enough apart for a burst of scrapes to see one snapshot only.
     let agent = AgentCmd::new(&["--config", config.to_str().context("utf-8 path")?])
         .bin(bin)
+        .interval("2s")
         .log_level("warn")
         .start();
     let rounds = if quick { 10 } else { 50 };
@@ -266,6 +317,12 @@ pub(super) fn scrape(
     };
     let (text_ms, text_bytes) = time(None)?;
     let (om_ms, om_bytes) = time(Some("application/openmetrics-text"))?;
+    let (samples, burst) = if quick { (3, 10) } else { (10, 40) };
+    let prometheus = scrape_cpu(&agent, PROMETHEUS_HEADERS, samples, burst)?;
+    let plain = scrape_cpu(&agent, &[], samples, burst)?;
+    drop(agent);
+    let (node_exporter_cpu_ms, node_exporter_bytes) =
+        node_exporter_cpu(if quick { 10 } else { 40 })?;
     Ok(Scrape {
         tunnels: n,
         text_ms_median: text_ms,
@@ -273,5 +330,113 @@ pub(super) fn scrape(
         openmetrics_ms_median: om_ms,
         openmetrics_bytes: om_bytes,
         snapshot_ms_median: median(&mut snaps),
+        prometheus,
+        plain,
+        node_exporter_cpu_ms,
+        node_exporter_bytes,
     })
+}
+
+/// What Prometheus sends (its default scrape protocols and gzip).
+const PROMETHEUS_HEADERS: &[&str] = &[
+    "Accept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.2,*/*;q=0.1",
+    "Accept-Encoding: gzip",
+];
+
+/// Time of the agent's latest snapshot, from `/api/v1/status` (which renders no exposition).
+fn snapshot_time(agent: &Agent) -> anyhow::Result<f64> {
+    let (status, _, body) = http_get(agent.addr, "/api/v1/status", None)?;
+    ensure!(status == 200, "/api/v1/status answered {status}");
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    v["data"]["time"]
+        .as_f64()
+        .context("no data.time in /api/v1/status")
+}
+
+fn get(addr: std::net::SocketAddr, headers: &[&str]) -> anyhow::Result<usize> {
+    let (head, body) = moonfrp_tests::http_get_raw(addr, "/metrics", headers)?;
+    ensure!(
+        head.starts_with("http/1.1 200") || head.starts_with("http/1.0 200"),
+        "scrape failed: {head}"
+    );
+    Ok(body.len())
+}
+
+/// CPU of the agent's serving threads per scrape with `headers`: the first scrape after each of
+/// `samples` new snapshots (it renders), and a burst of `burst` scrapes after it (copies).
+/// Scrapes are served on the runtime's threads (named `moonfrp`); collection, alerts and history
+/// run on threads of their own and are not counted.
+fn scrape_cpu(
+    agent: &Agent,
+    headers: &[&str],
+    samples: usize,
+    burst: usize,
+) -> anyhow::Result<ScrapeCpu> {
+    let pid = agent.pid();
+    let workers = || measure::threads_ns(pid, "moonfrp");
+    let (mut first, mut cached, mut bytes) = (Vec::new(), Vec::new(), 0);
+    let deadline = Instant::now() + Duration::from_secs(60 + 6 * samples as u64);
+    while first.len() < samples {
+        ensure!(
+            Instant::now() < deadline,
+            "too few quiet snapshots to measure the scrape CPU"
+        );
+        let seen = snapshot_time(agent)?;
+        while snapshot_time(agent)? == seen {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let now = snapshot_time(agent)?;
+        let t0 = workers()?;
+        bytes = get(agent.addr, headers)?;
+        let t1 = workers()?;
+        for _ in 0..burst {
+            get(agent.addr, headers)?;
+        }
+        let t2 = workers()?;
+        // A snapshot inside the burst would make one of its scrapes a first one: drop the round.
+        if snapshot_time(agent)? == now {
+            first.push((t1 - t0) as f64 / 1e6);
+            cached.push((t2 - t1) as f64 / 1e6 / burst as f64);
+        }
+    }
+    Ok(ScrapeCpu {
+        first_ms: median(&mut first),
+        cached_ms: median(&mut cached),
+        bytes,
+    })
+}
+
+/// node_exporter with its default collectors on this machine: CPU per scrape (gzip, as
+/// Prometheus asks), the whole process, less its idle rate.
+fn node_exporter_cpu(scrapes: usize) -> anyhow::Result<(f64, usize)> {
+    crate::setup::debian_packages(&["prometheus-node-exporter"])?;
+    let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, free_port()));
+    let ne = moonfrp_tests::Daemon::start(
+        "prometheus-node-exporter",
+        &[&format!("--web.listen-address={addr}")],
+    );
+    let headers = PROMETHEUS_HEADERS;
+    let started = Instant::now();
+    let bytes = loop {
+        match get(addr, headers) {
+            Ok(b) => break b,
+            Err(e) if started.elapsed() > Duration::from_secs(30) => {
+                anyhow::bail!("node_exporter did not answer: {e:#}\n{}", ne.log())
+            }
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    for _ in 0..3 {
+        get(addr, headers)?;
+    }
+    let cpu_ns = || measure::cpu(ne.pid()).map(|c| c.ns);
+    let (c0, t0) = (cpu_ns()?, Instant::now());
+    thread::sleep(Duration::from_secs(1));
+    let idle_per_s = (cpu_ns()? - c0) as f64 / t0.elapsed().as_secs_f64();
+    let (c1, t1) = (cpu_ns()?, Instant::now());
+    for _ in 0..scrapes {
+        get(addr, headers)?;
+    }
+    let used = (cpu_ns()? - c1) as f64 - idle_per_s * t1.elapsed().as_secs_f64();
+    Ok((used / 1e6 / scrapes as f64, bytes))
 }
