@@ -40,6 +40,12 @@ enum Command {
     /// Measure the history store: write cost and disk bytes per day at 100 and 1,000 tunnels,
     /// query times, and the agent's memory with a day stored (root). Writes history.json.
     BenchHistory(bench_history::Opts),
+    /// The floor process of bench-overhead's CPU table (not for direct use).
+    #[command(hide = true)]
+    BenchFloor {
+        #[arg(long)]
+        interval_ms: u64,
+    },
     /// Set up (with test packages), then run every test: unit tests and the privileged
     /// integration tests (needs root).
     Test,
@@ -54,6 +60,9 @@ fn main() -> ExitCode {
         Command::Run { args } => run::run(&args),
         Command::BenchOverhead(opts) => bench::run(&opts).map(|_| ()),
         Command::BenchHistory(opts) => bench_history::run(&opts).map(|_| ()),
+        Command::BenchFloor { interval_ms } => {
+            bench::floor::run(std::time::Duration::from_millis(interval_ms))
+        }
         Command::Test => test::all(),
     };
     match result {

@@ -1,6 +1,7 @@
 //! `cargo xtask bench-overhead`: the agent's CPU and memory, the kernel hooks' cost, the datapath
 //! with programs attached vs not (interleaved A/B pairs, with an A/A control), and the scrape.
 //! Prints a table, writes `overhead.json`, and gives a verdict per budget.
+pub mod floor;
 mod load;
 pub mod measure;
 mod report;
@@ -53,6 +54,15 @@ pub struct AgentCpu {
     pub collections_in_window: u64,
     /// "measured", or "estimated" (idle rate + cost of one collection / interval).
     pub method: &'static str,
+}
+
+/// The floor at one interval: a process that wakes and reads the host's /proc files (see
+/// [`floor`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct FloorCpu {
+    pub interval_s: f64,
+    pub cpu_pct_ns: f64,
+    pub passes_in_window: f64,
 }
 
 /// Cost of one BPF program under one load, over all the runs with programs attached.
@@ -120,6 +130,7 @@ pub struct Report {
     pub cpus: usize,
     pub kernel: String,
     pub agent_cpu: Vec<AgentCpu>,
+    pub floor: Vec<FloorCpu>,
     pub kernel_cost: Vec<KernelCost>,
     pub ab: Vec<AbResult>,
     pub scrape: Scrape,
@@ -162,7 +173,7 @@ pub fn run(opts: &Opts) -> anyhow::Result<Report> {
         .context("cannot enable BPF run-time statistics")?;
     let started = Instant::now();
 
-    let agent_cpu = runs::agent_cpu(opts, &bin, scratch.path())?;
+    let (agent_cpu, floor) = runs::agent_cpu(opts, &bin, scratch.path())?;
     eprintln!("bench: agent CPU done at {:.0?}", started.elapsed());
     let (pairs, dur) = if opts.quick {
         (5, Duration::from_millis(300))
@@ -196,6 +207,7 @@ pub fn run(opts: &Opts) -> anyhow::Result<Report> {
             .trim()
             .to_owned(),
         agent_cpu,
+        floor,
         kernel_cost,
         ab: ab_results,
         scrape,
@@ -228,6 +240,13 @@ impl Report {
             self.agent_cpu.len() == opts.tunnels.len() * opts.interval.len(),
             "agent CPU table incomplete"
         );
+        ensure!(
+            self.floor.len() == opts.interval.len(),
+            "floor rows incomplete"
+        );
+        for f in &self.floor {
+            finite("floor cpu %", f.cpu_pct_ns)?;
+        }
         for a in &self.agent_cpu {
             finite("agent cpu % (stat)", a.cpu_pct_stat)?;
             finite("agent cpu % (ns)", a.cpu_pct_ns)?;

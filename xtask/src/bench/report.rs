@@ -193,6 +193,15 @@ pub fn print(r: &Report, took: Duration) {
             a.window_s
         );
     }
+    println!(
+        "floor: a process waking every interval to read the host's /proc files (what the host collectors read), no tunnels"
+    );
+    for f in &r.floor {
+        println!(
+            "{:>8} {:>8}s {:>12} {:>13.4}",
+            "floor", f.interval_s, "", f.cpu_pct_ns
+        );
+    }
     println!("\nKernel programs (BPF run-time stats, runs with programs attached, flat-out load)");
     println!(
         "{:>10} {:<16} {:>12} {:>9} {:>12}",

@@ -9,7 +9,8 @@ use anyhow::{Context as _, ensure};
 use moonfrp_tests::{Agent, AgentCmd, free_port, http_get};
 
 use super::{
-    AbResult, AgentCpu, KernelCost, Kind, Opts, Scrape, ScrapeCpu, load, measure, median, report,
+    AbResult, AgentCpu, FloorCpu, KernelCost, Kind, Opts, Scrape, ScrapeCpu, load, measure, median,
+    report,
 };
 
 fn parse_interval(s: &str) -> anyhow::Result<Duration> {
@@ -109,11 +110,38 @@ fn background_load(
         .collect()
 }
 
+/// A floor process (see [`super::floor`]), killed when dropped.
+struct Floor {
+    child: std::process::Child,
+    interval: Duration,
+}
+
+impl Floor {
+    fn start(interval: Duration) -> anyhow::Result<Self> {
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "bench-floor",
+                "--interval-ms",
+                &interval.as_millis().to_string(),
+            ])
+            .spawn()
+            .context("cannot start the floor process")?;
+        Ok(Self { child, interval })
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub(super) fn agent_cpu(
     opts: &Opts,
     bin: &std::path::Path,
     dir: &std::path::Path,
-) -> anyhow::Result<Vec<AgentCpu>> {
+) -> anyhow::Result<(Vec<AgentCpu>, Vec<FloorCpu>)> {
     let intervals: Vec<Duration> = opts
         .interval
         .iter()
@@ -134,6 +162,10 @@ pub(super) fn agent_cpu(
             agents.push((n, iv, cmd.start()));
         }
     }
+    let floors: Vec<Floor> = intervals
+        .iter()
+        .map(|&iv| Floor::start(iv))
+        .collect::<anyhow::Result<_>>()?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = background_load(base, &stop);
     let longest = intervals
@@ -160,9 +192,26 @@ pub(super) fn agent_cpu(
             Ok((measure::cpu(a.pid())?, s))
         })
         .collect::<anyhow::Result<_>>()?;
+    let floor_before: Vec<measure::Cpu> = floors
+        .iter()
+        .map(|f| measure::cpu(f.child.id()))
+        .collect::<anyhow::Result<_>>()?;
     let started = Instant::now();
     thread::sleep(window);
     let wall = started.elapsed().as_secs_f64();
+    let floor = floors
+        .iter()
+        .zip(&floor_before)
+        .map(|(f, b)| {
+            let after = measure::cpu(f.child.id())?;
+            Ok(FloorCpu {
+                interval_s: f.interval.as_secs_f64(),
+                cpu_pct_ns: after.ns.saturating_sub(b.ns) as f64 / 1e9 / wall * 100.0,
+                passes_in_window: wall / f.interval.as_secs_f64(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    drop(floors);
     let mut rows = Vec::new();
     for ((n, iv, a), (b, s0)) in agents.iter().zip(&before) {
         let after = measure::cpu(a.pid())?;
@@ -189,7 +238,7 @@ pub(super) fn agent_cpu(
     if opts.quick {
         report::estimate_long_intervals(&mut rows);
     }
-    Ok(rows)
+    Ok((rows, floor))
 }
 
 fn snapshots(a: &Agent) -> u64 {
