@@ -70,19 +70,13 @@ pub fn all() -> anyhow::Result<()> {
     let ws = root();
     lint(&ws)?;
     let mut tally = Tally::default();
-    let unit = [
-        "test",
-        "--lib",
-        "--bins",
-        "--tests",
-        "-p",
-        "moonfrp-common",
-        "-p",
-        "moonfrp-agent",
-        "-p",
-        "xtask",
-    ];
-    cargo_test(cargo().current_dir(&ws).args(unit), &mut tally)?;
+    cargo_test(
+        cargo()
+            .current_dir(&ws)
+            .args(["test", "--lib", "--bins", "--tests"])
+            .args(packages(UNIT_TESTED)),
+        &mut tally,
+    )?;
     sh(cargo()
         .current_dir(&ws)
         .args(["build", "-p", "moonfrp-agent"]))?;
@@ -126,24 +120,23 @@ fn lint(ws: &std::path::Path) -> anyhow::Result<()> {
         .current_dir(ws)
         .args(["+nightly", "fmt", "--all", "--", "--check"]))
     .context("the code is not formatted: run `cargo +nightly fmt --all`")?;
-    sh(cargo().current_dir(ws).args([
-        "clippy",
-        "-p",
-        "moonfrp-common",
-        "-p",
-        "moonfrp-agent",
-        "-p",
-        "xtask",
-        "-p",
-        "moonfrp-tests",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))
+    sh(cargo()
+        .current_dir(ws)
+        .arg("clippy")
+        .args(packages(UNIT_TESTED))
+        .args(["-p", "moonfrp-tests"])
+        .args(["--all-targets", "--", "-D", "warnings"]))
     .context("clippy found something: see above")?;
     println!("lint: rustfmt and clippy clean");
     Ok(())
+}
+
+/// The host crates whose own tests run first (the eBPF crate is never built for the host).
+const UNIT_TESTED: &[&str] = &["moonfrp-common", "moonfrp-agent", "xtask"];
+
+/// `-p NAME` for each crate.
+fn packages<'a>(crates: &[&'a str]) -> Vec<&'a str> {
+    crates.iter().flat_map(|c| ["-p", c]).collect()
 }
 
 /// `bench-overhead --quick`: the harness must produce every figure (timings are not judged).
