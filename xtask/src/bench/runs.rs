@@ -39,6 +39,28 @@ fn tunnels_config(dir: &std::path::Path, n: u32, base: u16) -> anyhow::Result<Pa
     Ok(path)
 }
 
+/// The first of `n` consecutive ports from `want` if they lie outside the kernel's ephemeral
+/// range, else the first such block after or before it. Every outgoing connection (the loads,
+/// the scrapes) takes its local port from that range, so a fixed port inside it may be taken at
+/// any moment and a listener there fails at random (`Address already in use`).
+fn port_block(want: u16, n: u32) -> anyhow::Result<u16> {
+    let path = "/proc/sys/net/ipv4/ip_local_port_range";
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let mut it = text.split_whitespace().map(str::parse::<u32>);
+    let (Some(Ok(low)), Some(Ok(high))) = (it.next(), it.next()) else {
+        anyhow::bail!("{path}: expected two port numbers, found `{}`", text.trim());
+    };
+    let clear =
+        |first: u32| first >= 1024 && first + n <= 65_536 && (first + n <= low || first > high);
+    [u32::from(want), high + 1, low.saturating_sub(n)]
+        .into_iter()
+        .find(|&first| clear(first))
+        .and_then(|first| u16::try_from(first).ok())
+        .with_context(|| {
+            format!("no {n} consecutive ports outside the ephemeral range {low}-{high} ({path})")
+        })
+}
+
 /// Listeners on `n` ports from `base`, except `skip` (the load's own servers bind those): each
 /// tunnel is up, as on a working frps, so the agent does the work of a healthy server (a
 /// thousand tunnels down would be a thousand alerts firing).
@@ -147,8 +169,8 @@ pub(super) fn agent_cpu(
         .iter()
         .map(|s| parse_interval(s))
         .collect::<Result<_, _>>()?;
-    let base = 40_000;
     let tunnels_max = opts.tunnels.iter().copied().max().unwrap_or(0);
+    let base = port_block(20_000, tunnels_max.max(3))?;
     let _up = listeners(base, tunnels_max, &[base, base + 2])?;
     // Every agent (one per tunnel count and interval) runs at once: each one's CPU is its own.
     let mut agents = Vec::new();
@@ -333,8 +355,9 @@ pub(super) fn scrape(
     n: u32,
     quick: bool,
 ) -> anyhow::Result<Scrape> {
-    let config = tunnels_config(dir, n, 50_000)?;
-    let _up = listeners(50_000, n, &[])?;
+    let base = port_block(22_000, n)?;
+    let config = tunnels_config(dir, n, base)?;
+    let _up = listeners(base, n, &[])?;
     // 2 s: new snapshots often enough to measure the first scrape of each a few times, far
     // enough apart for a burst of scrapes to see one snapshot only.
     let agent = AgentCmd::new(&["--config", config.to_str().context("utf-8 path")?])
