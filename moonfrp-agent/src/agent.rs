@@ -222,6 +222,10 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(crate::textfile::Writer::new)
         .transpose()?;
+    let web = match &config.start.server.web_config_file {
+        None => server::web_config::WebConfig::none(),
+        Some(path) => server::web_config::WebConfig::load(path).map_err(anyhow::Error::msg)?,
+    };
     let listener = TcpListener::bind(config.start.listen).await.with_context(|| {
         format!("cannot listen on {}; choose another address with --listen or `listen` in the config file", config.start.listen)
     })?;
@@ -250,6 +254,7 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
         probes_ok,
         peers,
         collector.clone(),
+        web,
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -259,7 +264,7 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
         max_connections,
         stop_rx,
     ));
-    info!(listen = %config.start.listen, interval = ?config.interval, tunnels = config.tunnels.len(), "serving /metrics");
+    info!(listen = %config.start.listen, tls = state.web.tls(), basic_auth = state.web.current().authenticates(), interval = ?config.interval, tunnels = config.tunnels.len(), "serving /metrics");
 
     let (jobs, jobs_rx) = std::sync::mpsc::channel::<Job>();
     let mut pipeline = Pipeline {
@@ -358,6 +363,7 @@ fn serve_state(
     probes_ok: bool,
     peers: (Arc<ebpf::maps::PeerTable>, u32),
     collector: Arc<Mutex<Cycle>>,
+    web: server::web_config::WebConfig,
 ) -> (Option<Alerts>, Arc<AppState>) {
     let alerts = config.start.alerts.enabled.then(|| {
         info!(
@@ -388,7 +394,7 @@ fn serve_state(
     app.alerts = alerts_shared;
     app.peers = Some(peers);
     app.collector = Some(collector);
-    (alerts, Arc::new(app.with_limits(config.start.server)))
+    (alerts, Arc::new(app.with_limits(&config.start.server, web)))
 }
 
 /// Opens the history database and starts its writer. A database that cannot be opened costs

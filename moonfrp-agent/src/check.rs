@@ -1,6 +1,6 @@
 //! `moonfrp-agent check`: validates what `run` would read — the agent's configuration (already
-//! loaded and validated by the caller) and the frp config files `[frp] configs` matches — and
-//! says what the agent would watch. No privileges needed.
+//! loaded and validated by the caller), its web config file, and the frp config files `[frp]
+//! configs` matches — and says what the agent would watch. No privileges needed.
 use std::fmt::Write as _;
 
 use crate::{
@@ -22,6 +22,23 @@ pub fn report(config: &Config) -> (String, bool) {
     );
     for t in &config.tunnels {
         let _ = writeln!(out, "  {t} (from {})", t.source.as_str());
+    }
+    if let Some(path) = &config.start.server.web_config_file {
+        match crate::server::web_config::load(path) {
+            Ok(web) => {
+                let _ = writeln!(
+                    out,
+                    "web config {}: TLS {}, {} basic auth user(s)",
+                    path.display(),
+                    if web.tls.is_some() { "on" } else { "off" },
+                    web.users.len()
+                );
+            }
+            Err(e) => {
+                ok = false;
+                let _ = writeln!(out, "{e}");
+            }
+        }
     }
     if !config.frp.enabled {
         out.push_str("frp discovery is off ([frp] enabled = false)\n");

@@ -55,6 +55,10 @@ pub struct ConfigArgs {
     /// Directory of the history database (created 0700) [default: /var/lib/moonfrp].
     #[arg(long, value_name = "DIR", env = "MOONFRP_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// TLS and basic auth for the HTTP server: a YAML file in the format of the Prometheus
+    /// exporter-toolkit (node_exporter's `--web.config.file`); re-read when it changes.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -67,6 +71,7 @@ impl ConfigArgs {
             tunnels: self.tunnels.clone(),
             textfile: self.textfile.clone(),
             data_dir: self.data_dir.clone(),
+            web_config_file: self.web_config_file.clone(),
         }
     }
 

@@ -153,6 +153,8 @@ pub struct Overrides {
     pub tunnels: Vec<String>,
     pub textfile: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
+    /// `--web.config.file`.
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -220,10 +222,13 @@ impl Config {
             .kernel
             .validate()
             .map_err(|p| invalid(file_origin, p))?;
-        let server = file
+        let mut server = file
             .server
             .validate()
             .map_err(|p| invalid(file_origin, p))?;
+        if let Some(w) = &o.web_config_file {
+            server.web_config_file = Some(w.clone());
+        }
 
         let tunnels = all_tunnels(file.tunnels, file_origin, o)?;
         if tunnels.len() > kernel.slots as usize {

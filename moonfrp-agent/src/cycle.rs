@@ -387,6 +387,7 @@ impl Cycle {
                 unwatched: self.unwatched.len() as u32,
                 config_ok: self.config_ok,
                 restart_pending: !self.restart_pending.is_empty(),
+                web_config_ok: crate::server::web_config::last_reload_successful(),
                 limits: crate::untrusted::limit_hits(),
                 errors: self.errors.clone(),
                 collectors: runs,

@@ -33,6 +33,7 @@ pub mod synthetic;
 pub mod sys;
 pub(crate) mod textfile;
 pub mod time;
+pub(crate) mod tls;
 pub mod tunnel;
 pub(crate) mod untrusted;
 pub mod watch;

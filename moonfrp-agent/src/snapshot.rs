@@ -52,6 +52,8 @@ pub struct AgentSample {
     pub config_ok: bool,
     /// The config file changes keys that only a restart applies.
     pub restart_pending: bool,
+    /// Whether the last change of the web config file loaded (true without one).
+    pub web_config_ok: bool,
     /// How often each limit on outside input was reached since start ([`crate::untrusted::Limit`]).
     pub limits: Vec<(&'static str, u64)>,
     /// Failed collections since start, by source (`kernel`, `process`, `config`, `sockets`,

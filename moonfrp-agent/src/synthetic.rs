@@ -87,6 +87,7 @@ pub fn snapshot(
             slots_capacity: watch.capacity(),
             slots_used: u32::try_from(watch.len()).unwrap_or(u32::MAX),
             config_ok: true,
+            web_config_ok: true,
             ..AgentSample::default()
         },
     }

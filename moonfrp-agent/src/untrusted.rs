@@ -263,10 +263,16 @@ pub enum Limit {
     Slots,
     /// FRP processes beyond the cap of identities were left out.
     Processes,
+    /// An HTTP request was refused 401 or 403 (no or wrong credentials, a write from
+    /// elsewhere without auth).
+    Unauthorized,
+    /// A TLS handshake failed or took too long (a client without a certificate under mutual
+    /// TLS, plain HTTP to the TLS port, a stalled client).
+    TlsHandshakes,
 }
 
 impl Limit {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::Name,
         Self::Proxies,
         Self::ResponseSize,
@@ -277,6 +283,8 @@ impl Limit {
         Self::Inspections,
         Self::Slots,
         Self::Processes,
+        Self::Unauthorized,
+        Self::TlsHandshakes,
     ];
 
     /// Label value.
@@ -292,6 +300,8 @@ impl Limit {
             Self::Inspections => "inspections",
             Self::Slots => "watch_slots",
             Self::Processes => "frp_processes",
+            Self::Unauthorized => "http_unauthorized",
+            Self::TlsHandshakes => "tls_handshakes",
         }
     }
 

@@ -21,6 +21,7 @@ pub struct AgentCmd {
     log_level: String,
     args: Vec<String>,
     data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
 }
 
 impl AgentCmd {
@@ -33,6 +34,7 @@ impl AgentCmd {
             log_level: "debug".into(),
             args: args.iter().map(ToString::to_string).collect(),
             data_dir: None,
+            listen: None,
         }
     }
 
@@ -56,6 +58,13 @@ impl AgentCmd {
     #[must_use]
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Listen here instead of on a free loopback port (`0` as the port: a free one).
+    #[must_use]
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
         self
     }
 
@@ -98,7 +107,11 @@ impl AgentCmd {
             .data_dir
             .clone()
             .unwrap_or_else(|| dir.path().join("data"));
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let addr = match self.listen {
+            Some(a) if a.port() != 0 => a,
+            Some(a) => SocketAddr::new(a.ip(), free_port()),
+            None => SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+        };
         let mut cmd = match self.wrapper.as_slice() {
             [] => Command::new(&self.bin),
             [first, rest @ ..] => {

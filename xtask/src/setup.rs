@@ -11,7 +11,8 @@ use anyhow::{Context as _, bail, ensure};
 /// bpf-linker version known to build and link here (see DESIGN.md, toolchain facts).
 const BPF_LINKER: &str = "0.13.0";
 /// Debian packages the test suite uses: prometheus (server and promtool), Alertmanager,
-/// node_exporter, tmux (drives `top`), util-linux (setpriv, unshare) and iproute2.
+/// node_exporter, tmux (drives `top`), util-linux (setpriv, unshare), iproute2, and openssl
+/// and curl (certificates for the TLS tests, an independent HTTPS client).
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-alertmanager",
@@ -19,6 +20,8 @@ const TEST_PACKAGES: &[&str] = &[
     "tmux",
     "util-linux",
     "iproute2",
+    "openssl",
+    "curl",
 ];
 
 pub fn all(test_deps: bool) -> anyhow::Result<()> {

@@ -6,7 +6,7 @@ use clap::Args;
 
 use crate::{
     config::{Config, Overrides},
-    frp::client::{Endpoint, GetError, get_any},
+    frp::client::{GetError, get_any},
     history::{
         query::{self, Answer, Request},
         store::open_read_only,
@@ -59,6 +59,8 @@ pub struct HistoryArgs {
     /// The agent's data directory [default: from the config, else /var/lib/moonfrp].
     #[arg(long, value_name = "DIR", env = "MOONFRP_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub access: super::AccessArgs,
     /// How long the agent may take to answer.
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -135,7 +137,7 @@ pub fn run(args: &HistoryArgs) -> Result<String, CliError> {
     let query_string = args.query_string(false)?;
     let path = config.start.history.db_path();
     if !args.offline {
-        match ask_agent(&config, &query_string, args.timeout) {
+        match ask_agent(&config, &args.access, &query_string, args.timeout) {
             Ok(answer) => return Ok(render(&answer, args.csv)),
             Err(Some(e)) => return Err(e),
             // An agent at an address of the user's choosing keeps its history where its own
@@ -180,6 +182,7 @@ pub fn run(args: &HistoryArgs) -> Result<String, CliError> {
 /// accepts the connection but does not answer is an error, not a reason to read some file.
 fn ask_agent(
     config: &Config,
+    access: &super::AccessArgs,
     query_string: &str,
     timeout: Duration,
 ) -> Result<Answer, Option<CliError>> {
@@ -187,7 +190,9 @@ fn ask_agent(
         .enable_all()
         .build()
         .map_err(|e| Some(CliError::Failed(format!("cannot start a runtime: {e}"))))?;
-    let ep = Endpoint::new(config.start.listen.to_string(), MAX_ANSWER);
+    let ep = access
+        .endpoint(config.start.listen, MAX_ANSWER)
+        .map_err(|e| Some(CliError::Usage(e)))?;
     let path = format!("/api/v1/history?{query_string}");
     let (status, body) = match rt.block_on(get_any(&ep, &path, timeout)) {
         Ok(r) => r,
@@ -199,6 +204,9 @@ fn ask_agent(
         }
         Err(e) => return Err(Some(CliError::Failed(e.to_string()))),
     };
+    if status == hyper::StatusCode::UNAUTHORIZED {
+        return Err(Some(CliError::Failed(super::unauthorized(&ep))));
+    }
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
         Some(CliError::Failed(format!(
             "{} answered {status} with something that is not the history API ({e}); is it moonfrp-agent?",

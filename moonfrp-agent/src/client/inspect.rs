@@ -55,6 +55,16 @@ fn ask(
             Err(e) => return Err(FetchError::Other(e.to_string())),
         }
     };
+    match code {
+        401 => return Err(FetchError::Other(super::unauthorized(ep))),
+        403 => {
+            return Err(FetchError::Other(crate::untrusted::message(
+                body.trim(),
+                2000,
+            )));
+        }
+        _ => {}
+    }
     let v: Value = serde_json::from_str(&body).map_err(|e| {
         FetchError::Other(format!(
             "{}: HTTP {code}, not the agent's API ({e})",

@@ -27,6 +27,8 @@ pub struct ClientArgs {
     /// The agent's HTTP address [default: from the config, else 127.0.0.1:9477].
     #[arg(short, long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
+    #[command(flatten)]
+    pub access: AccessArgs,
 }
 
 impl ClientArgs {
@@ -39,7 +41,100 @@ impl ClientArgs {
             },
         )
         .map_err(|e| e.to_string())?;
-        Ok(Endpoint::new(config.start.listen.to_string(), MAX_ANSWER))
+        self.access.endpoint(config.start.listen, MAX_ANSWER)
+    }
+}
+
+/// How to reach an agent whose web config asks for TLS or a password. The password never
+/// comes from the command line (other users see it in the process list).
+#[derive(Clone, Debug, Default, Args)]
+pub struct AccessArgs {
+    /// Speak TLS to the agent, trusting the system's CA bundle (implied by --tls-ca-file).
+    #[arg(long)]
+    pub tls: bool,
+    /// The CA certificate (PEM) that signed the agent's certificate.
+    #[arg(long, value_name = "PATH", env = "MOONFRP_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for an agent that asks for one (mutual TLS); with --tls-key-file.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "MOONFRP_TLS_CERT_FILE",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "MOONFRP_TLS_KEY_FILE",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+    /// The name the agent's certificate must carry [default: the address's IP].
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// User for basic auth; the password comes from $MOONFRP_PASSWORD or --password-file.
+    #[arg(long, value_name = "NAME", env = "MOONFRP_USER")]
+    pub user: Option<String>,
+    /// A file holding the basic auth password (one line).
+    #[arg(long, value_name = "PATH", env = "MOONFRP_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// Largest password file read.
+const MAX_PASSWORD_FILE: u64 = 4096;
+
+impl AccessArgs {
+    /// The endpoint of an agent listening on `listen`. An agent listening on every address
+    /// is asked on loopback.
+    pub fn endpoint(
+        &self,
+        listen: std::net::SocketAddr,
+        max_body: u64,
+    ) -> Result<Endpoint, String> {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let ip = match listen.ip() {
+            IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let mut ep = Endpoint::new(
+            std::net::SocketAddr::new(ip, listen.port()).to_string(),
+            max_body,
+        );
+        if self.tls || self.tls_ca_file.is_some() || self.tls_cert_file.is_some() {
+            let identity = self
+                .tls_cert_file
+                .as_deref()
+                .zip(self.tls_key_file.as_deref());
+            let config = crate::tls::client_config(self.tls_ca_file.as_deref(), identity)?;
+            let server_name = match &self.tls_server_name {
+                Some(n) => rustls::pki_types::ServerName::try_from(n.clone())
+                    .map_err(|e| format!("--tls-server-name `{}`: {e}", plain(n)))?,
+                None => rustls::pki_types::ServerName::IpAddress(ip.into()),
+            };
+            ep.tls = Some(crate::frp::client::TlsTarget {
+                config: std::sync::Arc::new(config),
+                server_name,
+            });
+        }
+        if let Some(user) = &self.user {
+            ep.user = Some(user.clone());
+            ep.password = Some(crate::frp::Secret(self.password()?));
+        }
+        Ok(ep)
+    }
+
+    fn password(&self) -> Result<String, String> {
+        if let Some(path) = &self.password_file {
+            let text = crate::untrusted::read_text(path, MAX_PASSWORD_FILE)
+                .map_err(|e| format!("--password-file {}: {e}", path.display()))?;
+            return Ok(text.trim_end_matches(['\r', '\n']).to_owned());
+        }
+        std::env::var("MOONFRP_PASSWORD").map_err(|_| {
+            "--user needs a password: set MOONFRP_PASSWORD or give --password-file".to_owned()
+        })
     }
 }
 
@@ -77,6 +172,9 @@ pub fn get(
     path: &str,
 ) -> Result<(u16, String), FetchError> {
     match rt.block_on(get_any(ep, path, Duration::from_secs(5))) {
+        Ok((status, _)) if status == hyper::StatusCode::UNAUTHORIZED => {
+            Err(FetchError::Other(unauthorized(ep)))
+        }
         Ok((status, body)) => Ok((status.as_u16(), body)),
         Err(GetError::Unreachable(e)) => Err(FetchError::NotRunning(e)),
         Err(e) => Err(FetchError::Other(e.to_string())),
@@ -106,6 +204,21 @@ pub fn fetch_status(
     }
     serde_json::from_value(v["data"].clone())
         .map_err(|e| FetchError::Other(format!("unexpected status from the agent: {e}")))
+}
+
+/// What to say when the agent answers 401.
+pub fn unauthorized(ep: &Endpoint) -> String {
+    if ep.user.is_some() {
+        format!(
+            "{}: 401 unauthorized: the user or password is wrong",
+            ep.addr
+        )
+    } else {
+        format!(
+            "{}: 401 unauthorized: this agent asks for a user and password; give --user (or $MOONFRP_USER) and the password in $MOONFRP_PASSWORD or --password-file",
+            ep.addr
+        )
+    }
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {

@@ -25,6 +25,29 @@ pub struct Endpoint {
     pub password: Option<Secret>,
     /// Largest answer body read; a longer one is an error, not a bigger buffer.
     pub max_body: u64,
+    /// Speak TLS (to an agent with a web config).
+    pub tls: Option<TlsTarget>,
+}
+
+/// TLS settings of an endpoint and the name its certificate must carry.
+#[derive(Clone)]
+pub struct TlsTarget {
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl PartialEq for TlsTarget {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.config, &other.config) && self.server_name == other.server_name
+    }
+}
+
+impl Eq for TlsTarget {}
+
+impl std::fmt::Debug for TlsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsTarget({:?})", self.server_name)
+    }
 }
 
 impl Endpoint {
@@ -35,6 +58,7 @@ impl Endpoint {
             user: None,
             password: None,
             max_body,
+            tls: None,
         }
     }
 
@@ -55,6 +79,7 @@ impl Endpoint {
             user: w.user.clone(),
             password: w.password.clone(),
             max_body: MAX_API_BODY,
+            tls: None,
         }
     }
 }
@@ -123,7 +148,21 @@ pub async fn request(
             GetError::Unreachable(format!("cannot connect to {}: no answer in time", ep.addr))
         })?
         .map_err(|e| GetError::Unreachable(format!("cannot connect to {}: {e}", ep.addr)))?;
-    tokio::time::timeout_at(deadline, fetch(stream, ep, method, path))
+    let answer = async {
+        match &ep.tls {
+            None => fetch(stream, ep, method, path).await,
+            Some(t) => {
+                let tls = tokio_rustls::TlsConnector::from(t.config.clone())
+                    .connect(t.server_name.clone(), stream)
+                    .await
+                    .map_err(|e| {
+                        GetError::Answer(format!("TLS handshake with {}: {e}", ep.addr))
+                    })?;
+                fetch(tls, ep, method, path).await
+            }
+        }
+    };
+    tokio::time::timeout_at(deadline, answer)
         .await
         .map_err(|_| {
             GetError::Timeout(format!(
@@ -133,12 +172,15 @@ pub async fn request(
         })?
 }
 
-async fn fetch(
-    stream: TcpStream,
+async fn fetch<S>(
+    stream: S,
     ep: &Endpoint,
     method: &str,
     path: &str,
-) -> Result<(StatusCode, String), GetError> {
+) -> Result<(StatusCode, String), GetError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| GetError::Unreachable(format!("HTTP handshake with {}: {e}", ep.addr)))?;

@@ -54,6 +54,12 @@ pub(super) fn build(s: &Snapshot, b: &mut Builder) {
         i64::from(s.agent.config_ok),
     );
     b.gauge(
+        "moonfrp_agent_web_config_last_reload_successful",
+        "1 if the last change of the web config file (TLS, basic auth) loaded; 0 while the previous one stays in force.",
+        None,
+        i64::from(s.agent.web_config_ok),
+    );
+    b.gauge(
         "moonfrp_agent_config_restart_required",
         "1 if the config file changes keys that only apply after a restart (listed in the log).",
         None,

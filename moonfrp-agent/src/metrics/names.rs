@@ -20,6 +20,7 @@ pub const KNOWN: &[&str] = &[
     "moonfrp_agent_tunnels_unwatched",
     "moonfrp_agent_watch_slots_capacity",
     "moonfrp_agent_watch_slots_used",
+    "moonfrp_agent_web_config_last_reload_successful",
     "moonfrp_alert_notifications_total",
     "moonfrp_alert_rules",
     "moonfrp_alerts_active",

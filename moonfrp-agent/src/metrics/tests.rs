@@ -147,6 +147,7 @@ fn sample_snapshot() -> Snapshot {
             slots_used: 2,
             unwatched: 1,
             config_ok: true,
+            web_config_ok: true,
             restart_pending: true,
             limits: vec![("name_length", 3), ("http_requests", 0)],
             errors: BTreeMap::from([("kernel", 1)]),

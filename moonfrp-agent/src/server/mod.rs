@@ -1,7 +1,11 @@
 //! The HTTP server: `/metrics` (OpenMetrics or text 0.0.4 by content negotiation, gzip on
 //! request, bytes rendered once per snapshot), `/healthz`, `/readyz`, the API ([`crate::api`])
 //! and a small index page; bounded in requests, connections and request size. Plain HTTP on
-//! loopback by default; TLS and auth come later.
+//! loopback by default; TLS and basic auth from a web config file ([`web_config`]), checked per
+//! request ([`access`]).
+pub mod access;
+pub mod web_config;
+
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -26,7 +30,7 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 pub const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Bounds of the HTTP server (`[server]` in the config file).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Requests handled at once; one more is answered 503 at once (node_exporter's
@@ -34,6 +38,8 @@ pub struct Limits {
     pub max_requests: u32,
     /// Connections open at once; one more is closed as soon as it is accepted.
     pub max_connections: u32,
+    /// TLS and basic auth (exporter-toolkit's web config format); `--web.config.file`.
+    pub web_config_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Limits {
@@ -41,6 +47,7 @@ impl Default for Limits {
         Self {
             max_requests: 40,
             max_connections: 512,
+            web_config_file: None,
         }
     }
 }
@@ -85,6 +92,8 @@ pub struct AppState {
     /// Requests being handled, at most `max_requests`.
     pub requests: Arc<Semaphore>,
     pub max_requests: u32,
+    /// TLS and basic auth in force.
+    pub web: web_config::WebConfig,
 }
 
 impl AppState {
@@ -105,14 +114,16 @@ impl AppState {
             collector: None,
             requests: Arc::new(Semaphore::new(Limits::default().max_requests as usize)),
             max_requests: Limits::default().max_requests,
+            web: web_config::WebConfig::none(),
         }
     }
 
-    /// Applies the server's bounds.
+    /// Applies the server's bounds and its web config.
     #[must_use]
-    pub fn with_limits(mut self, limits: Limits) -> Self {
+    pub fn with_limits(mut self, limits: &Limits, web: web_config::WebConfig) -> Self {
         self.requests = Arc::new(Semaphore::new(limits.max_requests as usize));
         self.max_requests = limits.max_requests;
+        self.web = web;
         self
     }
 }
@@ -211,8 +222,27 @@ async fn off_thread(f: impl FnOnce() -> api::Answer + Send + 'static) -> Respons
     )
 }
 
-/// Answers within `max_requests` (503 beyond, like node_exporter), then routes.
-async fn admit(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Answers within `max_requests` (503 beyond, like node_exporter), checks basic auth, routes,
+/// and adds the web config's headers.
+async fn admit(
+    state: Arc<AppState>,
+    web: Arc<web_config::Web>,
+    mut peer: access::Peer,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let mut r = admit_inner(state, &web, &mut peer, req).await;
+    for (name, value) in &web.headers {
+        r.headers_mut().insert(name.clone(), value.clone());
+    }
+    r
+}
+
+async fn admit_inner(
+    state: Arc<AppState>,
+    web: &Arc<web_config::Web>,
+    peer: &mut access::Peer,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let Ok(_permit) = state.requests.clone().try_acquire_owned() else {
         Limit::Requests.hit();
         let mut r = reply(
@@ -227,17 +257,51 @@ async fn admit(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<By
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         return r;
     };
-    route(state, req).await
+    if !web.users.is_empty() {
+        if let Err(why) = access::check(web, req.headers()).await {
+            Limit::Unauthorized.hit();
+            debug!(peer = %peer.addr, ?why, "basic auth failed");
+            let mut r = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "unauthorized: this agent asks for a user and password (basic_auth_users in its web config)\n",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"moonfrp\", charset=\"UTF-8\""),
+            );
+            return r;
+        }
+        peer.authenticated = true;
+    }
+    route(state, web, *peer, req).await
 }
 
 /// Routes `/api/…` (anything that reads SQLite or the kernel off the async workers) and
 /// everything else.
-async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    state: Arc<AppState>,
+    web: &web_config::Web,
+    peer: access::Peer,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let st = state.clone();
     if path == "/api/v1/inspect" && (req.method() == Method::POST || req.method() == Method::DELETE)
     {
+        if !peer.may_write(web) {
+            Limit::Unauthorized.hit();
+            return reply(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                if web.authenticates() {
+                    "forbidden: starting or stopping an inspection needs an authenticated client\n"
+                } else {
+                    "forbidden: without authentication, inspections are started and stopped from this host only; set basic_auth_users in a web config (--web.config.file) to allow it from elsewhere\n"
+                },
+            );
+        }
         let start = req.method() == Method::POST;
         return off_thread(move || api::inspect::inspect(st.collector.as_deref(), &query, start))
             .await;
@@ -411,33 +475,74 @@ pub async fn serve(
             continue;
         };
         let state = state.clone();
-        let mut conn_shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
+        // The web config as it is now applies to the whole connection.
+        let web = state.web.current();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(admit(state, req).await) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r {
-                    if e.is_parse_too_large() {
-                        Limit::RequestSize.hit();
-                    }
-                    debug!(%peer, error = %e, "connection ended with an error");
-                },
-                _ = conn_shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
+            let Some(acceptor) = web.tls.clone() else {
+                let peer = access::Peer {
+                    addr: peer,
+                    authenticated: false,
+                };
+                return connection(TokioIo::new(stream), state, web, peer, shutdown).await;
+            };
+            let tls = match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    Limit::TlsHandshakes.hit();
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
                 }
-            }
+                Err(_) => {
+                    Limit::TlsHandshakes.hit();
+                    debug!(%peer, "no TLS handshake in time");
+                    return;
+                }
+            };
+            // A certificate is only there when the verifier accepted it.
+            let verified_cert = tls.get_ref().1.peer_certificates().is_some();
+            let peer = access::Peer {
+                addr: peer,
+                authenticated: verified_cert && web.client_cert_required,
+            };
+            connection(TokioIo::new(tls), state, web, peer, shutdown).await;
         });
+    }
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS) until it ends or the server stops.
+async fn connection<I>(
+    io: I,
+    state: Arc<AppState>,
+    web: Arc<web_config::Web>,
+    peer: access::Peer,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let (state, web) = (state.clone(), web.clone());
+        async move { Ok::<_, Infallible>(admit(state, web, peer, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r {
+            if e.is_parse_too_large() {
+                Limit::RequestSize.hit();
+            }
+            debug!(peer = %peer.addr, error = %e, "connection ended with an error");
+        },
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
     }
 }
 
