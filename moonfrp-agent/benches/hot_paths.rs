@@ -99,6 +99,7 @@ fn kernel_maps(c: &mut Criterion) {
         &KernelConfig::default(),
         &tracefs,
         &sys::cgroup2_root(&mounts).unwrap(),
+        None,
     )
     .unwrap();
     let mut watch = WatchTable::new(kernel.maps.slots());

@@ -230,8 +230,16 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
         format!("cannot listen on {}; choose another address with --listen or `listen` in the config file", config.start.listen)
     })?;
 
-    let kernel =
-        tokio::task::block_in_place(|| ebpf::load(&config.start.kernel, &tracefs, &cgroup))?;
+    let pins = match config.start.kernel.pins() {
+        None => None,
+        Some(dir) => {
+            sys::ensure_bpffs(&mounts, dir)?;
+            Some(ebpf::pins::Pins::open(dir, &config.start.kernel).map_err(anyhow::Error::msg)?)
+        }
+    };
+    let kernel = tokio::task::block_in_place(|| {
+        ebpf::load(&config.start.kernel, &tracefs, &cgroup, pins.as_ref())
+    })?;
     // After loading: the kernel BTF parsed for it is freed by now, so the two peaks do not add.
     let (history, history_stats) = start_history(&config);
     let probes_ok = kernel.probes.iter().any(|p| p.attached);

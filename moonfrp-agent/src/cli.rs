@@ -28,6 +28,9 @@ pub enum Command {
     Top(crate::client::top::TopArgs),
     /// A tunnel's (or any port's) top peers and connection durations.
     Inspect(crate::client::inspect::InspectArgs),
+    /// Remove what the agent pinned in bpffs (`kernel.pin_dir`): its programs detach and the
+    /// counters they kept are gone. For after the agent stopped (package removal runs it).
+    Cleanup(ConfigArgs),
 }
 
 /// Where the configuration comes from; flags override the file.
@@ -59,6 +62,11 @@ pub struct ConfigArgs {
     /// exporter-toolkit (node_exporter's `--web.config.file`); re-read when it changes.
     #[arg(long = "web.config.file", value_name = "PATH")]
     pub web_config_file: Option<PathBuf>,
+    /// Pin the kernel maps and links in this bpffs directory, so that the programs count while
+    /// the agent is stopped and the next agent continues the counters; "" pins nothing
+    /// [default: /sys/fs/bpf/moonfrp].
+    #[arg(long, value_name = "DIR", env = "MOONFRP_PIN_DIR")]
+    pub pin_dir: Option<String>,
 }
 
 impl ConfigArgs {
@@ -72,6 +80,7 @@ impl ConfigArgs {
             textfile: self.textfile.clone(),
             data_dir: self.data_dir.clone(),
             web_config_file: self.web_config_file.clone(),
+            pin_dir: self.pin_dir.clone(),
         }
     }
 

@@ -155,6 +155,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--web.config.file`.
     pub web_config_file: Option<PathBuf>,
+    /// `--pin-dir` ("" for none).
+    pub pin_dir: Option<String>,
 }
 
 impl Config {
@@ -218,10 +220,15 @@ impl Config {
             Some((v, origin)) => parse_log_level(&v).map_err(|p| invalid(&origin, p))?,
             None => "info".to_owned(),
         };
-        let kernel = file
-            .kernel
-            .validate()
-            .map_err(|p| invalid(file_origin, p))?;
+        let mut kernel = file.kernel;
+        let kernel_origin = match &o.pin_dir {
+            Some(dir) => {
+                kernel.pin_dir.clone_from(dir);
+                "--pin-dir / config file"
+            }
+            None => file_origin,
+        };
+        let kernel = kernel.validate().map_err(|p| invalid(kernel_origin, p))?;
         let mut server = file
             .server
             .validate()

@@ -96,8 +96,12 @@ impl Cycle {
             (names::CONN_START, config.start.kernel.tracked_connections),
             (names::PEERS, config.start.kernel.peers),
         ];
+        let mut watch = WatchTable::new(kernel.maps.slots());
+        if kernel.continued {
+            watch.restore(&kernel.maps.watched());
+        }
         Self {
-            watch: WatchTable::new(kernel.maps.slots()),
+            watch,
             kernel,
             host: Collectors::new(&config.collectors),
             discovery: config
@@ -290,6 +294,9 @@ impl Cycle {
         for t in &changes.removed {
             info!(tunnel = %t, "no longer watching");
         }
+        for t in &changes.continued {
+            info!(tunnel = %t, source = t.source.as_str(), "watching, continuing the previous agent's counters");
+        }
         for t in &changes.renamed {
             info!(tunnel = %t, "tunnel renamed; counters kept");
         }
@@ -340,6 +347,14 @@ impl Cycle {
                 duration: t.elapsed(),
                 ok: true,
             });
+        }
+        if self.watch.restoring() {
+            // FRP's tunnels are known now: what the previous agent watched and nobody wants goes.
+            self.watch.end_restore();
+            if let Err(e) = self.apply_tunnels() {
+                error!("cannot update the watch table: {e}");
+                *self.errors.entry("watch").or_default() += 1;
+            }
         }
         let t = Instant::now();
         let mut failures = 0;

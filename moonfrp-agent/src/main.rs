@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let args = match &cli.command {
-        Command::Run(args) | Command::Check(args) => args,
+        Command::Run(args) | Command::Check(args) | Command::Cleanup(args) => args,
         Command::Inspect(a) => return finish(moonfrp_agent::client::inspect::run(a)),
         Command::Status(a) => return finish(moonfrp_agent::client::status::run(a)),
         Command::Top(a) => {
@@ -63,6 +63,7 @@ fn main() -> ExitCode {
         Command::History(_) | Command::Status(_) | Command::Top(_) | Command::Inspect(_) => {
             unreachable!("handled above")
         }
+        Command::Cleanup(_) => finish(moonfrp_agent::ebpf::pins::cleanup(&config.start.kernel)),
         Command::Check(_) => {
             let (report, ok) = moonfrp_agent::check::report(&config);
             print!("{report}");

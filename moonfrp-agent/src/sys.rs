@@ -1,5 +1,6 @@
-//! The kernel filesystems the agent needs: cgroup v2 (where the traffic programs attach) and
-//! tracefs (tracepoint formats and attach points). Found from mountinfo, never assumed.
+//! The kernel filesystems the agent needs: cgroup v2 (where the traffic programs attach),
+//! tracefs (tracepoint formats and attach points) and bpffs (where maps and links are pinned).
+//! Found from mountinfo, never assumed.
 use std::{
     ffi::CString,
     io::BufRead,
@@ -11,6 +12,8 @@ use tracing::info;
 
 /// Where tracefs is mounted when the agent has to mount it itself.
 pub const TRACEFS_PATH: &str = "/sys/kernel/tracing";
+/// Where bpffs is mounted when the agent has to mount it itself.
+pub const BPFFS_PATH: &str = "/sys/fs/bpf";
 
 /// A kernel filesystem that could not be found or mounted.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +24,10 @@ pub enum SysError {
         "no cgroup v2 filesystem is mounted (looked for fstype cgroup2 in /proc/self/mountinfo); mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`"
     )]
     NoCgroup2,
+    #[error(
+        "{0} is not on a bpf filesystem, and only {BPFFS_PATH} is mounted by the agent; choose `kernel.pin_dir` under {BPFFS_PATH} or mount bpffs there (`mount -t bpf bpf DIR`)"
+    )]
+    NotBpffs(String),
     #[error(
         "cannot mount {fstype} at {path}: {reason} (needs CAP_SYS_ADMIN, or mount it before starting the agent: `mount -t {fstype} {fstype} {path}`)"
     )]
@@ -37,6 +44,8 @@ pub struct Mounts {
     /// The first cgroup2 mount (pure layout: /sys/fs/cgroup; hybrid: /sys/fs/cgroup/unified).
     pub cgroup2: Option<PathBuf>,
     pub tracefs: Option<PathBuf>,
+    /// Every bpffs mount point.
+    pub bpffs: Vec<PathBuf>,
 }
 
 /// Parses a mountinfo table.
@@ -52,6 +61,12 @@ pub fn parse_mounts(r: impl BufRead) -> Result<Mounts, SysError> {
     Ok(Mounts {
         cgroup2: find("cgroup2"),
         tracefs: find("tracefs"),
+        bpffs: infos
+            .0
+            .iter()
+            .filter(|m| m.fs_type == "bpf")
+            .map(|m| m.mount_point.clone())
+            .collect(),
     })
 }
 
@@ -70,6 +85,18 @@ pub fn cgroup2_root(m: &Mounts) -> Result<PathBuf, SysError> {
 /// Returns tracefs's mount point, mounting it at [`TRACEFS_PATH`] if it is not mounted.
 pub fn ensure_tracefs(m: &Mounts) -> Result<PathBuf, SysError> {
     ensure(m.tracefs.as_deref(), "tracefs", TRACEFS_PATH)
+}
+
+/// Makes sure `pin_dir` lies on a bpffs, mounting one at [`BPFFS_PATH`] if it lies under it
+/// and none is mounted there.
+pub fn ensure_bpffs(m: &Mounts, pin_dir: &Path) -> Result<(), SysError> {
+    if m.bpffs.iter().any(|mp| pin_dir.starts_with(mp)) {
+        return Ok(());
+    }
+    if !pin_dir.starts_with(BPFFS_PATH) {
+        return Err(SysError::NotBpffs(pin_dir.display().to_string()));
+    }
+    ensure(None, "bpf", BPFFS_PATH).map(|_| ())
 }
 
 fn ensure(found: Option<&Path>, fstype: &'static str, path: &str) -> Result<PathBuf, SysError> {

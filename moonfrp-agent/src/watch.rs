@@ -3,6 +3,11 @@
 //! Changing the set of tunnels only rewrites map entries: programs are never reloaded or
 //! detached. A new pair gets a slot whose counters are zeroed first, then its watch entry; a
 //! removed pair loses its watch entry first, then its slot goes back to the free list.
+//!
+//! An agent that takes over pinned maps ([`crate::ebpf::pins`]) first [`WatchTable::restore`]s
+//! the table from the kernel's: a pair the new agent wants too keeps its slot and counters; the
+//! others are kept until [`WatchTable::end_restore`] (after the first collection, when FRP's
+//! tunnels are known), then removed.
 use std::collections::{BTreeMap, HashMap};
 
 use aya::maps::MapError;
@@ -16,6 +21,11 @@ pub trait WatchBackend {
     fn set_entry(&mut self, port: u16, entry: WatchEntry) -> Result<(), MapError>;
     /// Zeroes every counter of a slot on every CPU.
     fn reset_slot(&mut self, slot: u32) -> Result<(), MapError>;
+    /// TCP connections (opened, closed) counted in a slot so far (a backend without counters
+    /// has none).
+    fn opened_closed(&self, _slot: u32) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// A watched (port, protocol) and its state.
@@ -25,6 +35,8 @@ pub struct Watched {
     pub slot: u32,
     /// Connections already open when the port was added (from the socket table).
     pub seed_active: u64,
+    /// Found in the kernel's table at start and not claimed by a tunnel yet.
+    restored: bool,
 }
 
 /// What one [`WatchTable::apply`] changed.
@@ -33,11 +45,16 @@ pub struct Changes {
     pub added: Vec<TunnelSpec>,
     pub removed: Vec<TunnelSpec>,
     pub renamed: Vec<TunnelSpec>,
+    /// Pairs a previous agent watched: their counters go on.
+    pub continued: Vec<TunnelSpec>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.renamed.is_empty()
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.renamed.is_empty()
+            && self.continued.is_empty()
     }
 }
 
@@ -59,6 +76,8 @@ pub struct WatchTable {
     /// Free slots, highest first so that `pop` hands out the lowest.
     free: Vec<u32>,
     capacity: u32,
+    /// Restored pairs nobody claimed are kept until [`Self::end_restore`].
+    restoring: bool,
 }
 
 impl WatchTable {
@@ -68,12 +87,54 @@ impl WatchTable {
             entries: BTreeMap::new(),
             free: (0..capacity).rev().collect(),
             capacity,
+            restoring: false,
         }
     }
 
-    /// Watched pairs, ordered by (port, proto).
+    /// Takes the kernel's table as it is (a previous agent's, from pinned maps): every (port,
+    /// protocol) with a slot, its counters untouched.
+    pub fn restore(&mut self, kernel: &[(u16, WatchEntry)]) {
+        for &(port, entry) in kernel {
+            for proto in [Proto::Tcp, Proto::Udp] {
+                let Some(slot) = entry.slot(proto).filter(|s| *s < self.capacity) else {
+                    continue;
+                };
+                let Some(i) = self.free.iter().position(|s| *s == slot) else {
+                    continue;
+                };
+                self.free.remove(i);
+                self.entries.insert(
+                    (port, proto),
+                    Watched {
+                        spec: TunnelSpec {
+                            name: format!("restored:{port}/{}", proto.as_str()),
+                            port,
+                            proto,
+                            source: crate::tunnel::TunnelSource::Inspect,
+                        },
+                        slot,
+                        seed_active: 0,
+                        restored: true,
+                    },
+                );
+            }
+        }
+        self.restoring = true;
+    }
+
+    /// True until [`Self::end_restore`] after a [`Self::restore`].
+    pub fn restoring(&self) -> bool {
+        self.restoring
+    }
+
+    /// From now on, restored pairs no tunnel claimed are removed by the next [`Self::apply`].
+    pub fn end_restore(&mut self) {
+        self.restoring = false;
+    }
+
+    /// Watched pairs, ordered by (port, proto); restored pairs not claimed yet are left out.
     pub fn iter(&self) -> impl Iterator<Item = &Watched> {
-        self.entries.values()
+        self.entries.values().filter(|w| !w.restored)
     }
 
     pub fn len(&self) -> usize {
@@ -110,9 +171,9 @@ impl WatchTable {
 
         let gone: Vec<(u16, Proto)> = self
             .entries
-            .keys()
-            .filter(|k| !want.contains_key(k))
-            .copied()
+            .iter()
+            .filter(|(k, w)| !(want.contains_key(k) || w.restored && self.restoring))
+            .map(|(k, _)| *k)
             .collect();
         for key in gone {
             let w = self
@@ -130,9 +191,17 @@ impl WatchTable {
         self.free.sort_unstable_by(|a, b| b.cmp(a));
 
         let mut new_tcp = Vec::new();
+        let mut continued_tcp = Vec::new();
         for (key, spec) in want {
             if let Some(w) = self.entries.get_mut(&key) {
-                if w.spec != *spec {
+                if w.restored {
+                    w.restored = false;
+                    w.spec = spec.clone();
+                    changes.continued.push(spec.clone());
+                    if key.1 == Proto::Tcp {
+                        continued_tcp.push((key.0, w.slot));
+                    }
+                } else if w.spec != *spec {
                     w.spec = spec.clone();
                     changes.renamed.push(spec.clone());
                 }
@@ -157,6 +226,7 @@ impl WatchTable {
                     spec: spec.clone(),
                     slot,
                     seed_active: 0,
+                    restored: false,
                 },
             );
             if key.1 == Proto::Tcp {
@@ -165,11 +235,26 @@ impl WatchTable {
             changes.added.push(spec.clone());
         }
 
-        if !new_tcp.is_empty() {
-            let seeds = seed(&new_tcp);
+        if !new_tcp.is_empty() || !continued_tcp.is_empty() {
+            let ports: Vec<u16> = new_tcp
+                .iter()
+                .copied()
+                .chain(continued_tcp.iter().map(|(p, _)| *p))
+                .collect();
+            let seeds = seed(&ports);
             for port in new_tcp {
                 if let Some(w) = self.entries.get_mut(&(port, Proto::Tcp)) {
                     w.seed_active = seeds.get(&port).copied().unwrap_or(0);
+                }
+            }
+            // A continued port's counters span the previous agent's life: its seed is what is
+            // open now beyond what they account for.
+            for (port, slot) in continued_tcp {
+                let (opened, closed) = backend.opened_closed(slot);
+                let open_now = seeds.get(&port).copied().unwrap_or(0);
+                let seed = i128::from(open_now) - i128::from(opened) + i128::from(closed);
+                if let Some(w) = self.entries.get_mut(&(port, Proto::Tcp)) {
+                    w.seed_active = u64::try_from(seed.max(0)).unwrap_or(0);
                 }
             }
         }
@@ -205,6 +290,10 @@ mod tests {
         fn reset_slot(&mut self, slot: u32) -> Result<(), MapError> {
             self.resets.push(slot);
             Ok(())
+        }
+
+        fn opened_closed(&self, slot: u32) -> (u64, u64) {
+            (u64::from(slot) * 10 + 5, 3)
         }
     }
 
@@ -298,5 +387,43 @@ mod tests {
         t.apply(&mut k, &[spec("y", 10, Proto::Tcp)], |_| HashMap::new())
             .unwrap();
         assert_eq!(t.iter().next().unwrap().slot, 0);
+    }
+
+    #[test]
+    fn restored_pairs_keep_slots_and_counters_until_claimed_or_restore_ends() {
+        let mut k = FakeKernel::default();
+        let mut t = WatchTable::new(4);
+        // A previous agent watched 6000/tcp in slot 2 and 7000/udp in slot 0.
+        let kernel = [
+            (6000, WatchEntry::default().with_slot(Proto::Tcp, Some(2))),
+            (7000, WatchEntry::default().with_slot(Proto::Udp, Some(0))),
+        ];
+        t.restore(&kernel);
+        assert!(t.restoring() && t.iter().next().is_none());
+        // The config has 6000/tcp and a new 8000/tcp; 7000/udp is not known yet.
+        let want = [spec("ssh", 6000, Proto::Tcp), spec("web", 8000, Proto::Tcp)];
+        let ch = t
+            .apply(&mut k, &want, |ports| {
+                ports.iter().map(|p| (*p, 30)).collect()
+            })
+            .unwrap();
+        assert_eq!(ch.continued, [want[0].clone()]);
+        assert_eq!(ch.added, [want[1].clone()]);
+        assert!(ch.removed.is_empty());
+        // 6000 kept slot 2 untouched; 8000 got the lowest free slot (1), zeroed.
+        assert_eq!(k.resets, [1]);
+        let slots: Vec<(u16, u32, u64)> = t
+            .iter()
+            .map(|w| (w.spec.port, w.slot, w.seed_active))
+            .collect();
+        // Seed of a continued port: open now (30) minus what its counters account for (25 − 3).
+        assert_eq!(slots, [(6000, 2, 8), (8000, 1, 30)]);
+        assert_eq!(t.len(), 3);
+        // Restoring ends: the unclaimed 7000/udp goes, its slot is free again.
+        t.end_restore();
+        let ch = t.apply(&mut k, &want, |_| HashMap::new()).unwrap();
+        assert_eq!(ch.removed.len(), 1);
+        assert_eq!(ch.removed[0].port, 7000);
+        assert_eq!(t.len(), 2);
     }
 }

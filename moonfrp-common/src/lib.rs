@@ -42,6 +42,11 @@ pub const MAX_SLOTS: u32 = 65_535;
 /// Default capacity of the open-connection table used for durations.
 pub const DEFAULT_TRACKED_CONNECTIONS: u32 = 65_536;
 
+/// Version of what the kernel maps hold (their types, sizes and meaning). Maps pinned by an
+/// agent of another version are replaced, not reused: bump it with any change to a map's
+/// definition or to what a program writes into it.
+pub const PIN_LAYOUT: u32 = 1;
+
 /// Default capacity of the peer table (LRU: the least recently seen peers make room).
 pub const DEFAULT_PEERS: u32 = 16_384;
 

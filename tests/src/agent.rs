@@ -136,6 +136,12 @@ impl AgentCmd {
             } else {
                 vec!["--data-dir".into(), data_dir.display().to_string()]
             })
+            // Nothing pinned unless a test asks: a test's programs detach when its agent stops.
+            .args(if self.args.iter().any(|a| a == "--pin-dir") {
+                Vec::new()
+            } else {
+                vec!["--pin-dir".into(), String::new()]
+            })
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -52,6 +52,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         );
         cmd.arg("--config").arg(example);
     }
+    // A trial in a terminal leaves nothing behind: no pins unless asked for.
+    if !args
+        .iter()
+        .any(|a| a == "--pin-dir" || a.starts_with("--pin-dir="))
+    {
+        cmd.args(["--pin-dir", ""]);
+    }
     cmd.args(args);
     eprintln!(
         "xtask: starting {} (Ctrl-C stops it and detaches everything)",

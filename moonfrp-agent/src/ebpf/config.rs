@@ -11,8 +11,11 @@ pub const MAX_PEERS: u32 = 262_144;
 /// Largest `kernel.tracked_connections` (≈ 80 B per entry).
 pub const MAX_TRACKED_CONNECTIONS: u32 = 1 << 20;
 
+/// Where the maps and links are pinned by default (bpffs, mounted by the agent if missing).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/moonfrp";
+
 /// Sizes of the kernel tables, fixed when the programs are loaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KernelConfig {
     /// Counter slots: how many (port, protocol) pairs can be watched at once.
@@ -28,6 +31,10 @@ pub struct KernelConfig {
     /// Keep the kernel's BPF run-time statistics on while the agent runs (≈ 20 ns per program
     /// run, for every BPF program on the host), for `moonfrp_agent_bpf_*`.
     pub bpf_stats: bool,
+    /// Pin the maps and links here, so that the programs keep counting while the agent is
+    /// stopped and a restarted agent continues the same counters; empty: no pinning (the
+    /// programs detach when the agent exits).
+    pub pin_dir: String,
 }
 
 impl Default for KernelConfig {
@@ -38,6 +45,7 @@ impl Default for KernelConfig {
             peers: DEFAULT_PEERS,
             export_peers: 0,
             bpf_stats: true,
+            pin_dir: DEFAULT_PIN_DIR.to_owned(),
         }
     }
 }
@@ -59,6 +67,21 @@ impl KernelConfig {
                 self.export_peers
             ));
         }
+        if !self.pin_dir.is_empty()
+            && (!self.pin_dir.starts_with('/')
+                || self.pin_dir.contains("/../")
+                || self.pin_dir.ends_with("/.."))
+        {
+            return Err(format!(
+                "key `kernel.pin_dir`: `{}` is not an absolute path; use e.g. {DEFAULT_PIN_DIR}, or \"\" to pin nothing",
+                crate::untrusted::shown(&self.pin_dir)
+            ));
+        }
         Ok(self)
+    }
+
+    /// The pin directory, if pinning is on.
+    pub fn pins(&self) -> Option<&std::path::Path> {
+        (!self.pin_dir.is_empty()).then(|| std::path::Path::new(&self.pin_dir))
     }
 }

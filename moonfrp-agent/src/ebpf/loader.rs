@@ -1,21 +1,29 @@
 //! Loads the object, then loads and attaches each program from a declarative probe table. A probe
-//! that cannot attach is skipped with its reason; the others keep working.
-use std::{fs::File, path::Path};
+//! that cannot attach is skipped with its reason; the others keep working. With a pin directory
+//! ([`super::pins`]) the maps, links and programs are pinned, and those a previous agent pinned
+//! are taken over.
+use std::{
+    fs::File,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError, ProgramInfo,
+        TracePoint,
+        links::{FdLink, PinnedLink},
     },
 };
 use moonfrp_common::{names, programs};
 use tracing::{info, warn};
 
-use super::{KernelMaps, layout};
+use super::{KernelMaps, layout, pins::Pins};
 use crate::ebpf::KernelConfig;
 
 /// The compiled kernel programs (built by build.rs through aya-build).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moonfrp"));
+pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moonfrp"));
 
 /// Where a program attaches.
 #[derive(Clone, Copy, Debug)]
@@ -78,6 +86,18 @@ pub struct ProbeStatus {
     pub reason: Option<String>,
 }
 
+/// How a probe came to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attached {
+    /// Attached now.
+    New,
+    /// The previous agent's link runs this program from now on (atomically), or its link was
+    /// replaced by one to this program.
+    TakenOver,
+    /// The previous agent's program is the same code: it goes on running.
+    Kept,
+}
+
 /// The object could not be loaded at all.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -111,6 +131,14 @@ pub struct Kernel {
     /// Keeps the kernel's BPF run-time statistics on while the agent runs; the kernel turns them
     /// off (restores the previous state) when this fd closes.
     stats: Option<std::os::fd::OwnedFd>,
+    /// Where each probe's running program is pinned (with a pin directory): its statistics are
+    /// read from there, since a kept program is not the one this agent loaded.
+    program_pins: Option<Vec<PathBuf>>,
+    /// The maps were pinned by a previous agent: the counters continue.
+    pub continued: bool,
+    /// The pinned links, held while the agent runs: `cleanup` meanwhile removes the pins but
+    /// not the running agent's programs, which detach when it exits.
+    _links: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Kernel {
@@ -124,7 +152,12 @@ impl Kernel {
             .zip(&self.probes)
             .filter(|(_, status)| status.attached)
             .filter_map(|(spec, _)| {
-                let info = self.ebpf.program(spec.program)?.info().ok()?;
+                let info = match &self.program_pins {
+                    Some(_) => {
+                        ProgramInfo::from_pin(pin_of(self.program_pins.as_deref(), spec)).ok()?
+                    }
+                    None => self.ebpf.program(spec.program)?.info().ok()?,
+                };
                 Some(ProgramStats {
                     probe: spec.probe,
                     run_time: info.run_time(),
@@ -135,10 +168,30 @@ impl Kernel {
     }
 }
 
-/// Loads the object sized by `cfg`, then attaches every probe it can.
-pub fn load(cfg: &KernelConfig, tracefs: &Path, cgroup_root: &Path) -> Result<Kernel, LoadError> {
+fn pin_of(pins: Option<&[PathBuf]>, spec: &ProbeSpec) -> PathBuf {
+    let i = PROBES
+        .iter()
+        .position(|p| p.probe == spec.probe)
+        .expect("a probe of the table");
+    pins.map(|p| p[i].clone()).unwrap_or_default()
+}
+
+/// Loads the object sized by `cfg`, then attaches every probe it can; with `pins`, reusing and
+/// pinning maps, links and programs.
+pub fn load(
+    cfg: &KernelConfig,
+    tracefs: &Path,
+    cgroup_root: &Path,
+    pins: Option<&Pins>,
+) -> Result<Kernel, LoadError> {
     let layouts = layout::build(layout::read_from(tracefs));
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    if let Some(pins) = pins {
+        for (name, ..) in super::pins::shapes(cfg) {
+            loader.map_pin_path(name, pins.map(name));
+        }
+    }
+    let mut ebpf = loader
         .override_global(names::LAYOUT, &layouts.layout, true)
         .override_global(names::PEER_TRACKING, &u32::from(cfg.peers > 0), true)
         .map_max_entries(names::TRAFFIC, cfg.slots)
@@ -155,16 +208,24 @@ pub fn load(cfg: &KernelConfig, tracefs: &Path, cgroup_root: &Path) -> Result<Ke
     let probes = PROBES
         .iter()
         .map(|spec| {
+            let pin = pins.map(|p| (p.link(spec.probe), p.program(spec.probe)));
+            let pin = pin.as_ref().map(|(l, p)| (l.as_path(), p.as_path()));
             let result = match spec.hook {
                 Hook::TracePoint(tp) => match layouts.problems.get(tp) {
                     Some(problem) => Err(problem.to_string()),
-                    None => attach_tracepoint(&mut ebpf, spec.program, tp),
+                    None => attach_tracepoint(&mut ebpf, spec.program, tp, pin),
                 },
-                Hook::CgroupSkb(at) => attach_cgroup_skb(&mut ebpf, spec.program, &cgroup, at),
+                Hook::CgroupSkb(at) => {
+                    attach_cgroup_skb(&mut ebpf, spec.program, &cgroup, at, pin)
+                }
             };
             match result {
-                Ok(()) => {
-                    info!(probe = spec.probe, "probe attached");
+                Ok(how) => {
+                    match how {
+                        Attached::New => info!(probe = spec.probe, "probe attached"),
+                        Attached::TakenOver => info!(probe = spec.probe, "probe attached, taking over the previous agent's link"),
+                        Attached::Kept => info!(probe = spec.probe, "probe kept: the previous agent's program is the same code"),
+                    }
                     ProbeStatus { probe: spec.probe, attached: true, reason: None }
                 }
                 Err(reason) => {
@@ -181,11 +242,20 @@ pub fn load(cfg: &KernelConfig, tracefs: &Path, cgroup_root: &Path) -> Result<Ke
     } else {
         None
     };
+    let links = pins.map_or_else(Vec::new, |p| {
+        PROBES
+            .iter()
+            .filter_map(|s| super::pins::obj_get(&p.link(s.probe)).ok())
+            .collect()
+    });
     Ok(Kernel {
+        _links: links,
         ebpf,
         maps,
         probes,
         stats,
+        program_pins: pins.map(|p| PROBES.iter().map(|s| p.program(s.probe)).collect()),
+        continued: pins.is_some_and(|p| p.continued),
     })
 }
 
@@ -216,13 +286,90 @@ where
         .map_err(|e: ProgramError| e.to_string())
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, program_name: &str, tp: &str) -> Result<(), String> {
+/// (link pin, program pin) of a probe.
+type PinPaths<'a> = Option<(&'a Path, &'a Path)>;
+
+/// The tag (a hash of the instructions) of the program a pinned link runs.
+fn linked_tag(link: &Path) -> Option<u64> {
+    let id = FdLink::from(PinnedLink::from_pin(link).ok()?)
+        .info()
+        .ok()?
+        .program_id();
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .map(|p| p.tag())
+}
+
+/// Pins `link` at `path` through a temporary name, replacing whatever was pinned there (the
+/// previous agent's link goes when its pin does).
+fn pin_link(link: FdLink, path: &Path) -> Result<(), String> {
+    // bpffs refuses names with a dot in them.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push("_new");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    link.pin(&tmp)
+        .map_err(|e| format!("cannot pin the link at {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| format!("cannot pin the link at {}: {e}", path.display()))
+}
+
+/// Pins the program that runs now at `path` (its statistics are read there).
+fn pin_program(
+    path: &Path,
+    pin: impl FnOnce(&Path) -> Result<(), aya::pin::PinError>,
+) -> Result<(), String> {
+    let _ = std::fs::remove_file(path);
+    pin(path).map_err(|e| format!("cannot pin the program at {}: {e}", path.display()))
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program_name: &str,
+    tp: &str,
+    pins: PinPaths<'_>,
+) -> Result<Attached, String> {
     let (category, name) = tp.split_once('/').expect("tracepoints are category/name");
     let prog: &mut TracePoint = program(ebpf, program_name)?;
     prog.load().map_err(|e| program_error(&e))?;
-    prog.attach(category, name)
+    let Some((link_path, prog_path)) = pins else {
+        prog.attach(category, name)
+            .map_err(|e| format!("attach to {tp}: {e}"))?;
+        return Ok(Attached::New);
+    };
+    let had = link_path.exists();
+    if had {
+        let new_tag = prog.info().map_err(|e| e.to_string())?.tag();
+        if linked_tag(link_path) == Some(new_tag) && prog_path.exists() {
+            // The same code already runs on the same maps: keep it, no event is missed.
+            let _ = prog.unload();
+            return Ok(Attached::Kept);
+        }
+    }
+    // New code (an upgrade): attach it, then let the previous link go. For the moment between
+    // the two both run: an event then is counted twice (tracepoint links cannot be updated).
+    let id = prog
+        .attach(category, name)
         .map_err(|e| format!("attach to {tp}: {e}"))?;
-    Ok(())
+    let pinned = prog
+        .take_link(id)
+        .map_err(|e| e.to_string())
+        .and_then(|l| FdLink::try_from(l).map_err(|e| e.to_string()))
+        .and_then(|l| pin_link(l, link_path));
+    if let Err(e) = pinned {
+        // Kernels before 5.15 attach tracepoints without a BPF link: nothing to pin.
+        warn!(tracepoint = tp, error = %e, "cannot pin the tracepoint link: it detaches when the agent stops");
+        prog.attach(category, name)
+            .map_err(|e| format!("attach to {tp}: {e}"))?;
+        return Ok(Attached::New);
+    }
+    pin_program(prog_path, |p| prog.pin(p))?;
+    Ok(if had {
+        Attached::TakenOver
+    } else {
+        Attached::New
+    })
 }
 
 fn attach_cgroup_skb(
@@ -230,14 +377,40 @@ fn attach_cgroup_skb(
     program_name: &str,
     cgroup: &File,
     at: CgroupSkbAttachType,
-) -> Result<(), String> {
+    pins: PinPaths<'_>,
+) -> Result<Attached, String> {
     let prog: &mut CgroupSkb = program(ebpf, program_name)?;
     prog.load().map_err(|e| program_error(&e))?;
+    if let Some((link_path, prog_path)) = pins
+        && link_path.exists()
+    {
+        // The previous agent's link runs this program from the next packet on: nothing is
+        // missed or counted twice.
+        let fd = prog.fd().map_err(|e| e.to_string())?;
+        match super::pins::obj_get(link_path)
+            .and_then(|link| super::pins::link_update(link.as_fd(), fd.as_fd()))
+        {
+            Ok(()) => {
+                pin_program(prog_path, |p| prog.pin(p))?;
+                return Ok(Attached::TakenOver);
+            }
+            Err(e) => {
+                warn!(link = %link_path.display(), error = %e, "cannot take over the previous agent's link; attaching anew");
+            }
+        }
+    }
     // aya 0.14 attaches through a BPF link, which the kernel always treats as "multi": other
     // programs on the root cgroup (systemd's, another agent's) are left alone.
-    prog.attach(cgroup, at, CgroupAttachMode::Single)
+    let id = prog
+        .attach(cgroup, at, CgroupAttachMode::Single)
         .map_err(|e| format!("attach to cgroup: {e}"))?;
-    Ok(())
+    if let Some((link_path, prog_path)) = pins {
+        let link = prog.take_link(id).map_err(|e| e.to_string())?;
+        let link = FdLink::try_from(link).map_err(|e| e.to_string())?;
+        pin_link(link, link_path)?;
+        pin_program(prog_path, |p| prog.pin(p))?;
+    }
+    Ok(Attached::New)
 }
 
 #[cfg(test)]

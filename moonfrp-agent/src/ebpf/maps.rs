@@ -119,6 +119,16 @@ impl KernelMaps {
         })
     }
 
+    /// Every port with a watch entry (the table a previous agent left in pinned maps).
+    pub fn watched(&self) -> Vec<(u16, WatchEntry)> {
+        (0..moonfrp_common::WATCH_ENTRIES)
+            .filter_map(|port| {
+                let entry = self.watch.get(&port, 0).ok()?;
+                (entry != 0).then_some((port as u16, WatchEntry(entry)))
+            })
+            .collect()
+    }
+
     /// Number of counter slots the maps were created with.
     pub fn slots(&self) -> u32 {
         self.traffic.len()
@@ -144,6 +154,12 @@ impl KernelMaps {
 impl crate::watch::WatchBackend for KernelMaps {
     fn set_entry(&mut self, port: u16, entry: WatchEntry) -> Result<(), MapError> {
         self.watch.set(u32::from(port), entry.0, 0)
+    }
+
+    fn opened_closed(&self, slot: u32) -> (u64, u64) {
+        self.tcp(slot)
+            .map(|c| (c.opened_passive + c.opened_active, c.closed))
+            .unwrap_or_default()
     }
 
     fn reset_slot(&mut self, slot: u32) -> Result<(), MapError> {

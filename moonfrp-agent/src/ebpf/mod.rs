@@ -4,6 +4,7 @@ pub mod config;
 pub mod layout;
 pub mod loader;
 pub mod maps;
+pub mod pins;
 
 pub use config::KernelConfig;
 pub use loader::{Kernel, LoadError, ProbeStatus, ProgramStats, load};
