@@ -66,10 +66,30 @@ pub fn cap_eff(status: &str) -> Option<u64> {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
-/// Checks this process's own capabilities.
+const CAP_DAC_READ_SEARCH: u32 = 2;
+
+/// What the agent cannot do without CAP_DAC_READ_SEARCH when it runs as another user than
+/// root: `None` if it has it (or is root).
+pub fn without_dac_read_search(cap_eff: u64, euid: u32) -> Option<&'static str> {
+    (euid != 0 && cap_eff & (1 << CAP_DAC_READ_SEARCH) == 0).then_some(
+        "running as a user other than root without CAP_DAC_READ_SEARCH: root-only files stay \
+         unreadable — tracepoint formats in tracefs (the connection, reset and retransmit \
+         probes stay off), frp config files only root may read (and the API passwords in them), \
+         and other users' /proc/<pid>/fd (frps' open files); the packaged unit grants it",
+    )
+}
+
+/// Checks this process's own capabilities: an error if a needed one is missing, a warning in
+/// the log for what an optional one costs.
 pub fn check() -> Result<(), MissingCapabilities> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    check_mask(cap_eff(&status).unwrap_or(0))
+    let eff = cap_eff(&status).unwrap_or(0);
+    check_mask(eff)?;
+    // SAFETY: geteuid has no preconditions.
+    if let Some(why) = without_dac_read_search(eff, unsafe { libc::geteuid() }) {
+        tracing::warn!("{why}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -97,6 +117,13 @@ mod tests {
         assert!(
             err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("CAP_NET_ADMIN")
         );
+    }
+
+    #[test]
+    fn dac_read_search_matters_for_other_users_only() {
+        assert!(without_dac_read_search(0, 0).is_none());
+        assert!(without_dac_read_search(1 << CAP_DAC_READ_SEARCH, 999).is_none());
+        assert!(without_dac_read_search(0, 999).unwrap().contains("tracefs"));
     }
 
     #[test]

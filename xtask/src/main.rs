@@ -2,6 +2,7 @@
 //! each installs what it needs first (see `setup`).
 mod bench;
 mod bench_history;
+mod dist;
 mod run;
 mod setup;
 mod smoke;
@@ -40,6 +41,9 @@ enum Command {
     /// Measure the history store: write cost and disk bytes per day at 100 and 1,000 tunnels,
     /// query times, and the agent's memory with a day stored (root). Writes history.json.
     BenchHistory(bench_history::Opts),
+    /// Build the Debian package and a tarball (target/dist): the release agent, its hardened
+    /// systemd unit, its default config.
+    Dist(dist::Opts),
     /// The floor process of bench-overhead's CPU table (not for direct use).
     #[command(hide = true)]
     BenchFloor {
@@ -58,6 +62,9 @@ fn main() -> ExitCode {
             .and_then(|()| run::build_release())
             .map(|_| ()),
         Command::Run { args } => run::run(&args),
+        Command::Dist(opts) => setup::toolchain()
+            .and_then(|()| dist::dist(&opts))
+            .map(|_| ()),
         Command::BenchOverhead(opts) => bench::run(&opts).map(|_| ()),
         Command::BenchHistory(opts) => bench_history::run(&opts).map(|_| ()),
         Command::BenchFloor { interval_ms } => {
