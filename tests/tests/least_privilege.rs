@@ -102,17 +102,39 @@ fn status_field(pid: u32, field: &str) -> String {
         .unwrap()
 }
 
+/// The unit's `ExecStartPre` (as root: the pin directory on systemd's mode-0700 bpffs).
+const PIN_DIR_PRE: &str =
+    "ExecStartPre=+/usr/bin/install -d -o moonfrp -g moonfrp -m 0700 /sys/fs/bpf/moonfrp";
+
 #[test]
 fn the_unit_capabilities_are_enough_as_an_unprivileged_user() {
     kernel_filesystems();
     let caps = unit_caps();
     assert_eq!(caps, ["bpf", "perfmon", "net_admin", "dac_read_search"]);
+    let unit =
+        std::fs::read_to_string(workspace().join("deploy/package/moonfrp-agent.service")).unwrap();
+    assert!(unit.lines().any(|l| l == PIN_DIR_PRE), "{unit}");
     let (dir, bin, data) = prepared();
     let _frps = frps_stand_in(dir.path());
-    let pins = format!("/sys/fs/bpf/moonfrp-test-priv-{}", std::process::id());
+    let pins = "/sys/fs/bpf/moonfrp";
     let port = free_port();
-    let wrapper = setpriv(&caps);
-    let agent = AgentCmd::new(&["-t", &format!("web={port}"), "--pin-dir", &pins])
+    // As under systemd: a private bpffs of mode 0700 (systemd's mount options), the pin
+    // directory made by root for the agent's user (the unit's ExecStartPre), then the agent
+    // as that user with the unit's capabilities.
+    let setup = format!(
+        "mount -t bpf -o mode=700 bpf /sys/fs/bpf && install -d -o {UID} -g {UID} -m 0700 {pins} && exec {} \"$0\" \"$@\"",
+        setpriv(&caps).join(" ")
+    );
+    let wrapper = [
+        "unshare".to_owned(),
+        "--mount".into(),
+        "--propagation".into(),
+        "private".into(),
+        "sh".into(),
+        "-c".into(),
+        setup,
+    ];
+    let agent = AgentCmd::new(&["-t", &format!("web={port}"), "--pin-dir", pins])
         .bin(&bin)
         .wrapper(&wrapper.iter().map(String::as_str).collect::<Vec<_>>())
         .data_dir(&data)
@@ -150,10 +172,9 @@ fn the_unit_capabilities_are_enough_as_an_unprivileged_user() {
     assert_eq!(m.get("moonfrp_history_up", &[]), Some(1.0));
     let (status, _, body) = http_get(agent.addr, "/api/v1/status", None).unwrap();
     assert_eq!(status, 200, "{body}");
-    assert!(Path::new(&pins).join("v1/maps/TRAFFIC").exists());
-    drop(agent);
-    let (code, out, err) = moonfrp_tests::agent_command(&["cleanup", "--pin-dir", &pins]);
-    assert_eq!(code, 0, "{out}{err}");
+    // Its pins, in its own mount namespace.
+    let pinned = PathBuf::from(format!("/proc/{}/root{pins}/v1/maps/TRAFFIC", agent.pid()));
+    assert!(pinned.exists(), "{} missing", pinned.display());
 }
 
 #[test]
