@@ -76,21 +76,36 @@ pub fn shapes(cfg: &KernelConfig) -> [MapShape; 5] {
     ]
 }
 
+/// The layout directories (`v<N>`) under `pin_dir`: what moonfrp pinned. Anything else there is
+/// someone else's and never touched, even if `pin_dir` is set to a shared directory.
+fn layouts(pin_dir: &Path) -> Vec<std::fs::DirEntry> {
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name().to_str().is_some_and(|n| {
+                n.strip_prefix('v')
+                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .collect()
+}
+
 impl Pins {
     /// Prepares `<pin_dir>/v<PIN_LAYOUT>`: reused if its maps fit `cfg`, else (and every other
     /// layout's directory) removed first.
     pub fn open(pin_dir: &Path, cfg: &KernelConfig) -> Result<Self, String> {
         let own = format!("v{PIN_LAYOUT}");
-        if let Ok(entries) = std::fs::read_dir(pin_dir) {
-            for e in entries.flatten() {
-                if e.file_name() != own.as_str() {
-                    remove_tree(&e.path())
-                        .map_err(|err| format!("cannot remove {}: {err}", e.path().display()))?;
-                    warn!(
-                        path = %e.path().display(),
-                        "removed pinned state of another moonfrp layout: its counters restart at 0"
-                    );
-                }
+        for e in layouts(pin_dir) {
+            if e.file_name() != own.as_str() {
+                remove_tree(&e.path())
+                    .map_err(|err| format!("cannot remove {}: {err}", e.path().display()))?;
+                warn!(
+                    path = %e.path().display(),
+                    "removed pinned state of another moonfrp layout: its counters restart at 0"
+                );
             }
         }
         let dir = pin_dir.join(own);
@@ -166,7 +181,21 @@ pub fn remove_tree(path: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// `moonfrp-agent cleanup`: removes the pin directory; (exit code, stdout, stderr).
+/// Removes every layout directory under `dir`, then `dir` itself if nothing else is in it.
+fn remove_layouts(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for e in layouts(dir) {
+        removed.extend(remove_tree(&e.path())?);
+    }
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
+        std::fs::remove_dir(dir)?;
+        removed.push(dir.to_owned());
+    }
+    Ok(removed)
+}
+
+/// `moonfrp-agent cleanup`: removes what moonfrp pinned (the layout directories under the pin
+/// directory, and the directory if that leaves it empty); (exit code, stdout, stderr).
 pub fn cleanup(cfg: &KernelConfig) -> (u8, String, String) {
     let Some(dir) = cfg.pins() else {
         return (
@@ -175,7 +204,7 @@ pub fn cleanup(cfg: &KernelConfig) -> (u8, String, String) {
             String::new(),
         );
     };
-    match remove_tree(dir) {
+    match remove_layouts(dir) {
         Ok(removed) if removed.is_empty() => (
             0,
             format!("nothing pinned under {}\n", dir.display()),
@@ -198,6 +227,20 @@ pub fn cleanup(cfg: &KernelConfig) -> (u8, String, String) {
     }
 }
 
+/// `bpf(cmd, attr)`: its non-negative result, or the error.
+///
+/// # Safety
+/// `attr` must be the `union bpf_attr` member `cmd` reads, with any pointer in it valid for the
+/// call.
+unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: the caller's promise; the size passed is the attr's own.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_ref(attr), size_of::<T>()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
 /// `bpf(BPF_OBJ_GET)`: a new descriptor of the object pinned at `path`.
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt as _;
@@ -214,18 +257,8 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
         bpf_fd: 0,
         file_flags: 0,
     };
-    // SAFETY: a valid attr of the size passed; the path outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &raw const attr,
-            size_of::<ObjGet>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: BPF_OBJ_GET's attr; the path outlives the call.
+    let fd = unsafe { sys_bpf(BPF_OBJ_GET, &attr)? };
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -247,19 +280,8 @@ pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<
         flags: 0,
         old_prog_fd: 0,
     };
-    // SAFETY: a valid attr of the size passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_UPDATE,
-            &raw const attr,
-            size_of::<LinkUpdate>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: BPF_LINK_UPDATE's attr, no pointers.
+    unsafe { sys_bpf(BPF_LINK_UPDATE, &attr) }.map(|_| ())
 }
 
 #[cfg(test)]
@@ -273,5 +295,28 @@ mod tests {
             let m = &obj.maps[name];
             assert_eq!((m.key_size(), m.value_size()), (key, value), "map {name}");
         }
+    }
+
+    #[test]
+    fn only_layout_directories_are_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["v1", "v12", "v", "vx", "cilium", "v1x"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(dir.path().join("v2"), "").unwrap();
+        let mut ours: Vec<String> = layouts(dir.path())
+            .iter()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        ours.sort();
+        assert_eq!(ours, ["v1", "v12", "v2"]);
+        // cleanup leaves what is not ours, and so the directory.
+        remove_layouts(dir.path()).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["cilium", "v", "v1x", "vx"]);
     }
 }
