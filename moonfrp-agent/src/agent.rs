@@ -402,7 +402,7 @@ fn serve_state(
     app.alerts = alerts_shared;
     app.peers = Some(peers);
     app.collector = Some(collector);
-    (alerts, Arc::new(app.with_limits(&config.start.server, web)))
+    (alerts, Arc::new(app.configured(&config.start.server, web)))
 }
 
 /// Opens the history database and starts its writer. A database that cannot be opened costs

@@ -61,7 +61,7 @@ pub struct StartSettings {
     /// Alert rules and notification channels.
     pub alerts: AlertsConfig,
     /// Bounds of the HTTP server.
-    pub server: crate::server::Limits,
+    pub server: crate::server::ServerConfig,
 }
 
 impl StartSettings {
@@ -125,7 +125,7 @@ struct FileConfig {
     #[serde(default)]
     alerts: AlertsFile,
     #[serde(default)]
-    server: crate::server::Limits,
+    server: crate::server::ServerConfig,
     #[serde(default)]
     metrics: crate::metrics::SettingsFile,
 }

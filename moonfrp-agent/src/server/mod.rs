@@ -29,10 +29,10 @@ use crate::{
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Bounds of the HTTP server (`[server]` in the config file).
+/// The HTTP server's settings (`[server]` in the config file): its bounds and its web config.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
+pub struct ServerConfig {
     /// Requests handled at once; one more is answered 503 at once (node_exporter's
     /// `--web.max-requests`).
     pub max_requests: u32,
@@ -42,7 +42,7 @@ pub struct Limits {
     pub web_config_file: Option<std::path::PathBuf>,
 }
 
-impl Default for Limits {
+impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_requests: 40,
@@ -52,7 +52,7 @@ impl Default for Limits {
     }
 }
 
-impl Limits {
+impl ServerConfig {
     /// Checks the ranges; the error names the key.
     pub fn validate(self) -> Result<Self, String> {
         for (key, v, hi) in [
@@ -112,17 +112,19 @@ impl AppState {
             alerts: None,
             peers: None,
             collector: None,
-            requests: Arc::new(Semaphore::new(Limits::default().max_requests as usize)),
-            max_requests: Limits::default().max_requests,
+            requests: Arc::new(Semaphore::new(
+                ServerConfig::default().max_requests as usize,
+            )),
+            max_requests: ServerConfig::default().max_requests,
             web: web_config::WebConfig::none(),
         }
     }
 
-    /// Applies the server's bounds and its web config.
+    /// Applies the server's settings and its loaded web config.
     #[must_use]
-    pub fn with_limits(mut self, limits: &Limits, web: web_config::WebConfig) -> Self {
-        self.requests = Arc::new(Semaphore::new(limits.max_requests as usize));
-        self.max_requests = limits.max_requests;
+    pub fn configured(mut self, server: &ServerConfig, web: web_config::WebConfig) -> Self {
+        self.requests = Arc::new(Semaphore::new(server.max_requests as usize));
+        self.max_requests = server.max_requests;
         self.web = web;
         self
     }
