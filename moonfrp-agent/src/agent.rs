@@ -26,6 +26,7 @@ use crate::{
     exposition::{self, Format, Published},
     history::writer::{self, Writer},
     metrics, privileges,
+    remote_write::RemoteWrite,
     server::{self, AppState},
     snapshot::Latest,
     sys,
@@ -131,6 +132,8 @@ struct Pipeline {
     history: Option<Writer>,
     alerts: Option<Alerts>,
     textfile: Option<crate::textfile::Writer>,
+    /// Pushes each snapshot's series to the remote_write endpoints.
+    remote_write: Option<RemoteWrite>,
     state: Arc<AppState>,
     /// The history writer's and alert engine's own counters, exported with each snapshot.
     extras: metrics::Extras,
@@ -163,6 +166,9 @@ impl Pipeline {
             .as_mut()
             .map(|a| a.evaluate(ts, &series))
             .unwrap_or_default();
+        if let Some(r) = &self.remote_write {
+            r.submit(ts, &series);
+        }
         if let Some(h) = &self.history {
             h.submit(ts, series);
             if !notes.is_empty() {
@@ -204,6 +210,29 @@ async fn on_collector<R: Send + 'static>(
     })
 }
 
+/// Loads and attaches the kernel programs, through the pin directory when there is one (bpffs
+/// mounted first if it must be).
+fn load_kernel(
+    config: &Config,
+    mounts: &sys::Mounts,
+    tracefs: &Path,
+    cgroup: &Path,
+) -> anyhow::Result<ebpf::Kernel> {
+    let pins = match config.start.kernel.pins() {
+        None => None,
+        Some(dir) => {
+            sys::ensure_bpffs(mounts, dir)?;
+            Some(ebpf::pins::Pins::open(dir, &config.start.kernel).map_err(anyhow::Error::msg)?)
+        }
+    };
+    Ok(ebpf::load(
+        &config.start.kernel,
+        tracefs,
+        cgroup,
+        pins.as_ref(),
+    )?)
+}
+
 async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     privileges::check()?;
     raise_memlock();
@@ -222,24 +251,13 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(crate::textfile::Writer::new)
         .transpose()?;
-    let web = match &config.start.server.web_config_file {
-        None => server::web_config::WebConfig::none(),
-        Some(path) => server::web_config::WebConfig::load(path).map_err(anyhow::Error::msg)?,
-    };
+    let web = server::web_config::WebConfig::start(config.start.server.web_config_file.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let listener = TcpListener::bind(config.start.listen).await.with_context(|| {
         format!("cannot listen on {}; choose another address with --listen or `listen` in the config file", config.start.listen)
     })?;
 
-    let pins = match config.start.kernel.pins() {
-        None => None,
-        Some(dir) => {
-            sys::ensure_bpffs(&mounts, dir)?;
-            Some(ebpf::pins::Pins::open(dir, &config.start.kernel).map_err(anyhow::Error::msg)?)
-        }
-    };
-    let kernel = tokio::task::block_in_place(|| {
-        ebpf::load(&config.start.kernel, &tracefs, &cgroup, pins.as_ref())
-    })?;
+    let kernel = tokio::task::block_in_place(|| load_kernel(&config, &mounts, &tracefs, &cgroup))?;
     // After loading: the kernel BTF parsed for it is freed by now, so the two peaks do not add.
     let (history, history_stats) = start_history(&config);
     let probes_ok = kernel.probes.iter().any(|p| p.attached);
@@ -274,6 +292,12 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     ));
     info!(listen = %config.start.listen, tls = state.web.tls(), basic_auth = state.web.current().authenticates(), interval = ?config.interval, tunnels = config.tunnels.len(), "serving /metrics");
 
+    let (remote_write, senders) = RemoteWrite::start(
+        &config.start.remote_write,
+        &tokio::runtime::Handle::current(),
+    )
+    .map_err(anyhow::Error::msg)?
+    .unzip();
     let (jobs, jobs_rx) = std::sync::mpsc::channel::<Job>();
     let mut pipeline = Pipeline {
         collector: collector.clone(),
@@ -282,7 +306,12 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
         extras: metrics::Extras {
             history: history_stats,
             alerts: alerts.as_ref().map(Alerts::shared),
+            remote_write: remote_write
+                .as_ref()
+                .map(|r| r.stats.clone())
+                .unwrap_or_default(),
         },
+        remote_write,
         settings: config.metrics.clone(),
         alerts,
         textfile,
@@ -306,6 +335,10 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     drop(jobs);
     tokio::task::block_in_place(|| collection.join())
         .map_err(|_| anyhow::anyhow!("the collection thread panicked (see the log)"))?;
+    // The queues went with the collection thread: what the senders hold gets a last chance.
+    if let Some(s) = senders {
+        s.finish(std::time::Duration::from_secs(5)).await;
+    }
     // The last reference to the collector goes with the server's state: dropping it drops the
     // programs and their links, so nothing stays attached.
     drop(state);
@@ -387,6 +420,7 @@ fn serve_state(
         &metrics::Extras {
             history: history_stats,
             alerts: alerts_shared.clone(),
+            remote_write: Vec::new(),
         },
         &config.metrics,
     );

@@ -62,6 +62,8 @@ pub struct StartSettings {
     pub alerts: AlertsConfig,
     /// Bounds of the HTTP server.
     pub server: crate::server::ServerConfig,
+    /// Where every snapshot is pushed (Prometheus remote_write).
+    pub remote_write: Vec<crate::remote_write::config::Endpoint>,
 }
 
 impl StartSettings {
@@ -80,6 +82,7 @@ impl StartSettings {
             ),
             ("alerts", self.alerts != other.alerts),
             ("server", self.server != other.server),
+            ("remote_write", self.remote_write != other.remote_write),
         ]
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))
@@ -128,6 +131,8 @@ struct FileConfig {
     server: crate::server::ServerConfig,
     #[serde(default)]
     metrics: crate::metrics::SettingsFile,
+    #[serde(default)]
+    remote_write: Vec<crate::remote_write::config::EndpointFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +280,8 @@ impl Config {
                 alerts: crate::alerts::config::parse(file.alerts, crate::metrics::names::is_known)
                     .map_err(|p| invalid(file_origin, p))?,
                 server,
+                remote_write: crate::remote_write::config::validate(file.remote_write)
+                    .map_err(|p| invalid(file_origin, p))?,
             },
         })
     }

@@ -25,6 +25,7 @@ pub mod logging;
 pub mod metrics;
 pub(crate) mod privileges;
 pub(crate) mod process;
+pub(crate) mod remote_write;
 pub mod series;
 pub(crate) mod server;
 pub mod snapshot;

@@ -14,6 +14,8 @@ use std::{
 #[derive(Clone, Copy, Debug)]
 pub enum Reply {
     Status(u16),
+    /// A status with `Retry-After: <seconds>`.
+    RetryAfter(u16, u64),
     /// Reads the request, then says nothing for this long.
     Hang(Duration),
 }
@@ -23,6 +25,8 @@ pub enum Reply {
 pub struct Received {
     pub path: String,
     pub body: String,
+    /// Header names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
     pub at: Instant,
 }
 
@@ -87,15 +91,17 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     reader.read_line(&mut line)?;
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
     let mut length = 0;
+    let mut headers = Vec::new();
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            length = v.trim().parse().unwrap_or(0);
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
         }
     }
     let mut body = vec![0; length];
@@ -105,6 +111,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         s.received.push(Received {
             path: path.clone(),
             body: String::from_utf8_lossy(&body).into_owned(),
+            headers,
             at: Instant::now(),
         });
         s.replies.get(&path).copied().unwrap_or(Reply::Status(200))
@@ -114,6 +121,10 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         Reply::Status(code) => write!(
             stream,
             "HTTP/1.1 {code} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        ),
+        Reply::RetryAfter(code, secs) => write!(
+            stream,
+            "HTTP/1.1 {code} X\r\nretry-after: {secs}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno"
         ),
         Reply::Hang(d) => {
             thread::sleep(d);

@@ -5,6 +5,7 @@ mod agent;
 mod alerts;
 mod history;
 pub mod names;
+mod remote_write;
 mod settings;
 mod system;
 mod tunnels;
@@ -25,6 +26,8 @@ use crate::{
 pub struct Extras {
     pub history: Option<Arc<crate::history::writer::Stats>>,
     pub alerts: Option<Arc<crate::alerts::Shared>>,
+    /// Each remote_write endpoint's counters.
+    pub remote_write: Vec<Arc<crate::remote_write::Stats>>,
 }
 
 /// The series of `snap` (build information only before the first snapshot), with the families
@@ -42,6 +45,7 @@ pub fn series(snap: Option<&Snapshot>, extras: &Extras, settings: &Settings) -> 
     if let Some(a) = &extras.alerts {
         alerts::build(a, &mut b);
     }
+    remote_write::build(&extras.remote_write, &mut b);
     if let Some(s) = snap {
         tunnels::build(s, settings, &mut b);
         system::build(&s.system, &mut b);

@@ -380,6 +380,10 @@ fn every_exposed_name_is_in_the_known_list() {
     let extras = Extras {
         history: Some(Arc::default()),
         alerts: Some(Arc::default()),
+        remote_write: vec![Arc::new(crate::remote_write::Stats {
+            url: "http://receiver/api/v1/write".into(),
+            ..crate::remote_write::Stats::default()
+        })],
     };
     let built = series(Some(&sample_snapshot()), &extras, &Settings::default());
     let mut seen = std::collections::BTreeSet::new();

@@ -386,6 +386,12 @@ impl WebConfig {
         }
     }
 
+    /// The web config at start: none without a file; a file that does not load is an error
+    /// (the agent stops before it listens).
+    pub fn start(path: Option<&Path>) -> Result<Self, String> {
+        path.map_or_else(|| Ok(Self::none()), Self::load)
+    }
+
     /// Loads the file at start: an error stops the agent before it listens.
     pub fn load(path: &Path) -> Result<Self, String> {
         let files = files_of(path);

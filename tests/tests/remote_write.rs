@@ -1,0 +1,213 @@
+//! remote_write: a real Prometheus receiver (`--web.enable-remote-write-receiver`) gets the
+//! series `/metrics` shows, with the external labels; stand-in receivers answering 400, 500 and
+//! 429 show the retry rules (no retry, backoff, `Retry-After`).
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use moonfrp_tests::{
+    Agent, Daemon, free_port, http_get, poll,
+    receiver::{Receiver, Reply},
+    send_tcp,
+};
+
+fn receiver(dir: &Path) -> (Daemon, SocketAddr) {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, "global: {scrape_interval: 1m}\n").unwrap();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let daemon = Daemon::start(
+        "prometheus",
+        &[
+            &format!("--config.file={}", config.display()),
+            &format!("--storage.tsdb.path={}", dir.join("data").display()),
+            &format!("--web.listen-address={addr}"),
+            "--web.enable-remote-write-receiver",
+        ],
+    );
+    (daemon, addr)
+}
+
+/// Prometheus' latest value of a series selector, if it has one.
+fn query(addr: SocketAddr, selector: &str) -> Option<f64> {
+    let q: String = selector
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, _, body) = http_get(addr, &format!("/api/v1/query?query={q}"), None).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+    let result = v["data"]["result"].as_array()?;
+    if result.len() != 1 {
+        return None;
+    }
+    result[0]["value"][1].as_str()?.parse().ok()
+}
+
+fn config(dir: &Path, endpoints: &str) -> String {
+    let path = dir.join("moonfrp.toml");
+    std::fs::write(&path, endpoints).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_real_prometheus_receives_what_metrics_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (prom, addr) = receiver(dir.path());
+    let port = free_port();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[[remote_write]]\nurl = \"http://{addr}/api/v1/write\"\nexternal_labels = {{ instance = \"edge-1\", region = \"test\" }}\n[remote_write.queue]\nmax_samples_per_send = 300\n"
+        ),
+    );
+    let agent = Agent::start(&["-c", &cfg, "-t", &format!("web={port}")]);
+    send_tcp(port, 98_765);
+    agent.wait_for("the bytes counted", |m| {
+        m.tunnel("web", "moonfrp_tunnel_receive_payload_bytes_total") == 98_765.0
+    });
+    let got = poll("the counter in Prometheus", Duration::from_mins(1), || {
+        query(
+            addr,
+            "moonfrp_tunnel_receive_payload_bytes_total{tunnel=\"web\",instance=\"edge-1\",region=\"test\"}",
+        )
+        .filter(|v| *v == 98_765.0)
+    });
+    assert_eq!(got, 98_765.0, "{}", prom.log());
+
+    // Every series of the tunnel as /metrics shows it (stable now: no more traffic) is in
+    // Prometheus with the same value and the external labels.
+    let m = agent.metrics();
+    let mut compared = 0;
+    for s in m.samples.iter().filter(|s| {
+        s.labels.iter().any(|(k, v)| k == "tunnel" && v == "web")
+            && s.name.starts_with("moonfrp_tunnel_")
+    }) {
+        let mut selector = format!("{}{{instance=\"edge-1\",region=\"test\"", s.name);
+        for (k, v) in &s.labels {
+            let _ = write!(
+                selector,
+                ",{k}=\"{}\"",
+                v.replace('\\', "\\\\").replace('"', "\\\"")
+            );
+        }
+        selector.push('}');
+        let want = s.value;
+        let v = poll(
+            &format!("{selector} in Prometheus"),
+            Duration::from_secs(30),
+            || query(addr, &selector).filter(|v| *v == want || (v.is_nan() && want.is_nan())),
+        );
+        assert!(v == want || v.is_nan(), "{selector}: {v} != {want}");
+        compared += 1;
+    }
+    assert!(compared >= 15, "only {compared} tunnel series compared");
+    // Host and agent series travel too; the endpoint's own counters say it went well.
+    assert!(
+        query(
+            addr,
+            "moonfrp_system_memory_total_bytes{instance=\"edge-1\"}"
+        )
+        .is_some()
+    );
+    let m = agent.metrics();
+    let url = format!("http://{addr}/api/v1/write");
+    let count = |result: &str| {
+        m.get(
+            "moonfrp_remote_write_samples_total",
+            &[("url", &url), ("result", result)],
+        )
+        .unwrap()
+    };
+    assert!(count("sent") > 0.0);
+    assert_eq!(count("failed"), 0.0);
+    assert_eq!(count("dropped"), 0.0);
+    assert!(
+        m.get(
+            "moonfrp_remote_write_highest_sent_timestamp_seconds",
+            &[("url", &url)]
+        )
+        .unwrap()
+            > 1.7e9
+    );
+}
+
+#[test]
+fn a_400_is_not_retried_a_500_is_with_backoff_and_a_429_waits_its_retry_after() {
+    let r = Receiver::start();
+    r.reply("/bad", Reply::Status(400));
+    r.reply("/down", Reply::Status(500));
+    r.reply("/busy", Reply::RetryAfter(429, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for path in ["/bad", "/down", "/busy"] {
+        let _ = write!(
+            text,
+            "[[remote_write]]\nurl = \"{}\"\nheaders = {{ X-Scope-OrgID = \"tenant-7\" }}\n[remote_write.queue]\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n",
+            r.url(path)
+        );
+    }
+    let cfg = config(dir.path(), &text);
+    let agent = Agent::start(&["-c", &cfg, "-t", &format!("web={}", free_port())]);
+    std::thread::sleep(Duration::from_secs(6));
+    let m = agent.metrics();
+    let snapshots = m.get("moonfrp_agent_snapshots_total", &[]).unwrap();
+
+    // The protocol's headers, and the extra one.
+    let bad = r.received("/bad");
+    let h = &bad[0].headers;
+    for (k, v) in [
+        ("content-encoding", "snappy"),
+        ("content-type", "application/x-protobuf"),
+        ("x-prometheus-remote-write-version", "0.1.0"),
+        ("x-scope-orgid", "tenant-7"),
+    ] {
+        assert!(h.iter().any(|(hk, hv)| hk == k && hv == v), "{k}: {h:?}");
+    }
+    // 400: every batch is sent once and counted failed; none is sent again.
+    assert!(
+        (bad.len() as f64) <= snapshots + 1.0,
+        "{} requests for {snapshots} snapshots",
+        bad.len()
+    );
+    let count = |path: &str, result: &str| {
+        m.get(
+            "moonfrp_remote_write_samples_total",
+            &[("url", &r.url(path)), ("result", result)],
+        )
+        .unwrap()
+    };
+    assert!(count("/bad", "failed") > 0.0);
+    assert_eq!(count("/bad", "retried"), 0.0);
+
+    // 500: retried, the waits doubling from 100 ms up to the 1 s cap.
+    let gaps = |path: &str| -> Vec<f64> {
+        r.received(path)
+            .windows(2)
+            .map(|w| (w[1].at - w[0].at).as_secs_f64())
+            .collect()
+    };
+    let down = gaps("/down");
+    assert!(down.len() >= 5, "{down:?}");
+    for (i, want) in [0.1, 0.2, 0.4, 0.8].into_iter().enumerate() {
+        assert!(
+            down[i] >= want * 0.9 && down[i] < want * 1.5 + 0.05,
+            "gap {i}: {:.3} s, want ≈ {want} s: {down:?}",
+            down[i]
+        );
+    }
+    assert!(down[4..].iter().all(|g| *g >= 0.9 && *g < 1.5), "{down:?}");
+    assert!(count("/down", "retried") > 0.0);
+    assert_eq!(count("/down", "sent"), 0.0);
+
+    // 429 with Retry-After: 2 waits 2 s each time, whatever the backoff says.
+    let busy = gaps("/busy");
+    assert!(!busy.is_empty(), "{busy:?}");
+    assert!(busy.iter().all(|g| *g >= 1.9 && *g < 2.6), "{busy:?}");
+    // Nothing is lost to the queue in 6 s of retries.
+    assert_eq!(count("/down", "dropped"), 0.0);
+}
