@@ -1,0 +1,219 @@
+//! The fleet examples: a real Prometheus runs `deploy/prometheus/fleet.yml` (file_sd pointing at
+//! an agent with traffic) with its recording and alert rules, and every panel query of the
+//! Grafana dashboard `deploy/grafana/moonfrp.json`, its variables substituted, returns data.
+use std::{
+    collections::BTreeSet,
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    thread,
+    time::Duration,
+};
+
+use moonfrp_tests::{Agent, Daemon, free_port, http_get, poll, workspace};
+use serde_json::Value;
+
+/// The result of an instant query: `None` unless it succeeded.
+fn query(addr: SocketAddr, expr: &str) -> Option<Vec<Value>> {
+    let q: String = expr
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, _, body) = http_get(addr, &format!("/api/v1/query?query={q}"), None).ok()?;
+    let v: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+    v["data"]["result"].as_array().cloned()
+}
+
+/// Traffic on `port` until dropped: a connection every 100 ms with a few KiB, from loopback.
+struct Traffic(Arc<AtomicBool>);
+
+impl Traffic {
+    fn start(port: u16) -> Self {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        thread::spawn(move || {
+            for c in listener.incoming() {
+                let Ok(mut c) = c else { break };
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut c, &mut std::io::sink());
+                });
+            }
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        thread::spawn(move || {
+            while !s.load(Relaxed) {
+                if let Ok(mut c) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+                    let _ = c.write_all(&[5u8; 4_096]);
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self(stop)
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.0.store(true, Relaxed);
+    }
+}
+
+/// Prometheus with the shipped fleet config, its rule files, and a targets file naming `agent`.
+fn fleet_prometheus(dir: &std::path::Path, agent: SocketAddr) -> (Daemon, SocketAddr) {
+    let deploy = workspace().join("deploy/prometheus");
+    // The shipped intervals are the agent's default minute; the test's agent snapshots every
+    // second.
+    let config = std::fs::read_to_string(deploy.join("fleet.yml"))
+        .unwrap()
+        .replace("scrape_interval: 60s", "scrape_interval: 1s")
+        .replace("evaluation_interval: 60s", "evaluation_interval: 1s");
+    std::fs::write(dir.join("fleet.yml"), config).unwrap();
+    for f in ["recording_rules.yml", "alerts.yml"] {
+        std::fs::copy(deploy.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::create_dir(dir.join("targets")).unwrap();
+    std::fs::write(
+        dir.join("targets/moonfrp.yml"),
+        format!("- targets: ['{agent}']\n"),
+    )
+    .unwrap();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let daemon = Daemon::start(
+        "prometheus",
+        &[
+            &format!("--config.file={}", dir.join("fleet.yml").display()),
+            &format!("--storage.tsdb.path={}", dir.join("data").display()),
+            &format!("--web.listen-address={addr}"),
+        ],
+    );
+    (daemon, addr)
+}
+
+/// Structural checks on the dashboard: unique panel ids, one data source variable used
+/// everywhere, unique refIds per panel, panels inside the 24-column grid, every variable a
+/// query uses defined.
+fn sanity(dash: &Value) -> Vec<(String, String)> {
+    let vars: BTreeSet<&str> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(vars.contains("datasource") && vars.contains("instance") && vars.contains("tunnel"));
+    let mut ids = BTreeSet::new();
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        let title = p["title"].as_str().unwrap().to_owned();
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "duplicate id: {title}"
+        );
+        let g = &p["gridPos"];
+        assert!(
+            g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24,
+            "{title} leaves the grid"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        let mut refs = BTreeSet::new();
+        for t in p["targets"].as_array().unwrap() {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
+            assert!(
+                refs.insert(t["refId"].as_str().unwrap()),
+                "{title}: refId twice"
+            );
+            let expr = t["expr"].as_str().unwrap().to_owned();
+            for word in expr.split('$').skip(1) {
+                let name: String = word
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    vars.contains(name.as_str()) || name.starts_with("__"),
+                    "{title}: ${name} is not a dashboard variable"
+                );
+            }
+            exprs.push((title.clone(), expr));
+        }
+    }
+    exprs
+}
+
+#[test]
+fn the_shipped_prometheus_files_pass_promtool() {
+    let deploy = workspace().join("deploy/prometheus");
+    // `check config` also checks the rule files it names (recording and alert rules).
+    let out = std::process::Command::new("promtool")
+        .args(["check", "config"])
+        .arg(deploy.join("fleet.yml"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("8 rules found") && !text.contains("WARNING"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_fleet_config_rules_and_every_dashboard_query_work_on_a_real_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("moonfrp.toml");
+    std::fs::write(&config, "[kernel]\nexport_peers = 3\n").unwrap();
+    let agent = Agent::start(&["-c", config.to_str().unwrap(), "-t", &format!("web={port}")]);
+    let _traffic = Traffic::start(port);
+    let prom_dir = tempfile::tempdir().unwrap();
+    let (prom, addr) = fleet_prometheus(prom_dir.path(), agent.addr);
+
+    // The relabelled instance is the host alone, as remote_write's default external label.
+    poll(
+        "the agent scraped through file_sd",
+        Duration::from_mins(1),
+        || query(addr, "up{job=\"moonfrp\",instance=\"127.0.0.1\"} == 1").filter(|r| !r.is_empty()),
+    );
+    // The recording rules evaluate (rates need a few scrapes).
+    for rule in [
+        "instance:moonfrp_tunnels_up:sum",
+        "instance:moonfrp_tunnel_receive_bytes:rate5m",
+        "instance:moonfrp_tunnel_errors:rate5m",
+        "fleet:moonfrp_tunnels_down:sum",
+        "fleet:moonfrp_tunnel_bytes:rate5m",
+    ] {
+        poll(rule, Duration::from_secs(30), || {
+            query(addr, rule).filter(|r| !r.is_empty())
+        });
+    }
+
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("deploy/grafana/moonfrp.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs = sanity(&dash);
+    assert!(exprs.len() >= 30, "{} queries", exprs.len());
+    for (title, expr) in &exprs {
+        let q = expr
+            .replace("$__rate_interval", "30s")
+            .replace("$instance", "127.0.0.1")
+            .replace("$tunnel", "web");
+        poll(
+            &format!("panel \"{title}\": {q}"),
+            Duration::from_secs(30),
+            || query(addr, &q).filter(|r| !r.is_empty()),
+        );
+    }
+    drop(prom);
+}
