@@ -210,6 +210,20 @@ async fn on_collector<R: Send + 'static>(
     })
 }
 
+/// The remote_write senders, if any endpoint is configured; history backs them when it is on.
+fn start_remote_write(
+    config: &Config,
+) -> anyhow::Result<Option<(RemoteWrite, crate::remote_write::Senders)>> {
+    let history = &config.start.history;
+    let db = history.enabled.then(|| history.db_path());
+    RemoteWrite::start(
+        &config.start.remote_write,
+        db.as_deref(),
+        &tokio::runtime::Handle::current(),
+    )
+    .map_err(anyhow::Error::msg)
+}
+
 /// Loads and attaches the kernel programs, through the pin directory when there is one (bpffs
 /// mounted first if it must be).
 fn load_kernel(
@@ -292,12 +306,7 @@ async fn run_async(mut config: Config, args: ConfigArgs) -> anyhow::Result<()> {
     ));
     info!(listen = %config.start.listen, tls = state.web.tls(), basic_auth = state.web.current().authenticates(), interval = ?config.interval, tunnels = config.tunnels.len(), "serving /metrics");
 
-    let (remote_write, senders) = RemoteWrite::start(
-        &config.start.remote_write,
-        &tokio::runtime::Handle::current(),
-    )
-    .map_err(anyhow::Error::msg)?
-    .unzip();
+    let (remote_write, senders) = start_remote_write(&config)?.unzip();
     let (jobs, jobs_rx) = std::sync::mpsc::channel::<Job>();
     let mut pipeline = Pipeline {
         collector: collector.clone(),

@@ -15,10 +15,16 @@ use moonfrp_tests::{
 };
 
 fn receiver(dir: &Path) -> (Daemon, SocketAddr) {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    (receiver_at(dir, addr), addr)
+}
+
+/// A Prometheus remote-write receiver on `addr` keeping its data in `dir` (so it can be
+/// stopped and started again with what it had).
+fn receiver_at(dir: &Path, addr: SocketAddr) -> Daemon {
     let config = dir.join("prometheus.yml");
     std::fs::write(&config, "global: {scrape_interval: 1m}\n").unwrap();
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let daemon = Daemon::start(
+    Daemon::start(
         "prometheus",
         &[
             &format!("--config.file={}", config.display()),
@@ -26,8 +32,7 @@ fn receiver(dir: &Path) -> (Daemon, SocketAddr) {
             &format!("--web.listen-address={addr}"),
             "--web.enable-remote-write-receiver",
         ],
-    );
-    (daemon, addr)
+    )
 }
 
 /// Prometheus' latest value of a series selector, if it has one.
@@ -210,4 +215,181 @@ fn a_400_is_not_retried_a_500_is_with_backoff_and_a_429_waits_its_retry_after() 
     assert!(busy.iter().all(|g| *g >= 1.9 && *g < 2.6), "{busy:?}");
     // Nothing is lost to the queue in 6 s of retries.
     assert_eq!(count("/down", "dropped"), 0.0);
+}
+
+/// Resident memory of a process now (`VmRSS`), in bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// Raw samples (Unix ms) Prometheus holds for `selector` over the last `window`.
+fn sample_times(addr: SocketAddr, selector: &str, window: &str) -> Vec<i64> {
+    let q: String = format!("{selector}[{window}]")
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (_, _, body) = http_get(addr, &format!("/api/v1/query?query={q}"), None).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["data"]["result"][0]["values"]
+        .as_array()
+        .map(|vals| {
+            vals.iter()
+                .map(|p| (p[0].as_f64().unwrap() * 1000.0).round() as i64)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A steady stream: 10 KiB every 100 ms to `port`, each on a new connection (a listener there
+/// reads them), until [`Stream::finish`].
+struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    client: std::thread::JoinHandle<()>,
+}
+
+impl Stream {
+    fn start(port: u16) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        std::thread::spawn(move || {
+            for c in listener.incoming() {
+                let Ok(mut c) = c else { break };
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c, &mut std::io::sink());
+                });
+            }
+        });
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (st, se) = (stop.clone(), sent.clone());
+        let client = std::thread::spawn(move || {
+            use std::io::Write as _;
+            while !st.load(SeqCst) {
+                let mut c = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+                c.write_all(&[9u8; 10_240]).unwrap();
+                se.fetch_add(10_240, SeqCst);
+                drop(c);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { stop, sent, client }
+    }
+
+    /// Stops sending: the bytes sent.
+    fn finish(self) -> u64 {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.stop.store(true, SeqCst);
+        self.client.join().unwrap();
+        self.sent.load(SeqCst)
+    }
+}
+
+#[test]
+fn a_two_minute_outage_is_resent_from_history_with_no_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let prom_dir = dir.path().join("prometheus");
+    std::fs::create_dir(&prom_dir).unwrap();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let prom = receiver_at(&prom_dir, addr);
+    let port = free_port();
+    // A small queue: two minutes of snapshots cannot stay in memory, history must carry them.
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[[remote_write]]\nurl = \"http://{addr}/api/v1/write\"\nexternal_labels = {{ instance = \"edge-1\" }}\n[remote_write.queue]\ncapacity = 2000\nmax_samples_per_send = 500\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n"
+        ),
+    );
+    let agent = Agent::start(&["-c", &cfg, "-t", &format!("web={port}")]);
+    let stream = Stream::start(port);
+    let selector = "moonfrp_tunnel_receive_payload_bytes_total{tunnel=\"web\",instance=\"edge-1\"}";
+    poll("the stream in Prometheus", Duration::from_mins(1), || {
+        query(addr, selector).filter(|v| *v > 0.0)
+    });
+
+    // The receiver goes away for two minutes; the agent's memory is watched meanwhile.
+    let outage_start = now_ms();
+    drop(prom);
+    let rss_before = rss(agent.pid());
+    let mut rss_peak = rss_before;
+    for _ in 0..24 {
+        std::thread::sleep(Duration::from_secs(5));
+        rss_peak = rss_peak.max(rss(agent.pid()));
+    }
+    let url = format!("http://{addr}/api/v1/write");
+    let m = agent.metrics();
+    let pending = m
+        .get("moonfrp_remote_write_samples_pending", &[("url", &url)])
+        .unwrap();
+    assert!(pending <= 2_000.0, "pending {pending}");
+    println!(
+        "agent RSS during a 2 min outage: {:.1} MiB at its start, {:.1} MiB at most",
+        rss_before as f64 / 1_048_576.0,
+        rss_peak as f64 / 1_048_576.0
+    );
+    assert!(
+        rss_peak < rss_before + 8 * 1024 * 1024,
+        "RSS grew from {rss_before} to {rss_peak} bytes"
+    );
+
+    // Back: everything the agent took meanwhile arrives, from history and the queue.
+    let _prom = receiver_at(&prom_dir, addr);
+    std::thread::sleep(Duration::from_secs(2));
+    let total = stream.finish() as f64;
+    agent.wait_for("every byte counted", |m| {
+        m.tunnel("web", "moonfrp_tunnel_receive_payload_bytes_total") == total
+    });
+    let last = poll(
+        "the final count in Prometheus",
+        Duration::from_mins(2),
+        || query(addr, selector).filter(|v| *v == total),
+    );
+    assert_eq!(last, total);
+    // No gap: every snapshot the agent took since shortly before the outage is a sample there.
+    poll(
+        "every snapshot of the outage in Prometheus",
+        Duration::from_mins(1),
+        || {
+            let there: std::collections::BTreeSet<i64> =
+                sample_times(addr, selector, "10m").into_iter().collect();
+            let taken: Vec<i64> = agent
+                .snapshot_times()
+                .into_iter()
+                .map(|t| (t * 1000.0).round() as i64)
+                .filter(|t| *t >= outage_start - 5_000)
+                .collect();
+            let missing: Vec<&i64> = taken.iter().filter(|t| !there.contains(t)).collect();
+            (missing.is_empty() && taken.len() > 120).then_some(())
+        },
+    );
+    let m = agent.metrics();
+    assert_eq!(
+        m.get(
+            "moonfrp_remote_write_samples_total",
+            &[("url", &url), ("result", "dropped")]
+        ),
+        Some(0.0)
+    );
+    // The queue did overflow: what left it came back from history.
+    assert!(
+        agent.log().contains("caught up with history"),
+        "{}",
+        agent.log()
+    );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

@@ -1,9 +1,15 @@
 //! Prometheus remote_write 1.0: every snapshot's typed series pushed to each `[[remote_write]]`
 //! endpoint, with the spec's retry rules (5xx and 429 retried with backoff and `Retry-After`,
-//! other 4xx dropped), a queue bounded in samples (the oldest go first when it is full), and
-//! the self-metrics Prometheus' own remote storage reports.
+//! other 4xx dropped), a queue bounded in samples, and the self-metrics Prometheus' own remote
+//! storage reports.
+//!
+//! When the queue is full (the receiver has been away a while), its oldest snapshots leave
+//! memory; with history on they are not lost: the sender reads them back from the history
+//! database ([`backfill`]) and sends them, oldest first and at a bounded rate, before anything
+//! newer — history is the write-ahead log. Without history they are dropped and counted.
 //!
 //! One task per endpoint; the collection thread only hands it an `Arc` of the series.
+pub mod backfill;
 pub mod config;
 pub mod proto;
 
@@ -62,10 +68,12 @@ pub struct RemoteWrite {
 pub struct Senders(Vec<tokio::task::JoinHandle<()>>);
 
 impl RemoteWrite {
-    /// Starts a sender per endpoint on `rt` (`None` without endpoints); an endpoint whose HTTP
-    /// client cannot be built (a CA file that does not parse) is an error.
+    /// Starts a sender per endpoint on `rt` (`None` without endpoints), backfilling from
+    /// `history` when given; an endpoint whose HTTP client cannot be built (a CA file that does
+    /// not parse) is an error.
     pub fn start(
         endpoints: &[Endpoint],
+        history: Option<&std::path::Path>,
         rt: &tokio::runtime::Handle,
     ) -> Result<Option<(Self, Senders)>, String> {
         if endpoints.is_empty() {
@@ -84,7 +92,16 @@ impl RemoteWrite {
             });
             // Two snapshots in flight at most: the task turns them into its own queue at once.
             let (tx, rx) = mpsc::channel(2);
-            tasks.push(rt.spawn(run(ep.clone(), client, rx, stats.clone())));
+            let sender = Sender {
+                ep: ep.clone(),
+                client,
+                stats: stats.clone(),
+                history: history.map(backfill::History::new),
+                queue: VecDeque::new(),
+                gap: None,
+                gap_sent: 0,
+            };
+            tasks.push(rt.spawn(sender.run(rx)));
             this.queues.push(tx);
             this.stats.push(stats);
             info!(url = %ep.label, "remote_write: pushing every snapshot");
@@ -206,93 +223,210 @@ async fn send(client: &reqwest::Client, ep: &Endpoint, body: Vec<u8>) -> Outcome
     }
 }
 
-/// Takes the snapshots from `rx` into a queue of at most `capacity` samples (the oldest go
-/// when it overflows) and sends it in batches, in order.
-async fn run(
+/// Pause between two backfill requests: at most ten a second, so a receiver back from an
+/// outage is not flooded.
+const BACKFILL_PAUSE: Duration = Duration::from_millis(100);
+
+/// One endpoint's sender.
+struct Sender {
     ep: Endpoint,
     client: reqwest::Client,
-    mut rx: mpsc::Receiver<Batch>,
     stats: Arc<Stats>,
-) {
-    let mut queue: VecDeque<TimeSeries> = VecDeque::new();
-    let mut open = true;
-    let mut backoff = ep.min_backoff;
-    let mut failing: Option<String> = None;
-    loop {
-        if queue.is_empty() {
-            if !open {
-                return;
-            }
-            match rx.recv().await {
-                Some(b) => enqueue(&ep, &mut queue, b, &stats),
-                None => open = false,
-            }
-            continue;
-        }
-        // Everything that arrived meanwhile joins the queue first, so a batch is full.
-        while let Ok(b) = rx.try_recv() {
-            enqueue(&ep, &mut queue, b, &stats);
-        }
-        let n = queue.len().min(ep.max_samples_per_send);
-        let timeseries: Vec<TimeSeries> = queue.iter().take(n).cloned().collect();
-        let newest = timeseries
-            .iter()
-            .filter_map(|t| t.samples.last().map(|s| s.timestamp))
-            .max()
-            .unwrap_or(0);
-        let body = proto::encode(&WriteRequest { timeseries });
-        match send(&client, &ep, body).await {
-            Outcome::Sent => {
-                queue.drain(..n);
-                stats.sent.fetch_add(n as u64, Relaxed);
-                stats
-                    .last_send_ms
-                    .store(crate::time::unix_ms(std::time::SystemTime::now()), Relaxed);
-                stats.highest_sent_ms.fetch_max(newest, Relaxed);
-                backoff = ep.min_backoff;
-                if let Some(why) = failing.take() {
-                    info!(url = %ep.label, previous = %why, "remote_write: the receiver takes samples again");
+    /// Where snapshots that left the queue are read back; `None`: they are dropped.
+    history: Option<backfill::History>,
+    /// Samples to send, oldest first, whole snapshots (all of one timestamp together).
+    queue: VecDeque<TimeSeries>,
+    /// The oldest snapshot (Unix ms) that left the queue unsent: everything from it up to the
+    /// queue's first is read back from history before the queue is sent.
+    gap: Option<i64>,
+    /// Samples of the gap's first snapshot already sent (a snapshot larger than a request goes
+    /// in parts).
+    gap_sent: usize,
+}
+
+/// A batch to send and where it comes from.
+enum Next {
+    /// The first `n` samples of the queue.
+    Queue(usize, Vec<TimeSeries>),
+    /// Part of a snapshot read back from history, at this Unix ms: the samples, and whether
+    /// they are its last.
+    History(i64, Vec<TimeSeries>, bool),
+}
+
+impl Sender {
+    /// Takes the snapshots from `rx` and sends them, in order, until `rx` closes and the queue
+    /// is empty.
+    async fn run(mut self, mut rx: mpsc::Receiver<Batch>) {
+        let mut open = true;
+        let mut backoff = self.ep.min_backoff;
+        let mut failing: Option<String> = None;
+        loop {
+            if self.queue.is_empty() && self.gap.is_none() {
+                if !open {
+                    return;
                 }
-            }
-            Outcome::Refused(why) => {
-                queue.drain(..n);
-                stats.failed.fetch_add(n as u64, Relaxed);
-                warn!(url = %ep.label, error = %why, samples = n, "remote_write: the receiver refused a batch; it is not sent again");
-            }
-            Outcome::Retry(why, after) => {
-                stats.retried.fetch_add(n as u64, Relaxed);
-                if failing.is_none() {
-                    warn!(url = %ep.label, error = %why, "remote_write: sending failed; retrying with backoff (logged again when it works)");
+                match rx.recv().await {
+                    Some(b) => self.enqueue(b),
+                    None => open = false,
                 }
-                failing = Some(why);
-                // Retry-After is the receiver's to set (as Prometheus honours it), within reason.
-                let wait = after.map_or(backoff, |a| a.min(MAX_RETRY_AFTER));
-                backoff = (backoff * 2).min(ep.max_backoff);
-                // New snapshots keep arriving while waiting; a closed channel (shutdown) ends
-                // the wait too, and the remaining tries get what is left of the deadline.
-                let sleep = tokio::time::sleep(wait);
-                tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        () = &mut sleep => break,
-                        b = rx.recv(), if open => match b {
-                            Some(b) => enqueue(&ep, &mut queue, b, &stats),
-                            None => open = false,
-                        },
+                continue;
+            }
+            // Everything that arrived meanwhile joins the queue first, so a batch is full.
+            while let Ok(b) = rx.try_recv() {
+                self.enqueue(b);
+            }
+            let Some(next) = self.next().await else {
+                continue;
+            };
+            let (samples, from_history) = match &next {
+                Next::Queue(_, t) => (t, false),
+                Next::History(_, t, _) => (t, true),
+            };
+            let n = samples.len();
+            let newest = samples
+                .iter()
+                .filter_map(|t| t.samples.last().map(|s| s.timestamp))
+                .max()
+                .unwrap_or(0);
+            let body = proto::encode(&WriteRequest {
+                timeseries: samples.clone(),
+            });
+            let outcome = send(&self.client, &self.ep, body).await;
+            if matches!(outcome, Outcome::Sent | Outcome::Refused(_)) {
+                self.done(&next);
+            }
+            match outcome {
+                Outcome::Sent => {
+                    self.stats.sent.fetch_add(n as u64, Relaxed);
+                    self.stats
+                        .last_send_ms
+                        .store(crate::time::unix_ms(std::time::SystemTime::now()), Relaxed);
+                    self.stats.highest_sent_ms.fetch_max(newest, Relaxed);
+                    backoff = self.ep.min_backoff;
+                    if let Some(why) = failing.take() {
+                        info!(url = %self.ep.label, previous = %why, "remote_write: the receiver takes samples again");
+                    }
+                    if from_history {
+                        tokio::time::sleep(BACKFILL_PAUSE).await;
+                    }
+                }
+                Outcome::Refused(why) => {
+                    self.stats.failed.fetch_add(n as u64, Relaxed);
+                    warn!(url = %self.ep.label, error = %why, samples = n, "remote_write: the receiver refused a batch; it is not sent again");
+                }
+                Outcome::Retry(why, after) => {
+                    self.stats.retried.fetch_add(n as u64, Relaxed);
+                    if failing.is_none() {
+                        warn!(url = %self.ep.label, error = %why, "remote_write: sending failed; retrying with backoff (logged again when it works)");
+                    }
+                    failing = Some(why);
+                    // Retry-After is the receiver's to set (as Prometheus honours it), within
+                    // reason.
+                    let wait = after.map_or(backoff, |a| a.min(MAX_RETRY_AFTER));
+                    backoff = (backoff * 2).min(self.ep.max_backoff);
+                    // New snapshots keep arriving while waiting; a closed channel (shutdown)
+                    // ends the wait too, and the remaining tries get what is left of the
+                    // deadline.
+                    let sleep = tokio::time::sleep(wait);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            () = &mut sleep => break,
+                            b = rx.recv(), if open => match b {
+                                Some(b) => self.enqueue(b),
+                                None => open = false,
+                            },
+                        }
                     }
                 }
             }
+            self.stats.pending.store(self.queue.len() as u64, Relaxed);
         }
-        stats.pending.store(queue.len() as u64, Relaxed);
     }
-}
 
-fn enqueue(ep: &Endpoint, queue: &mut VecDeque<TimeSeries>, (ts, series): Batch, stats: &Stats) {
-    queue.extend(proto::timeseries(&series, ts, &ep.external_labels));
-    let over = queue.len().saturating_sub(ep.capacity);
-    if over > 0 {
-        queue.drain(..over);
-        stats.dropped.fetch_add(over as u64, Relaxed);
+    /// The next batch: what history holds of the gap first, then the queue.
+    async fn next(&mut self) -> Option<Next> {
+        if let (Some(from), Some(history)) = (self.gap, &self.history) {
+            let to = self
+                .queue
+                .front()
+                .and_then(|t| t.samples.first())
+                .map_or(i64::MAX, |s| s.timestamp);
+            let (h, ext) = (history.clone(), self.ep.external_labels.clone());
+            let read = tokio::task::spawn_blocking(move || h.first(from, to, &ext))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match read {
+                Ok(Some((ts, samples))) => {
+                    // A snapshot larger than a request goes in parts.
+                    let rest = samples.len().saturating_sub(self.gap_sent);
+                    let n = rest.min(self.ep.max_samples_per_send);
+                    let last = n == rest;
+                    let part = samples.into_iter().skip(self.gap_sent).take(n).collect();
+                    return Some(Next::History(ts, part, last));
+                }
+                Ok(None) => {
+                    self.gap = None;
+                    info!(url = %self.ep.label, "remote_write: caught up with history");
+                }
+                Err(e) => {
+                    warn!(url = %self.ep.label, error = %e, "remote_write: cannot read the missed snapshots back from history; they are lost");
+                    self.gap = None;
+                }
+            }
+        }
+        let n = self.queue.len().min(self.ep.max_samples_per_send);
+        (n > 0).then(|| Next::Queue(n, self.queue.iter().take(n).cloned().collect()))
     }
-    stats.pending.store(queue.len() as u64, Relaxed);
+
+    /// A batch went (or was refused for good): take it off the queue, or move the gap past it.
+    fn done(&mut self, next: &Next) {
+        match next {
+            Next::Queue(n, _) => {
+                self.queue.drain(..*n);
+            }
+            Next::History(ts, part, last) => {
+                if *last {
+                    self.gap = Some(ts + 1);
+                    self.gap_sent = 0;
+                } else {
+                    self.gap_sent += part.len();
+                }
+            }
+        }
+    }
+
+    /// Adds a snapshot; whole snapshots leave the front while the queue holds more than
+    /// `capacity` samples — into the gap (read back later) with history, dropped without.
+    fn enqueue(&mut self, (ts, series): Batch) {
+        self.queue
+            .extend(proto::timeseries(&series, ts, &self.ep.external_labels));
+        while self.queue.len() > self.ep.capacity {
+            let Some(first) = self
+                .queue
+                .front()
+                .and_then(|t| t.samples.first())
+                .map(|s| s.timestamp)
+            else {
+                break;
+            };
+            let before = self.queue.len();
+            while self
+                .queue
+                .front()
+                .and_then(|t| t.samples.first())
+                .is_some_and(|s| s.timestamp == first)
+            {
+                self.queue.pop_front();
+            }
+            if self.history.is_some() {
+                self.gap.get_or_insert(first);
+            } else {
+                self.stats
+                    .dropped
+                    .fetch_add((before - self.queue.len()) as u64, Relaxed);
+            }
+        }
+        self.stats.pending.store(self.queue.len() as u64, Relaxed);
+    }
 }
