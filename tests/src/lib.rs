@@ -5,6 +5,7 @@
 mod agent;
 pub mod fake_http;
 pub mod hostile_http;
+pub mod pki;
 pub mod receiver;
 mod scrape;
 
@@ -264,6 +265,17 @@ impl Drop for Daemon {
             eprintln!("---- {} log ----\n{}", self.name, self.log());
         }
     }
+}
+
+/// Runs `cmd args…` and returns its stdout; panics with its stderr if it fails.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Polls `f` every 200 ms until it returns `Some`, for at most `timeout`.

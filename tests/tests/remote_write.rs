@@ -9,7 +9,9 @@ use std::{
 };
 
 use moonfrp_tests::{
-    Agent, Daemon, free_port, http_get, poll,
+    Agent, Daemon, free_port, http_get,
+    pki::Pki,
+    poll,
     receiver::{Receiver, Reply},
     send_tcp,
 };
@@ -53,7 +55,7 @@ fn query(addr: SocketAddr, selector: &str) -> Option<f64> {
     result[0]["value"][1].as_str()?.parse().ok()
 }
 
-fn config(dir: &Path, endpoints: &str) -> String {
+fn config_file(dir: &Path, endpoints: &str) -> String {
     let path = dir.join("moonfrp.toml");
     std::fs::write(&path, endpoints).unwrap();
     path.to_str().unwrap().to_owned()
@@ -64,7 +66,7 @@ fn a_real_prometheus_receives_what_metrics_shows() {
     let dir = tempfile::tempdir().unwrap();
     let (prom, addr) = receiver(dir.path());
     let port = free_port();
-    let cfg = config(
+    let cfg = config_file(
         dir.path(),
         &format!(
             "[[remote_write]]\nurl = \"http://{addr}/api/v1/write\"\nexternal_labels = {{ instance = \"edge-1\", region = \"test\" }}\n[remote_write.queue]\nmax_samples_per_send = 300\n"
@@ -156,7 +158,7 @@ fn a_400_is_not_retried_a_500_is_with_backoff_and_a_429_waits_its_retry_after() 
             r.url(path)
         );
     }
-    let cfg = config(dir.path(), &text);
+    let cfg = config_file(dir.path(), &text);
     let agent = Agent::start(&["-c", &cfg, "-t", &format!("web={}", free_port())]);
     std::thread::sleep(Duration::from_secs(6));
     let m = agent.metrics();
@@ -303,7 +305,7 @@ fn a_two_minute_outage_is_resent_from_history_with_no_gap() {
     let prom = receiver_at(&prom_dir, addr);
     let port = free_port();
     // A small queue: two minutes of snapshots cannot stay in memory, history must carry them.
-    let cfg = config(
+    let cfg = config_file(
         dir.path(),
         &format!(
             "[[remote_write]]\nurl = \"http://{addr}/api/v1/write\"\nexternal_labels = {{ instance = \"edge-1\" }}\n[remote_write.queue]\ncapacity = 2000\nmax_samples_per_send = 500\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n"
@@ -392,4 +394,85 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+#[test]
+fn a_receiver_behind_mutual_tls_and_basic_auth() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    // Prometheus' own web config: TLS with client certificates, and a user.
+    let hash = bcrypt::hash("push-secret", 4).unwrap();
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\nbasic_auth_users:\n  edge: {hash}\n",
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            pki.path("ca.pem")
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, "global: {scrape_interval: 1m}\n").unwrap();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let prom = Daemon::start(
+        "prometheus",
+        &[
+            &format!("--config.file={}", config.display()),
+            &format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+            &format!("--web.listen-address={addr}"),
+            &format!("--web.config.file={}", web.display()),
+            "--web.enable-remote-write-receiver",
+        ],
+    );
+    let password = dir.path().join("password");
+    std::fs::write(&password, "push-secret\n").unwrap();
+    let port = free_port();
+    let cfg = config_file(
+        dir.path(),
+        &format!(
+            "[[remote_write]]\nurl = \"https://{addr}/api/v1/write\"\nbasic_auth = {{ username = \"edge\", password_file = \"{}\" }}\ntls = {{ ca_file = \"{}\", cert_file = \"{}\", key_file = \"{}\" }}\nexternal_labels = {{ instance = \"edge-tls\" }}\n",
+            password.display(),
+            pki.path("ca.pem"),
+            pki.path("client.pem"),
+            pki.path("client.key")
+        ),
+    );
+    let agent = Agent::start(&["-c", &cfg, "-t", &format!("web={port}")]);
+    send_tcp(port, 4_321);
+    let url = format!("https://{addr}/api/v1/write");
+    // Prometheus' query API is behind the same TLS and auth: read the result through curl.
+    let got = poll(
+        "the counter in the TLS receiver",
+        Duration::from_mins(1),
+        || {
+            let out = std::process::Command::new("curl")
+            .args(["-sS", "--cacert", &pki.path("ca.pem")])
+            .args(["--cert", &pki.path("client.pem"), "--key", &pki.path("client.key")])
+            .args(["-u", "edge:push-secret", "-G"])
+            .arg(format!("https://{addr}/api/v1/query"))
+            .args([
+                "--data-urlencode",
+                "query=moonfrp_tunnel_receive_payload_bytes_total{tunnel=\"web\",instance=\"edge-tls\"}",
+            ])
+            .output()
+            .ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            v["data"]["result"][0]["value"][1]
+                .as_str()?
+                .parse::<f64>()
+                .ok()
+                .filter(|v| *v == 4_321.0)
+        },
+    );
+    assert_eq!(got, 4_321.0, "{}", prom.log());
+    let m = agent.metrics();
+    assert_eq!(
+        m.get(
+            "moonfrp_remote_write_samples_total",
+            &[("url", &url), ("result", "failed")]
+        ),
+        Some(0.0)
+    );
 }
