@@ -4,6 +4,7 @@
 //! Run through `cargo xtask test` (root): it builds the agent and sets `MOONFRP_AGENT_BIN`.
 mod agent;
 pub mod fake_http;
+pub mod grafana;
 pub mod hostile_http;
 pub mod pki;
 pub mod receiver;
@@ -264,6 +265,29 @@ impl Drop for Daemon {
         if thread::panicking() {
             eprintln!("---- {} log ----\n{}", self.name, self.log());
         }
+    }
+}
+
+/// The `result` of a Prometheus instant query (`/api/v1/query`) at `addr`: `None` unless it
+/// answered 200 with JSON.
+pub fn prometheus_query(addr: SocketAddr, expr: &str) -> Option<Vec<serde_json::Value>> {
+    let q: String = expr
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, _, body) = http_get(addr, &format!("/api/v1/query?query={q}"), None).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+    v["data"]["result"].as_array().cloned()
+}
+
+/// The value of a Prometheus instant query that returns exactly one series.
+pub fn prometheus_value(addr: SocketAddr, expr: &str) -> Option<f64> {
+    match prometheus_query(addr, expr)?.as_slice() {
+        [one] => one["value"][1].as_str()?.parse().ok(),
+        _ => None,
     }
 }
 

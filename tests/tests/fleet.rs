@@ -2,7 +2,6 @@
 //! an agent with traffic) with its recording and alert rules, and every panel query of the
 //! Grafana dashboard `deploy/grafana/moonfrp.json`, its variables substituted, returns data.
 use std::{
-    collections::BTreeSet,
     io::Write as _,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     sync::{
@@ -13,22 +12,9 @@ use std::{
     time::Duration,
 };
 
-use moonfrp_tests::{Agent, Daemon, free_port, http_get, poll, workspace};
-use serde_json::Value;
-
-/// The result of an instant query: `None` unless it succeeded.
-fn query(addr: SocketAddr, expr: &str) -> Option<Vec<Value>> {
-    let q: String = expr
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let (status, _, body) = http_get(addr, &format!("/api/v1/query?query={q}"), None).ok()?;
-    let v: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
-    v["data"]["result"].as_array().cloned()
-}
+use moonfrp_tests::{
+    Agent, Daemon, free_port, grafana, poll, prometheus_query as query, workspace,
+};
 
 /// Traffic on `port` until dropped: a connection every 100 ms with a few KiB, from loopback.
 struct Traffic(Arc<AtomicBool>);
@@ -95,58 +81,6 @@ fn fleet_prometheus(dir: &std::path::Path, agent: SocketAddr) -> (Daemon, Socket
     (daemon, addr)
 }
 
-/// Structural checks on the dashboard: unique panel ids, one data source variable used
-/// everywhere, unique refIds per panel, panels inside the 24-column grid, every variable a
-/// query uses defined.
-fn sanity(dash: &Value) -> Vec<(String, String)> {
-    let vars: BTreeSet<&str> = dash["templating"]["list"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap())
-        .collect();
-    assert!(vars.contains("datasource") && vars.contains("instance") && vars.contains("tunnel"));
-    let mut ids = BTreeSet::new();
-    let mut exprs = Vec::new();
-    for p in dash["panels"].as_array().unwrap() {
-        let title = p["title"].as_str().unwrap().to_owned();
-        assert!(
-            ids.insert(p["id"].as_u64().unwrap()),
-            "duplicate id: {title}"
-        );
-        let g = &p["gridPos"];
-        assert!(
-            g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24,
-            "{title} leaves the grid"
-        );
-        if p["type"] == "row" {
-            continue;
-        }
-        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
-        let mut refs = BTreeSet::new();
-        for t in p["targets"].as_array().unwrap() {
-            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
-            assert!(
-                refs.insert(t["refId"].as_str().unwrap()),
-                "{title}: refId twice"
-            );
-            let expr = t["expr"].as_str().unwrap().to_owned();
-            for word in expr.split('$').skip(1) {
-                let name: String = word
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                assert!(
-                    vars.contains(name.as_str()) || name.starts_with("__"),
-                    "{title}: ${name} is not a dashboard variable"
-                );
-            }
-            exprs.push((title.clone(), expr));
-        }
-    }
-    exprs
-}
-
 #[test]
 fn the_shipped_prometheus_files_pass_promtool() {
     let deploy = workspace().join("deploy/prometheus");
@@ -198,21 +132,13 @@ fn the_fleet_config_rules_and_every_dashboard_query_work_on_a_real_prometheus() 
         });
     }
 
-    let dash: Value = serde_json::from_str(
-        &std::fs::read_to_string(workspace().join("deploy/grafana/moonfrp.json")).unwrap(),
-    )
-    .unwrap();
-    let exprs = sanity(&dash);
+    let exprs = grafana::queries("127.0.0.1", "web");
     assert!(exprs.len() >= 30, "{} queries", exprs.len());
-    for (title, expr) in &exprs {
-        let q = expr
-            .replace("$__rate_interval", "30s")
-            .replace("$instance", "127.0.0.1")
-            .replace("$tunnel", "web");
+    for (title, q) in &exprs {
         poll(
             &format!("panel \"{title}\": {q}"),
             Duration::from_secs(30),
-            || query(addr, &q).filter(|r| !r.is_empty()),
+            || query(addr, q).filter(|r| !r.is_empty()),
         );
     }
     drop(prom);

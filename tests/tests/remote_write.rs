@@ -9,9 +9,9 @@ use std::{
 };
 
 use moonfrp_tests::{
-    Agent, Daemon, free_port, http_get,
+    Agent, Daemon, free_port,
     pki::Pki,
-    poll,
+    poll, prometheus_query, prometheus_value,
     receiver::{Receiver, Reply},
     send_tcp,
 };
@@ -37,24 +37,6 @@ fn receiver_at(dir: &Path, addr: SocketAddr) -> Daemon {
     )
 }
 
-/// Prometheus' latest value of a series selector, if it has one.
-fn query(addr: SocketAddr, selector: &str) -> Option<f64> {
-    let q: String = selector
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let (status, _, body) = http_get(addr, &format!("/api/v1/query?query={q}"), None).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
-    let result = v["data"]["result"].as_array()?;
-    if result.len() != 1 {
-        return None;
-    }
-    result[0]["value"][1].as_str()?.parse().ok()
-}
-
 fn config_file(dir: &Path, endpoints: &str) -> String {
     let path = dir.join("moonfrp.toml");
     std::fs::write(&path, endpoints).unwrap();
@@ -69,7 +51,7 @@ fn a_real_prometheus_receives_what_metrics_shows() {
     let cfg = config_file(
         dir.path(),
         &format!(
-            "[[remote_write]]\nurl = \"http://{addr}/api/v1/write\"\nexternal_labels = {{ instance = \"edge-1\", region = \"test\" }}\n[remote_write.queue]\nmax_samples_per_send = 300\n"
+            "[kernel]\nexport_peers = 3\n[[remote_write]]\nurl = \"http://{addr}/api/v1/write\"\nexternal_labels = {{ instance = \"edge-1\", region = \"test\" }}\n[remote_write.queue]\nmax_samples_per_send = 300\n"
         ),
     );
     let agent = Agent::start(&["-c", &cfg, "-t", &format!("web={port}")]);
@@ -78,7 +60,7 @@ fn a_real_prometheus_receives_what_metrics_shows() {
         m.tunnel("web", "moonfrp_tunnel_receive_payload_bytes_total") == 98_765.0
     });
     let got = poll("the counter in Prometheus", Duration::from_mins(1), || {
-        query(
+        prometheus_value(
             addr,
             "moonfrp_tunnel_receive_payload_bytes_total{tunnel=\"web\",instance=\"edge-1\",region=\"test\"}",
         )
@@ -107,15 +89,27 @@ fn a_real_prometheus_receives_what_metrics_shows() {
         let v = poll(
             &format!("{selector} in Prometheus"),
             Duration::from_secs(30),
-            || query(addr, &selector).filter(|v| *v == want || (v.is_nan() && want.is_nan())),
+            || {
+                prometheus_value(addr, &selector)
+                    .filter(|v| *v == want || (v.is_nan() && want.is_nan()))
+            },
         );
         assert!(v == want || v.is_nan(), "{selector}: {v} != {want}");
         compared += 1;
     }
     assert!(compared >= 15, "only {compared} tunnel series compared");
+    // The dashboard works on pushed data too: every query, for the pushed instance, answers.
+    send_tcp(port, 1_000);
+    for (title, q) in moonfrp_tests::grafana::queries("edge-1", "web") {
+        poll(
+            &format!("panel \"{title}\" on pushed data: {q}"),
+            Duration::from_secs(30),
+            || prometheus_query(addr, &q).filter(|r| !r.is_empty()),
+        );
+    }
     // Host and agent series travel too; the endpoint's own counters say it went well.
     assert!(
-        query(
+        prometheus_value(
             addr,
             "moonfrp_system_memory_total_bytes{instance=\"edge-1\"}"
         )
@@ -232,17 +226,10 @@ fn rss(pid: u32) -> u64 {
 
 /// Raw samples (Unix ms) Prometheus holds for `selector` over the last `window`.
 fn sample_times(addr: SocketAddr, selector: &str, window: &str) -> Vec<i64> {
-    let q: String = format!("{selector}[{window}]")
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let (_, _, body) = http_get(addr, &format!("/api/v1/query?query={q}"), None).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["data"]["result"][0]["values"]
-        .as_array()
+    let result = prometheus_query(addr, &format!("{selector}[{window}]")).unwrap_or_default();
+    result
+        .first()
+        .and_then(|r| r["values"].as_array())
         .map(|vals| {
             vals.iter()
                 .map(|p| (p[0].as_f64().unwrap() * 1000.0).round() as i64)
@@ -315,7 +302,7 @@ fn a_two_minute_outage_is_resent_from_history_with_no_gap() {
     let stream = Stream::start(port);
     let selector = "moonfrp_tunnel_receive_payload_bytes_total{tunnel=\"web\",instance=\"edge-1\"}";
     poll("the stream in Prometheus", Duration::from_mins(1), || {
-        query(addr, selector).filter(|v| *v > 0.0)
+        prometheus_value(addr, selector).filter(|v| *v > 0.0)
     });
 
     // The receiver goes away for two minutes; the agent's memory is watched meanwhile.
@@ -353,7 +340,7 @@ fn a_two_minute_outage_is_resent_from_history_with_no_gap() {
     let last = poll(
         "the final count in Prometheus",
         Duration::from_mins(2),
-        || query(addr, selector).filter(|v| *v == total),
+        || prometheus_value(addr, selector).filter(|v| *v == total),
     );
     assert_eq!(last, total);
     // No gap: every snapshot the agent took since shortly before the outage is a sample there.

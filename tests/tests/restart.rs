@@ -15,7 +15,7 @@ use std::{
 };
 
 use moonfrp_tests::{
-    AgentCmd, Daemon, agent_command, bpf_object_exists, free_port, http_get, poll,
+    AgentCmd, Daemon, agent_command, bpf_object_exists, free_port, poll, prometheus_value,
 };
 
 /// A pin directory of this test only; removed (which detaches what is pinned) when dropped.
@@ -116,19 +116,6 @@ impl Stream {
     }
 }
 
-fn prometheus_query(addr: SocketAddr, q: &str) -> Option<f64> {
-    let q: String = q
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let (status, _, body) = http_get(addr, &format!("/api/v1/query?query={q}"), None).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
-    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-}
-
 fn prometheus(dir: &Path, target: SocketAddr) -> (Daemon, SocketAddr) {
     let config = dir.join("prometheus.yml");
     std::fs::write(
@@ -172,7 +159,7 @@ fn counters_survive_a_restart_of_the_agent() {
     let (prom, prom_addr) = prometheus(prom_dir.path(), listen);
     let stream = Stream::start(port);
     poll("Prometheus sees the stream", Duration::from_mins(1), || {
-        prometheus_query(
+        prometheus_value(
             prom_addr,
             "moonfrp_tunnel_receive_payload_bytes_total{tunnel=\"web\"}",
         )
@@ -225,7 +212,7 @@ fn counters_survive_a_restart_of_the_agent() {
         "Prometheus has the final count",
         Duration::from_secs(30),
         || {
-            prometheus_query(
+            prometheus_value(
                 prom_addr,
                 "moonfrp_tunnel_receive_payload_bytes_total{tunnel=\"web\"}",
             )
@@ -234,14 +221,14 @@ fn counters_survive_a_restart_of_the_agent() {
     );
     // The scrapes did see the agent down (so the counters were read by two agents)...
     assert_eq!(
-        prometheus_query(prom_addr, "min_over_time(up{job=\"moonfrp\"}[10m])"),
+        prometheus_value(prom_addr, "min_over_time(up{job=\"moonfrp\"}[10m])"),
         Some(0.0)
     );
     // ...and no counter of the tunnel went back.
     for name in TUNNEL_COUNTERS {
         let q = format!("sum(resets({name}{{tunnel=\"web\"}}[10m]))");
         assert_eq!(
-            prometheus_query(prom_addr, &q),
+            prometheus_value(prom_addr, &q),
             Some(0.0),
             "{q}: {}",
             prom.log()
