@@ -291,6 +291,19 @@ pub fn prometheus_value(addr: SocketAddr, expr: &str) -> Option<f64> {
     }
 }
 
+/// Runs `cmd`: whether it succeeded, and its stdout and stderr together.
+pub fn outcome(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Runs `cmd args…` and returns its stdout; panics with its stderr if it fails.
 pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap();

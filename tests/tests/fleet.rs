@@ -13,7 +13,7 @@ use std::{
 };
 
 use moonfrp_tests::{
-    Agent, Daemon, free_port, grafana, poll, prometheus_query as query, workspace,
+    Agent, Daemon, free_port, grafana, outcome, poll, prometheus_query as query, workspace,
 };
 
 /// Traffic on `port` until dropped: a connection every 100 ms with a few KiB, from loopback.
@@ -85,17 +85,12 @@ fn fleet_prometheus(dir: &std::path::Path, agent: SocketAddr) -> (Daemon, Socket
 fn the_shipped_prometheus_files_pass_promtool() {
     let deploy = workspace().join("deploy/prometheus");
     // `check config` also checks the rule files it names (recording and alert rules).
-    let out = std::process::Command::new("promtool")
-        .args(["check", "config"])
-        .arg(deploy.join("fleet.yml"))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, text) = outcome(
+        std::process::Command::new("promtool")
+            .args(["check", "config"])
+            .arg(deploy.join("fleet.yml")),
     );
-    assert!(out.status.success(), "{text}");
+    assert!(ok, "{text}");
     assert!(
         text.contains("8 rules found") && !text.contains("WARNING"),
         "{text}"

@@ -8,16 +8,11 @@ use std::{
     process::Command,
 };
 
-use moonfrp_tests::{agent_bin, workspace};
+use moonfrp_tests::{agent_bin, outcome, workspace};
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?}: {text}");
+    let (ok, text) = outcome(cmd);
+    assert!(ok, "{cmd:?}: {text}");
     text
 }
 
@@ -183,24 +178,12 @@ fn the_unit_verifies_and_its_exposure_is_low() {
         .unwrap()
         .replace("/usr/bin/moonfrp-agent", &agent_bin().display().to_string());
     std::fs::write(&copy, text).unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&copy)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = outcome(Command::new("systemd-analyze").arg("verify").arg(&copy));
     let own: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("moonfrp-agent.service"))
         .collect();
-    assert!(
-        out.status.success() && own.is_empty(),
-        "systemd-analyze verify: {text}"
-    );
+    assert!(ok && own.is_empty(), "systemd-analyze verify: {text}");
 
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager"])
