@@ -145,10 +145,23 @@ fn a_400_is_not_retried_a_500_is_with_backoff_and_a_429_waits_its_retry_after() 
     r.reply("/busy", Reply::RetryAfter(429, 2));
     let dir = tempfile::tempdir().unwrap();
     let mut text = String::new();
-    for path in ["/bad", "/down", "/busy"] {
+    // Credentials from files: a bearer token for one, basic auth for another.
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cr3t-token\n").unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "pw\n").unwrap();
+    let auth = [
+        format!("bearer_token_file = \"{}\"\n", token.display()),
+        format!(
+            "basic_auth = {{ username = \"edge\", password_file = \"{}\" }}\n",
+            password.display()
+        ),
+        String::new(),
+    ];
+    for (path, auth) in ["/bad", "/down", "/busy"].into_iter().zip(auth) {
         let _ = write!(
             text,
-            "[[remote_write]]\nurl = \"{}\"\nheaders = {{ X-Scope-OrgID = \"tenant-7\" }}\n[remote_write.queue]\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n",
+            "[[remote_write]]\nurl = \"{}\"\n{auth}headers = {{ X-Scope-OrgID = \"tenant-7\" }}\n[remote_write.queue]\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n",
             r.url(path)
         );
     }
@@ -169,6 +182,23 @@ fn a_400_is_not_retried_a_500_is_with_backoff_and_a_429_waits_its_retry_after() 
     ] {
         assert!(h.iter().any(|(hk, hv)| hk == k && hv == v), "{k}: {h:?}");
     }
+    let authorization = |path: &str| {
+        r.received(path)[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        authorization("/bad").as_deref(),
+        Some("Bearer s3cr3t-token")
+    );
+    // edge:pw
+    assert_eq!(
+        authorization("/down").as_deref(),
+        Some("Basic ZWRnZTpwdw==")
+    );
+    assert_eq!(authorization("/busy"), None);
     // 400: every batch is sent once and counted failed; none is sent again.
     assert!(
         (bad.len() as f64) <= snapshots + 1.0,
