@@ -11,8 +11,9 @@ use anyhow::{Context as _, bail, ensure};
 /// bpf-linker version known to build and link here (see DESIGN.md, toolchain facts).
 const BPF_LINKER: &str = "0.13.0";
 /// Debian packages the test suite uses: prometheus (server and promtool), Alertmanager,
-/// node_exporter, tmux (drives `top`), util-linux (setpriv, unshare), iproute2, and openssl
-/// and curl (certificates for the TLS tests, an independent HTTPS client).
+/// node_exporter, tmux (drives `top`), util-linux (setpriv, unshare), iproute2, openssl and
+/// curl (certificates for the TLS tests, an independent HTTPS client), and chromium (the web
+/// page's tests, driven by playwright-core from npm: see [`npm_packages`]).
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-alertmanager",
@@ -22,12 +23,14 @@ const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "openssl",
     "curl",
+    "chromium",
 ];
 
 pub fn all(test_deps: bool) -> anyhow::Result<()> {
     toolchain()?;
     if test_deps {
         debian_packages(TEST_PACKAGES)?;
+        npm_packages()?;
     }
     Ok(())
 }
@@ -161,6 +164,22 @@ fn bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
 fn installed(pkg: &str) -> bool {
     output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
         .is_some_and(|s| s == "install ok installed")
+}
+
+/// The npm packages the browser tests use (`tests/ui/package-lock.json`), installed exactly as
+/// locked when missing.
+pub fn npm_packages() -> anyhow::Result<()> {
+    let dir = crate::run::root().join("tests/ui");
+    if dir
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        return Ok(());
+    }
+    sh(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir))
+    .context("npm ci in tests/ui (needs node and npm, and the npm registry)")
 }
 
 /// Installs the Debian packages that are missing (`apt-get update` once, only if needed).

@@ -40,6 +40,11 @@ pub struct TunnelRow {
     pub last_error: Option<LastError>,
     pub receive_bytes_total: Option<u64>,
     pub transmit_bytes_total: Option<u64>,
+    /// What the applications wrote (TCP/UDP payload), as `…_payload_bytes_total`.
+    #[serde(default)]
+    pub receive_payload_bytes_total: Option<u64>,
+    #[serde(default)]
+    pub transmit_payload_bytes_total: Option<u64>,
     pub receive_bytes_per_second: Option<f64>,
     pub transmit_bytes_per_second: Option<f64>,
     pub connections_active: Option<u64>,
@@ -140,6 +145,8 @@ pub fn row(t: &TunnelSample, prev: Option<&TunnelSample>, seconds: f64) -> Tunne
         proto: t.spec.proto.as_str().to_owned(),
         receive_bytes_total: Some(rx),
         transmit_bytes_total: Some(tx),
+        receive_payload_bytes_total: Some(t.traffic.dir[INGRESS].payload_bytes),
+        transmit_payload_bytes_total: Some(t.traffic.dir[EGRESS].payload_bytes),
         receive_bytes_per_second: rx_rate,
         transmit_bytes_per_second: tx_rate,
         connections_active: tcp.map(|s| s.active),

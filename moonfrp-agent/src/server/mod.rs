@@ -1,9 +1,10 @@
 //! The HTTP server: `/metrics` (OpenMetrics or text 0.0.4 by content negotiation, gzip on
 //! request, bytes rendered once per snapshot), `/healthz`, `/readyz`, the API ([`crate::api`])
-//! and a small index page; bounded in requests, connections and request size. Plain HTTP on
+//! and the web page ([`ui`]); bounded in requests, connections and request size. Plain HTTP on
 //! loopback by default; TLS and basic auth from a web config file ([`web_config`]), checked per
 //! request ([`access`]).
 pub mod access;
+pub mod ui;
 pub mod web_config;
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -172,14 +173,6 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
         .body(Full::new(body.into()))
         .expect("static response parts are valid")
 }
-
-const INDEX: &str = "<!doctype html><title>moonfrp-agent</title><h1>moonfrp-agent</h1>\
-<ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a></li>\
-<li><a href=\"/readyz\">/readyz</a></li><li><a href=\"/api/v1/tunnels\">/api/v1/tunnels</a></li>\
-<li><a href=\"/api/v1/summary\">/api/v1/summary</a></li>\
-<li><a href=\"/api/v1/alerts\">/api/v1/alerts</a></li>\
-<li><a href=\"/api/v1/status\">/api/v1/status</a></li>\
-<li><a href=\"/api/v1/history?metric=moonfrp_system_cpu_usage_ratio\">/api/v1/history</a></li></ul>\n";
 
 /// `/api/v1/tunnels/{name}/peers` or `/api/v1/peers?port=P[&proto=tcp|udp]`.
 fn peers_target(path: &str, query: &str) -> Option<api::peers::PeersOf> {
@@ -414,7 +407,7 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "no snapshot taken yet\n",
             ),
         },
-        "/" => reply(StatusCode::OK, "text/html; charset=utf-8", INDEX),
+        path if let Some(r) = ui::serve(path) => r,
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -1,0 +1,79 @@
+//! The web page in a real browser: Debian's headless Chromium, driven by playwright-core
+//! (`tests/ui/overview.mjs`), against a real agent with real traffic.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Command, Stdio},
+};
+
+use moonfrp_tests::{Agent, free_port, http_get, workspace};
+
+#[test]
+fn the_page_is_served_with_a_policy_that_keeps_it_home() {
+    let agent = Agent::start(&["-t", &format!("web={}", free_port())]);
+    for path in ["/", "/ui/", "/ui/app.js", "/ui/style.css"] {
+        let (head, body) = moonfrp_tests::http_get_raw(agent.addr, path, &[]).unwrap();
+        assert!(head.starts_with("http/1.0 200"), "{path}: {head}");
+        assert!(
+            head.contains("content-security-policy: default-src 'none'")
+                && head.contains("connect-src 'self'"),
+            "{path}: {head}"
+        );
+        assert!(!body.is_empty());
+    }
+    let (status, _, _) = http_get(agent.addr, "/ui/nothing.js", None).unwrap();
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn the_overview_in_chromium_shows_exact_bytes_and_a_tunnel_going_down_live() {
+    let port = free_port();
+    let agent = Agent::start(&["-t", &format!("web={port}")]);
+    // A listener on the tunnel's port (the tunnel is up while it is there) takes 54,321 bytes.
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).unwrap();
+    let mut client = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).unwrap();
+    client.write_all(&vec![1u8; 54_321]).unwrap();
+    drop(client);
+    let (mut c, _) = listener.accept().unwrap();
+    assert_eq!(std::io::copy(&mut c, &mut std::io::sink()).unwrap(), 54_321);
+
+    let shots = workspace().join("target/ui-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut node = Command::new("node")
+        .arg(workspace().join("tests/ui/overview.mjs"))
+        .arg(format!("http://{}/", agent.addr))
+        .args(["web", "54321"])
+        .arg(&shots)
+        .current_dir(workspace().join("tests/ui"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node (the test setup installs playwright-core in tests/ui)");
+    let mut out = BufReader::new(node.stdout.take().unwrap()).lines();
+    let first = out.next().and_then(Result::ok).unwrap_or_default();
+    if first != "ready" {
+        let status = node.wait().unwrap();
+        let err = std::io::read_to_string(node.stderr.take().unwrap()).unwrap_or_default();
+        panic!(
+            "the page check failed ({status}): {first}\n{err}\n{}",
+            agent.log()
+        );
+    }
+    // The tunnel goes down: nothing listens on its port any more.
+    drop(listener);
+    writeln!(node.stdin.take().unwrap(), "closed").unwrap();
+    let result = out.next().and_then(Result::ok).unwrap_or_default();
+    let status = node.wait().unwrap();
+    let err = std::io::read_to_string(node.stderr.take().unwrap()).unwrap_or_default();
+    assert!(status.success(), "{result}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&result).unwrap();
+    // Within one interval (1 s) of the agent noticing, plus the page's own refresh.
+    assert!(v["down_after_ms"].as_f64().unwrap() < 3_000.0, "{result}");
+    assert!(v["reason"].as_str().unwrap().contains("listen"), "{result}");
+    for f in ["overview-1280x800.png", "overview-390x844.png"] {
+        assert!(
+            std::fs::metadata(shots.join(f)).unwrap().len() > 5_000,
+            "{f}"
+        );
+    }
+}
