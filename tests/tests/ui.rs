@@ -77,3 +77,31 @@ fn the_overview_in_chromium_shows_exact_bytes_and_a_tunnel_going_down_live() {
         );
     }
 }
+
+#[test]
+fn behind_basic_auth_the_page_asks_and_works_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("web.yml");
+    let hash = bcrypt::hash("page-pw", 4).unwrap();
+    std::fs::write(&web, format!("basic_auth_users:\n  ops: {hash}\n")).unwrap();
+    let agent = moonfrp_tests::AgentCmd::new(&[
+        "-t",
+        &format!("web={}", free_port()),
+        "--web.config.file",
+        web.to_str().unwrap(),
+    ])
+    .spawn();
+    moonfrp_tests::poll("the agent", std::time::Duration::from_secs(30), || {
+        let (status, ..) = http_get(agent.addr, "/healthz", None).ok()?;
+        (status == 401).then_some(())
+    });
+    let (ok, out) = moonfrp_tests::outcome(
+        Command::new("node")
+            .arg(workspace().join("tests/ui/auth.mjs"))
+            .arg(format!("http://{}/", agent.addr))
+            .args(["ops", "page-pw"])
+            .current_dir(workspace().join("tests/ui")),
+    );
+    assert!(ok, "{out}\n{}", agent.log());
+    assert!(out.contains("\"rows\":1"), "{out}");
+}
