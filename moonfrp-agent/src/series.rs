@@ -122,6 +122,15 @@ pub struct Histogram {
     pub buckets: Vec<(f64, u64)>,
 }
 
+/// A bucket's `le` label value, as every output writes it: `+Inf` for the last bound.
+pub fn le_label(upper: f64, buf: &mut dtoa::Buffer) -> &str {
+    if upper.is_infinite() {
+        "+Inf"
+    } else {
+        buf.format(upper)
+    }
+}
+
 /// A sample's value, typed as it is exposed (integers print without a decimal point).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {

@@ -240,6 +240,16 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String, ReadError> {
     String::from_utf8(buf).map_err(|_| ReadError::NotText)
 }
 
+/// Largest secret file read (a password or a token).
+const MAX_SECRET_BYTES: u64 = 16 << 10;
+
+/// A secret (a password, a token) from a file of at most 16 KiB, its line end cut.
+pub fn read_secret(path: &Path) -> Result<String, ReadError> {
+    Ok(read_text(path, MAX_SECRET_BYTES)?
+        .trim_end_matches(['\r', '\n'])
+        .to_owned())
+}
+
 /// Limits that can be reached, each counted in `moonfrp_agent_limit_reached_total{limit}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {

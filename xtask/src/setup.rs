@@ -176,6 +176,10 @@ pub fn npm_packages() -> anyhow::Result<()> {
     {
         return Ok(());
     }
+    // The machine image has Node.js with npm; a bare Debian gets its own.
+    if output(Command::new("npm").arg("--version")).is_none() {
+        debian_packages(&["nodejs", "npm"])?;
+    }
     sh(Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund"])
         .current_dir(&dir))

@@ -82,9 +82,6 @@ pub struct AccessArgs {
     pub password_file: Option<PathBuf>,
 }
 
-/// Largest password file read.
-const MAX_PASSWORD_FILE: u64 = 4096;
-
 impl AccessArgs {
     /// The endpoint of an agent listening on `listen`. An agent listening on every address
     /// is asked on loopback.
@@ -128,9 +125,8 @@ impl AccessArgs {
 
     fn password(&self) -> Result<String, String> {
         if let Some(path) = &self.password_file {
-            let text = crate::untrusted::read_text(path, MAX_PASSWORD_FILE)
-                .map_err(|e| format!("--password-file {}: {e}", path.display()))?;
-            return Ok(text.trim_end_matches(['\r', '\n']).to_owned());
+            return crate::untrusted::read_secret(path)
+                .map_err(|e| format!("--password-file {}: {e}", path.display()));
         }
         std::env::var("MOONFRP_PASSWORD").map_err(|_| {
             "--user needs a password: set MOONFRP_PASSWORD or give --password-file".to_owned()

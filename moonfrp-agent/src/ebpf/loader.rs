@@ -131,9 +131,9 @@ pub struct Kernel {
     /// Keeps the kernel's BPF run-time statistics on while the agent runs; the kernel turns them
     /// off (restores the previous state) when this fd closes.
     stats: Option<std::os::fd::OwnedFd>,
-    /// Where each probe's running program is pinned (with a pin directory): its statistics are
-    /// read from there, since a kept program is not the one this agent loaded.
-    program_pins: Option<Vec<PathBuf>>,
+    /// Per probe (as [`PROBES`]), where the running program is pinned when it is the
+    /// previous agent's (kept, not loaded by this one): its statistics are read there.
+    kept: Vec<Option<PathBuf>>,
     /// The maps were pinned by a previous agent: the counters continue.
     pub continued: bool,
     /// The pinned links, held while the agent runs: `cleanup` meanwhile removes the pins but
@@ -150,12 +150,11 @@ impl Kernel {
         PROBES
             .iter()
             .zip(&self.probes)
-            .filter(|(_, status)| status.attached)
-            .filter_map(|(spec, _)| {
-                let info = match &self.program_pins {
-                    Some(_) => {
-                        ProgramInfo::from_pin(pin_of(self.program_pins.as_deref(), spec)).ok()?
-                    }
+            .zip(&self.kept)
+            .filter(|((_, status), _)| status.attached)
+            .filter_map(|((spec, _), kept)| {
+                let info = match kept {
+                    Some(pin) => ProgramInfo::from_pin(pin).ok()?,
                     None => self.ebpf.program(spec.program)?.info().ok()?,
                 };
                 Some(ProgramStats {
@@ -166,14 +165,6 @@ impl Kernel {
             })
             .collect()
     }
-}
-
-fn pin_of(pins: Option<&[PathBuf]>, spec: &ProbeSpec) -> PathBuf {
-    let i = PROBES
-        .iter()
-        .position(|p| p.probe == spec.probe)
-        .expect("a probe of the table");
-    pins.map(|p| p[i].clone()).unwrap_or_default()
 }
 
 /// Loads the object sized by `cfg`, then attaches every probe it can; with `pins`, reusing and
@@ -205,6 +196,7 @@ pub fn load(
         source,
     })?;
 
+    let mut kept = Vec::with_capacity(PROBES.len());
     let probes = PROBES
         .iter()
         .map(|spec| {
@@ -219,6 +211,11 @@ pub fn load(
                     attach_cgroup_skb(&mut ebpf, spec.program, &cgroup, at, pin)
                 }
             };
+            kept.push(
+                (result == Ok(Attached::Kept))
+                    .then(|| pin.map(|(_, program)| program.to_owned()))
+                    .flatten(),
+            );
             match result {
                 Ok(how) => {
                     match how {
@@ -254,7 +251,7 @@ pub fn load(
         maps,
         probes,
         stats,
-        program_pins: pins.map(|p| PROBES.iter().map(|s| p.program(s.probe)).collect()),
+        kept,
         continued: pins.is_some_and(|p| p.continued),
     })
 }

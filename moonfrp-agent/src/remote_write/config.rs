@@ -8,8 +8,6 @@ use crate::untrusted::{self, duration_in, shown};
 
 /// Most `[[remote_write]]` entries.
 pub const MAX_ENDPOINTS: usize = 8;
-/// Largest secret file (a password or a token).
-const MAX_SECRET_BYTES: u64 = 16 << 10;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,9 +118,8 @@ const RESERVED_HEADERS: [&str; 6] = [
 ];
 
 fn secret(key: &str, path: &std::path::Path) -> Result<String, String> {
-    let text = untrusted::read_text(path, MAX_SECRET_BYTES)
+    let s = untrusted::read_secret(path)
         .map_err(|e| format!("key `{key}`: cannot read {}: {e}", path.display()))?;
-    let s = text.trim_end_matches(['\r', '\n']).to_owned();
     if s.is_empty() {
         return Err(format!("key `{key}`: {} is empty", path.display()));
     }

@@ -100,6 +100,7 @@ impl RemoteWrite {
                 queue: VecDeque::new(),
                 gap: None,
                 gap_sent: 0,
+                inflight: None,
             };
             tasks.push(rt.spawn(sender.run(rx)));
             this.queues.push(tx);
@@ -180,7 +181,7 @@ enum Outcome {
     Retry(String, Option<Duration>),
 }
 
-async fn send(client: &reqwest::Client, ep: &Endpoint, body: Vec<u8>) -> Outcome {
+async fn send(client: &reqwest::Client, ep: &Endpoint, body: bytes::Bytes) -> Outcome {
     let mut req = client
         .post(&ep.url)
         .header("Content-Encoding", "snappy")
@@ -242,26 +243,46 @@ struct Sender {
     /// Samples of the gap's first snapshot already sent (a snapshot larger than a request goes
     /// in parts).
     gap_sent: usize,
+    /// The request being sent, encoded once and sent again as it is after a failure.
+    inflight: Option<Request>,
 }
 
-/// A batch to send and where it comes from.
-enum Next {
-    /// The first `n` samples of the queue.
-    Queue(usize, Vec<TimeSeries>),
-    /// Part of a snapshot read back from history, at this Unix ms: the samples, and whether
-    /// they are its last.
-    History(i64, Vec<TimeSeries>, bool),
+/// One request: its body and what it holds.
+struct Request {
+    body: bytes::Bytes,
+    samples: usize,
+    /// Newest sample timestamp in it (Unix ms).
+    newest: i64,
+    /// Read back from history: the snapshot's Unix ms and whether this part is its last.
+    history: Option<(i64, bool)>,
+}
+
+impl Request {
+    fn new(timeseries: Vec<TimeSeries>, history: Option<(i64, bool)>) -> Self {
+        let newest = timeseries
+            .iter()
+            .filter_map(|t| t.samples.last().map(|s| s.timestamp))
+            .max()
+            .unwrap_or(0);
+        let samples = timeseries.len();
+        Self {
+            body: proto::encode(&WriteRequest { timeseries }).into(),
+            samples,
+            newest,
+            history,
+        }
+    }
 }
 
 impl Sender {
-    /// Takes the snapshots from `rx` and sends them, in order, until `rx` closes and the queue
-    /// is empty.
+    /// Takes the snapshots from `rx` and sends them, in order, until `rx` closes and nothing is
+    /// left to send.
     async fn run(mut self, mut rx: mpsc::Receiver<Batch>) {
         let mut open = true;
         let mut backoff = self.ep.min_backoff;
         let mut failing: Option<String> = None;
         loop {
-            if self.queue.is_empty() && self.gap.is_none() {
+            if self.inflight.is_none() && self.queue.is_empty() && self.gap.is_none() {
                 if !open {
                     return;
                 }
@@ -275,25 +296,16 @@ impl Sender {
             while let Ok(b) = rx.try_recv() {
                 self.enqueue(b);
             }
-            let Some(next) = self.next().await else {
+            if self.inflight.is_none() {
+                self.inflight = self.next().await;
+            }
+            let Some(req) = &self.inflight else {
                 continue;
             };
-            let (samples, from_history) = match &next {
-                Next::Queue(_, t) => (t, false),
-                Next::History(_, t, _) => (t, true),
-            };
-            let n = samples.len();
-            let newest = samples
-                .iter()
-                .filter_map(|t| t.samples.last().map(|s| s.timestamp))
-                .max()
-                .unwrap_or(0);
-            let body = proto::encode(&WriteRequest {
-                timeseries: samples.clone(),
-            });
-            let outcome = send(&self.client, &self.ep, body).await;
+            let (n, newest, from_history) = (req.samples, req.newest, req.history.is_some());
+            let outcome = send(&self.client, &self.ep, req.body.clone()).await;
             if matches!(outcome, Outcome::Sent | Outcome::Refused(_)) {
-                self.done(&next);
+                self.done();
             }
             match outcome {
                 Outcome::Sent => {
@@ -340,12 +352,13 @@ impl Sender {
                     }
                 }
             }
-            self.stats.pending.store(self.queue.len() as u64, Relaxed);
+            self.stats.pending.store(self.pending(), Relaxed);
         }
     }
 
-    /// The next batch: what history holds of the gap first, then the queue.
-    async fn next(&mut self) -> Option<Next> {
+    /// The next request: what history holds of the gap first, then the front of the queue
+    /// (taken off it: the queue's overflow never touches a request in flight).
+    async fn next(&mut self) -> Option<Request> {
         if let (Some(from), Some(history)) = (self.gap, &self.history) {
             let to = self
                 .queue
@@ -361,9 +374,8 @@ impl Sender {
                     // A snapshot larger than a request goes in parts.
                     let rest = samples.len().saturating_sub(self.gap_sent);
                     let n = rest.min(self.ep.max_samples_per_send);
-                    let last = n == rest;
                     let part = samples.into_iter().skip(self.gap_sent).take(n).collect();
-                    return Some(Next::History(ts, part, last));
+                    return Some(Request::new(part, Some((ts, n == rest))));
                 }
                 Ok(None) => {
                     self.gap = None;
@@ -376,24 +388,27 @@ impl Sender {
             }
         }
         let n = self.queue.len().min(self.ep.max_samples_per_send);
-        (n > 0).then(|| Next::Queue(n, self.queue.iter().take(n).cloned().collect()))
+        (n > 0).then(|| Request::new(self.queue.drain(..n).collect(), None))
     }
 
-    /// A batch went (or was refused for good): take it off the queue, or move the gap past it.
-    fn done(&mut self, next: &Next) {
-        match next {
-            Next::Queue(n, _) => {
-                self.queue.drain(..*n);
-            }
-            Next::History(ts, part, last) => {
-                if *last {
-                    self.gap = Some(ts + 1);
-                    self.gap_sent = 0;
-                } else {
-                    self.gap_sent += part.len();
-                }
+    /// The request in flight went (or was refused for good): a history part moves the gap on.
+    fn done(&mut self) {
+        let Some(req) = self.inflight.take() else {
+            return;
+        };
+        if let Some((ts, last)) = req.history {
+            if last {
+                self.gap = Some(ts + 1);
+                self.gap_sent = 0;
+            } else {
+                self.gap_sent += req.samples;
             }
         }
+    }
+
+    /// Samples waiting: the queue's and the request in flight's.
+    fn pending(&self) -> u64 {
+        (self.queue.len() + self.inflight.as_ref().map_or(0, |r| r.samples)) as u64
     }
 
     /// Adds a snapshot; whole snapshots leave the front while the queue holds more than
@@ -427,6 +442,6 @@ impl Sender {
                     .fetch_add((before - self.queue.len()) as u64, Relaxed);
             }
         }
-        self.stats.pending.store(self.queue.len() as u64, Relaxed);
+        self.stats.pending.store(self.pending(), Relaxed);
     }
 }

@@ -78,13 +78,8 @@ pub fn timeseries(series: &Series, ts_ms: i64, external: &[(String, String)]) ->
                     let bucket = format!("{}_bucket", f.name);
                     let mut le = dtoa::Buffer::new();
                     for (upper, cumulative) in &h.buckets {
-                        let bound = if upper.is_infinite() {
-                            "+Inf"
-                        } else {
-                            le.format(*upper)
-                        };
                         let mut with_le = labels.clone();
-                        with_le.push(("le", bound));
+                        with_le.push(("le", crate::series::le_label(*upper, &mut le)));
                         push(&bucket, &with_le, *cumulative as f64);
                     }
                 }
