@@ -105,7 +105,11 @@ fn histogram(out: &mut String, name: &str, l: &Labels, h: &Histogram) {
     for (upper, cumulative) in &h.buckets {
         out.push_str(name);
         out.push_str("_bucket");
-        labels(out, Some(("le", crate::series::le_label(*upper, &mut le))), l);
+        labels(
+            out,
+            Some(("le", crate::series::le_label(*upper, &mut le))),
+            l,
+        );
         out.push(' ');
         out.push_str(itoa::Buffer::new().format(*cumulative));
         out.push('\n');
