@@ -411,12 +411,13 @@ impl Sender {
         (self.queue.len() + self.inflight.as_ref().map_or(0, |r| r.samples)) as u64
     }
 
-    /// Adds a snapshot; whole snapshots leave the front while the queue holds more than
-    /// `capacity` samples — into the gap (read back later) with history, dropped without.
+    /// Adds a snapshot; whole snapshots leave the front while more than `capacity` samples are
+    /// pending — into the gap (read back later) with history, dropped without.
     fn enqueue(&mut self, (ts, series): Batch) {
         self.queue
             .extend(proto::timeseries(&series, ts, &self.ep.external_labels));
-        while self.queue.len() > self.ep.capacity {
+        // The request in flight counts against the capacity too: `pending` never exceeds it.
+        while self.pending() > self.ep.capacity as u64 {
             let Some(first) = self
                 .queue
                 .front()
