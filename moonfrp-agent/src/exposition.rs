@@ -192,7 +192,7 @@ impl Published {
 
 /// gzip at the fastest level: a few milliseconds for megabytes of exposition, which compresses
 /// about tenfold anyway.
-fn compress(raw: &[u8]) -> Bytes {
+pub(crate) fn compress(raw: &[u8]) -> Bytes {
     let mut gz = flate2::write::GzEncoder::new(
         Vec::with_capacity(raw.len() / 8),
         flate2::Compression::fast(),

@@ -1,5 +1,5 @@
 //! The web page in a real browser: Debian's headless Chromium, driven by playwright-core
-//! (`tests/ui/overview.mjs`), against a real agent with real traffic.
+//! (`tests/ui/pages.mjs`, `tests/ui/auth.mjs`), against a real agent with real traffic.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     process::{Command, Stdio},
@@ -10,7 +10,14 @@ use moonfrp_tests::{Agent, free_port, http_get, workspace};
 #[test]
 fn the_page_is_served_with_a_policy_that_keeps_it_home() {
     let agent = Agent::start(&["-t", &format!("web={}", free_port())]);
-    for path in ["/", "/ui/", "/ui/app.js", "/ui/style.css"] {
+    for path in [
+        "/",
+        "/ui/",
+        "/ui/app.js",
+        "/ui/chart.js",
+        "/ui/tunnel.js",
+        "/ui/style.css",
+    ] {
         let (head, body) = moonfrp_tests::http_get_raw(agent.addr, path, &[]).unwrap();
         assert!(head.starts_with("http/1.0 200"), "{path}: {head}");
         assert!(
@@ -24,8 +31,13 @@ fn the_page_is_served_with_a_policy_that_keeps_it_home() {
     assert_eq!(status, 404);
 }
 
+/// Every page in Chromium against a real agent with real traffic (what `tests/ui/pages.mjs`
+/// checks is listed at its top): exact payload bytes in the tunnel row, the tunnel going down
+/// live, the bandwidth chart's points equal to the history API's, zoom asking the API for the
+/// new range, CSV equal to the API's, PNG export, the alert log and the host charts; screenshots
+/// of each page at two sizes.
 #[test]
-fn the_overview_in_chromium_shows_exact_bytes_and_a_tunnel_going_down_live() {
+fn every_page_in_chromium_shows_what_the_api_says() {
     let port = free_port();
     let agent = Agent::start(&["-t", &format!("web={port}")]);
     // A listener on the tunnel's port (the tunnel is up while it is there) takes 54,321 bytes.
@@ -39,7 +51,7 @@ fn the_overview_in_chromium_shows_exact_bytes_and_a_tunnel_going_down_live() {
     let shots = workspace().join("target/ui-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let mut node = Command::new("node")
-        .arg(workspace().join("tests/ui/overview.mjs"))
+        .arg(workspace().join("tests/ui/pages.mjs"))
         .arg(format!("http://{}/", agent.addr))
         .args(["web", "54321"])
         .arg(&shots)
@@ -59,22 +71,31 @@ fn the_overview_in_chromium_shows_exact_bytes_and_a_tunnel_going_down_live() {
             agent.log()
         );
     }
-    // The tunnel goes down: nothing listens on its port any more.
+    // The tunnel goes down: nothing listens on its port any more, and a connection is refused
+    // (an alert for the log).
     drop(listener);
+    let refused = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port));
+    assert!(refused.is_err(), "nothing listens on {port}");
     writeln!(node.stdin.take().unwrap(), "closed").unwrap();
     let result = out.next().and_then(Result::ok).unwrap_or_default();
     let status = node.wait().unwrap();
     let err = std::io::read_to_string(node.stderr.take().unwrap()).unwrap_or_default();
-    assert!(status.success(), "{result}\n{err}");
+    assert!(status.success(), "{result}\n{err}\n{}", agent.log());
     let v: serde_json::Value = serde_json::from_str(&result).unwrap();
+    eprintln!("{v:#}");
     // Within one interval (1 s) of the agent noticing, plus the page's own refresh.
     assert!(v["down_after_ms"].as_f64().unwrap() < 3_000.0, "{result}");
     assert!(v["reason"].as_str().unwrap().contains("listen"), "{result}");
-    for f in ["overview-1280x800.png", "overview-390x844.png"] {
-        assert!(
-            std::fs::metadata(shots.join(f)).unwrap().len() > 5_000,
-            "{f}"
-        );
+    assert!(v["points"].as_u64().unwrap() > 1, "{result}");
+    assert!(v["cpu_modes"].as_array().unwrap().len() > 1, "{result}");
+    for page in ["overview", "tunnel", "alerts", "host"] {
+        for size in ["1280x800", "390x844"] {
+            let f = format!("{page}-{size}.png");
+            assert!(
+                std::fs::metadata(shots.join(&f)).unwrap().len() > 5_000,
+                "{f}"
+            );
+        }
     }
 }
 

@@ -341,7 +341,7 @@ async fn route(
             })
             .await
         }
-        "/api/v1/history" | "/api/v1/summary" => {
+        "/api/v1/history" | "/api/v1/summary" | "/api/v1/alerts/history" => {
             let Ok(_permit) = state.queries.acquire().await else {
                 return reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -351,6 +351,8 @@ async fn route(
             };
             if path == "/api/v1/summary" {
                 off_thread(move || api::history::summary(st.history.as_ref())).await
+            } else if path == "/api/v1/alerts/history" {
+                off_thread(move || api::alerts::history(st.history.as_ref(), &query)).await
             } else {
                 off_thread(move || api::history::history(st.history.as_ref(), &query)).await
             }
@@ -358,7 +360,7 @@ async fn route(
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; the API has /api/v1/status, /api/v1/history, /api/v1/summary, /api/v1/tunnels, /api/v1/alerts, /api/v1/tunnels/{name}/peers, /api/v1/peers and /api/v1/inspect\n",
+            "not found; the API has /api/v1/status, /api/v1/history, /api/v1/summary, /api/v1/tunnels, /api/v1/alerts, /api/v1/alerts/history, /api/v1/tunnels/{name}/peers, /api/v1/peers and /api/v1/inspect\n",
         ),
     }
 }
@@ -407,7 +409,17 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "no snapshot taken yet\n",
             ),
         },
-        path if let Some(r) = ui::serve(path) => r,
+        path if let Some(r) = ui::serve(
+            path,
+            accepts_gzip(
+                req.headers()
+                    .get(header::ACCEPT_ENCODING)
+                    .and_then(|v| v.to_str().ok()),
+            ),
+        ) =>
+        {
+            r
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
