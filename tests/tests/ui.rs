@@ -39,7 +39,15 @@ fn the_page_is_served_with_a_policy_that_keeps_it_home() {
 #[test]
 fn every_page_in_chromium_shows_what_the_api_says() {
     let port = free_port();
-    let agent = Agent::start(&["-t", &format!("web={port}")]);
+    // A second tunnel named like markup, with the characters a URL fragment cares about (no `=`
+    // or `/`: those end a name on the command line).
+    let hostile = "<img src onerror><b>#?%&amp;\"' x";
+    let agent = Agent::start(&[
+        "-t",
+        &format!("web={port}"),
+        "-t",
+        &format!("{hostile}={}", free_port()),
+    ]);
     // A listener on the tunnel's port (the tunnel is up while it is there) takes 54,321 bytes.
     let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).unwrap();
     let mut client = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).unwrap();
@@ -55,6 +63,7 @@ fn every_page_in_chromium_shows_what_the_api_says() {
         .arg(format!("http://{}/", agent.addr))
         .args(["web", "54321"])
         .arg(&shots)
+        .arg(hostile)
         .current_dir(workspace().join("tests/ui"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -1,6 +1,7 @@
 // Drives headless Chromium (Debian's) through every page of the agent, for tests/tests/ui.rs:
-//   node pages.mjs <agent URL> <tunnel> <payload bytes> <screenshot dir>
-// 1. Overview: the tunnel row shows the exact payload bytes; sorting works from the keyboard.
+//   node pages.mjs <agent URL> <tunnel> <payload bytes> <screenshot dir> <hostile tunnel name>
+// 1. Overview: the tunnel row shows the exact payload bytes; sorting works from the keyboard;
+//    a tunnel named like markup shows as text and its page opens; dark by the system setting.
 //    Prints "ready" and waits for "closed" on stdin (the test closes the tunnel's listener and
 //    makes a refused connection meanwhile); the row turns down with its reason, no reload.
 // 2. Tunnel page: the bandwidth chart's points are the history API's for the same range; a
@@ -14,7 +15,7 @@ import { chromium } from "playwright-core";
 import { createInterface } from "node:readline";
 import { readFile } from "node:fs/promises";
 
-const [url, tunnel, payload, shots] = process.argv.slice(2);
+const [url, tunnel, payload, shots, hostile] = process.argv.slice(2);
 const origin = new URL(url).origin;
 const problems = [];
 const found = {};
@@ -34,6 +35,7 @@ try {
   const page = await context.newPage();
   page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  page.on("dialog", (d) => { problems.push(`a dialog opened: ${d.message()}`); d.dismiss(); });
   page.on("request", (r) => {
     if (!r.url().startsWith(origin + "/")) problems.push(`request elsewhere: ${r.url()}`);
     if (r.url().includes("/api/v1/history?metric=moonfrp_tunnel_receive_bytes_total&")) history.push(r.url());
@@ -56,6 +58,26 @@ try {
   await page.locator('th button[data-key="up"]').focus();
   await page.keyboard.press("Enter");
   check(await page.locator("th[aria-sort]").count() === 1, "sorting from the keyboard");
+  // The hostile name is text in its row, and its page opens from the link.
+  const shown = await page.evaluate((name) => {
+    const tr = [...document.querySelectorAll("#tunnels tbody tr")].find((r) => r.dataset.tunnel === name);
+    return { text: tr?.querySelector("td.name").textContent, markup: document.querySelectorAll("#tunnels tbody img, #tunnels tbody b").length };
+  }, hostile);
+  check(shown.text === hostile && shown.markup === 0, `hostile name shown as ${JSON.stringify(shown)}`);
+  await page.evaluate((name) => [...document.querySelectorAll("#tunnels tbody tr")].find((r) => r.dataset.tunnel === name).querySelector("a").click(), hostile);
+  await page.locator("#view-tunnel:not([hidden])").waitFor();
+  check(await page.locator("#tunnel-name").textContent() === hostile, "the hostile tunnel's page has another name");
+  await page.waitForFunction((n) => window.moonfrpPanels?.data?.bandwidth, null, { timeout: 15000 });
+  const asked = history.filter((u) => new URL(u).searchParams.get("tunnel") === hostile).length;
+  check(asked > 0, "the hostile tunnel's page asked for another tunnel's history");
+  await page.goBack();
+  await row.waitFor();
+  // Light and dark follow the system setting.
+  await page.emulateMedia({ colorScheme: "dark" });
+  found.dark_background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  await page.emulateMedia({ colorScheme: "light" });
+  found.light_background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  check(found.dark_background !== found.light_background, "no dark scheme");
   await shoot("overview");
   console.log("ready");
   const lines = createInterface({ input: process.stdin });
@@ -123,6 +145,12 @@ try {
   found.png_bytes = png.length;
   check(png.subarray(1, 4).toString() === "PNG" && png.length > 2000, `PNG export: ${png.length} bytes`);
 
+  // Hovering shows the values and their time.
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  const tip = bandwidth.locator(".tip");
+  await tip.waitFor({ state: "visible", timeout: 5000 });
+  found.hover = (await tip.textContent()) ?? "";
+  check(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d/.test(found.hover) && found.hover.includes("in"), `hover: ${found.hover}`);
   // The keyboard zooms too: + on the focused chart halves the range.
   const beforeKey = history.length;
   await bandwidth.locator("canvas.overlay").focus();
