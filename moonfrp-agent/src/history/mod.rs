@@ -3,6 +3,7 @@
 //! delays a collection; readers open their own read-only connections (WAL lets them run beside
 //! the writer).
 pub mod chunk;
+pub mod compact;
 pub mod config;
 pub mod query;
 pub mod rollup;

@@ -445,7 +445,8 @@ fn matching_series(conn: &Connection, req: &Request) -> Result<Vec<SeriesRow>, Q
     Ok(out)
 }
 
-/// Stored samples of one series in `[from, to]`, plus the one just before `from` (for rates).
+/// Stored samples of one series in `[from, to]`, plus the one just before `from` (for rates):
+/// from compressed chunks and raw rows (a sample is in one of them), merged in time order.
 pub fn raw_series(
     conn: &Connection,
     id: i64,
@@ -469,7 +470,7 @@ pub fn raw_series(
         )?
         .query_row(params![id, from], map)
         .optional()?;
-    let points = conn
+    let raw: Vec<Obs> = conn
         .prepare_cached(
             "SELECT sn.ts, sn.run_id, r.started_at, sa.value
              FROM snapshots sn JOIN runs r ON r.id = sn.run_id
@@ -478,6 +479,16 @@ pub fn raw_series(
         )?
         .query_map(params![id, from, to], map)?
         .collect::<rusqlite::Result<_>>()?;
+    let (chunk_before, mut points) = super::compact::series(conn, id, from, to)?;
+    let before = match (before, chunk_before) {
+        (Some(a), Some(b)) => Some(if a.ts >= b.ts { a } else { b }),
+        (a, b) => a.or(b),
+    };
+    if points.is_empty() {
+        return Ok((before, raw));
+    }
+    points.extend(raw);
+    points.sort_by_key(|o| o.ts);
     Ok((before, points))
 }
 

@@ -68,6 +68,27 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alert_events_ts ON alert_events(ts);
     ",
+    // 3: compressed chunks. Raw samples (`samples`, the head) older than about two hours are
+    // moved, a window of snapshots at a time, into one chunk per series and window
+    // (`history::chunk`); `windows` says which snapshots a window covers and how far its
+    // compaction has come (series ids below `cursor` are done).
+    "
+    CREATE TABLE windows (
+        first INTEGER PRIMARY KEY,     -- first snapshot id
+        last INTEGER NOT NULL,         -- last snapshot id
+        ts_last INTEGER NOT NULL,      -- Unix ms of the last snapshot
+        cursor INTEGER NOT NULL        -- series ids below this are in chunks
+    );
+    CREATE TABLE chunks (
+        series_id INTEGER NOT NULL,
+        window_id INTEGER NOT NULL,    -- windows.first
+        first INTEGER NOT NULL,        -- snapshot id of the chunk's first sample
+        count INTEGER NOT NULL,        -- samples in the chunk
+        data BLOB NOT NULL,
+        PRIMARY KEY (series_id, window_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX chunks_window ON chunks(window_id);
+    ",
 ];
 
 /// The version this build writes.

@@ -16,7 +16,7 @@ use std::{
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _, Transaction, params};
 
 use super::{
-    AlertEvent, Kind, Level, Settings,
+    AlertEvent, Kind, Level, Settings, compact,
     rollup::{self, Bucket, Obs},
     schema::{self, SchemaError},
 };
@@ -84,6 +84,8 @@ pub struct WriteStats {
     pub new_series: usize,
     pub rollup_rows: usize,
     pub pruned: u64,
+    /// Raw samples moved into compressed chunks.
+    pub compacted: u64,
 }
 
 /// Per series: its previous sample and a bucket per rollup level.
@@ -520,6 +522,8 @@ impl Store {
         stats.new_series = new_keys.len();
         self.after_commit(ts_ms, &resolved, &flushing);
         stats.pruned = self.prune(ts_ms)?;
+        let horizon = self.horizon(ts_ms);
+        stats.compacted = compact::step(&mut self.conn, horizon, PRUNE_BUDGET)?;
         Ok(stats)
     }
 
@@ -592,7 +596,19 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes expired raw snapshots (a bounded number of rows) and expired rollup buckets.
+    /// Raw samples older than this may be compacted: one whole bucket of the finest rollup level
+    /// before the one in progress (a restart rebuilds the buckets in progress from raw samples).
+    fn horizon(&self, now_ms: i64) -> i64 {
+        let step = self
+            .settings
+            .levels
+            .first()
+            .map_or(3_600_000, Level::step_ms);
+        rollup::bucket_start(now_ms, step) - step
+    }
+
+    /// Deletes expired raw snapshots (a bounded number of rows), expired windows of chunks and
+    /// expired rollup buckets.
     fn prune(&mut self, now_ms: i64) -> Result<u64, StoreError> {
         let cutoff = now_ms - self.settings.retention_ms();
         let per_snapshot = self.ids.len().max(1) as u64;
@@ -615,6 +631,7 @@ impl Store {
             )? as u64;
             tx.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
         }
+        pruned += compact::prune(&tx, cutoff, 4)?;
         for level in &self.settings.levels {
             pruned += tx.execute(
                 "DELETE FROM rollups WHERE step = ?1 AND start IN

@@ -163,10 +163,25 @@ fn a_day_and_an_interval_keeps_exactly_24h_of_raw_samples() {
         .unwrap();
     assert_eq!(oldest, now - 24 * HOUR);
     assert_eq!(n, 24 * 60 + 1);
-    let samples: i64 = conn
+    // Every series has a sample in every snapshot, from chunks or raw rows; all but the last
+    // two to three hours are in chunks.
+    for id in 1..=3 {
+        let (before, points) = query::raw_series(&conn, id, 0, i64::MAX).unwrap();
+        assert!(before.is_none());
+        assert_eq!(points.len() as i64, n, "series {id}");
+        assert!(
+            points.windows(2).all(|w| w[1].ts - w[0].ts == MIN),
+            "series {id}"
+        );
+    }
+    let raw: i64 = conn
         .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(samples, n * 3);
+    let chunks: i64 = conn
+        .query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))
+        .unwrap();
+    assert!((2 * 3 * 60..=3 * 3 * 60).contains(&raw), "{raw} raw rows");
+    assert!(chunks >= 3 * 21, "{chunks} chunks");
     let orphans: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM samples WHERE key >> 24 NOT IN (SELECT id FROM snapshots)",
@@ -522,4 +537,130 @@ fn a_database_of_the_previous_version_goes_on_with_its_series() {
 
 fn rollup_s(ms: i64) -> f64 {
     crate::time::ms_to_s(ms)
+}
+
+/// Per series id: its points as (time, value bits, run).
+type AllPoints = Vec<(i64, Vec<(i64, u64, i64)>)>;
+
+/// Every point of every series, as the queries read them.
+fn all_points(conn: &rusqlite::Connection) -> AllPoints {
+    let ids: Vec<i64> = conn
+        .prepare("SELECT id FROM series ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    ids.into_iter()
+        .map(|id| {
+            let (_, points) = query::raw_series(conn, id, 0, i64::MAX).unwrap();
+            let points = points
+                .iter()
+                .map(|o| (o.ts, o.value.to_bits(), o.run))
+                .collect();
+            (id, points)
+        })
+        .collect()
+}
+
+/// Compacting the whole day into chunks changes no answer: every point, rate, stepped and
+/// rollup-backed query is the same before and after, and nothing raw is left.
+#[test]
+fn compaction_changes_no_answer() {
+    let (dir, _, now) = write_day();
+    let queries = [
+        "metric=t_bytes_total&since=24h",
+        "metric=t_bytes_total&tunnel=a&since=24h&rate=true",
+        "metric=t_bytes_total&tunnel=b&from=now-13h&to=now-2h&rate=true&step=7m",
+        "metric=t_load&since=24h&step=1h&agg=max",
+        "metric=t_load&from=now-3h",
+        "metric=t_load&from=now-7d",
+    ];
+    let answers = |conn: &rusqlite::Connection| -> Vec<String> {
+        queries
+            .iter()
+            .map(|q| {
+                let (req, _) = Request::from_query(q, now).unwrap();
+                serde_json::to_string(&query::run(conn, &settings(), &req, now).unwrap()).unwrap()
+            })
+            .collect()
+    };
+    let before = {
+        let conn = connect(&dir);
+        (answers(&conn), all_points(&conn))
+    };
+    let mut rw = rusqlite::Connection::open(dir.path().join(super::FILE_NAME)).unwrap();
+    let moved = super::compact::step(&mut rw, i64::MAX, u64::MAX / 2).unwrap();
+    assert!(moved > 0);
+    let raw: i64 = rw
+        .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
+        .unwrap();
+    // Only the last, partial window stays raw.
+    assert!(raw < 3 * super::compact::WINDOW, "{raw} raw rows left");
+    drop(rw);
+    let conn = connect(&dir);
+    let after = (answers(&conn), all_points(&conn));
+    assert_eq!(before.1, after.1);
+    for (q, (b, a)) in queries.iter().zip(before.0.iter().zip(&after.0)) {
+        assert_eq!(b, a, "{q}");
+    }
+    // Three series of 1,441 samples in chunks (raw rows take about 17 bytes a sample): under
+    // 3 bytes a sample, though every value here changes every minute.
+    let bytes: i64 = conn
+        .query_row("SELECT SUM(LENGTH(data)) FROM chunks", [], |r| r.get(0))
+        .unwrap();
+    assert!(bytes < 3 * 1441 * 3, "{bytes} bytes of chunks");
+}
+
+/// A database written by the previous version (all raw, schema 2) is converted into chunks as
+/// windows of it age: every old point comes back once, in order, before and after.
+#[test]
+fn a_database_of_the_previous_version_is_converted_without_gap_or_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/history/written-by-a438f81.db");
+    std::fs::copy(&fixture, dir.path().join(super::FILE_NAME)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let old = all_points(&open_read_only(&dir.path().join(super::FILE_NAME)).unwrap());
+    let last: i64 = open_read_only(&dir.path().join(super::FILE_NAME))
+        .unwrap()
+        .query_row("SELECT MAX(ts) FROM snapshots", [], |r| r.get(0))
+        .unwrap();
+    // A new run goes on for 3 hours: the old snapshots and the first new ones become a window.
+    let (mut store, _) = Store::open(dir.path(), settings(), last + 1000).unwrap();
+    let mut generator = Gen {
+        bytes_a: 0,
+        bytes_b: 0,
+    };
+    for i in 0..180 {
+        store
+            .write(last + (i + 1) * MIN, &generator.series(i, false))
+            .unwrap();
+    }
+    drop(store);
+    let conn = connect(&dir);
+    let windows: i64 = conn
+        .query_row("SELECT COUNT(*) FROM windows", [], |r| r.get(0))
+        .unwrap();
+    assert!(windows >= 1, "no window was compacted");
+    let first_window_old: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM chunks WHERE window_id = (SELECT MIN(first) FROM windows)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        first_window_old > 100,
+        "{first_window_old} chunks of old series"
+    );
+    let now = all_points(&conn);
+    for (id, points) in &old {
+        let (_, new) = now.iter().find(|(i, _)| i == id).unwrap();
+        assert_eq!(&new[..points.len()], &points[..], "series {id}");
+        assert!(
+            new.windows(2).all(|w| w[0].0 < w[1].0),
+            "series {id}: order or duplicate"
+        );
+    }
 }

@@ -51,21 +51,24 @@ fn read_first(
     else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT se.metric, se.labels, sa.value FROM samples sa \
-         JOIN series se ON se.id = sa.key & 16777215 \
-         WHERE sa.key >= ?1 AND sa.key < ?2",
-    )?;
-    let rows = stmt.query_map(params![id << 24, (id + 1) << 24], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, f64>(2)?,
-        ))
-    })?;
+    // The snapshot's raw rows, and its samples already compacted into chunks.
+    let mut values: Vec<(i64, f64)> = conn
+        .prepare_cached("SELECT key & 16777215, value FROM samples WHERE key >= ?1 AND key < ?2")?
+        .query_map(params![id << 24, (id + 1) << 24], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    values.extend(crate::history::compact::snapshot(conn, id)?);
+    values.sort_unstable_by_key(|v| v.0);
+    let mut series = conn.prepare_cached("SELECT metric, labels FROM series WHERE id = ?1")?;
     let mut out = Vec::new();
-    for row in rows {
-        let (metric, labels, value) = row?;
+    for (series_id, value) in values {
+        let Some((metric, labels)): Option<(String, String)> = series
+            .query_row([series_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+        else {
+            continue;
+        };
         let pairs: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(&labels).unwrap_or_default();
         let mut l: Vec<Label> = Vec::with_capacity(pairs.len() + external.len() + 1);

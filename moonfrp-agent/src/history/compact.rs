@@ -1,0 +1,279 @@
+//! Moving raw samples into compressed chunks, and reading them back.
+//!
+//! The writer appends raw rows (`samples`, the head: cheap to write, crash-safe per interval).
+//! Once a run of [`WINDOW`] snapshots is older than the horizon (about two hours: what a restart
+//! rebuilds its rollup buckets from stays raw), it becomes a window: per series, its samples in
+//! those snapshots become one chunk ([`super::chunk`]) and their raw rows are deleted, in the same
+//! transaction. A bounded number of rows moves per interval, a slice of series at a time (the
+//! window's `cursor` says how far it came), so compaction never stalls a write; a database of an
+//! earlier version, all raw, is converted the same way, a window after another.
+//!
+//! A sample is in exactly one place at any moment: readers take the chunks of a series and its
+//! raw rows and merge them by snapshot.
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
+
+use super::{
+    chunk::{self, Encoder},
+    rollup::Obs,
+    store::{MAX_SERIES, sample_key},
+};
+
+/// Snapshots per window: an hour at the default interval.
+pub const WINDOW: i64 = 60;
+
+/// Compacts at most about `budget` raw rows of windows whose snapshots all precede
+/// `horizon_ms`; returns the rows moved.
+pub fn step(conn: &mut Connection, horizon_ms: i64, budget: u64) -> rusqlite::Result<u64> {
+    let mut moved = 0;
+    let top: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM series", [], |r| r.get(0))?;
+    while moved < budget {
+        let open: Option<(i64, i64, i64)> = conn
+            .query_row(
+                "SELECT first, last, cursor FROM windows WHERE cursor <= ?1 ORDER BY first LIMIT 1",
+                [MAX_SERIES],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((first, last, cursor)) = open else {
+            if !next_window(conn, horizon_ms)? {
+                break;
+            }
+            continue;
+        };
+        let snapshots = (last - first + 1).max(1);
+        let width = i64::try_from((budget - moved) / snapshots.cast_unsigned())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let end = if cursor + width > top {
+            MAX_SERIES + 1
+        } else {
+            cursor + width
+        };
+        let tx = conn.transaction()?;
+        moved += slice(&tx, first, last, cursor, end.min(MAX_SERIES + 1))?;
+        tx.execute(
+            "UPDATE windows SET cursor = ?1 WHERE first = ?2",
+            params![end, first],
+        )?;
+        tx.commit()?;
+        // A slice of an empty window counts a little, so that a run of them ends.
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+/// Opens the next window if [`WINDOW`] snapshots after the last one all precede the horizon.
+fn next_window(conn: &Connection, horizon_ms: i64) -> rusqlite::Result<bool> {
+    let after: i64 = conn.query_row("SELECT COALESCE(MAX(last), 0) FROM windows", [], |r| {
+        r.get(0)
+    })?;
+    let ids: Vec<(i64, i64)> = conn
+        .prepare_cached("SELECT id, ts FROM snapshots WHERE id > ?1 ORDER BY id LIMIT ?2")?
+        .query_map(params![after, WINDOW], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let (Some(&(first, _)), Some(&(last, ts_last))) = (ids.first(), ids.last()) else {
+        return Ok(false);
+    };
+    if i64::try_from(ids.len()).unwrap_or(0) < WINDOW || ts_last >= horizon_ms {
+        return Ok(false);
+    }
+    conn.execute(
+        "INSERT INTO windows (first, last, ts_last, cursor) VALUES (?1, ?2, ?3, 0)",
+        params![first, last, ts_last],
+    )?;
+    Ok(true)
+}
+
+/// Moves the raw rows of series `lo..hi` in snapshots `first..=last` into chunks.
+fn slice(tx: &Transaction<'_>, first: i64, last: i64, lo: i64, hi: i64) -> rusqlite::Result<u64> {
+    let mut open: BTreeMap<i64, Encoder> = BTreeMap::new();
+    let mut rows = 0;
+    {
+        let mut read = tx.prepare_cached(
+            "SELECT key, value FROM samples WHERE key BETWEEN ?1 AND ?2 ORDER BY key",
+        )?;
+        for snapshot in first..=last {
+            let mut r = read.query(params![
+                sample_key(snapshot, lo),
+                sample_key(snapshot, hi - 1)
+            ])?;
+            while let Some(row) = r.next()? {
+                let (key, value): (i64, f64) = (row.get(0)?, row.get(1)?);
+                let series = key & MAX_SERIES;
+                open.entry(series)
+                    .and_modify(|e| e.push(snapshot, value))
+                    .or_insert_with(|| Encoder::new(snapshot, value));
+                rows += 1;
+            }
+        }
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT OR REPLACE INTO chunks (series_id, window_id, first, count, data)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (series, e) in &open {
+        insert.execute(params![
+            series,
+            first,
+            e.first(),
+            i64::try_from(e.len()).unwrap_or(i64::MAX),
+            e.bytes()
+        ])?;
+    }
+    let mut delete = tx.prepare_cached("DELETE FROM samples WHERE key BETWEEN ?1 AND ?2")?;
+    for snapshot in first..=last {
+        delete.execute(params![
+            sample_key(snapshot, lo),
+            sample_key(snapshot, hi - 1)
+        ])?;
+    }
+    Ok(rows)
+}
+
+/// Time, run and run start of the snapshots `from..=to` (ids), in id order.
+fn snapshot_times(
+    conn: &Connection,
+    from: i64,
+    to: i64,
+) -> rusqlite::Result<Vec<(i64, i64, i64, i64)>> {
+    conn.prepare_cached(
+        "SELECT sn.id, sn.ts, sn.run_id, r.started_at FROM snapshots sn
+         JOIN runs r ON r.id = sn.run_id WHERE sn.id BETWEEN ?1 AND ?2 ORDER BY sn.id",
+    )?
+    .query_map(params![from, to], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?
+    .collect()
+}
+
+fn damaged(e: &chunk::ChunkError) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        4,
+        rusqlite::types::Type::Blob,
+        format!("damaged chunk: {e}").into(),
+    )
+}
+
+/// False for a database of an earlier version not yet opened by this one (the `history`
+/// command may read it): all its samples are raw.
+fn has_chunks(conn: &Connection) -> rusqlite::Result<bool> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    Ok(version >= 3)
+}
+
+/// The chunked samples of series `id` with `from <= ts <= to`, plus the latest chunked one
+/// before `from` (for rates).
+pub fn series(
+    conn: &Connection,
+    id: i64,
+    from: i64,
+    to: i64,
+) -> rusqlite::Result<(Option<Obs>, Vec<Obs>)> {
+    if !has_chunks(conn)? {
+        return Ok((None, Vec::new()));
+    }
+    // Chunks of windows that end at or after `from` and begin at or before `to`, and the one
+    // before them (the sample before `from`).
+    let chunks: Vec<(i64, i64, usize, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT c.window_id, c.first, c.count, c.data FROM chunks c
+             JOIN windows w ON w.first = c.window_id
+             WHERE c.series_id = ?1 AND c.window_id <= COALESCE((SELECT MAX(id) FROM snapshots WHERE ts <= ?3), 0)
+               AND w.ts_last >= COALESCE((SELECT MAX(ts_last) FROM windows WHERE ts_last < ?2), ?2)
+             ORDER BY c.window_id",
+        )?
+        .query_map(params![id, from, to], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                usize::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                r.get(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut decoded = Vec::new();
+    for (_, first, count, data) in &chunks {
+        decoded.extend(chunk::decode(*first, *count, data).map_err(|e| damaged(&e))?);
+    }
+    let (Some(lo), Some(hi)) = (decoded.first(), decoded.last()) else {
+        return Ok((None, Vec::new()));
+    };
+    let times = snapshot_times(conn, lo.0, hi.0)?;
+    let mut before = None;
+    let mut points = Vec::new();
+    for (snapshot, value) in decoded {
+        let Ok(i) = times.binary_search_by_key(&snapshot, |t| t.0) else {
+            continue;
+        };
+        let (_, ts, run, run_start) = times[i];
+        let obs = Obs {
+            ts,
+            value,
+            run,
+            run_start,
+        };
+        if ts < from {
+            before = Some(obs);
+        } else if ts <= to {
+            points.push(obs);
+        }
+    }
+    Ok((before, points))
+}
+
+/// Every chunked sample of snapshot `snapshot`: (series id, value).
+pub fn snapshot(conn: &Connection, snapshot: i64) -> rusqlite::Result<Vec<(i64, f64)>> {
+    if !has_chunks(conn)? {
+        return Ok(Vec::new());
+    }
+    let window: Option<i64> = conn
+        .query_row(
+            "SELECT first FROM windows WHERE first <= ?1 AND last >= ?1",
+            [snapshot],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(window) = window else {
+        return Ok(Vec::new());
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT series_id, first, count, data FROM chunks WHERE window_id = ?1 AND first <= ?2",
+    )?;
+    let mut rows = stmt.query(params![window, snapshot])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let (series, first, count, data): (i64, i64, i64, Vec<u8>) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        let samples = chunk::decode(first, usize::try_from(count).unwrap_or(0), &data)
+            .map_err(|e| damaged(&e))?;
+        if let Ok(i) = samples.binary_search_by_key(&snapshot, |s| s.0) {
+            out.push((series, samples[i].1));
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the chunks and snapshots of windows that ended before `cutoff_ms` (at most `limit`
+/// windows); returns the chunks deleted.
+pub fn prune(tx: &Transaction<'_>, cutoff_ms: i64, limit: i64) -> rusqlite::Result<u64> {
+    let expired: Vec<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT first, last FROM windows WHERE ts_last < ?1 AND cursor > ?2 ORDER BY first LIMIT ?3",
+        )?
+        .query_map(params![cutoff_ms, MAX_SERIES, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut pruned = 0;
+    for (first, last) in expired {
+        pruned += tx.execute("DELETE FROM chunks WHERE window_id = ?1", [first])? as u64;
+        tx.execute(
+            "DELETE FROM snapshots WHERE id BETWEEN ?1 AND ?2",
+            [first, last],
+        )?;
+        tx.execute("DELETE FROM windows WHERE first = ?1", [first])?;
+    }
+    Ok(pruned)
+}
