@@ -4,9 +4,9 @@
 //! Once a run of [`WINDOW`] snapshots is older than the horizon (about two hours: what a restart
 //! rebuilds its rollup buckets from stays raw), it becomes a window: per series, its samples in
 //! those snapshots become one chunk ([`super::chunk`]) and their raw rows are deleted, in the same
-//! transaction. A bounded number of rows moves per interval, a slice of series at a time (the
-//! window's `cursor` says how far it came), so compaction never stalls a write; a database of an
-//! earlier version, all raw, is converted the same way, a window after another.
+//! transaction. A little more than a snapshot's rows move per interval, a slice of series at a
+//! time (the window's `cursor` says how far it came), so compaction never stalls a write; a
+//! database of an earlier version, all raw, is converted the same way, a window after another.
 //!
 //! A sample is in exactly one place at any moment: readers take the chunks of a series and its
 //! raw rows and merge them by snapshot.
@@ -26,9 +26,11 @@ pub const WINDOW: i64 = 60;
 /// Compacts at most about `budget` raw rows of windows whose snapshots all precede
 /// `horizon_ms`; returns the rows moved.
 pub fn step(conn: &mut Connection, horizon_ms: i64, budget: u64) -> rusqlite::Result<u64> {
-    let mut moved = 0;
+    // Rows moved, and the budget spent: rows, and one for each slice (so that a run of
+    // slices of an empty window ends).
+    let (mut moved, mut spent) = (0, 0);
     let top: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM series", [], |r| r.get(0))?;
-    while moved < budget {
+    while spent < budget {
         let open: Option<(i64, i64, i64)> = conn
             .query_row(
                 "SELECT first, last, cursor FROM windows WHERE cursor <= ?1 ORDER BY first LIMIT 1",
@@ -43,7 +45,7 @@ pub fn step(conn: &mut Connection, horizon_ms: i64, budget: u64) -> rusqlite::Re
             continue;
         };
         let snapshots = (last - first + 1).max(1);
-        let width = i64::try_from((budget - moved) / snapshots.cast_unsigned())
+        let width = i64::try_from((budget - spent) / snapshots.cast_unsigned())
             .unwrap_or(i64::MAX)
             .max(1);
         let end = if cursor + width > top {
@@ -52,14 +54,14 @@ pub fn step(conn: &mut Connection, horizon_ms: i64, budget: u64) -> rusqlite::Re
             cursor + width
         };
         let tx = conn.transaction()?;
-        moved += slice(&tx, first, last, cursor, end.min(MAX_SERIES + 1))?;
+        let rows = slice(&tx, first, last, cursor, end.min(MAX_SERIES + 1))?;
         tx.execute(
             "UPDATE windows SET cursor = ?1 WHERE first = ?2",
             params![end, first],
         )?;
         tx.commit()?;
-        // A slice of an empty window counts a little, so that a run of them ends.
-        moved += 1;
+        moved += rows;
+        spent += rows + 1;
     }
     Ok(moved)
 }
@@ -164,14 +166,22 @@ fn has_chunks(conn: &Connection) -> rusqlite::Result<bool> {
 }
 
 /// The chunked samples of series `id` with `from <= ts <= to`, plus the latest chunked one
-/// before `from` (for rates).
+/// before `from` (for rates; `need_before`: the caller has no raw one).
 pub fn series(
     conn: &Connection,
     id: i64,
     from: i64,
     to: i64,
+    need_before: bool,
 ) -> rusqlite::Result<(Option<Obs>, Vec<Obs>)> {
     if !has_chunks(conn)? {
+        return Ok((None, Vec::new()));
+    }
+    // Nothing compacted at or after `from`, and a raw sample before it: the head has it all.
+    let newest: Option<i64> = conn
+        .prepare_cached("SELECT MAX(ts_last) FROM windows")?
+        .query_row([], |r| r.get(0))?;
+    if newest.is_none_or(|n| n < from) && !need_before {
         return Ok((None, Vec::new()));
     }
     // Chunks of windows that end at or after `from` and begin at or before `to`, and the one

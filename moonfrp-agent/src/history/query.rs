@@ -479,7 +479,7 @@ pub fn raw_series(
         )?
         .query_map(params![id, from, to], map)?
         .collect::<rusqlite::Result<_>>()?;
-    let (chunk_before, mut points) = super::compact::series(conn, id, from, to)?;
+    let (chunk_before, mut points) = super::compact::series(conn, id, from, to, before.is_none())?;
     let before = match (before, chunk_before) {
         (Some(a), Some(b)) => Some(if a.ts >= b.ts { a } else { b }),
         (a, b) => a.or(b),

@@ -522,8 +522,11 @@ impl Store {
         stats.new_series = new_keys.len();
         self.after_commit(ts_ms, &resolved, &flushing);
         stats.pruned = self.prune(ts_ms)?;
+        // A little more than one snapshot's rows per interval: a window (60 snapshots) is done in
+        // about 48 intervals, before the next one is due, and no interval carries much of it.
         let horizon = self.horizon(ts_ms);
-        stats.compacted = compact::step(&mut self.conn, horizon, PRUNE_BUDGET)?;
+        let budget = (self.ids.len() as u64 * 5 / 4).max(1_000);
+        stats.compacted = compact::step(&mut self.conn, horizon, budget)?;
         Ok(stats)
     }
 

@@ -676,7 +676,10 @@ mod round_trip {
     fn gauge_values() -> impl Strategy<Value = Vec<f64>> {
         prop::collection::vec(
             prop_oneof![
-                (any::<f64>().prop_filter("finite", |v| v.is_finite()), 1usize..90)
+                (
+                    any::<f64>().prop_filter("finite", |v| v.is_finite()),
+                    1usize..90
+                )
                     .prop_map(|(v, n)| vec![v; n]),
                 prop::collection::vec(
                     prop_oneof![

@@ -26,6 +26,8 @@ pub struct Stats {
     /// Damaged databases moved aside.
     pub recoveries: AtomicU64,
     pub pruned_rows: AtomicU64,
+    /// Raw samples moved into compressed chunks.
+    pub compacted_samples: AtomicU64,
     /// `f64` bits.
     pub last_write_seconds: AtomicU64,
     pub disk_bytes: AtomicU64,
@@ -165,6 +167,7 @@ impl Worker {
             Ok(s) => {
                 self.stats.writes_ok.fetch_add(1, Relaxed);
                 self.stats.pruned_rows.fetch_add(s.pruned, Relaxed);
+                self.stats.compacted_samples.fetch_add(s.compacted, Relaxed);
                 self.stats.up.store(true, Relaxed);
                 if self.last_error.take().is_some() {
                     info!("history writes work again");

@@ -46,6 +46,12 @@ pub(super) fn build(s: &Stats, b: &mut Builder) {
         None,
         s.pruned_rows.load(Relaxed),
     );
+    b.counter(
+        "moonfrp_history_compacted_samples",
+        "Raw samples moved into compressed chunks.",
+        None,
+        s.compacted_samples.load(Relaxed),
+    );
     b.counter("moonfrp_history_recoveries",
         "Damaged history databases moved aside (renamed *.corrupt-<time>) and replaced by a new one.",
         None,

@@ -28,6 +28,7 @@ pub const KNOWN: &[&str] = &[
     "moonfrp_frp_proxy_connections",
     "moonfrp_frp_proxy_today_traffic_in_bytes",
     "moonfrp_frp_proxy_today_traffic_out_bytes",
+    "moonfrp_history_compacted_samples_total",
     "moonfrp_history_database_size_bytes",
     "moonfrp_history_pruned_rows_total",
     "moonfrp_history_recoveries_total",
