@@ -165,6 +165,17 @@ fn has_chunks(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(version >= 3)
 }
 
+/// True if compacted samples reach `from` or later: readers of the range need the chunks.
+pub fn reaches(conn: &Connection, from: i64) -> rusqlite::Result<bool> {
+    if !has_chunks(conn)? {
+        return Ok(false);
+    }
+    let newest: Option<i64> = conn
+        .prepare_cached("SELECT MAX(ts_last) FROM windows")?
+        .query_row([], |r| r.get(0))?;
+    Ok(newest.is_some_and(|n| n >= from))
+}
+
 /// The chunked samples of series `id` with `from <= ts <= to`, plus the latest chunked one
 /// before `from` (for rates; `need_before`: the caller has no raw one).
 pub fn series(
@@ -178,10 +189,7 @@ pub fn series(
         return Ok((None, Vec::new()));
     }
     // Nothing compacted at or after `from`, and a raw sample before it: the head has it all.
-    let newest: Option<i64> = conn
-        .prepare_cached("SELECT MAX(ts_last) FROM windows")?
-        .query_row([], |r| r.get(0))?;
-    if newest.is_none_or(|n| n < from) && !need_before {
+    if !need_before && !reaches(conn, from)? {
         return Ok((None, Vec::new()));
     }
     // Chunks of windows that end at or after `from` and begin at or before `to`, and the one

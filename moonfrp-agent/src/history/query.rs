@@ -309,9 +309,23 @@ pub fn run(
         rate: req.rate,
         series: Vec::new(),
     };
-    for s in matching_series(conn, req)? {
+    let matching = matching_series(conn, req)?;
+    let mut bulk = match source {
+        Source::Raw => {
+            let ids: Vec<i64> = matching.iter().map(|s| s.id).collect();
+            head_bulk(conn, &ids, req.from, req.to)?
+        }
+        Source::Rollup(_) => None,
+    };
+    for s in matching {
         let buckets_or_points = match source {
-            Source::Raw => raw_points(conn, s.id, req, counter, step)?,
+            Source::Raw => {
+                let raw = match bulk.as_mut().and_then(|b| b.remove(&s.id)) {
+                    Some(raw) => raw,
+                    None => raw_series(conn, s.id, req.from, req.to)?,
+                };
+                raw_points(raw, req, counter, step)
+            }
             Source::Rollup(level) => rollup_points(conn, s.id, level, req, counter, step)?,
         };
         out.series.push(SeriesOut {
@@ -492,14 +506,80 @@ pub fn raw_series(
     Ok((before, points))
 }
 
-fn raw_points(
+/// Raw samples of many series over a range that lies in the head (nothing compacted reaches
+/// it): one range scan per snapshot over the series' span of ids, instead of a lookup per series
+/// and snapshot. `None` when the per-series path is the better one (few series, or chunks in
+/// the range). The sample before `from` comes from the snapshot before; a series missing there
+/// gets it the per-series way.
+type Raw = (Option<Obs>, Vec<Obs>);
+
+fn head_bulk(
     conn: &Connection,
-    id: i64,
-    req: &Request,
-    counter: bool,
-    step: Option<i64>,
-) -> rusqlite::Result<Vec<(f64, f64)>> {
-    let (before, points) = raw_series(conn, id, req.from, req.to)?;
+    ids: &[i64],
+    from: i64,
+    to: i64,
+) -> rusqlite::Result<Option<std::collections::HashMap<i64, Raw>>> {
+    let (Some(&lo), Some(&hi)) = (ids.iter().min(), ids.iter().max()) else {
+        return Ok(None);
+    };
+    if ids.len() < 8 || super::compact::reaches(conn, from)? {
+        return Ok(None);
+    }
+    let snapshot = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, i64, i64, i64)> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    };
+    let previous = conn
+        .prepare_cached(
+            "SELECT sn.id, sn.ts, sn.run_id, r.started_at FROM snapshots sn
+             JOIN runs r ON r.id = sn.run_id WHERE sn.ts < ?1 ORDER BY sn.ts DESC LIMIT 1",
+        )?
+        .query_row([from], snapshot)
+        .optional()?;
+    let inside: Vec<(i64, i64, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT sn.id, sn.ts, sn.run_id, r.started_at FROM snapshots sn
+             JOIN runs r ON r.id = sn.run_id WHERE sn.ts BETWEEN ?1 AND ?2 ORDER BY sn.ts, sn.id",
+        )?
+        .query_map(params![from, to], snapshot)?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out: std::collections::HashMap<i64, Raw> =
+        ids.iter().map(|id| (*id, (None, Vec::new()))).collect();
+    let mut scan =
+        conn.prepare_cached("SELECT key, value FROM samples WHERE key BETWEEN ?1 AND ?2")?;
+    for (i, (sn, ts, run, run_start)) in previous.iter().chain(&inside).enumerate() {
+        let is_before = previous.is_some() && i == 0;
+        let mut rows = scan.query(params![
+            crate::history::store::sample_key(*sn, lo),
+            crate::history::store::sample_key(*sn, hi)
+        ])?;
+        while let Some(r) = rows.next()? {
+            let (key, value): (i64, f64) = (r.get(0)?, r.get(1)?);
+            let Some(entry) = out.get_mut(&(key & crate::history::store::MAX_SERIES)) else {
+                continue;
+            };
+            let obs = Obs {
+                ts: *ts,
+                value,
+                run: *run,
+                run_start: *run_start,
+            };
+            if is_before {
+                entry.0 = Some(obs);
+            } else {
+                entry.1.push(obs);
+            }
+        }
+    }
+    for (id, entry) in &mut out {
+        if entry.0.is_none() {
+            entry.0 = raw_series(conn, *id, from, from - 1)?.0;
+        }
+    }
+    Ok(Some(out))
+}
+
+fn raw_points(raw: Raw, req: &Request, counter: bool, step: Option<i64>) -> Vec<(f64, f64)> {
+    let (before, points) = raw;
     let mut prev = if req.rate { before } else { None };
     let Some(step) = step else {
         let mut out = Vec::with_capacity(points.len());
@@ -520,7 +600,7 @@ fn raw_points(
             };
             out.push((crate::time::ms_to_s(p.ts), value));
         }
-        return Ok(out);
+        return out;
     };
     let mut slots: BTreeMap<i64, Bucket> = BTreeMap::new();
     for p in points {
@@ -528,7 +608,7 @@ fn raw_points(
         rollup::feed(slot, counter, prev.as_ref(), &p);
         prev = Some(p);
     }
-    Ok(values(slots, req, counter))
+    values(slots, req, counter)
 }
 
 fn rollup_points(
