@@ -1,10 +1,9 @@
 //! Moving raw samples into compressed chunks, and reading them back.
 //!
 //! The writer appends raw rows (`samples`, the head: cheap to write, crash-safe per interval).
-//! Once a run of [`WINDOW`] snapshots is older than the horizon (about two hours: what a restart
-//! rebuilds its rollup buckets from stays raw), it becomes a window: per series, its samples in
-//! those snapshots become one chunk ([`super::chunk`]) and their raw rows are deleted, in the same
-//! transaction. A little more than a snapshot's rows move per interval, a slice of series at a
+//! Once [`WINDOW`] snapshots follow the last window, they become a window: per series, its
+//! samples in those snapshots become one chunk ([`super::chunk`]) and their raw rows are deleted,
+//! in the same transaction. A little more than a snapshot's rows move per interval, a slice of series at a
 //! time (the window's `cursor` says how far it came), so compaction never stalls a write; a
 //! database of an earlier version, all raw, is converted the same way, a window after another.
 //!
@@ -23,9 +22,8 @@ use super::{
 /// Snapshots per window: an hour at the default interval.
 pub const WINDOW: i64 = 60;
 
-/// Compacts at most about `budget` raw rows of windows whose snapshots all precede
-/// `horizon_ms`; returns the rows moved.
-pub fn step(conn: &mut Connection, horizon_ms: i64, budget: u64) -> rusqlite::Result<u64> {
+/// Compacts at most about `budget` raw rows; returns the rows moved.
+pub fn step(conn: &mut Connection, budget: u64) -> rusqlite::Result<u64> {
     // Rows moved, and the budget spent: rows, and one for each slice (so that a run of
     // slices of an empty window ends).
     let (mut moved, mut spent) = (0, 0);
@@ -39,7 +37,7 @@ pub fn step(conn: &mut Connection, horizon_ms: i64, budget: u64) -> rusqlite::Re
             )
             .optional()?;
         let Some((first, last, cursor)) = open else {
-            if !next_window(conn, horizon_ms)? {
+            if !next_window(conn)? {
                 break;
             }
             continue;
@@ -66,8 +64,8 @@ pub fn step(conn: &mut Connection, horizon_ms: i64, budget: u64) -> rusqlite::Re
     Ok(moved)
 }
 
-/// Opens the next window if [`WINDOW`] snapshots after the last one all precede the horizon.
-fn next_window(conn: &Connection, horizon_ms: i64) -> rusqlite::Result<bool> {
+/// Opens the next window if [`WINDOW`] snapshots follow the last one.
+fn next_window(conn: &Connection) -> rusqlite::Result<bool> {
     let after: i64 = conn.query_row("SELECT COALESCE(MAX(last), 0) FROM windows", [], |r| {
         r.get(0)
     })?;
@@ -78,7 +76,7 @@ fn next_window(conn: &Connection, horizon_ms: i64) -> rusqlite::Result<bool> {
     let (Some(&(first, _)), Some(&(last, ts_last))) = (ids.first(), ids.last()) else {
         return Ok(false);
     };
-    if i64::try_from(ids.len()).unwrap_or(0) < WINDOW || ts_last >= horizon_ms {
+    if i64::try_from(ids.len()).unwrap_or(0) < WINDOW {
         return Ok(false);
     }
     conn.execute(
@@ -239,6 +237,49 @@ pub fn series(
         }
     }
     Ok((before, points))
+}
+
+/// Every chunked sample with `ts >= from`, a window at a time, as (series id, sample): each
+/// series' samples come in time order (series are independent of each other). For rebuilding
+/// the rollup buckets in progress after a restart.
+pub fn since(conn: &Connection, from: i64, mut take: impl FnMut(i64, Obs)) -> rusqlite::Result<()> {
+    if !has_chunks(conn)? {
+        return Ok(());
+    }
+    let windows: Vec<(i64, i64)> = conn
+        .prepare("SELECT first, last FROM windows WHERE ts_last >= ?1 ORDER BY first")?
+        .query_map([from], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt =
+        conn.prepare("SELECT series_id, first, count, data FROM chunks WHERE window_id = ?1")?;
+    for (first, last) in windows {
+        let times = snapshot_times(conn, first, last)?;
+        let mut rows = stmt.query([first])?;
+        while let Some(r) = rows.next()? {
+            let (series, start, count): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let data = r.get_ref(3)?.as_blob()?;
+            let samples = chunk::decode(start, usize::try_from(count).unwrap_or(0), data)
+                .map_err(|e| damaged(&e))?;
+            for (snapshot, value) in samples {
+                let Ok(i) = times.binary_search_by_key(&snapshot, |t| t.0) else {
+                    continue;
+                };
+                let (_, ts, run, run_start) = times[i];
+                if ts >= from {
+                    take(
+                        series,
+                        Obs {
+                            ts,
+                            value,
+                            run,
+                            run_start,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every chunked sample of snapshot `snapshot`: (series id, value).

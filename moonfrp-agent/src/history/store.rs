@@ -110,6 +110,8 @@ pub struct Store {
     acc: HashMap<i64, Acc>,
     /// Start of the bucket in progress, per level.
     level_start: Vec<Option<i64>>,
+    /// Raw rows move into chunks as they age (off only in tests that compare the two).
+    compaction: bool,
 }
 
 /// Opens (creating if needed) a read-write connection with the agent's pragmas.
@@ -322,6 +324,7 @@ impl Store {
         let run = conn.last_insert_rowid();
         let mut store = Self {
             level_start: vec![None; settings.levels.len()],
+            compaction: true,
             conn,
             path,
             settings,
@@ -333,6 +336,12 @@ impl Store {
         };
         store.rebuild()?;
         Ok((store, recovery))
+    }
+
+    /// Keeps every sample raw (for tests that compare raw and compacted answers).
+    #[cfg(test)]
+    pub(crate) const fn without_compaction(&mut self) {
+        self.compaction = false;
     }
 
     pub fn path(&self) -> &Path {
@@ -407,23 +416,10 @@ impl Store {
             [from],
             |r| r.get(0),
         )?;
-        let mut stmt = self.conn.prepare(
-            "SELECT sn.ts, sn.run_id, r.started_at, sa.key & 16777215, sa.value
-             FROM snapshots sn JOIN runs r ON r.id = sn.run_id
-             JOIN samples sa ON sa.key BETWEEN sn.id << 24 AND (sn.id << 24) + 16777215
-             WHERE sn.ts >= ?1 AND sn.run_id <> ?2 ORDER BY sn.ts, sn.id",
-        )?;
-        let mut rows = stmt.query(params![prev_ts, self.run])?;
         let levels = self.settings.levels.len();
-        while let Some(r) = rows.next()? {
-            let obs = Obs {
-                ts: r.get(0)?,
-                run: r.get(1)?,
-                run_start: r.get(2)?,
-                value: r.get(4)?,
-            };
-            let id: i64 = r.get(3)?;
-            let acc = self.acc.entry(id).or_insert_with(|| Acc {
+        let acc = &mut self.acc;
+        let mut take = |id: i64, obs: Obs| {
+            let acc = acc.entry(id).or_insert_with(|| Acc {
                 counter: counters.contains(&id),
                 prev: None,
                 buckets: vec![Bucket::default(); levels],
@@ -434,6 +430,24 @@ impl Store {
                 }
             }
             acc.prev = Some(obs);
+        };
+        // Compressed windows first (older), then the raw head: each series in time order.
+        compact::since(&self.conn, prev_ts, &mut take)?;
+        let mut stmt = self.conn.prepare(
+            "SELECT sn.ts, sn.run_id, r.started_at, sa.key & 16777215, sa.value
+             FROM snapshots sn JOIN runs r ON r.id = sn.run_id
+             JOIN samples sa ON sa.key BETWEEN sn.id << 24 AND (sn.id << 24) + 16777215
+             WHERE sn.ts >= ?1 AND sn.run_id <> ?2 ORDER BY sn.ts, sn.id",
+        )?;
+        let mut rows = stmt.query(params![prev_ts, self.run])?;
+        while let Some(r) = rows.next()? {
+            let obs = Obs {
+                ts: r.get(0)?,
+                value: r.get(4)?,
+                run: r.get(1)?,
+                run_start: r.get(2)?,
+            };
+            take(r.get(3)?, obs);
         }
         drop(rows);
         drop(stmt);
@@ -524,9 +538,10 @@ impl Store {
         stats.pruned = self.prune(ts_ms)?;
         // A little more than one snapshot's rows per interval: a window (60 snapshots) is done in
         // about 48 intervals, before the next one is due, and no interval carries much of it.
-        let horizon = self.horizon(ts_ms);
         let budget = (self.ids.len() as u64 * 5 / 4).max(1_000);
-        stats.compacted = compact::step(&mut self.conn, horizon, budget)?;
+        if self.compaction {
+            stats.compacted = compact::step(&mut self.conn, budget)?;
+        }
         Ok(stats)
     }
 
@@ -597,17 +612,6 @@ impl Store {
         tx.execute("DELETE FROM alert_events WHERE ts < ?1", [ts_ms - keep])?;
         tx.commit()?;
         Ok(())
-    }
-
-    /// Raw samples older than this may be compacted: one whole bucket of the finest rollup level
-    /// before the one in progress (a restart rebuilds the buckets in progress from raw samples).
-    fn horizon(&self, now_ms: i64) -> i64 {
-        let step = self
-            .settings
-            .levels
-            .first()
-            .map_or(3_600_000, Level::step_ms);
-        rollup::bucket_start(now_ms, step) - step
     }
 
     /// Deletes expired raw snapshots (a bounded number of rows), expired windows of chunks and
