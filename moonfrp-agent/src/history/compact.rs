@@ -3,9 +3,11 @@
 //! The writer appends raw rows (`samples`, the head: cheap to write, crash-safe per interval).
 //! Once [`WINDOW`] snapshots follow the last window, they become a window: per series, its
 //! samples in those snapshots become one chunk ([`super::chunk`]) and their raw rows are deleted,
-//! in the same transaction. A little more than a snapshot's rows move per interval, a slice of series at a
-//! time (the window's `cursor` says how far it came), so compaction never stalls a write; a
-//! database of an earlier version, all raw, is converted the same way, a window after another.
+//! in the same transaction. A little more than a snapshot's rows move per interval, a slice of
+//! series at a time (the window's `cursor` says how far it came), so compaction never stalls a
+//! write; a database of an earlier version, all raw, is converted the same way, a window after
+//! another. A restart rebuilds its rollup buckets in progress from chunks ([`since`]) and raw
+//! rows.
 //!
 //! A sample is in exactly one place at any moment: readers take the chunks of a series and its
 //! raw rows and merge them by snapshot.
