@@ -244,21 +244,45 @@ pub fn series(
 /// Every chunked sample with `ts >= from`, a window at a time, as (series id, sample): each
 /// series' samples come in time order (series are independent of each other). For rebuilding
 /// the rollup buckets in progress after a restart.
-pub fn since(conn: &Connection, from: i64, mut take: impl FnMut(i64, Obs)) -> rusqlite::Result<()> {
+pub fn since(conn: &Connection, from: i64, take: impl FnMut(i64, Obs)) -> rusqlite::Result<()> {
+    chunks_of(conn, from, i64::MAX, |_| true, (0, MAX_SERIES), take)
+}
+
+/// The chunked samples with `ts >= from` of windows that begin at or before `to`, of the series
+/// with ids in `span` that `wants`, a window at a time, as (series id, sample); each series'
+/// samples in time order. Chunks of other series are not decoded.
+pub fn chunks_of(
+    conn: &Connection,
+    from: i64,
+    to: i64,
+    wants: impl Fn(i64) -> bool,
+    span: (i64, i64),
+    mut take: impl FnMut(i64, Obs),
+) -> rusqlite::Result<()> {
     if !has_chunks(conn)? {
         return Ok(());
     }
     let windows: Vec<(i64, i64)> = conn
-        .prepare("SELECT first, last FROM windows WHERE ts_last >= ?1 ORDER BY first")?
-        .query_map([from], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .prepare_cached(
+            "SELECT first, last FROM windows WHERE ts_last >= ?1
+               AND first <= COALESCE((SELECT MAX(id) FROM snapshots WHERE ts <= ?2), 0)
+             ORDER BY first",
+        )?
+        .query_map(params![from, to], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut stmt =
-        conn.prepare("SELECT series_id, first, count, data FROM chunks WHERE window_id = ?1")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT series_id, first, count, data FROM chunks
+         WHERE window_id = ?1 AND series_id BETWEEN ?2 AND ?3",
+    )?;
     for (first, last) in windows {
         let times = snapshot_times(conn, first, last)?;
-        let mut rows = stmt.query([first])?;
+        let mut rows = stmt.query(params![first, span.0, span.1])?;
         while let Some(r) = rows.next()? {
-            let (series, start, count): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let series: i64 = r.get(0)?;
+            if !wants(series) {
+                continue;
+            }
+            let (start, count): (i64, i64) = (r.get(1)?, r.get(2)?);
             let data = r.get_ref(3)?.as_blob()?;
             let samples = chunk::decode(start, usize::try_from(count).unwrap_or(0), data)
                 .map_err(|e| damaged(&e))?;

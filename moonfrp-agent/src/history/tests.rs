@@ -753,10 +753,11 @@ mod round_trip {
     }
 }
 
-/// Many series over a range in the head are read with one scan per snapshot; the answer is the
-/// one the per-series reads give, gaps and a missing sample before `from` included.
+/// Many series over a range are read at once (a scan per snapshot of the head, each window's
+/// chunks once); the answer is the one the per-series reads give, over chunks and raw rows, gaps
+/// and a missing sample before `from` included.
 #[test]
-fn the_bulk_head_read_answers_like_the_per_series_one() {
+fn the_bulk_read_answers_like_the_per_series_one() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _) = Store::open(dir.path(), settings(), T0 - 1000).unwrap();
     for i in 0..90i64 {
@@ -776,10 +777,15 @@ fn the_bulk_head_read_answers_like_the_per_series_one() {
     }
     drop(store);
     let conn = connect(&dir);
+    let windows: i64 = conn
+        .query_row("SELECT COUNT(*) FROM windows", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(windows, 1, "the first hour is in chunks, the rest raw");
     let now = T0 + 89 * MIN;
     for q in [
         "metric=c_total&from=now-1h&rate=true",
         "metric=c_total&from=now-30m",
+        "metric=c_total&from=now-89m&to=now-40m&rate=true",
         "metric=c_total&from=now-45m&step=5m&rate=true",
     ] {
         let (req, _) = Request::from_query(q, now).unwrap();
