@@ -608,3 +608,86 @@ fn history_command_asks_the_agent_then_reads_the_file_when_it_is_gone() {
         "{err}"
     );
 }
+
+/// Compaction in the real agent: once 60 snapshots are stored, the oldest become a window and
+/// move into chunks a slice per interval. SIGKILL in the middle of that, twice, leaves a sound
+/// file in which every snapshot of a series is there exactly once (chunk or raw row), as the
+/// `history` command reads it from the file.
+#[test]
+fn sigkill_during_compaction_keeps_every_sample_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("moonfrp.toml");
+    // 300 tunnels: ≈ 6,600 series, so a window takes the agent many intervals to compact.
+    std::fs::write(&config, tunnels_config(300)).unwrap();
+    let counter = |m: &moonfrp_tests::Metrics, name: &str| m.get(name, &[]).unwrap_or(0.0);
+    for round in 0..3 {
+        let agent = AgentCmd::new(&["--config", config.to_str().unwrap()])
+            .data_dir(&data)
+            .start();
+        // First run: 60 snapshots, then compaction starts. Later runs: it goes on at once.
+        moonfrp_tests::poll("compaction under way", Duration::from_secs(150), || {
+            let m = agent.metrics();
+            (counter(&m, "moonfrp_history_compacted_samples_total") > 0.0).then_some(())
+        });
+        if round == 2 {
+            assert!(agent.stop().success());
+            break;
+        }
+        // Kill right after a snapshot: its write, and the compaction slice after it, are running.
+        let before = counter(&agent.metrics(), "moonfrp_agent_snapshots_total");
+        while counter(&agent.metrics(), "moonfrp_agent_snapshots_total") <= before {
+            thread::sleep(Duration::from_millis(2));
+        }
+        thread::sleep(Duration::from_millis(20 * round));
+        agent.signal(libc::SIGKILL);
+        while agent.exited().is_none() {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let conn = db(&data);
+    let verdict: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(verdict, "ok");
+    let (snapshots, windows, chunks): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM snapshots), (SELECT COUNT(*) FROM windows),
+                    (SELECT COUNT(*) FROM chunks)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    eprintln!("{snapshots} snapshots, {windows} windows, {chunks} chunks");
+    assert!(
+        windows >= 1 && chunks > 300,
+        "{windows} windows, {chunks} chunks"
+    );
+    // A tunnel's series from the first tunnel and the last: one point per snapshot, in order.
+    let data_dir = data.to_str().unwrap();
+    for tunnel in ["t0", "t299"] {
+        let (code, csv, err) = history_cmd(&[
+            "--metric",
+            "moonfrp_tunnel_connections_active",
+            "--tunnel",
+            tunnel,
+            "--from",
+            "0",
+            "--csv",
+            "--data-dir",
+            data_dir,
+            "--offline",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let times: Vec<f64> = csv
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(i64::try_from(times.len()).unwrap(), snapshots, "{tunnel}");
+        assert!(
+            times.windows(2).all(|w| w[0] < w[1]),
+            "{tunnel}: out of order or twice"
+        );
+    }
+}
