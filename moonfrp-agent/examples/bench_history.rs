@@ -167,10 +167,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let query_24h_rate_ms = timed(21, || {
         query::run(&conn, &settings, &one(true), now).expect("query");
     });
-    let api = moonfrp_agent::api::HistoryApi {
-        db: db.clone(),
-        settings: settings.clone(),
-    };
+    let api = moonfrp_agent::api::HistoryApi::new(db.clone(), settings.clone());
     let summary_ms = timed(5, || {
         let a = moonfrp_agent::api::history::summary(Some(&api));
         assert_eq!(a.status, 200, "{}", a.body);

@@ -437,9 +437,11 @@ fn serve_state(
         Arc::new(exposition::Current::new(before_first)),
         latest,
         probes_ok,
-        config.start.history.enabled.then(|| HistoryApi {
-            db: config.start.history.db_path(),
-            settings: config.start.history.settings.clone(),
+        config.start.history.enabled.then(|| {
+            HistoryApi::new(
+                config.start.history.db_path(),
+                config.start.history.settings.clone(),
+            )
         }),
     );
     app.alerts = alerts_shared;

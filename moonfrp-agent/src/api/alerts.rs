@@ -201,10 +201,7 @@ mod tests {
             )
             .unwrap();
         drop(store);
-        let api = HistoryApi {
-            db: dir.path().join("history.db"),
-            settings: Settings::default(),
-        };
+        let api = HistoryApi::new(dir.path().join("history.db"), Settings::default());
         let ask = |q: &str| {
             let a = history(Some(&api), q);
             let v: Value = serde_json::from_str(&a.body).unwrap();

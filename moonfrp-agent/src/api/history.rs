@@ -2,6 +2,7 @@
 //! run with their own read-only connection, at most two at a time.
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -132,11 +133,44 @@ pub fn summary(h: Option<&HistoryApi>) -> Answer {
     }
 }
 
+/// Per tunnel name: (refused, errors) over the last hour, read at a time.
+#[derive(Debug)]
+pub struct LastHour {
+    read_at: std::time::Instant,
+    per_tunnel: Arc<HashMap<String, (f64, f64)>>,
+}
+
+/// How long a reading of the last hour is reused: reading it scans an hour of four series per
+/// tunnel, and it changes little in a few seconds.
+const LAST_HOUR_REUSE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Per tunnel name: connections refused and errors (resets + retransmits) over the last hour,
-/// from history (blocking; empty without history).
-pub(crate) fn last_hour(h: Option<&HistoryApi>, now: i64) -> HashMap<String, (f64, f64)> {
+/// from history (blocking; empty without history). Read at most every 10 s; callers meanwhile
+/// share the last reading (one reads while the others wait for it).
+pub(crate) fn last_hour(h: Option<&HistoryApi>, now: i64) -> Arc<HashMap<String, (f64, f64)>> {
+    let Some(api) = h else {
+        return Arc::default();
+    };
+    let mut cached = api
+        .last_hour
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(c) = cached.as_ref()
+        && c.read_at.elapsed() < LAST_HOUR_REUSE
+    {
+        return c.per_tunnel.clone();
+    }
+    let per_tunnel = Arc::new(read_last_hour(api, now));
+    *cached = Some(LastHour {
+        read_at: std::time::Instant::now(),
+        per_tunnel: per_tunnel.clone(),
+    });
+    per_tunnel
+}
+
+fn read_last_hour(api: &HistoryApi, now: i64) -> HashMap<String, (f64, f64)> {
     let mut out: HashMap<String, (f64, f64)> = HashMap::new();
-    let Ok((conn, h)) = connect(h) else {
+    let Ok((conn, h)) = connect(Some(api)) else {
         return out;
     };
     for (metric, refused) in [

@@ -21,6 +21,19 @@ use crate::history::{Settings, query::QueryError, store::open_read_only};
 pub struct HistoryApi {
     pub db: PathBuf,
     pub settings: Settings,
+    /// Refused and errors per tunnel over the last hour, and when they were read: `status` is
+    /// asked every second by the web page and `top`, the hour moves slowly (see `last_hour`).
+    pub(crate) last_hour: std::sync::Arc<std::sync::Mutex<Option<history::LastHour>>>,
+}
+
+impl HistoryApi {
+    pub fn new(db: PathBuf, settings: Settings) -> Self {
+        Self {
+            db,
+            settings,
+            last_hour: std::sync::Arc::default(),
+        }
+    }
 }
 
 /// An API answer: status, content type, body.
