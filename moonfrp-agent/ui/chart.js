@@ -141,6 +141,11 @@ export class Chart {
     this.resizer.observe(this.box);
   }
 
+  /// Stops following the chart's size (the page dropped it).
+  destroy() {
+    this.resizer.disconnect();
+  }
+
   /// Series: [{name, points: [[unix s, value]…]}]; the range shown is from..to (Unix s).
   setData(series, from, to) {
     this.series = series;

@@ -88,6 +88,12 @@ export class Panels {
     this.generation++;
   }
 
+  /// Stops for good: no more loads, the charts let go of their elements.
+  destroy() {
+    this.stop();
+    for (const c of this.charts) c.destroy();
+  }
+
   /// Loads every chart for from..to (default: the preset range ending now); while live,
   /// again every `every` seconds.
   async load(from, to, every) {

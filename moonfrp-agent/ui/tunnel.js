@@ -145,6 +145,7 @@ export async function show(name) {
 export function hide() {
   gen++;
   clearTimeout(timer);
-  panels?.stop();
+  panels?.destroy();
+  panels = null;
   document.title = "moonfrp";
 }

@@ -2,6 +2,7 @@
 //! each installs what it needs first (see `setup`).
 mod bench;
 mod bench_history;
+mod bench_page;
 mod dist;
 mod run;
 mod setup;
@@ -41,6 +42,9 @@ enum Command {
     /// Measure the history store: write cost and disk bytes per day at 100 and 1,000 tunnels,
     /// query times, and the agent's memory with a day stored (root). Writes history.json.
     BenchHistory(bench_history::Opts),
+    /// Measure what the web page costs the browser: Chromium's main-thread time on the tunnel
+    /// table (default rows and every row) and a tunnel's page, 1,000 tunnels (root).
+    BenchPage(bench_page::Opts),
     /// Build the Debian package and a tarball (target/dist): the release agent, its hardened
     /// systemd unit, its default config.
     Dist(dist::Opts),
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
             .map(|_| ()),
         Command::BenchOverhead(opts) => bench::run(&opts).map(|_| ()),
         Command::BenchHistory(opts) => bench_history::run(&opts).map(|_| ()),
+        Command::BenchPage(opts) => bench_page::run(&opts).map(|_| ()),
         Command::BenchFloor { interval_ms } => {
             bench::floor::run(std::time::Duration::from_millis(interval_ms))
         }

@@ -108,6 +108,9 @@ pub fn all() -> anyhow::Result<()> {
     crate::bench_history::check_complete(&history)?;
     println!("bench-history --quick: every figure produced");
     tally.passed += 1;
+    crate::bench_page::run(&crate::bench_page::Opts { quick: true })?;
+    println!("bench-page --quick: every figure produced");
+    tally.passed += 1;
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     Ok(())
 }
