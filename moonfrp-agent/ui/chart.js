@@ -3,6 +3,8 @@
 // pan, and PNG export. Sparklines for the tunnel table. Labels are drawn as canvas text or set
 // as text nodes, never as HTML.
 
+import { el } from "./common.js";
+
 const PAD = { left: 64, right: 12, top: 10, bottom: 26 };
 
 /// The page's colours (light or dark, from style.css).
@@ -77,13 +79,6 @@ function spacing(points) {
   for (let i = 1; i < points.length; i++) d.push(points[i][0] - points[i - 1][0]);
   d.sort((a, b) => a - b);
   return d.length ? d[d.length >> 1] : Infinity;
-}
-
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
 }
 
 /// A chart in `parent`. `format(v)` writes a value; `onRange(from, to)` is called when the

@@ -4,7 +4,7 @@ import { api, bytes, cell, el, exact, num, percent, status, tunnelHref } from ".
 import { palette, sparkline } from "./chart.js";
 
 // Rows drawn at most, unless asked for all: a table of a thousand rows relaid out every second
-// keeps a browser busy (measured: 0.9 s of main thread per second at 1,000 tunnels).
+// keeps a browser busy (`cargo xtask bench-page`).
 const PAGE = 200;
 
 const state = {
@@ -14,7 +14,7 @@ const state = {
 };
 
 /// The tunnel's sparkline canvas, drawn when its data changed since it was last drawn.
-function sparkCanvas(tunnel, colour) {
+function sparkCanvas(tunnel) {
   let c = state.canvases.get(tunnel);
   if (!c) {
     c = el("canvas");
@@ -57,7 +57,7 @@ function render() {
   document.getElementById("count").textContent =
     `${shown.length} of ${rows.length} tunnel${rows.length === 1 ? "" : "s"}` +
     (rows.length < state.rows.length ? ` (${state.rows.length} in all)` : "");
-  const lines = [];
+  const toDraw = [];
   for (const t of shown) {
     const tr = el("tr");
     tr.dataset.tunnel = t.tunnel;
@@ -76,7 +76,7 @@ function render() {
     tr.append(cell(bytes(t.receive_bytes_per_second, true), "num"));
     tr.append(cell(bytes(t.transmit_bytes_per_second, true), "num"));
     const spark = el("td", "spark");
-    const canvas = sparkCanvas(t.tunnel, colour);
+    const canvas = sparkCanvas(t.tunnel);
     spark.append(canvas);
     tr.append(spark);
     tr.append(cell(exact(t.receive_payload_bytes_total), "num payload-in"));
@@ -85,11 +85,11 @@ function render() {
     tr.append(cell(num(t.refused_last_hour, 0), "num"));
     tr.append(cell(num(t.errors_last_hour, 0), "num"));
     out.append(tr);
-    if (canvas.pending) lines.push(canvas);
+    if (canvas.pending) toDraw.push(canvas);
   }
   body.replaceChildren(out);
   // Drawn once in the document (a canvas needs its size), and again only with new data.
-  for (const canvas of lines) {
+  for (const canvas of toDraw) {
     sparkline(canvas, canvas.pending, colour);
     canvas.drawn = canvas.pending;
     canvas.pending = null;

@@ -67,7 +67,7 @@ try {
   await page.evaluate((name) => [...document.querySelectorAll("#tunnels tbody tr")].find((r) => r.dataset.tunnel === name).querySelector("a").click(), hostile);
   await page.locator("#view-tunnel:not([hidden])").waitFor();
   check(await page.locator("#tunnel-name").textContent() === hostile, "the hostile tunnel's page has another name");
-  await page.waitForFunction((n) => window.moonfrpPanels?.data?.bandwidth, null, { timeout: 15000 });
+  await page.waitForFunction(() => window.moonfrpPanels?.data?.bandwidth, null, { timeout: 15000 });
   const asked = history.filter((u) => new URL(u).searchParams.get("tunnel") === hostile).length;
   check(asked > 0, "the hostile tunnel's page asked for another tunnel's history");
   await page.goBack();

@@ -8,7 +8,7 @@ use anyhow::{Context as _, ensure};
 use moonfrp_tests::AgentCmd;
 use serde_json::Value;
 
-use crate::{run, setup};
+use crate::run;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct Opts {
@@ -17,8 +17,8 @@ pub struct Opts {
     pub quick: bool,
 }
 
+/// Measures; the caller has set up the browser and its packages (`setup::all(true)`).
 pub fn run(opts: &Opts) -> anyhow::Result<Value> {
-    setup::all(true)?;
     let agent = run::build_release()?;
     let (tunnels, seconds) = if opts.quick { (300, 3) } else { (1000, 20) };
     let scratch = tempfile::tempdir()?;

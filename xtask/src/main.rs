@@ -71,7 +71,9 @@ fn main() -> ExitCode {
             .map(|_| ()),
         Command::BenchOverhead(opts) => bench::run(&opts).map(|_| ()),
         Command::BenchHistory(opts) => bench_history::run(&opts).map(|_| ()),
-        Command::BenchPage(opts) => bench_page::run(&opts).map(|_| ()),
+        Command::BenchPage(opts) => setup::all(true)
+            .and_then(|()| bench_page::run(&opts))
+            .map(|_| ()),
         Command::BenchFloor { interval_ms } => {
             bench::floor::run(std::time::Duration::from_millis(interval_ms))
         }

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::{Answer, HistoryApi, connect, query_error, success};
 use crate::{
-    history::query::{QueryError, parse_time},
+    history::query::{QueryError, bad, parse_since, parse_time},
     time::{ms_to_s, unix_ms},
     untrusted::shown,
 };
@@ -46,13 +46,6 @@ struct EventQuery {
     limit: usize,
 }
 
-fn bad(param: &str, problem: impl std::fmt::Display) -> QueryError {
-    QueryError::BadParam {
-        param: param.to_owned(),
-        problem: problem.to_string(),
-    }
-}
-
 impl EventQuery {
     fn parse(query: &str, now_ms: i64) -> Result<Self, QueryError> {
         let mut q = Self {
@@ -75,15 +68,7 @@ impl EventQuery {
                 "severity" => q.severity = Some(v.into_owned()),
                 "from" => q.from = Some(parse_time(&v, now_ms).map_err(|p| bad("from", p))?),
                 "to" => q.to = Some(parse_time(&v, now_ms).map_err(|p| bad("to", p))?),
-                "since" => {
-                    let d = humantime::parse_duration(&v).map_err(|e| {
-                        bad(
-                            "since",
-                            format!("`{}` is not a duration ({e}); use e.g. 6h", shown(&v)),
-                        )
-                    })?;
-                    q.from = Some(now_ms - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
-                }
+                "since" => q.from = Some(parse_since(&v, now_ms)?),
                 "limit" => {
                     q.limit = v
                         .parse::<usize>()

@@ -192,65 +192,40 @@ pub fn series(
     if !need_before && !reaches(conn, from)? {
         return Ok((None, Vec::new()));
     }
-    // Chunks of windows that end at or after `from` and begin at or before `to`, and the one
-    // before them (the sample before `from`).
-    let chunks: Vec<(i64, i64, usize, Vec<u8>)> = conn
-        .prepare_cached(
-            "SELECT c.window_id, c.first, c.count, c.data FROM chunks c
-             JOIN windows w ON w.first = c.window_id
-             WHERE c.series_id = ?1 AND c.window_id <= COALESCE((SELECT MAX(id) FROM snapshots WHERE ts <= ?3), 0)
-               AND w.ts_last >= COALESCE((SELECT MAX(ts_last) FROM windows WHERE ts_last < ?2), ?2)
-             ORDER BY c.window_id",
-        )?
-        .query_map(params![id, from, to], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                usize::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-                r.get(3)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut decoded = Vec::new();
-    for (_, first, count, data) in &chunks {
-        decoded.extend(chunk::decode(*first, *count, data).map_err(|e| damaged(&e))?);
-    }
-    let (Some(lo), Some(hi)) = (decoded.first(), decoded.last()) else {
-        return Ok((None, Vec::new()));
-    };
-    let times = snapshot_times(conn, lo.0, hi.0)?;
-    let mut before = None;
-    let mut points = Vec::new();
-    for (snapshot, value) in decoded {
-        let Ok(i) = times.binary_search_by_key(&snapshot, |t| t.0) else {
-            continue;
-        };
-        let (_, ts, run, run_start) = times[i];
-        let obs = Obs {
-            ts,
-            value,
-            run,
-            run_start,
-        };
-        if ts < from {
-            before = Some(obs);
-        } else if ts <= to {
-            points.push(obs);
-        }
-    }
+    // The windows the range touches, and the last one that ends before it (for the sample
+    // before `from`).
+    let since: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(ts_last), ?1) FROM windows WHERE ts_last < ?1")?
+        .query_row([from], |r| r.get(0))?;
+    let (mut before, mut points) = (None, Vec::new());
+    chunks_of(
+        conn,
+        since,
+        to,
+        |s| s == id,
+        (id, id),
+        |_, obs| {
+            if obs.ts < from {
+                before = Some(obs);
+            } else if obs.ts <= to {
+                points.push(obs);
+            }
+        },
+    )?;
     Ok((before, points))
 }
 
-/// Every chunked sample with `ts >= from`, a window at a time, as (series id, sample): each
-/// series' samples come in time order (series are independent of each other). For rebuilding
-/// the rollup buckets in progress after a restart.
+/// Every chunked sample of the windows that end at or after `from`, a window at a time, as
+/// (series id, sample): each series' samples come in time order (series are independent of each
+/// other). For rebuilding the rollup buckets in progress after a restart.
 pub fn since(conn: &Connection, from: i64, take: impl FnMut(i64, Obs)) -> rusqlite::Result<()> {
     chunks_of(conn, from, i64::MAX, |_| true, (0, MAX_SERIES), take)
 }
 
-/// The chunked samples with `ts >= from` of windows that begin at or before `to`, of the series
-/// with ids in `span` that `wants`, a window at a time, as (series id, sample); each series'
-/// samples in time order. Chunks of other series are not decoded.
+/// The chunked samples of the windows that end at or after `from` and begin at or before `to`
+/// (whole windows: callers keep what they need), of the series with ids in `span` that `wants`,
+/// a window at a time, as (series id, sample); each series' samples in time order. Chunks of
+/// other series are not decoded.
 pub fn chunks_of(
     conn: &Connection,
     from: i64,
@@ -291,17 +266,15 @@ pub fn chunks_of(
                     continue;
                 };
                 let (_, ts, run, run_start) = times[i];
-                if ts >= from {
-                    take(
-                        series,
-                        Obs {
-                            ts,
-                            value,
-                            run,
-                            run_start,
-                        },
-                    );
-                }
+                take(
+                    series,
+                    Obs {
+                        ts,
+                        value,
+                        run,
+                        run_start,
+                    },
+                );
             }
         }
     }

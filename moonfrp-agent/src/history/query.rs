@@ -92,11 +92,25 @@ impl QueryError {
     }
 }
 
-fn bad(param: &str, problem: impl Into<String>) -> QueryError {
+pub(crate) fn bad(param: &str, problem: impl Into<String>) -> QueryError {
     QueryError::BadParam {
         param: param.to_owned(),
         problem: problem.into(),
     }
+}
+
+/// `since=6h`: `now_ms` minus the duration.
+pub(crate) fn parse_since(v: &str, now_ms: i64) -> Result<i64, QueryError> {
+    let d = humantime::parse_duration(v).map_err(|e| {
+        bad(
+            "since",
+            format!(
+                "`{}` is not a duration ({e}); use e.g. 6h",
+                crate::untrusted::shown(v)
+            ),
+        )
+    })?;
+    Ok(now_ms - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2))
 }
 
 /// `now`, `now-6h`, `-6h`, an RFC 3339 time, or Unix seconds.
@@ -162,15 +176,7 @@ impl Request {
             match k.as_ref() {
                 "metric" => metric = Some(v.into_owned()),
                 "from" => from = Some(parse_time(&v, now_ms).map_err(|p| bad("from", p))?),
-                "since" => {
-                    let d = humantime::parse_duration(&v).map_err(|e| {
-                        bad(
-                            "since",
-                            format!("`{v}` is not a duration ({e}); use e.g. 6h"),
-                        )
-                    })?;
-                    from = Some(now_ms - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
-                }
+                "since" => from = Some(parse_since(&v, now_ms)?),
                 "to" => to = Some(parse_time(&v, now_ms).map_err(|p| bad("to", p))?),
                 "step" => {
                     let d = parse_step(&v).map_err(|p| bad("step", p))?;
@@ -506,13 +512,14 @@ pub fn raw_series(
     Ok((before, points))
 }
 
+/// A series' stored samples in a range, and the one before it (for rates).
+type Raw = (Option<Obs>, Vec<Obs>);
+
 /// The stored samples of many series over a range at once: one range scan per snapshot of the
 /// raw head over the series' span of ids, and the chunks of each window the range touches read
 /// once, instead of lookups per series and snapshot. `None` for a few series (the per-series
 /// path is as good). The sample before `from` comes from the snapshot before it; a series
 /// missing there gets it the per-series way. Answers are the per-series path's (tested).
-type Raw = (Option<Obs>, Vec<Obs>);
-
 fn bulk(
     conn: &Connection,
     ids: &[i64],
