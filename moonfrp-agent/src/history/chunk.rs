@@ -96,16 +96,16 @@ impl BitReader<'_> {
     }
 }
 
-const fn zigzag(v: i64) -> u64 {
+pub(super) const fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)).cast_unsigned()
 }
 
-const fn unzigzag(z: u64) -> i64 {
+pub(super) const fn unzigzag(z: u64) -> i64 {
     (z >> 1).cast_signed() ^ -((z & 1).cast_signed())
 }
 
 /// `v` as an exact integer, if it is one the integer encoding keeps bit for bit.
-fn integral(v: f64) -> Option<i64> {
+pub(super) fn integral(v: f64) -> Option<i64> {
     #[allow(clippy::cast_possible_truncation)]
     (v.fract() == 0.0 && v.abs() <= EXACT && !(v == 0.0 && v.is_sign_negative()))
         .then_some(v as i64)

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 
 use super::{
+    block::{self, Builder, GROUP, get_varint, put_varint},
     chunk::{self, Encoder},
     rollup::Obs,
     store::{MAX_SERIES, sample_key},
@@ -23,6 +24,16 @@ use super::{
 
 /// Snapshots per window: an hour at the default interval.
 pub const WINDOW: i64 = 60;
+
+/// Largest block number (series ids have 24 bits).
+const MAX_GROUP: i64 = block::group(MAX_SERIES);
+
+/// The rowid of a window's block: window (its first snapshot id) in the high bits, block number
+/// in the low 20. A rowid table appends into full pages; a two-column key would leave them about
+/// a quarter empty.
+pub const fn block_key(window: i64, grp: i64) -> i64 {
+    window << 20 | grp
+}
 
 /// Compacts at most about `budget` raw rows; returns the rows moved.
 pub fn step(conn: &mut Connection, budget: u64) -> rusqlite::Result<u64> {
@@ -45,14 +56,12 @@ pub fn step(conn: &mut Connection, budget: u64) -> rusqlite::Result<u64> {
             continue;
         };
         let snapshots = (last - first + 1).max(1);
+        // Whole blocks: the slice ends on a group's boundary.
         let width = i64::try_from((budget - spent) / snapshots.cast_unsigned())
             .unwrap_or(i64::MAX)
-            .max(1);
-        let end = if cursor + width > top {
-            MAX_SERIES + 1
-        } else {
-            cursor + width
-        };
+            .clamp(1, MAX_SERIES);
+        let end = block::first_id(block::group(cursor + width + GROUP - 1));
+        let end = if end > top { MAX_SERIES + 1 } else { end };
         let tx = conn.transaction()?;
         let rows = slice(&tx, first, last, cursor, end.min(MAX_SERIES + 1))?;
         tx.execute(
@@ -111,18 +120,36 @@ fn slice(tx: &Transaction<'_>, first: i64, last: i64, lo: i64, hi: i64) -> rusql
             }
         }
     }
-    let mut insert = tx.prepare_cached(
-        "INSERT OR REPLACE INTO chunks (series_id, window_id, first, count, data)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    for (series, e) in &open {
-        insert.execute(params![
-            series,
-            first,
-            e.first(),
-            i64::try_from(e.len()).unwrap_or(i64::MAX),
-            e.bytes()
-        ])?;
+    // A slice that begins inside a group (a window a version-3 database left half done) adds
+    // to the group's block instead of replacing it.
+    let mut kept: Vec<(i64, Vec<u8>)> = Vec::new();
+    if lo % GROUP != 0 {
+        let data: Option<Vec<u8>> = tx
+            .prepare_cached("SELECT data FROM chunk_blocks WHERE key = ?1")?
+            .query_row([block_key(first, block::group(lo))], |r| r.get(0))
+            .optional()?;
+        if let Some(data) = data {
+            for (id, bytes) in block::members(block::group(lo), &data).map_err(damaged_block)? {
+                if id < lo {
+                    kept.push((id, bytes.to_vec()));
+                }
+            }
+        }
+    }
+    let mut insert =
+        tx.prepare_cached("INSERT OR REPLACE INTO chunk_blocks (key, data) VALUES (?1, ?2)")?;
+    let mut members = kept
+        .into_iter()
+        .chain(open.iter().map(|(id, e)| (*id, member(first, e))))
+        .peekable();
+    while let Some((id, bytes)) = members.next() {
+        let grp = block::group(id);
+        let mut b = Builder::default();
+        b.push(id, &bytes);
+        while let Some((next, bytes)) = members.next_if(|(n, _)| block::group(*n) == grp) {
+            b.push(next, &bytes);
+        }
+        insert.execute(params![block_key(first, grp), b.finish()])?;
     }
     let mut delete = tx.prepare_cached("DELETE FROM samples WHERE key BETWEEN ?1 AND ?2")?;
     for snapshot in first..=last {
@@ -132,6 +159,36 @@ fn slice(tx: &Transaction<'_>, first: i64, last: i64, lo: i64, hi: i64) -> rusql
         ])?;
     }
     Ok(rows)
+}
+
+/// A chunk as a block member: its first snapshot after the window's first, its length, its
+/// data.
+fn member(window: i64, e: &Encoder) -> Vec<u8> {
+    let mut out = Vec::with_capacity(e.bytes().len() + 4);
+    put_varint(&mut out, (e.first() - window).cast_unsigned());
+    put_varint(&mut out, e.len() as u64);
+    out.extend_from_slice(e.bytes());
+    out
+}
+
+/// The samples of a block member of window `window`: (snapshot id, value).
+fn decode_member(window: i64, bytes: &[u8]) -> rusqlite::Result<Vec<(i64, f64)>> {
+    let mut pos = 0;
+    let head = get_varint(bytes, &mut pos)
+        .and_then(|o| i64::try_from(o).ok())
+        .zip(get_varint(bytes, &mut pos).and_then(|c| usize::try_from(c).ok()));
+    let Some((offset, count)) = head else {
+        return Err(damaged(&chunk::ChunkError::Truncated(0)));
+    };
+    chunk::decode(window + offset, count, &bytes[pos..]).map_err(|e| damaged(&e))
+}
+
+fn damaged_block(e: block::BlockError) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        2,
+        rusqlite::types::Type::Blob,
+        format!("damaged chunk block: {e}").into(),
+    )
 }
 
 /// Time, run and run start of the snapshots `from..=to` (ids), in id order.
@@ -159,10 +216,11 @@ fn damaged(e: &chunk::ChunkError) -> rusqlite::Error {
 }
 
 /// False for a database of an earlier version not yet opened by this one (the `history`
-/// command may read it): all its samples are raw.
+/// command may read it): its samples are raw (version 2; version 3's chunks are not read until
+/// the agent has moved them into blocks).
 fn has_chunks(conn: &Connection) -> rusqlite::Result<bool> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    Ok(version >= 3)
+    Ok(version >= 4)
 }
 
 /// True if compacted samples reach `from` or later: readers of the range need the chunks.
@@ -245,36 +303,38 @@ pub fn chunks_of(
         )?
         .query_map(params![from, to], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT series_id, first, count, data FROM chunks
-         WHERE window_id = ?1 AND series_id BETWEEN ?2 AND ?3",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT key & ?3, data FROM chunk_blocks WHERE key BETWEEN ?1 AND ?2")?;
     for (first, last) in windows {
         let times = snapshot_times(conn, first, last)?;
-        let mut rows = stmt.query(params![first, span.0, span.1])?;
+        let mut rows = stmt.query(params![
+            block_key(first, block::group(span.0)),
+            block_key(first, block::group(span.1)),
+            MAX_GROUP
+        ])?;
         while let Some(r) = rows.next()? {
-            let series: i64 = r.get(0)?;
-            if !wants(series) {
-                continue;
-            }
-            let (start, count): (i64, i64) = (r.get(1)?, r.get(2)?);
-            let data = r.get_ref(3)?.as_blob()?;
-            let samples = chunk::decode(start, usize::try_from(count).unwrap_or(0), data)
-                .map_err(|e| damaged(&e))?;
-            for (snapshot, value) in samples {
-                let Ok(i) = times.binary_search_by_key(&snapshot, |t| t.0) else {
+            let grp: i64 = r.get(0)?;
+            for (series, bytes) in
+                block::members(grp, r.get_ref(1)?.as_blob()?).map_err(damaged_block)?
+            {
+                if series < span.0 || series > span.1 || !wants(series) {
                     continue;
-                };
-                let (_, ts, run, run_start) = times[i];
-                take(
-                    series,
-                    Obs {
-                        ts,
-                        value,
-                        run,
-                        run_start,
-                    },
-                );
+                }
+                for (snapshot, value) in decode_member(first, bytes)? {
+                    let Ok(i) = times.binary_search_by_key(&snapshot, |t| t.0) else {
+                        continue;
+                    };
+                    let (_, ts, run, run_start) = times[i];
+                    take(
+                        series,
+                        Obs {
+                            ts,
+                            value,
+                            run,
+                            run_start,
+                        },
+                    );
+                }
             }
         }
     }
@@ -296,25 +356,30 @@ pub fn snapshot(conn: &Connection, snapshot: i64) -> rusqlite::Result<Vec<(i64, 
     let Some(window) = window else {
         return Ok(Vec::new());
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT series_id, first, count, data FROM chunks WHERE window_id = ?1 AND first <= ?2",
-    )?;
-    let mut rows = stmt.query(params![window, snapshot])?;
+    let mut stmt =
+        conn.prepare_cached("SELECT key & ?3, data FROM chunk_blocks WHERE key BETWEEN ?1 AND ?2")?;
+    let mut rows = stmt.query(params![
+        block_key(window, 0),
+        block_key(window, MAX_GROUP),
+        MAX_GROUP
+    ])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        let (series, first, count, data): (i64, i64, i64, Vec<u8>) =
-            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-        let samples = chunk::decode(first, usize::try_from(count).unwrap_or(0), &data)
-            .map_err(|e| damaged(&e))?;
-        if let Ok(i) = samples.binary_search_by_key(&snapshot, |s| s.0) {
-            out.push((series, samples[i].1));
+        let grp: i64 = r.get(0)?;
+        for (series, bytes) in
+            block::members(grp, r.get_ref(1)?.as_blob()?).map_err(damaged_block)?
+        {
+            let samples = decode_member(window, bytes)?;
+            if let Ok(i) = samples.binary_search_by_key(&snapshot, |s| s.0) {
+                out.push((series, samples[i].1));
+            }
         }
     }
     Ok(out)
 }
 
 /// Deletes the chunks and snapshots of windows that ended before `cutoff_ms` (at most `limit`
-/// windows); returns the chunks deleted.
+/// windows); returns the blocks deleted.
 pub fn prune(tx: &Transaction<'_>, cutoff_ms: i64, limit: i64) -> rusqlite::Result<u64> {
     let expired: Vec<(i64, i64)> = tx
         .prepare_cached(
@@ -326,7 +391,10 @@ pub fn prune(tx: &Transaction<'_>, cutoff_ms: i64, limit: i64) -> rusqlite::Resu
         .collect::<rusqlite::Result<_>>()?;
     let mut pruned = 0;
     for (first, last) in expired {
-        pruned += tx.execute("DELETE FROM chunks WHERE window_id = ?1", [first])? as u64;
+        pruned += tx.execute(
+            "DELETE FROM chunk_blocks WHERE key BETWEEN ?1 AND ?2",
+            [block_key(first, 0), block_key(first, MAX_GROUP)],
+        )? as u64;
         tx.execute(
             "DELETE FROM snapshots WHERE id BETWEEN ?1 AND ?2",
             [first, last],
@@ -334,4 +402,36 @@ pub fn prune(tx: &Transaction<'_>, cutoff_ms: i64, limit: i64) -> rusqlite::Resu
         tx.execute("DELETE FROM windows WHERE first = ?1", [first])?;
     }
     Ok(pruned)
+}
+
+/// Moves the chunks of a version-3 database (one row per series and window, in `chunks`) into
+/// blocks; part of the migration to version 4.
+pub fn convert_chunks(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare(
+        "SELECT window_id, series_id, first, count, data FROM chunks ORDER BY window_id, series_id",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut insert =
+        tx.prepare("INSERT OR REPLACE INTO chunk_blocks (key, data) VALUES (?1, ?2)")?;
+    let mut open: Option<(i64, i64, Builder)> = None;
+    while let Some(r) = rows.next()? {
+        let (window, id, first, count): (i64, i64, i64, i64) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        let key = (window, block::group(id));
+        if open.as_ref().is_some_and(|o| (o.0, o.1) != key) {
+            let (w, g, b) = open.take().expect("checked above");
+            insert.execute(params![block_key(w, g), b.finish()])?;
+        }
+        let mut bytes = Vec::new();
+        put_varint(&mut bytes, (first - window).cast_unsigned());
+        put_varint(&mut bytes, count.cast_unsigned());
+        bytes.extend_from_slice(r.get_ref(4)?.as_blob()?);
+        open.get_or_insert_with(|| (key.0, key.1, Builder::default()))
+            .2
+            .push(id, &bytes);
+    }
+    if let Some((w, g, b)) = open {
+        insert.execute(params![block_key(w, g), b.finish()])?;
+    }
+    Ok(())
 }

@@ -2,6 +2,8 @@
 //! API and a CSV export. The writer runs on its own thread so that a slow or full disk never
 //! delays a collection; readers open their own read-only connections (WAL lets them run beside
 //! the writer).
+pub mod block;
+pub mod buckets;
 pub mod chunk;
 pub mod compact;
 pub mod config;

@@ -359,11 +359,7 @@ fn start_at_the_data(
         return Ok(req.clone());
     };
     for level in &settings.levels {
-        let older: Option<i64> = conn
-            .prepare_cached("SELECT start FROM rollups WHERE step = ?1 AND start < ?2 LIMIT 1")?
-            .query_row(params![level.step_s(), oldest], |r| r.get(0))
-            .optional()?;
-        if older.is_some() {
+        if super::buckets::any_before(conn, level.step_s(), oldest)? {
             return Ok(req.clone());
         }
     }
@@ -646,22 +642,19 @@ fn rollup_points(
     counter: bool,
     step: Option<i64>,
 ) -> rusqlite::Result<Vec<(f64, f64)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT start, samples, points, min, max, mean, last, increase, seconds FROM rollups
-         WHERE step = ?1 AND series_id = ?2 AND start BETWEEN ?3 AND ?4 ORDER BY start",
-    )?;
-    let first = rollup::bucket_start(req.from, level.step_ms());
-    let rows = stmt.query_map(params![level.step_s(), id, first, req.to], |r| {
-        Ok((r.get::<_, i64>(0)?, super::store::read_bucket(r)?))
-    })?;
     let width = step.unwrap_or(level.step_ms()).max(level.step_ms());
     let mut slots: BTreeMap<i64, Bucket> = BTreeMap::new();
-    for row in rows {
-        let (start, b) = row?;
-        slots
-            .entry(rollup::bucket_start(start, width))
-            .or_default()
-            .merge(&b);
+    // One lookup per bucket start in the range (the caller bounded their number): the blocks
+    // are keyed by start first, so that a bucket's flush appends.
+    let mut start = rollup::bucket_start(req.from, level.step_ms());
+    while start <= req.to {
+        if let Some(b) = super::buckets::read(conn, level.step_s(), start, id)? {
+            slots
+                .entry(rollup::bucket_start(start, width))
+                .or_default()
+                .merge(&b);
+        }
+        start += level.step_ms();
     }
     Ok(values(slots, req, counter))
 }

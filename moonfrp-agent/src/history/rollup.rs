@@ -1,4 +1,8 @@
 //! The incremental rollup accumulators (counter arithmetic: [`crate::counter`]).
+use super::{
+    block::{get_varint, put_varint},
+    chunk::{integral, unzigzag, zigzag},
+};
 pub use crate::counter::{Obs, counter_step};
 
 /// A rollup bucket being filled: for gauges the statistics of the values, for counters those of
@@ -55,6 +59,147 @@ impl Bucket {
         self.samples += b.samples;
         self.increase += b.increase;
         self.seconds += b.seconds;
+    }
+}
+
+/// Value encodings in a stored bucket, two bits each.
+const ZERO: u16 = 0;
+const INT: u16 = 1;
+const F32: u16 = 2;
+const F64: u16 = 3;
+
+/// A stored bucket is damaged.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("rollup bucket ends early")]
+pub struct Truncated;
+
+impl Bucket {
+    /// The bucket as stored in a block (`history::block`), exact bit for bit: a flags byte
+    /// (bit 0: it has points, bit 1: counter), `samples` and `points` as varints, two bits per
+    /// value saying how it is written (+0, an integer as a zigzag varint, an exact `f32`, an
+    /// `f64`), then the values: min, max and sum when it has points, last, and for counters the
+    /// increase and the seconds. A busy counter's hour takes about 40 bytes, an idle one 10.
+    pub fn encode(&self, counter: bool, out: &mut Vec<u8>) {
+        let points = self.n > 0;
+        out.push(u8::from(points) | u8::from(counter) << 1);
+        put_varint(out, u64::from(self.samples));
+        if points {
+            put_varint(out, u64::from(self.n));
+        }
+        let mut values = [0.0; 6];
+        let mut k = 0;
+        let mut add = |v: f64| {
+            values[k] = v;
+            k += 1;
+        };
+        if points {
+            add(self.min);
+            add(self.max);
+            add(self.sum);
+        }
+        add(self.last);
+        if counter {
+            add(self.increase);
+            add(self.seconds);
+        }
+        let tags_at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        let mut tags = 0u16;
+        for (i, v) in values[..k].iter().enumerate() {
+            #[allow(clippy::cast_possible_truncation)]
+            let tag = if v.to_bits() == 0 {
+                ZERO
+            } else if let Some(int) = integral(*v) {
+                put_varint(out, zigzag(int));
+                INT
+            } else if f64::from(*v as f32).to_bits() == v.to_bits() {
+                out.extend_from_slice(&(*v as f32).to_le_bytes());
+                F32
+            } else {
+                out.extend_from_slice(&v.to_le_bytes());
+                F64
+            };
+            tags |= tag << (2 * i);
+        }
+        out[tags_at..tags_at + 2].copy_from_slice(&tags.to_le_bytes());
+    }
+
+    /// A bucket written by [`Bucket::encode`], and whether it is a counter's.
+    pub fn decode(data: &[u8]) -> Result<(Self, bool), Truncated> {
+        let flags = *data.first().ok_or(Truncated)?;
+        let mut pos = 1;
+        let (points, counter) = (flags & 1 != 0, flags & 2 != 0);
+        let mut count = || {
+            get_varint(data, &mut pos)
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or(Truncated)
+        };
+        let mut bucket = Self {
+            samples: count()?,
+            ..Self::default()
+        };
+        if points {
+            bucket.n = count()?;
+        }
+        let tags = data
+            .get(pos..pos + 2)
+            .and_then(|t| <[u8; 2]>::try_from(t).ok())
+            .map(u16::from_le_bytes)
+            .ok_or(Truncated)?;
+        pos += 2;
+        let mut values = ValueReader {
+            data,
+            pos,
+            tags,
+            index: 0,
+        };
+        if points {
+            bucket.min = values.next()?;
+            bucket.max = values.next()?;
+            bucket.sum = values.next()?;
+        }
+        bucket.last = values.next()?;
+        if counter {
+            bucket.increase = values.next()?;
+            bucket.seconds = values.next()?;
+        }
+        Ok((bucket, counter))
+    }
+}
+
+/// The values of a stored bucket, in order.
+struct ValueReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    tags: u16,
+    index: u16,
+}
+
+impl ValueReader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], Truncated> {
+        let bytes = self
+            .data
+            .get(self.pos..self.pos + N)
+            .and_then(|s| <[u8; N]>::try_from(s).ok())
+            .ok_or(Truncated)?;
+        self.pos += N;
+        Ok(bytes)
+    }
+
+    fn next(&mut self) -> Result<f64, Truncated> {
+        let tag = self.tags >> (2 * self.index) & 3;
+        self.index += 1;
+        Ok(match tag {
+            ZERO => 0.0,
+            INT => {
+                let z = get_varint(self.data, &mut self.pos).ok_or(Truncated)?;
+                #[allow(clippy::cast_precision_loss)]
+                let v = unzigzag(z) as f64;
+                v
+            }
+            F32 => f64::from(f32::from_le_bytes(self.take()?)),
+            _ => f64::from_le_bytes(self.take()?),
+        })
     }
 }
 
@@ -121,6 +266,43 @@ mod tests {
             counter_step(&obs(10_000, 1.0, 1, 0), &obs(5_000, 2.0, 1, 0)),
             None
         );
+    }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = f64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(0.0),
+            Just(-0.0),
+            (0i64..1 << 53).prop_map(|v| v as f64),
+            (-1_000_000i64..0).prop_map(|v| v as f64),
+            any::<f32>().prop_map(f64::from),
+            any::<f64>(),
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stored_buckets_come_back_bit_for_bit(
+            n in 0u32..5000, samples in 0u32..5000, counter in proptest::bool::ANY,
+            v in proptest::collection::vec(value(), 6),
+        ) {
+            let b = Bucket { n, min: v[0], max: v[1], sum: v[2], last: v[3], increase: v[4], seconds: v[5], samples };
+            let mut out = Vec::new();
+            b.encode(counter, &mut out);
+            let (back, c) = Bucket::decode(&out).unwrap();
+            proptest::prop_assert_eq!(c, counter);
+            let bits = |b: &Bucket| [b.n.into(), b.samples.into(), b.min.to_bits(), b.max.to_bits(), b.sum.to_bits(), b.last.to_bits(), b.increase.to_bits(), b.seconds.to_bits()];
+            let mut want = b;
+            if n == 0 { (want.min, want.max, want.sum) = (0.0, 0.0, 0.0); }
+            if !counter { (want.increase, want.seconds) = (0.0, 0.0); }
+            proptest::prop_assert_eq!(bits(&back), bits(&want));
+            for cut in 0..out.len() {
+                proptest::prop_assert!(Bucket::decode(&out[..cut]).is_err());
+            }
+        }
     }
 
     #[test]

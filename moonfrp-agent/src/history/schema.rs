@@ -89,6 +89,26 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX chunks_window ON chunks(window_id);
     ",
+    // 4: blocks (`history::block`): chunks and rollup buckets of 16 series with neighbouring ids
+    // per row. The chunks of version 3 are moved into blocks by `compact::convert_chunks` in
+    // this migration's transaction (version 3 keeps at most a day of them); rows of `rollups`
+    // are read in place and moved a bucket at a time while the agent runs
+    // (`buckets::convert`).
+    "
+    -- key = window_id << 20 | grp: the window (windows.first) and the block (series ids
+    -- grp * 16 .. grp * 16 + 15), one rowid so that compaction appends into full pages.
+    CREATE TABLE chunk_blocks (
+        key INTEGER PRIMARY KEY,
+        data BLOB NOT NULL
+    );
+    CREATE TABLE rollup_blocks (
+        step INTEGER NOT NULL,         -- bucket width, seconds
+        start INTEGER NOT NULL,        -- bucket start, Unix ms
+        grp INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (step, start, grp)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The version this build writes.
@@ -117,6 +137,10 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
     {
         let tx: Transaction<'_> = conn.transaction()?;
         tx.execute_batch(sql)?;
+        if i + 1 == 4 {
+            super::compact::convert_chunks(&tx)?;
+            tx.execute_batch("DROP INDEX chunks_window; DROP TABLE chunks;")?;
+        }
         tx.pragma_update(
             None,
             "user_version",

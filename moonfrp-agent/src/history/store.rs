@@ -16,7 +16,7 @@ use std::{
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _, Transaction, params};
 
 use super::{
-    AlertEvent, Kind, Level, Settings, compact,
+    AlertEvent, Kind, Level, Settings, buckets, compact,
     rollup::{self, Bucket, Obs},
     schema::{self, SchemaError},
 };
@@ -387,26 +387,24 @@ impl Store {
             .collect();
         let counters = self.counter_ids()?;
         // Finished finer buckets inside each coarser bucket in progress.
+        let levels = self.settings.levels.len();
         for k in 1..starts.len() {
             for j in 0..k {
-                let mut stmt = self.conn.prepare_cached(
-                    "SELECT series_id, samples, points, min, max, mean, last, increase, seconds
-                     FROM rollups WHERE step = ?1 AND start >= ?2 AND start < ?3",
+                let acc = &mut self.acc;
+                buckets::scan(
+                    &self.conn,
+                    self.settings.levels[j].step_s(),
+                    starts[j + 1],
+                    starts[j],
+                    |_, id, b, _| {
+                        let acc = acc.entry(id).or_insert_with(|| Acc {
+                            counter: counters.contains(&id),
+                            prev: None,
+                            buckets: vec![Bucket::default(); levels],
+                        });
+                        acc.buckets[k].merge(&b);
+                    },
                 )?;
-                let rows = stmt.query_map(
-                    params![self.settings.levels[j].step_s(), starts[j + 1], starts[j]],
-                    |r| Ok((r.get::<_, i64>(0)?, read_bucket(r)?)),
-                )?;
-                for row in rows {
-                    let (id, b) = row?;
-                    let levels = self.settings.levels.len();
-                    let acc = self.acc.entry(id).or_insert_with(|| Acc {
-                        counter: counters.contains(&id),
-                        prev: None,
-                        buckets: vec![Bucket::default(); levels],
-                    });
-                    acc.buckets[k].merge(&b);
-                }
             }
         }
         // Raw samples from the finest bucket in progress (the one before it gives `prev`).
@@ -416,7 +414,6 @@ impl Store {
             [from],
             |r| r.get(0),
         )?;
-        let levels = self.settings.levels.len();
         let acc = &mut self.acc;
         let mut take = |id: i64, obs: Obs| {
             let acc = acc.entry(id).or_insert_with(|| Acc {
@@ -520,7 +517,19 @@ impl Store {
                     .position(|l| l == level)
                     .unwrap_or(0);
                 let start = self.level_start[li].expect("flushing implies a start");
-                stats.rollup_rows += write_buckets(&tx, level, li, start, &self.acc)?;
+                // In id order, so that a bucket's blocks append.
+                let mut ids: Vec<&i64> = self.acc.keys().collect();
+                ids.sort_unstable();
+                stats.rollup_rows += buckets::write(
+                    &tx,
+                    level.step_s(),
+                    start,
+                    ids.into_iter().filter_map(|id| {
+                        let a = &self.acc[id];
+                        let b = &a.buckets[li];
+                        (b.samples > 0).then_some((*id, b, a.counter))
+                    }),
+                )?;
             }
             tx.commit()?;
             Ok(())
@@ -542,6 +551,8 @@ impl Store {
         if self.compaction {
             stats.compacted = compact::step(&mut self.conn, budget)?;
         }
+        // An earlier version's rollup rows, a bucket at a time.
+        buckets::convert(&mut self.conn, budget)?;
         Ok(stats)
     }
 
@@ -640,32 +651,11 @@ impl Store {
         }
         pruned += compact::prune(&tx, cutoff, 4)?;
         for level in &self.settings.levels {
-            pruned += tx.execute(
-                "DELETE FROM rollups WHERE step = ?1 AND start IN
-                   (SELECT DISTINCT start FROM rollups WHERE step = ?1 AND start < ?2 ORDER BY start LIMIT 4)",
-                params![level.step_s(), now_ms - level.keep_ms()],
-            )? as u64;
+            pruned += buckets::prune(&tx, level.step_s(), now_ms - level.keep_ms(), 4)?;
         }
         tx.commit()?;
         Ok(pruned)
     }
-}
-
-/// A rollup row's bucket: columns 1..=8 are `samples, points, min, max, mean, last, increase,
-/// seconds` (column 0 is the caller's key).
-pub fn read_bucket(r: &rusqlite::Row<'_>) -> rusqlite::Result<Bucket> {
-    let points: u32 = r.get(2)?;
-    let or_zero = |i: usize| r.get::<_, Option<f64>>(i).map(|v| v.unwrap_or(0.0));
-    Ok(Bucket {
-        samples: r.get(1)?,
-        n: points,
-        min: or_zero(3)?,
-        max: or_zero(4)?,
-        sum: or_zero(5)? * f64::from(points),
-        last: r.get(6)?,
-        increase: or_zero(7)?,
-        seconds: or_zero(8)?,
-    })
 }
 
 /// Series ids fit in the low 24 bits of a sample's key.
@@ -726,46 +716,4 @@ fn series_id(tx: &Transaction<'_>, p: &Point<'_>) -> rusqlite::Result<i64> {
             Ok(id)
         }
     })
-}
-
-fn write_buckets(
-    tx: &Transaction<'_>,
-    level: &Level,
-    li: usize,
-    start: i64,
-    acc: &HashMap<i64, Acc>,
-) -> rusqlite::Result<usize> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT OR REPLACE INTO rollups
-           (step, start, series_id, samples, points, min, max, mean, last, increase, seconds)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?;
-    let mut rows = 0;
-    // In key order, so the bucket's rows append instead of splitting pages.
-    let mut ids: Vec<&i64> = acc.keys().collect();
-    ids.sort_unstable();
-    for id in ids {
-        let a = &acc[id];
-        let b = &a.buckets[li];
-        if b.samples == 0 {
-            continue;
-        }
-        let if_points = |x: f64| (b.n > 0).then_some(x);
-        let counter = |x: f64| a.counter.then_some(x);
-        stmt.execute(params![
-            level.step_s(),
-            start,
-            id,
-            b.samples,
-            b.n,
-            if_points(b.min),
-            if_points(b.max),
-            b.mean(),
-            b.last,
-            counter(b.increase),
-            counter(b.seconds),
-        ])?;
-        rows += 1;
-    }
-    Ok(rows)
 }

@@ -163,6 +163,23 @@ fn connect(dir: &tempfile::TempDir) -> rusqlite::Connection {
     open_read_only(&dir.path().join(super::FILE_NAME)).unwrap()
 }
 
+/// Chunks stored (members of `chunk_blocks` rows that match `filter`).
+fn chunk_count(conn: &rusqlite::Connection, filter: &str) -> i64 {
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT key & 1048575, data FROM chunk_blocks WHERE {filter}"
+        ))
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+        .unwrap();
+    rows.map(|r| {
+        let (grp, data) = r.unwrap();
+        super::block::members(grp, &data).unwrap().len() as i64
+    })
+    .sum()
+}
+
 #[test]
 fn a_day_and_an_interval_keeps_exactly_24h_of_raw_samples() {
     let (dir, _, now) = write_day();
@@ -189,9 +206,7 @@ fn a_day_and_an_interval_keeps_exactly_24h_of_raw_samples() {
     let raw: i64 = conn
         .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
         .unwrap();
-    let chunks: i64 = conn
-        .query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))
-        .unwrap();
+    let chunks = chunk_count(&conn, "1");
     assert_eq!(raw, 3, "raw rows");
     assert_eq!(chunks, 3 * 24, "chunks");
     let orphans: i64 = conn
@@ -228,28 +243,29 @@ fn rollups_equal_the_statistics_of_the_raw_samples() {
         ),
         ("t_load", "t_load", "{}", false),
     ] {
-        let mut stmt = conn
-            .prepare(
-                "SELECT r.step, r.start, r.samples, r.min, r.max, r.mean, r.last, r.increase
-                 FROM rollups r JOIN series s ON s.id = r.series_id
-                 WHERE s.metric = ?1 AND s.labels = ?2 ORDER BY r.step, r.start",
+        let id: i64 = conn
+            .query_row(
+                "SELECT id FROM series WHERE metric = ?1 AND labels = ?2",
+                params![metric, labels],
+                |r| r.get(0),
             )
             .unwrap();
-        let rows: Vec<RollupRow> = stmt
-            .query_map(params![metric, labels], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                ))
-            })
+        let rows: Vec<RollupRow> = super::buckets::all(&conn)
             .unwrap()
-            .map(Result::unwrap)
+            .into_iter()
+            .filter(|r| r.2 == id)
+            .map(|(step, start, _, b, c)| {
+                (
+                    step,
+                    start,
+                    i64::from(b.samples),
+                    b.min,
+                    b.max,
+                    b.mean().unwrap(),
+                    b.last,
+                    c.then_some(b.increase),
+                )
+            })
             .collect();
         // 24 finished hours (00:30 → the partial first hour included) and one finished day.
         let hours = rows.iter().filter(|r| r.0 == 3600).count();
@@ -619,7 +635,9 @@ fn compaction_changes_no_answer() {
     // Three series of 1,441 samples in chunks (raw rows take about 17 bytes a sample): under
     // 3 bytes a sample, though every value here changes every minute.
     let bytes: i64 = conn
-        .query_row("SELECT SUM(LENGTH(data)) FROM chunks", [], |r| r.get(0))
+        .query_row("SELECT SUM(LENGTH(data)) FROM chunk_blocks", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert!(bytes < 3 * 1441 * 3, "{bytes} bytes of chunks");
 }
@@ -655,13 +673,7 @@ fn a_database_of_the_previous_version_is_converted_without_gap_or_duplicate() {
         .query_row("SELECT COUNT(*) FROM windows", [], |r| r.get(0))
         .unwrap();
     assert!(windows >= 1, "no window was compacted");
-    let first_window_old: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM chunks WHERE window_id = (SELECT MIN(first) FROM windows)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let first_window_old = chunk_count(&conn, "key >> 20 = (SELECT MIN(first) FROM windows)");
     assert!(
         first_window_old > 100,
         "{first_window_old} chunks of old series"
@@ -735,7 +747,7 @@ mod round_trip {
             drop(store);
             let mut rw = rusqlite::Connection::open(dir.path().join(super::super::FILE_NAME)).unwrap();
             super::super::compact::step(&mut rw, u64::MAX / 2).unwrap();
-            let chunks: i64 = rw.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0)).unwrap();
+            let chunks = chunk_count(&rw, "1");
             prop_assert!(chunks >= 2);
             drop(rw);
             let conn = connect(&dir);
@@ -808,5 +820,181 @@ fn the_bulk_read_answers_like_the_per_series_one() {
             assert_eq!(single.series[0].samples, s.samples, "{q} series {id}");
             assert!(!s.samples.is_empty(), "{q} series {id}");
         }
+    }
+}
+
+/// Rollup buckets as earlier versions stored them (a row per series in `rollups`) are read in
+/// place, then moved into blocks a bucket at a time while the agent writes: the rollup-backed
+/// answers stay the same throughout (the old rows kept the mean, not the sum: within rounding),
+/// and no bucket is lost or doubled.
+#[test]
+fn rollup_rows_of_the_previous_version_are_read_in_place_then_moved() {
+    let (dir, _, now) = write_day();
+    let path = dir.path().join(super::FILE_NAME);
+    let queries = [
+        "metric=t_bytes_total&from=now-7d&rate=true",
+        "metric=t_bytes_total&from=now-7d&rate=true&agg=max",
+        "metric=t_load&from=now-7d&agg=min",
+        "metric=t_load&from=now-30d",
+    ];
+    let answers = |conn: &rusqlite::Connection| -> Vec<Vec<(f64, f64)>> {
+        queries
+            .iter()
+            .flat_map(|q| {
+                let (req, _) = Request::from_query(q, now).unwrap();
+                let a = query::run(conn, &settings(), &req, now).unwrap();
+                assert!(a.resolution != "raw", "{q}");
+                a.series.into_iter().map(|s| s.samples)
+            })
+            .collect()
+    };
+    let same = |a: &[Vec<(f64, f64)>], b: &[Vec<(f64, f64)>], when: &str| {
+        assert_eq!(a.len(), b.len(), "{when}");
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.len(), y.len(), "{when}");
+            for (p, q) in x.iter().zip(y) {
+                assert!(p.0 == q.0 && close(p.1, q.1), "{when}: {p:?} vs {q:?}");
+            }
+        }
+    };
+    let before = answers(&connect(&dir));
+    assert!(before.iter().all(|s| !s.is_empty()));
+    let buckets_before = super::buckets::all(&connect(&dir)).unwrap();
+    assert_eq!(buckets_before.len(), 3 * (24 + 1));
+    // Back to the old layout.
+    {
+        let rw = rusqlite::Connection::open(&path).unwrap();
+        for (step, start, id, b, counter) in &buckets_before {
+            let points = (b.n > 0).then_some(());
+            rw.execute(
+                "INSERT INTO rollups (step, start, series_id, samples, points, min, max, mean, last, increase, seconds)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    step,
+                    start,
+                    id,
+                    b.samples,
+                    b.n,
+                    points.map(|()| b.min),
+                    points.map(|()| b.max),
+                    b.mean(),
+                    b.last,
+                    counter.then_some(b.increase),
+                    counter.then_some(b.seconds)
+                ],
+            )
+            .unwrap();
+        }
+        rw.execute("DELETE FROM rollup_blocks", []).unwrap();
+    }
+    same(&answers(&connect(&dir)), &before, "read in place");
+    // One bucket moved, the others still in place.
+    let mut rw = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(super::buckets::convert(&mut rw, 1).unwrap(), 3);
+    drop(rw);
+    same(&answers(&connect(&dir)), &before, "half moved");
+    // The agent's next writes move the rest.
+    let (mut store, _) = Store::open(dir.path(), settings(), now + 1000).unwrap();
+    let mut generator = Gen {
+        bytes_a: 0,
+        bytes_b: 0,
+    };
+    for i in 1..=2 {
+        store
+            .write(now + i * MIN, &generator.series(i, false))
+            .unwrap();
+    }
+    drop(store);
+    let conn = connect(&dir);
+    let left: i64 = conn
+        .query_row("SELECT COUNT(*) FROM rollups", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "rows left in the old table");
+    same(&answers(&conn), &before, "moved");
+    let after = super::buckets::all(&conn).unwrap();
+    assert_eq!(after.len(), buckets_before.len());
+    for (a, b) in after.iter().zip(&buckets_before) {
+        assert_eq!((a.0, a.1, a.2, a.4), (b.0, b.1, b.2, b.4));
+        let (x, y) = (&a.3, &b.3);
+        assert_eq!(
+            (x.samples, x.n, x.min, x.max, x.last, x.increase, x.seconds),
+            (y.samples, y.n, y.min, y.max, y.last, y.increase, y.seconds)
+        );
+        assert!(close(x.sum, y.sum), "{a:?} vs {b:?}");
+    }
+}
+
+/// A database of version 3 (a chunk per row in `chunks`) has its chunks moved into blocks when
+/// it is opened: every point comes back the same, and it goes on being written.
+#[test]
+fn chunks_of_version_3_are_moved_into_blocks() {
+    let (dir, _, now) = write_day();
+    let path = dir.path().join(super::FILE_NAME);
+    let before = all_points(&connect(&dir));
+    // Back to version 3's layout.
+    {
+        let rw = rusqlite::Connection::open(&path).unwrap();
+        rw.execute_batch(
+            "CREATE TABLE chunks (series_id INTEGER NOT NULL, window_id INTEGER NOT NULL,
+               first INTEGER NOT NULL, count INTEGER NOT NULL, data BLOB NOT NULL,
+               PRIMARY KEY (series_id, window_id)) WITHOUT ROWID;
+             CREATE INDEX chunks_window ON chunks(window_id);",
+        )
+        .unwrap();
+        let blocks: Vec<(i64, i64, Vec<u8>)> = rw
+            .prepare("SELECT key >> 20, key & 1048575, data FROM chunk_blocks")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(!blocks.is_empty());
+        for (window, grp, data) in blocks {
+            for (id, m) in super::block::members(grp, &data).unwrap() {
+                let mut pos = 0;
+                let offset = super::block::get_varint(m, &mut pos).unwrap();
+                let count = super::block::get_varint(m, &mut pos).unwrap();
+                rw.execute(
+                    "INSERT INTO chunks VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        id,
+                        window,
+                        window + i64::try_from(offset).unwrap(),
+                        i64::try_from(count).unwrap(),
+                        &m[pos..]
+                    ],
+                )
+                .unwrap();
+            }
+        }
+        rw.execute_batch(
+            "DROP TABLE chunk_blocks; DROP TABLE rollup_blocks; PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    }
+    let (mut store, _) = Store::open(dir.path(), settings(), now + 1000).unwrap();
+    let mut generator = Gen {
+        bytes_a: 0,
+        bytes_b: 0,
+    };
+    store.write(now + MIN, &generator.series(1, false)).unwrap();
+    drop(store);
+    let conn = connect(&dir);
+    let tables: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_schema WHERE name IN ('chunks', 'chunks_window')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0, "version 3's table is gone");
+    let after = all_points(&conn);
+    for ((id, old), (id2, new)) in before.iter().zip(&after) {
+        assert_eq!(id, id2);
+        // The oldest point expired as the new one came.
+        assert_eq!(new.len(), old.len(), "series {id}");
+        let diff = old[1..].iter().zip(new).position(|(a, b)| a != b);
+        assert_eq!(diff, None, "series {id}");
+        assert!(new.last().unwrap().0 > old.last().unwrap().0, "series {id}");
     }
 }

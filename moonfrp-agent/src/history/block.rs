@@ -1,0 +1,188 @@
+//! Blocks: one row holds the data of up to [`GROUP`] series with neighbouring ids (series `g *
+//! GROUP .. (g + 1) * GROUP`), so that SQLite's per-row cost (key, record header, cell pointer)
+//! is paid once per group instead of once per series, and a write of every series is a
+//! sixteenth of the rows. Used for compressed chunks (`chunk_blocks`) and rollup buckets
+//! (`rollup_blocks`).
+//!
+//! Layout: a 16-bit mask (little-endian) of the members present, then for each, in id order,
+//! its length (a LEB128 varint) and its bytes. Small enough to stay inside a B-tree page: a
+//! group's rollup buckets take about 40 bytes each, its chunks about 35.
+//!
+//! Reading checks every length against the data: a damaged block is an error, never a panic.
+
+/// Series per block.
+pub const GROUP: i64 = 16;
+
+/// The block holding series `id`.
+pub const fn group(id: i64) -> i64 {
+    id / GROUP
+}
+
+/// The first series id of block `grp`.
+pub const fn first_id(grp: i64) -> i64 {
+    grp * GROUP
+}
+
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BlockError {
+    #[error("block ends inside its member {0}")]
+    Truncated(usize),
+    #[error("block has {0} bytes after its last member")]
+    Trailing(usize),
+}
+
+/// Appends `v` as a LEB128 varint.
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        #[allow(clippy::cast_possible_truncation)]
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    out.push(v as u8);
+}
+
+/// Reads a LEB128 varint at `*pos`, moving past it; `None` if the data ends first or it is
+/// longer than 10 bytes.
+pub fn get_varint(data: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..70).step_by(7) {
+        let b = *data.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// A block being built; members in increasing id order.
+#[derive(Debug, Default)]
+pub struct Builder {
+    mask: u16,
+    body: Vec<u8>,
+}
+
+impl Builder {
+    /// Adds series `id`'s bytes; ids must increase and belong to one group.
+    pub fn push(&mut self, id: i64, bytes: &[u8]) {
+        let bit = 1u16 << (id % GROUP);
+        debug_assert!(
+            self.mask < bit,
+            "members come in increasing order, once each"
+        );
+        self.mask |= bit;
+        put_varint(&mut self.body, bytes.len() as u64);
+        self.body.extend_from_slice(bytes);
+    }
+
+    pub const fn is_empty(&self) -> bool {
+        self.mask == 0
+    }
+
+    /// The block as stored.
+    pub fn finish(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 + self.body.len());
+        out.extend_from_slice(&self.mask.to_le_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// The members of block `grp` stored as `data`: (series id, bytes), in id order.
+pub fn members(grp: i64, data: &[u8]) -> Result<Vec<(i64, &[u8])>, BlockError> {
+    let Some((mask, mut rest)) = data.split_first_chunk::<2>() else {
+        return Err(BlockError::Truncated(0));
+    };
+    let mask = u16::from_le_bytes(*mask);
+    let mut out = Vec::with_capacity(mask.count_ones() as usize);
+    for m in 0..16u8 {
+        if mask & (1 << m) == 0 {
+            continue;
+        }
+        let mut pos = 0;
+        let len = get_varint(rest, &mut pos)
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or(BlockError::Truncated(usize::from(m)))?;
+        let end = pos
+            .checked_add(len)
+            .ok_or(BlockError::Truncated(usize::from(m)))?;
+        let bytes = rest
+            .get(pos..end)
+            .ok_or(BlockError::Truncated(usize::from(m)))?;
+        out.push((first_id(grp) + i64::from(m), bytes));
+        rest = &rest[end..];
+    }
+    if !rest.is_empty() {
+        return Err(BlockError::Trailing(rest.len()));
+    }
+    Ok(out)
+}
+
+/// Series `id`'s bytes in block `data` (of its group), if it is there.
+pub fn find(id: i64, data: &[u8]) -> Result<Option<&[u8]>, BlockError> {
+    Ok(members(group(id), data)?
+        .into_iter()
+        .find(|(m, _)| *m == id)
+        .map(|(_, b)| b))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn members_come_back(grp in 0i64..1 << 20, present in any::<u16>(), len in 0usize..300) {
+            let mut b = Builder::default();
+            let mut want = Vec::new();
+            for m in 0..16 {
+                if present & (1 << m) != 0 {
+                    let id = first_id(grp) + m;
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    let bytes: Vec<u8> = (0..len + m as usize).map(|i| (i as u8) ^ (m as u8)).collect();
+                    b.push(id, &bytes);
+                    want.push((id, bytes));
+                }
+            }
+            let data = b.finish();
+            let got: Vec<(i64, Vec<u8>)> = members(grp, &data).unwrap().into_iter().map(|(i, s)| (i, s.to_vec())).collect();
+            prop_assert_eq!(&got, &want);
+            for (id, bytes) in &want {
+                prop_assert_eq!(find(*id, &data).unwrap(), Some(bytes.as_slice()));
+            }
+        }
+
+        #[test]
+        fn damaged_blocks_are_errors_not_panics(data in prop::collection::vec(any::<u8>(), 0..100), grp in 0i64..100) {
+            let _ = members(grp, &data);
+        }
+
+        #[test]
+        fn varints_round_trip(v in any::<u64>()) {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            let mut pos = 0;
+            prop_assert_eq!(get_varint(&out, &mut pos), Some(v));
+            prop_assert_eq!(pos, out.len());
+        }
+    }
+
+    #[test]
+    fn a_cut_block_names_the_member() {
+        let mut b = Builder::default();
+        b.push(32, b"abc");
+        b.push(35, b"defg");
+        let data = b.finish();
+        assert_eq!(
+            members(2, &data[..data.len() - 1]),
+            Err(BlockError::Truncated(3))
+        );
+        let mut long = data.clone();
+        long.push(0);
+        assert_eq!(members(2, &long), Err(BlockError::Trailing(1)));
+    }
+}
