@@ -160,45 +160,53 @@ fn history_stores_exactly_the_series_metrics_shows_and_alerts_see_the_same_value
         "moonfrp_agent_last_snapshot_timestamp_seconds".to_owned(),
         BTreeMap::new(),
     )];
-    // The snapshot's row in history, once the writer has stored it.
-    let db = agent.data_dir.join("history.db");
-    let stored: BTreeMap<(String, BTreeMap<String, String>), f64> =
-        poll("the snapshot in history", moonfrp_tests::TIMEOUT, || {
-            let c = rusqlite::Connection::open_with_flags(
-                &db,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    // The snapshot in history, once the writer has stored it, read back through the history
+    // API (the file keeps samples in compressed blocks): every stored series of every name.
+    let names: std::collections::BTreeSet<&String> = exposed.keys().map(|k| &k.0).collect();
+    let at = |stored: &mut BTreeMap<(String, BTreeMap<String, String>), f64>, name: &str| {
+        let (status, _, body) = agent
+            .get(
+                &format!(
+                    "/api/v1/history?metric={name}&from={}&to={}",
+                    taken - 0.001,
+                    taken + 0.001
+                ),
+                None,
             )
-            .ok()?;
-            let mut stmt = c
-                .prepare(
-                    "SELECT metric, labels, value FROM history WHERE ts BETWEEN ?1 - 1 AND ?1 + 1",
-                )
-                .ok()?;
-            let rows: BTreeMap<_, _> = stmt
-                .query_map([(taken * 1000.0).round() as i64], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, f64>(2)?,
-                    ))
-                })
-                .ok()?
-                .map(|r| {
-                    let (m, l, v) = r.unwrap();
-                    ((m, serde_json::from_str(&l).unwrap()), v)
-                })
-                .collect();
-            (!rows.is_empty()).then_some(rows)
-        });
-    let names = |m: &BTreeMap<(String, BTreeMap<String, String>), f64>| -> Vec<(String, BTreeMap<String, String>)> {
+            .unwrap();
+        assert_eq!(status, 200, "{name}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for s in v["data"]["series"].as_array().unwrap() {
+            let labels: BTreeMap<String, String> =
+                serde_json::from_value(s["labels"].clone()).unwrap();
+            for p in s["samples"].as_array().unwrap() {
+                stored.insert((name.to_owned(), labels.clone()), p[1].as_f64().unwrap());
+            }
+        }
+    };
+    poll("the snapshot in history", moonfrp_tests::TIMEOUT, || {
+        let mut stored = BTreeMap::new();
+        at(&mut stored, "moonfrp_agent_last_snapshot_timestamp_seconds");
+        (!stored.is_empty()).then_some(())
+    });
+    let mut stored = BTreeMap::new();
+    for name in &names {
+        at(&mut stored, name);
+    }
+    let keys = |m: &BTreeMap<(String, BTreeMap<String, String>), f64>| -> Vec<(String, BTreeMap<String, String>)> {
         m.keys().cloned().collect()
     };
     assert_eq!(
-        names(&stored),
-        names(&exposed),
+        keys(&stored),
+        keys(&exposed),
         "the same series, names and labels"
     );
-    assert_eq!(stored, exposed, "with the same values");
+    let differ: Vec<_> = stored
+        .iter()
+        .filter(|(k, v)| exposed.get(*k).is_none_or(|e| e.to_bits() != v.to_bits()))
+        .map(|(k, v)| (k, v, exposed.get(k)))
+        .collect();
+    assert!(differ.is_empty(), "stored, exposed: {differ:?}");
     // The alert rule read the same value as /metrics shows.
     let (_, _, alerts) = agent.get("/api/v1/alerts", None).unwrap();
     let v: serde_json::Value = serde_json::from_str(&alerts).unwrap();

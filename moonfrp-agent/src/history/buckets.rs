@@ -11,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use super::{
     block::{self, Builder, GROUP},
     rollup::Bucket,
+    schema,
 };
 
 fn damaged(e: impl std::fmt::Display) -> rusqlite::Error {
@@ -62,7 +63,7 @@ pub fn read(
     start: i64,
     id: i64,
 ) -> rusqlite::Result<Option<Bucket>> {
-    let data: Option<Vec<u8>> = if has_blocks(conn)? {
+    let data: Option<Vec<u8>> = if schema::has_blocks(conn)? {
         conn.prepare_cached(
             "SELECT data FROM rollup_blocks WHERE step = ?1 AND start = ?2 AND grp = ?3",
         )?
@@ -96,7 +97,7 @@ pub fn scan(
     to: i64,
     mut take: impl FnMut(i64, i64, Bucket, bool),
 ) -> rusqlite::Result<()> {
-    if has_blocks(conn)? {
+    if schema::has_blocks(conn)? {
         let mut stmt = conn.prepare_cached(
             "SELECT start, grp, data FROM rollup_blocks WHERE step = ?1 AND start >= ?2 AND start < ?3",
         )?;
@@ -129,7 +130,7 @@ pub fn scan(
 
 /// True if level `step_s` has a bucket that starts before `ts`.
 pub fn any_before(conn: &Connection, step_s: i64, ts: i64) -> rusqlite::Result<bool> {
-    let blocks = has_blocks(conn)?;
+    let blocks = schema::has_blocks(conn)?;
     for sql in [
         "SELECT 1 FROM rollup_blocks WHERE step = ?1 AND start < ?2 LIMIT 1",
         "SELECT 1 FROM rollups WHERE step = ?1 AND start < ?2 LIMIT 1",
@@ -162,13 +163,6 @@ pub fn prune(tx: &Transaction<'_>, step_s: i64, before: i64, limit: i64) -> rusq
         )? as u64;
     }
     Ok(pruned)
-}
-
-/// False for a database of an earlier version not yet opened by this one (the `history`
-/// command may read it): its buckets are all in `rollups`.
-fn has_blocks(conn: &Connection) -> rusqlite::Result<bool> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    Ok(version >= 4)
 }
 
 /// Rows in `rollups` (a database of an earlier version) are still to be converted.

@@ -18,8 +18,10 @@ use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use super::{
     block::{self, Builder, GROUP, get_varint, put_varint},
     chunk::{self, Encoder},
+    head,
     rollup::Obs,
-    store::{MAX_SERIES, sample_key},
+    schema,
+    store::MAX_SERIES,
 };
 
 /// Snapshots per window: an hour at the default interval.
@@ -101,24 +103,13 @@ fn next_window(conn: &Connection) -> rusqlite::Result<bool> {
 fn slice(tx: &Transaction<'_>, first: i64, last: i64, lo: i64, hi: i64) -> rusqlite::Result<u64> {
     let mut open: BTreeMap<i64, Encoder> = BTreeMap::new();
     let mut rows = 0;
-    {
-        let mut read = tx.prepare_cached(
-            "SELECT key, value FROM samples WHERE key BETWEEN ?1 AND ?2 ORDER BY key",
-        )?;
-        for snapshot in first..=last {
-            let mut r = read.query(params![
-                sample_key(snapshot, lo),
-                sample_key(snapshot, hi - 1)
-            ])?;
-            while let Some(row) = r.next()? {
-                let (key, value): (i64, f64) = (row.get(0)?, row.get(1)?);
-                let series = key & MAX_SERIES;
-                open.entry(series)
-                    .and_modify(|e| e.push(snapshot, value))
-                    .or_insert_with(|| Encoder::new(snapshot, value));
-                rows += 1;
-            }
-        }
+    for snapshot in first..=last {
+        head::read(tx, snapshot, lo, hi - 1, |series, value| {
+            open.entry(series)
+                .and_modify(|e| e.push(snapshot, value))
+                .or_insert_with(|| Encoder::new(snapshot, value));
+            rows += 1;
+        })?;
     }
     // A slice that begins inside a group (a window a version-3 database left half done) adds
     // to the group's block instead of replacing it.
@@ -151,12 +142,8 @@ fn slice(tx: &Transaction<'_>, first: i64, last: i64, lo: i64, hi: i64) -> rusql
         }
         insert.execute(params![block_key(first, grp), b.finish()])?;
     }
-    let mut delete = tx.prepare_cached("DELETE FROM samples WHERE key BETWEEN ?1 AND ?2")?;
     for snapshot in first..=last {
-        delete.execute(params![
-            sample_key(snapshot, lo),
-            sample_key(snapshot, hi - 1)
-        ])?;
+        head::delete(tx, snapshot, lo, hi)?;
     }
     Ok(rows)
 }
@@ -215,17 +202,22 @@ fn damaged(e: &chunk::ChunkError) -> rusqlite::Error {
     )
 }
 
-/// False for a database of an earlier version not yet opened by this one (the `history`
-/// command may read it): its samples are raw (version 2; version 3's chunks are not read until
-/// the agent has moved them into blocks).
-fn has_chunks(conn: &Connection) -> rusqlite::Result<bool> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    Ok(version >= 4)
+/// The first snapshot that may still have raw samples: the first of the oldest window being
+/// compacted, else the one after the last window.
+pub fn head_from(conn: &Connection) -> rusqlite::Result<i64> {
+    if !schema::has_blocks(conn)? {
+        return Ok(0);
+    }
+    conn.prepare_cached(
+        "SELECT COALESCE((SELECT MIN(first) FROM windows WHERE cursor <= ?1),
+                         (SELECT MAX(last) + 1 FROM windows), 0)",
+    )?
+    .query_row([MAX_SERIES], |r| r.get(0))
 }
 
 /// True if compacted samples reach `from` or later: readers of the range need the chunks.
 pub fn reaches(conn: &Connection, from: i64) -> rusqlite::Result<bool> {
-    if !has_chunks(conn)? {
+    if !schema::has_blocks(conn)? {
         return Ok(false);
     }
     let newest: Option<i64> = conn
@@ -243,7 +235,7 @@ pub fn series(
     to: i64,
     need_before: bool,
 ) -> rusqlite::Result<(Option<Obs>, Vec<Obs>)> {
-    if !has_chunks(conn)? {
+    if !schema::has_blocks(conn)? {
         return Ok((None, Vec::new()));
     }
     // Nothing compacted at or after `from`, and a raw sample before it: the head has it all.
@@ -292,7 +284,7 @@ pub fn chunks_of(
     span: (i64, i64),
     mut take: impl FnMut(i64, Obs),
 ) -> rusqlite::Result<()> {
-    if !has_chunks(conn)? {
+    if !schema::has_blocks(conn)? {
         return Ok(());
     }
     let windows: Vec<(i64, i64)> = conn
@@ -343,7 +335,7 @@ pub fn chunks_of(
 
 /// Every chunked sample of snapshot `snapshot`: (series id, value).
 pub fn snapshot(conn: &Connection, snapshot: i64) -> rusqlite::Result<Vec<(i64, f64)>> {
-    if !has_chunks(conn)? {
+    if !schema::has_blocks(conn)? {
         return Ok(Vec::new());
     }
     let window: Option<i64> = conn

@@ -7,6 +7,7 @@ pub mod buckets;
 pub mod chunk;
 pub mod compact;
 pub mod config;
+pub mod head;
 pub mod query;
 pub mod rollup;
 pub mod schema;

@@ -469,32 +469,50 @@ pub fn raw_series(
     from: i64,
     to: i64,
 ) -> rusqlite::Result<(Option<Obs>, Vec<Obs>)> {
-    let map = |r: &rusqlite::Row<'_>| {
-        Ok(Obs {
-            ts: r.get(0)?,
-            run: r.get(1)?,
-            run_start: r.get(2)?,
-            value: r.get(3)?,
-        })
+    // The head: only its snapshots can hold raw samples.
+    let head_from = super::compact::head_from(conn)?;
+    let snapshot = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, Obs)> {
+        Ok((
+            r.get(0)?,
+            Obs {
+                ts: r.get(1)?,
+                run: r.get(2)?,
+                run_start: r.get(3)?,
+                value: 0.0,
+            },
+        ))
     };
-    let before = conn
-        .prepare_cached(
-            "SELECT sn.ts, sn.run_id, r.started_at, sa.value
-             FROM snapshots sn JOIN runs r ON r.id = sn.run_id
-             JOIN samples sa ON sa.key = (sn.id << 24) + ?1
-             WHERE sn.ts < ?2 ORDER BY sn.ts DESC LIMIT 1",
-        )?
-        .query_row(params![id, from], map)
-        .optional()?;
-    let raw: Vec<Obs> = conn
-        .prepare_cached(
-            "SELECT sn.ts, sn.run_id, r.started_at, sa.value
-             FROM snapshots sn JOIN runs r ON r.id = sn.run_id
-             JOIN samples sa ON sa.key = (sn.id << 24) + ?1
-             WHERE sn.ts BETWEEN ?2 AND ?3 ORDER BY sn.ts, sn.id",
-        )?
-        .query_map(params![id, from, to], map)?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut before = None;
+    {
+        let mut older = conn.prepare_cached(
+            "SELECT sn.id, sn.ts, sn.run_id, r.started_at FROM snapshots sn
+             JOIN runs r ON r.id = sn.run_id
+             WHERE sn.ts < ?1 AND sn.id >= ?2 ORDER BY sn.ts DESC, sn.id DESC",
+        )?;
+        let mut rows = older.query(params![from, head_from])?;
+        while let Some(r) = rows.next()? {
+            let (sn, obs) = snapshot(r)?;
+            if let Some(value) = super::head::value(conn, sn, id)? {
+                before = Some(Obs { value, ..obs });
+                break;
+            }
+        }
+    }
+    let mut raw = Vec::new();
+    {
+        let mut inside = conn.prepare_cached(
+            "SELECT sn.id, sn.ts, sn.run_id, r.started_at FROM snapshots sn
+             JOIN runs r ON r.id = sn.run_id
+             WHERE sn.ts BETWEEN ?1 AND ?2 AND sn.id >= ?3 ORDER BY sn.ts, sn.id",
+        )?;
+        let mut rows = inside.query(params![from, to, head_from])?;
+        while let Some(r) = rows.next()? {
+            let (sn, obs) = snapshot(r)?;
+            if let Some(value) = super::head::value(conn, sn, id)? {
+                raw.push(Obs { value, ..obs });
+            }
+        }
+    }
     let (chunk_before, mut points) = super::compact::series(conn, id, from, to, before.is_none())?;
     let before = match (before, chunk_before) {
         (Some(a), Some(b)) => Some(if a.ts >= b.ts { a } else { b }),
@@ -566,18 +584,15 @@ fn bulk(
             }
         },
     )?;
-    let mut scan =
-        conn.prepare_cached("SELECT key, value FROM samples WHERE key BETWEEN ?1 AND ?2")?;
+    let head_from = super::compact::head_from(conn)?;
     for (i, (sn, ts, run, run_start)) in previous.iter().chain(&inside).enumerate() {
+        if *sn < head_from {
+            continue;
+        }
         let is_before = previous.is_some() && i == 0;
-        let mut rows = scan.query(params![
-            crate::history::store::sample_key(*sn, lo),
-            crate::history::store::sample_key(*sn, hi)
-        ])?;
-        while let Some(r) = rows.next()? {
-            let (key, value): (i64, f64) = (r.get(0)?, r.get(1)?);
-            let Some(entry) = out.get_mut(&(key & crate::history::store::MAX_SERIES)) else {
-                continue;
+        super::head::read(conn, *sn, lo, hi, |series, value| {
+            let Some(entry) = out.get_mut(&series) else {
+                return;
             };
             let obs = Obs {
                 ts: *ts,
@@ -590,7 +605,7 @@ fn bulk(
             } else {
                 entry.1.push(obs);
             }
-        }
+        })?;
     }
     for (id, entry) in &mut out {
         entry.1.sort_by_key(|o| o.ts);

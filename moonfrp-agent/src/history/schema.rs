@@ -89,8 +89,8 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX chunks_window ON chunks(window_id);
     ",
-    // 4: blocks (`history::block`): chunks and rollup buckets of 16 series with neighbouring ids
-    // per row. The chunks of version 3 are moved into blocks by `compact::convert_chunks` in
+    // 4: blocks (`history::block`): the head, chunks and rollup buckets of 16 series with
+    // neighbouring ids per row. The chunks of version 3 are moved into blocks by `compact::convert_chunks` in
     // this migration's transaction (version 3 keeps at most a day of them); rows of `rollups`
     // are read in place and moved a bucket at a time while the agent runs
     // (`buckets::convert`).
@@ -101,6 +101,15 @@ const MIGRATIONS: &[&str] = &[
         key INTEGER PRIMARY KEY,
         data BLOB NOT NULL
     );
+    -- The head (`history::head`): key = snapshot id << 20 | grp, the raw values of one
+    -- snapshot's block of 16 series. `samples` keeps what an earlier version wrote until it is
+    -- compacted; the `history` view over it goes (`moonfrp-agent history --csv` reads any
+    -- range, compressed or raw).
+    CREATE TABLE head_blocks (
+        key INTEGER PRIMARY KEY,
+        data BLOB NOT NULL
+    );
+    DROP VIEW history;
     CREATE TABLE rollup_blocks (
         step INTEGER NOT NULL,         -- bucket width, seconds
         start INTEGER NOT NULL,        -- bucket start, Unix ms
@@ -122,6 +131,15 @@ pub enum SchemaError {
     TooNew { found: i64 },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+}
+
+/// True if the file has blocks (version 4 or later). False for a database of an earlier
+/// version not yet opened by this agent, which the `history` command may read: its samples and
+/// buckets are all in `samples` and `rollups` (version 3's chunks are read only once the agent
+/// has moved them into blocks).
+pub fn has_blocks(conn: &Connection) -> rusqlite::Result<bool> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    Ok(version >= 4)
 }
 
 /// Brings the schema up to [`VERSION`].

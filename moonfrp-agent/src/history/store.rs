@@ -16,7 +16,7 @@ use std::{
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _, Transaction, params};
 
 use super::{
-    AlertEvent, Kind, Level, Settings, buckets, compact,
+    AlertEvent, Kind, Level, Settings, buckets, compact, head,
     rollup::{self, Bucket, Obs},
     schema::{self, SchemaError},
 };
@@ -430,24 +430,33 @@ impl Store {
         };
         // Compressed windows first (older), then the raw head: each series in time order.
         compact::since(&self.conn, prev_ts, &mut take)?;
-        let mut stmt = self.conn.prepare(
-            "SELECT sn.ts, sn.run_id, r.started_at, sa.key & 16777215, sa.value
-             FROM snapshots sn JOIN runs r ON r.id = sn.run_id
-             JOIN samples sa ON sa.key BETWEEN sn.id << 24 AND (sn.id << 24) + 16777215
-             WHERE sn.ts >= ?1 AND sn.run_id <> ?2 ORDER BY sn.ts, sn.id",
-        )?;
-        let mut rows = stmt.query(params![prev_ts, self.run])?;
-        while let Some(r) = rows.next()? {
-            let obs = Obs {
-                ts: r.get(0)?,
-                value: r.get(4)?,
-                run: r.get(1)?,
-                run_start: r.get(2)?,
-            };
-            take(r.get(3)?, obs);
+        let snapshots: Vec<(i64, Obs)> = self
+            .conn
+            .prepare(
+                "SELECT sn.id, sn.ts, sn.run_id, r.started_at FROM snapshots sn
+                 JOIN runs r ON r.id = sn.run_id
+                 WHERE sn.ts >= ?1 AND sn.run_id <> ?2 AND sn.id >= ?3 ORDER BY sn.ts, sn.id",
+            )?
+            .query_map(
+                params![prev_ts, self.run, compact::head_from(&self.conn)?],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        Obs {
+                            ts: r.get(1)?,
+                            value: 0.0,
+                            run: r.get(2)?,
+                            run_start: r.get(3)?,
+                        },
+                    ))
+                },
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        for (id, obs) in snapshots {
+            head::read(&self.conn, id, 0, MAX_SERIES, |series, value| {
+                take(series, Obs { value, ..obs });
+            })?;
         }
-        drop(rows);
-        drop(stmt);
         for (i, s) in starts.into_iter().enumerate() {
             self.level_start[i] = Some(s);
         }
@@ -485,9 +494,6 @@ impl Store {
             )?;
             let snapshot = tx.last_insert_rowid();
             {
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO samples (key, value) VALUES (?1, ?2)",
-                )?;
                 for (family, p) in series.points() {
                     series_key(&mut key, &p);
                     let id = if let Some(id) = self.ids.get(key.as_str()) {
@@ -502,10 +508,14 @@ impl Store {
                         new_keys.push(key.clone());
                         id
                     };
-                    insert.execute(params![sample_key(snapshot, id), p.value])?;
                     resolved.push((id, p.value, p.counter));
                 }
             }
+            // In id order, one value per series (the last, should a name come twice).
+            let mut values: Vec<(i64, f64)> = resolved.iter().rev().map(|r| (r.0, r.1)).collect();
+            values.sort_by_key(|v| v.0);
+            values.dedup_by_key(|v| v.0);
+            head::write(&tx, snapshot, &values)?;
             for (level, flush) in self.settings.levels.iter().zip(&flushing) {
                 if !flush {
                     continue;
@@ -643,10 +653,7 @@ impl Store {
         };
         let mut pruned = 0;
         for id in &ids {
-            pruned += tx.execute(
-                "DELETE FROM samples WHERE key BETWEEN ?1 AND ?2",
-                [sample_key(*id, 0), sample_key(*id, MAX_SERIES)],
-            )? as u64;
+            pruned += head::delete_snapshot(&tx, *id)?;
             tx.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
         }
         pruned += compact::prune(&tx, cutoff, 4)?;

@@ -163,6 +163,21 @@ fn connect(dir: &tempfile::TempDir) -> rusqlite::Connection {
     open_read_only(&dir.path().join(super::FILE_NAME)).unwrap()
 }
 
+/// Raw samples in the head (members of `head_blocks`).
+fn head_count(conn: &rusqlite::Connection) -> i64 {
+    let mut stmt = conn
+        .prepare("SELECT key & 1048575, data FROM head_blocks")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+        .unwrap();
+    rows.map(|r| {
+        let (grp, data) = r.unwrap();
+        super::block::members(grp, &data).unwrap().len() as i64
+    })
+    .sum()
+}
+
 /// Chunks stored (members of `chunk_blocks` rows that match `filter`).
 fn chunk_count(conn: &rusqlite::Connection, filter: &str) -> i64 {
     let mut stmt = conn
@@ -203,15 +218,13 @@ fn a_day_and_an_interval_keeps_exactly_24h_of_raw_samples() {
             "series {id}"
         );
     }
-    let raw: i64 = conn
-        .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
-        .unwrap();
+    let raw = head_count(&conn);
     let chunks = chunk_count(&conn, "1");
-    assert_eq!(raw, 3, "raw rows");
+    assert_eq!(raw, 3, "raw samples");
     assert_eq!(chunks, 3 * 24, "chunks");
     let orphans: i64 = conn
         .query_row(
-            "SELECT COUNT(*) FROM samples WHERE key >> 24 NOT IN (SELECT id FROM snapshots)",
+            "SELECT COUNT(*) FROM head_blocks WHERE key >> 20 NOT IN (SELECT id FROM snapshots)",
             [],
             |r| r.get(0),
         )
@@ -620,9 +633,7 @@ fn compaction_changes_no_answer() {
     let mut rw = rusqlite::Connection::open(dir.path().join(super::FILE_NAME)).unwrap();
     let moved = super::compact::step(&mut rw, u64::MAX / 2).unwrap();
     assert!(moved > 0);
-    let raw: i64 = rw
-        .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
-        .unwrap();
+    let raw = head_count(&rw);
     // Only the last, partial window stays raw.
     assert!(raw < 3 * super::compact::WINDOW, "{raw} raw rows left");
     drop(rw);
@@ -752,8 +763,7 @@ mod round_trip {
             drop(rw);
             let conn = connect(&dir);
             for (id, want) in [
-                // SQLite's REAL keeps -0.0 as 0.0 in the raw rows (the chunk codec would keep it).
-                (1, (0..n).map(|i| (gauge[i % gauge.len()] + 0.0).to_bits()).collect::<Vec<_>>()),
+                (1, (0..n).map(|i| gauge[i % gauge.len()].to_bits()).collect::<Vec<_>>()),
                 (2, (0..n).map(|i| (counter[i % counter.len()] as f64).to_bits()).collect()),
             ] {
                 let (_, points) = query::raw_series(&conn, id, 0, i64::MAX).unwrap();
@@ -967,8 +977,28 @@ fn chunks_of_version_3_are_moved_into_blocks() {
                 .unwrap();
             }
         }
+        // Version 3's head: a row per sample.
+        let heads: Vec<(i64, i64, Vec<u8>)> = rw
+            .prepare("SELECT key >> 20, key & 1048575, data FROM head_blocks")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for (snapshot, grp, data) in heads {
+            for (id, _) in super::block::members(grp, &data).unwrap() {
+                let value = super::head::value(&rw, snapshot, id).unwrap().unwrap();
+                rw.execute(
+                    "INSERT INTO samples (key, value) VALUES (?1, ?2)",
+                    params![super::store::sample_key(snapshot, id), value],
+                )
+                .unwrap();
+            }
+        }
         rw.execute_batch(
-            "DROP TABLE chunk_blocks; DROP TABLE rollup_blocks; PRAGMA user_version = 3;",
+            "DROP TABLE chunk_blocks; DROP TABLE rollup_blocks; DROP TABLE head_blocks;
+             CREATE VIEW history AS SELECT 1 AS ts;
+             PRAGMA user_version = 3;",
         )
         .unwrap();
     }

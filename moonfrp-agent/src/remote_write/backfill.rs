@@ -52,12 +52,10 @@ fn read_first(
         return Ok(None);
     };
     // The snapshot's raw rows, and its samples already compacted into chunks.
-    let mut values: Vec<(i64, f64)> = conn
-        .prepare_cached("SELECT key & 16777215, value FROM samples WHERE key >= ?1 AND key < ?2")?
-        .query_map(params![id << 24, (id + 1) << 24], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut values: Vec<(i64, f64)> = Vec::new();
+    crate::history::head::read(conn, id, 0, crate::history::store::MAX_SERIES, |s, v| {
+        values.push((s, v));
+    })?;
     values.extend(crate::history::compact::snapshot(conn, id)?);
     values.sort_unstable_by_key(|v| v.0);
     let mut series = conn.prepare_cached("SELECT metric, labels FROM series WHERE id = ?1")?;
