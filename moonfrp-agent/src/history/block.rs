@@ -90,42 +90,84 @@ impl Builder {
     }
 }
 
-/// The members of block `grp` stored as `data`: (series id, bytes), in id order.
-pub fn members(grp: i64, data: &[u8]) -> Result<Vec<(i64, &[u8])>, BlockError> {
-    let Some((mask, mut rest)) = data.split_first_chunk::<2>() else {
-        return Err(BlockError::Truncated(0));
-    };
-    let mask = u16::from_le_bytes(*mask);
-    let mut out = Vec::with_capacity(mask.count_ones() as usize);
-    for m in 0..16u8 {
-        if mask & (1 << m) == 0 {
-            continue;
+/// The members of block `grp` stored as `data`: (series id, bytes), in id order; an error
+/// ends the iteration.
+pub fn members(grp: i64, data: &[u8]) -> Members<'_> {
+    match data.split_first_chunk::<2>() {
+        Some((mask, rest)) => Members {
+            grp,
+            mask: u16::from_le_bytes(*mask),
+            next: 0,
+            rest,
+            failed: false,
+        },
+        None => Members {
+            grp,
+            mask: 0,
+            next: 16,
+            rest: data,
+            failed: true,
+        },
+    }
+}
+
+/// The iterator [`members`] gives.
+pub struct Members<'a> {
+    grp: i64,
+    mask: u16,
+    /// Next member to look at (16: done).
+    next: u8,
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = Result<(i64, &'a [u8]), BlockError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            self.failed = false;
+            self.next = 16;
+            return Some(Err(BlockError::Truncated(0)));
         }
-        let mut pos = 0;
-        let len = get_varint(rest, &mut pos)
-            .and_then(|l| usize::try_from(l).ok())
-            .ok_or(BlockError::Truncated(usize::from(m)))?;
-        let end = pos
-            .checked_add(len)
-            .ok_or(BlockError::Truncated(usize::from(m)))?;
-        let bytes = rest
-            .get(pos..end)
-            .ok_or(BlockError::Truncated(usize::from(m)))?;
-        out.push((first_id(grp) + i64::from(m), bytes));
-        rest = &rest[end..];
+        while self.next < 16 {
+            let m = self.next;
+            self.next += 1;
+            if self.mask & (1 << m) == 0 {
+                continue;
+            }
+            let mut pos = 0;
+            let Some(bytes) = get_varint(self.rest, &mut pos)
+                .and_then(|l| usize::try_from(l).ok())
+                .and_then(|len| pos.checked_add(len))
+                .and_then(|end| self.rest.get(pos..end).map(|b| (b, end)))
+            else {
+                self.next = 17;
+                return Some(Err(BlockError::Truncated(usize::from(m))));
+            };
+            let (bytes, end) = bytes;
+            self.rest = &self.rest[end..];
+            return Some(Ok((first_id(self.grp) + i64::from(m), bytes)));
+        }
+        if self.next == 16 {
+            self.next = 17;
+            if !self.rest.is_empty() {
+                return Some(Err(BlockError::Trailing(self.rest.len())));
+            }
+        }
+        None
     }
-    if !rest.is_empty() {
-        return Err(BlockError::Trailing(rest.len()));
-    }
-    Ok(out)
 }
 
 /// Series `id`'s bytes in block `data` (of its group), if it is there.
 pub fn find(id: i64, data: &[u8]) -> Result<Option<&[u8]>, BlockError> {
-    Ok(members(group(id), data)?
-        .into_iter()
-        .find(|(m, _)| *m == id)
-        .map(|(_, b)| b))
+    for m in members(group(id), data) {
+        let (member, bytes) = m?;
+        if member == id {
+            return Ok(Some(bytes));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -149,7 +191,7 @@ mod tests {
                 }
             }
             let data = b.finish();
-            let got: Vec<(i64, Vec<u8>)> = members(grp, &data).unwrap().into_iter().map(|(i, s)| (i, s.to_vec())).collect();
+            let got: Vec<(i64, Vec<u8>)> = members(grp, &data).map(|m| m.map(|(i, s)| (i, s.to_vec()))).collect::<Result<_, _>>().unwrap();
             prop_assert_eq!(&got, &want);
             for (id, bytes) in &want {
                 prop_assert_eq!(find(*id, &data).unwrap(), Some(bytes.as_slice()));
@@ -158,7 +200,7 @@ mod tests {
 
         #[test]
         fn damaged_blocks_are_errors_not_panics(data in prop::collection::vec(any::<u8>(), 0..100), grp in 0i64..100) {
-            let _ = members(grp, &data);
+            let _ = members(grp, &data).count();
         }
 
         #[test]
@@ -177,12 +219,15 @@ mod tests {
         b.push(32, b"abc");
         b.push(35, b"defg");
         let data = b.finish();
-        assert_eq!(
-            members(2, &data[..data.len() - 1]),
-            Err(BlockError::Truncated(3))
-        );
+        let all = |d: &[u8]| {
+            members(2, d)
+                .map(|m| m.map(|(id, _)| id))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        assert_eq!(all(&data[..data.len() - 1]), Err(BlockError::Truncated(3)));
         let mut long = data.clone();
         long.push(0);
-        assert_eq!(members(2, &long), Err(BlockError::Trailing(1)));
+        assert_eq!(all(&long), Err(BlockError::Trailing(1)));
+        assert_eq!(all(&[1]), Err(BlockError::Truncated(0)));
     }
 }

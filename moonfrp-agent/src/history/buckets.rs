@@ -104,7 +104,8 @@ pub fn scan(
         let mut rows = stmt.query(params![step_s, from, to])?;
         while let Some(r) = rows.next()? {
             let (start, grp): (i64, i64) = (r.get(0)?, r.get(1)?);
-            for (id, m) in block::members(grp, r.get_ref(2)?.as_blob()?).map_err(damaged)? {
+            for member in block::members(grp, r.get_ref(2)?.as_blob()?) {
+                let (id, m) = member.map_err(damaged)?;
                 let (b, counter) = Bucket::decode(m).map_err(damaged)?;
                 take(start, id, b, counter);
             }

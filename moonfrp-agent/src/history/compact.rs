@@ -103,8 +103,9 @@ fn next_window(conn: &Connection) -> rusqlite::Result<bool> {
 fn slice(tx: &Transaction<'_>, first: i64, last: i64, lo: i64, hi: i64) -> rusqlite::Result<u64> {
     let mut open: BTreeMap<i64, Encoder> = BTreeMap::new();
     let mut rows = 0;
+    let reader = head::Reader::new(tx)?;
     for snapshot in first..=last {
-        head::read(tx, snapshot, lo, hi - 1, |series, value| {
+        reader.read(snapshot, lo, hi - 1, |series, value| {
             open.entry(series)
                 .and_modify(|e| e.push(snapshot, value))
                 .or_insert_with(|| Encoder::new(snapshot, value));
@@ -120,7 +121,8 @@ fn slice(tx: &Transaction<'_>, first: i64, last: i64, lo: i64, hi: i64) -> rusql
             .query_row([block_key(first, block::group(lo))], |r| r.get(0))
             .optional()?;
         if let Some(data) = data {
-            for (id, bytes) in block::members(block::group(lo), &data).map_err(damaged_block)? {
+            for member in block::members(block::group(lo), &data) {
+                let (id, bytes) = member.map_err(damaged_block)?;
                 if id < lo {
                     kept.push((id, bytes.to_vec()));
                 }
@@ -306,9 +308,8 @@ pub fn chunks_of(
         ])?;
         while let Some(r) = rows.next()? {
             let grp: i64 = r.get(0)?;
-            for (series, bytes) in
-                block::members(grp, r.get_ref(1)?.as_blob()?).map_err(damaged_block)?
-            {
+            for member in block::members(grp, r.get_ref(1)?.as_blob()?) {
+                let (series, bytes) = member.map_err(damaged_block)?;
                 if series < span.0 || series > span.1 || !wants(series) {
                     continue;
                 }
@@ -358,9 +359,8 @@ pub fn snapshot(conn: &Connection, snapshot: i64) -> rusqlite::Result<Vec<(i64, 
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let grp: i64 = r.get(0)?;
-        for (series, bytes) in
-            block::members(grp, r.get_ref(1)?.as_blob()?).map_err(damaged_block)?
-        {
+        for member in block::members(grp, r.get_ref(1)?.as_blob()?) {
+            let (series, bytes) = member.map_err(damaged_block)?;
             let samples = decode_member(window, bytes)?;
             if let Ok(i) = samples.binary_search_by_key(&snapshot, |s| s.0) {
                 out.push((series, samples[i].1));

@@ -87,70 +87,89 @@ pub fn write(tx: &Transaction<'_>, snapshot: i64, samples: &[(i64, f64)]) -> rus
     Ok(())
 }
 
-/// The raw samples of snapshot `snapshot` with series ids in `lo..=hi`: `take(id, value)`,
-/// those of this version in id order, then any an earlier version wrote.
-pub fn read(
-    conn: &Connection,
-    snapshot: i64,
-    lo: i64,
-    hi: i64,
-    mut take: impl FnMut(i64, f64),
-) -> rusqlite::Result<()> {
-    if schema::has_blocks(conn)? {
-        let mut stmt = conn
-            .prepare_cached("SELECT key & ?3, data FROM head_blocks WHERE key BETWEEN ?1 AND ?2")?;
-        let mut rows = stmt.query(params![
-            key(snapshot, block::group(lo)),
-            key(snapshot, block::group(hi)),
-            MAX_GROUP
-        ])?;
-        while let Some(r) = rows.next()? {
-            let grp: i64 = r.get(0)?;
-            for (id, bytes) in
-                block::members(grp, r.get_ref(1)?.as_blob()?).map_err(damaged_block)?
-            {
-                if (lo..=hi).contains(&id) {
-                    take(id, decode(bytes)?);
+/// Reads the head through one connection (whether the file has blocks, and rows of an earlier
+/// version, is asked once).
+pub struct Reader<'c> {
+    conn: &'c Connection,
+    blocks: bool,
+    legacy: bool,
+}
+
+impl<'c> Reader<'c> {
+    pub fn new(conn: &'c Connection) -> rusqlite::Result<Self> {
+        Ok(Self {
+            conn,
+            blocks: schema::has_blocks(conn)?,
+            legacy: has_legacy(conn)?,
+        })
+    }
+
+    /// The raw samples of snapshot `snapshot` with series ids in `lo..=hi`: `take(id, value)`,
+    /// those of this version in id order, then any an earlier version wrote.
+    pub fn read(
+        &self,
+        snapshot: i64,
+        lo: i64,
+        hi: i64,
+        mut take: impl FnMut(i64, f64),
+    ) -> rusqlite::Result<()> {
+        if self.blocks {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT key & ?3, data FROM head_blocks WHERE key BETWEEN ?1 AND ?2",
+            )?;
+            let mut rows = stmt.query(params![
+                key(snapshot, block::group(lo)),
+                key(snapshot, block::group(hi)),
+                MAX_GROUP
+            ])?;
+            while let Some(r) = rows.next()? {
+                let grp: i64 = r.get(0)?;
+                for member in block::members(grp, r.get_ref(1)?.as_blob()?) {
+                    let (id, bytes) = member.map_err(damaged_block)?;
+                    if (lo..=hi).contains(&id) {
+                        take(id, decode(bytes)?);
+                    }
                 }
             }
         }
-    }
-    if has_legacy(conn)? {
-        let mut stmt = conn.prepare_cached(
-            "SELECT key & ?3, value FROM samples WHERE key BETWEEN ?1 AND ?2 ORDER BY key",
-        )?;
-        let mut rows = stmt.query(params![
-            sample_key(snapshot, lo),
-            sample_key(snapshot, hi),
-            MAX_SERIES
-        ])?;
-        while let Some(r) = rows.next()? {
-            take(r.get(0)?, r.get(1)?);
+        if self.legacy {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT key & ?3, value FROM samples WHERE key BETWEEN ?1 AND ?2 ORDER BY key",
+            )?;
+            let mut rows = stmt.query(params![
+                sample_key(snapshot, lo),
+                sample_key(snapshot, hi),
+                MAX_SERIES
+            ])?;
+            while let Some(r) = rows.next()? {
+                take(r.get(0)?, r.get(1)?);
+            }
         }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Series `id`'s raw sample in snapshot `snapshot`, if there is one.
-pub fn value(conn: &Connection, snapshot: i64, id: i64) -> rusqlite::Result<Option<f64>> {
-    let data: Option<Vec<u8>> = if schema::has_blocks(conn)? {
-        conn.prepare_cached("SELECT data FROM head_blocks WHERE key = ?1")?
-            .query_row([key(snapshot, block::group(id))], |r| r.get(0))
-            .optional()?
-    } else {
-        None
-    };
-    if let Some(data) = data
-        && let Some(bytes) = block::find(id, &data).map_err(damaged_block)?
-    {
-        return decode(bytes).map(Some);
+    /// Series `id`'s raw sample in snapshot `snapshot`, if there is one.
+    pub fn value(&self, snapshot: i64, id: i64) -> rusqlite::Result<Option<f64>> {
+        if self.blocks {
+            let data: Option<Vec<u8>> = self
+                .conn
+                .prepare_cached("SELECT data FROM head_blocks WHERE key = ?1")?
+                .query_row([key(snapshot, block::group(id))], |r| r.get(0))
+                .optional()?;
+            if let Some(data) = data
+                && let Some(bytes) = block::find(id, &data).map_err(damaged_block)?
+            {
+                return decode(bytes).map(Some);
+            }
+        }
+        if !self.legacy {
+            return Ok(None);
+        }
+        self.conn
+            .prepare_cached("SELECT value FROM samples WHERE key = ?1")?
+            .query_row([sample_key(snapshot, id)], |r| r.get(0))
+            .optional()
     }
-    if !has_legacy(conn)? {
-        return Ok(None);
-    }
-    conn.prepare_cached("SELECT value FROM samples WHERE key = ?1")?
-        .query_row([sample_key(snapshot, id)], |r| r.get(0))
-        .optional()
 }
 
 /// Deletes the raw samples of snapshot `snapshot` with series ids in `lo..hi`; a block that
@@ -170,7 +189,8 @@ pub fn delete(tx: &Transaction<'_>, snapshot: i64, lo: i64, hi: i64) -> rusqlite
             .optional()?;
         let Some(data) = data else { continue };
         let mut kept = Builder::default();
-        for (id, bytes) in block::members(grp, &data).map_err(damaged_block)? {
+        for member in block::members(grp, &data) {
+            let (id, bytes) = member.map_err(damaged_block)?;
             if !(lo..hi).contains(&id) {
                 kept.push(id, bytes);
             }

@@ -471,6 +471,7 @@ pub fn raw_series(
 ) -> rusqlite::Result<(Option<Obs>, Vec<Obs>)> {
     // The head: only its snapshots can hold raw samples.
     let head_from = super::compact::head_from(conn)?;
+    let head = super::head::Reader::new(conn)?;
     let snapshot = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, Obs)> {
         Ok((
             r.get(0)?,
@@ -492,7 +493,7 @@ pub fn raw_series(
         let mut rows = older.query(params![from, head_from])?;
         while let Some(r) = rows.next()? {
             let (sn, obs) = snapshot(r)?;
-            if let Some(value) = super::head::value(conn, sn, id)? {
+            if let Some(value) = head.value(sn, id)? {
                 before = Some(Obs { value, ..obs });
                 break;
             }
@@ -508,7 +509,7 @@ pub fn raw_series(
         let mut rows = inside.query(params![from, to, head_from])?;
         while let Some(r) = rows.next()? {
             let (sn, obs) = snapshot(r)?;
-            if let Some(value) = super::head::value(conn, sn, id)? {
+            if let Some(value) = head.value(sn, id)? {
                 raw.push(Obs { value, ..obs });
             }
         }
@@ -529,17 +530,15 @@ pub fn raw_series(
 /// A series' stored samples in a range, and the one before it (for rates).
 type Raw = (Option<Obs>, Vec<Obs>);
 
+/// Per series id (integers: a fast hash).
+type ById = std::collections::HashMap<i64, Raw, foldhash::fast::RandomState>;
+
 /// The stored samples of many series over a range at once: one range scan per snapshot of the
 /// raw head over the series' span of ids, and the chunks of each window the range touches read
 /// once, instead of lookups per series and snapshot. `None` for a few series (the per-series
 /// path is as good). The sample before `from` comes from the snapshot before it; a series
 /// missing there gets it the per-series way. Answers are the per-series path's (tested).
-fn bulk(
-    conn: &Connection,
-    ids: &[i64],
-    from: i64,
-    to: i64,
-) -> rusqlite::Result<Option<std::collections::HashMap<i64, Raw>>> {
+fn bulk(conn: &Connection, ids: &[i64], from: i64, to: i64) -> rusqlite::Result<Option<ById>> {
     let (Some(&lo), Some(&hi)) = (ids.iter().min(), ids.iter().max()) else {
         return Ok(None);
     };
@@ -563,11 +562,11 @@ fn bulk(
         )?
         .query_map(params![from, to], snapshot)?
         .collect::<rusqlite::Result<_>>()?;
-    let mut out: std::collections::HashMap<i64, Raw> =
-        ids.iter().map(|id| (*id, (None, Vec::new()))).collect();
+    let mut out: ById = ids.iter().map(|id| (*id, (None, Vec::new()))).collect();
     // Compressed windows first (older than any raw row of a series).
     let since = previous.map_or(from, |p| p.1);
-    let wanted: std::collections::HashSet<i64> = ids.iter().copied().collect();
+    let wanted: std::collections::HashSet<i64, foldhash::fast::RandomState> =
+        ids.iter().copied().collect();
     super::compact::chunks_of(
         conn,
         since,
@@ -585,12 +584,13 @@ fn bulk(
         },
     )?;
     let head_from = super::compact::head_from(conn)?;
+    let head = super::head::Reader::new(conn)?;
     for (i, (sn, ts, run, run_start)) in previous.iter().chain(&inside).enumerate() {
         if *sn < head_from {
             continue;
         }
         let is_before = previous.is_some() && i == 0;
-        super::head::read(conn, *sn, lo, hi, |series, value| {
+        head.read(*sn, lo, hi, |series, value| {
             let Some(entry) = out.get_mut(&series) else {
                 return;
             };

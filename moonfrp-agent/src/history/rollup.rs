@@ -205,17 +205,27 @@ impl ValueReader<'_> {
 
 /// Adds one raw sample to a bucket; `prev` is the series' previous sample (in any bucket).
 pub fn feed(bucket: &mut Bucket, counter: bool, prev: Option<&Obs>, cur: &Obs) {
-    bucket.samples += 1;
-    bucket.last = cur.value;
-    if !counter {
-        bucket.observe(cur.value);
-        return;
-    }
-    if let Some((inc, secs)) = prev.and_then(|p| counter_step(p, cur)) {
-        bucket.increase += inc;
-        bucket.seconds += secs;
-        if secs > 0.0 {
-            bucket.observe(inc / secs);
+    feed_all(std::slice::from_mut(bucket), counter, prev, cur);
+}
+
+/// Adds one raw sample to a bucket of each level (the counter's step computed once).
+pub fn feed_all(buckets: &mut [Bucket], counter: bool, prev: Option<&Obs>, cur: &Obs) {
+    let step = if counter {
+        prev.and_then(|p| counter_step(p, cur))
+    } else {
+        None
+    };
+    for bucket in buckets {
+        bucket.samples += 1;
+        bucket.last = cur.value;
+        if !counter {
+            bucket.observe(cur.value);
+        } else if let Some((inc, secs)) = step {
+            bucket.increase += inc;
+            bucket.seconds += secs;
+            if secs > 0.0 {
+                bucket.observe(inc / secs);
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use std::{
     io::ErrorKind,
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -97,6 +98,9 @@ struct Acc {
 }
 
 pub struct Store {
+    /// First, so that it is dropped (its connection closed) before `conn`: the last connection
+    /// to close checkpoints the whole WAL into the file.
+    checkpointer: Checkpointer,
     conn: Connection,
     path: PathBuf,
     settings: Settings,
@@ -105,9 +109,13 @@ pub struct Store {
     /// `name{labels}` as exposed → series id, for this run.
     /// Series id by the series' key for this run (sample name and labels). A fast hash with a
     /// per-process random seed: the keys hold names strangers choose.
-    ids: HashMap<String, i64, foldhash::fast::RandomState>,
+    ids: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
+    /// The last write's series in point order: the next snapshot's points nearly always come
+    /// in the same order, so each is compared with the key at its position before it is looked
+    /// up.
+    order: Vec<(i64, Arc<str>)>,
     metrics: HashSet<String>,
-    acc: HashMap<i64, Acc>,
+    acc: HashMap<i64, Acc, foldhash::fast::RandomState>,
     /// Start of the bucket in progress, per level.
     level_start: Vec<Option<i64>>,
     /// Raw rows move into chunks as they age (off only in tests that compare the two).
@@ -129,6 +137,53 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "normal")?;
     conn.pragma_update(None, "foreign_keys", "off")?;
     Ok(conn)
+}
+
+/// Checkpoints the WAL into the database file on a thread and connection of its own, when
+/// poked after each write: a passive checkpoint, which neither waits for readers nor blocks the
+/// writer. SQLite's automatic checkpoint would run inside the commit that crosses its threshold,
+/// and its copy and fsync were most of the slowest writes.
+struct Checkpointer {
+    tx: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> rusqlite::Result<Self> {
+        let conn = connect(path)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("moonfrp-checkpoint".into())
+            .spawn(move || {
+                for () in rx {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::debug!(error = %e, "history: checkpoint did not run");
+                    }
+                }
+            })
+            .ok();
+        Ok(Self {
+            tx: Some(tx),
+            thread,
+        })
+    }
+
+    /// Asks for a checkpoint (one is enough if several are asked for while it runs).
+    fn poke(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Opens the file for queries only (the API and the `history` command).
@@ -322,7 +377,12 @@ impl Store {
             params![now_ms, env!("CARGO_PKG_VERSION")],
         )?;
         let run = conn.last_insert_rowid();
+        // Checkpoints run on their own thread: the writer's commits never copy the WAL back
+        // nor wait for its fsync.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = Checkpointer::start(&path)?;
         let mut store = Self {
+            checkpointer,
             level_start: vec![None; settings.levels.len()],
             compaction: true,
             conn,
@@ -332,7 +392,8 @@ impl Store {
             run_start: now_ms,
             ids: HashMap::default(),
             metrics: HashSet::new(),
-            acc: HashMap::new(),
+            acc: HashMap::default(),
+            order: Vec::new(),
         };
         store.rebuild()?;
         Ok((store, recovery))
@@ -422,9 +483,7 @@ impl Store {
                 buckets: vec![Bucket::default(); levels],
             });
             if obs.ts >= from {
-                for b in &mut acc.buckets {
-                    rollup::feed(b, acc.counter, acc.prev.as_ref(), &obs);
-                }
+                rollup::feed_all(&mut acc.buckets, acc.counter, acc.prev.as_ref(), &obs);
             }
             acc.prev = Some(obs);
         };
@@ -452,8 +511,9 @@ impl Store {
                 },
             )?
             .collect::<rusqlite::Result<_>>()?;
+        let reader = head::Reader::new(&self.conn)?;
         for (id, obs) in snapshots {
-            head::read(&self.conn, id, 0, MAX_SERIES, |series, value| {
+            reader.read(id, 0, MAX_SERIES, |series, value| {
                 take(series, Obs { value, ..obs });
             })?;
         }
@@ -475,7 +535,8 @@ impl Store {
     /// bounded batch of expired rows.
     pub fn write(&mut self, ts_ms: i64, series: &Series) -> Result<WriteStats, StoreError> {
         let mut stats = WriteStats::default();
-        let mut new_keys: Vec<String> = Vec::new();
+        let mut new_keys: Vec<Arc<str>> = Vec::new();
+        let mut order: Vec<(i64, Arc<str>)> = Vec::with_capacity(self.order.len());
         let mut new_metrics: Vec<String> = Vec::new();
         let mut resolved: Vec<(i64, f64, bool)> = Vec::with_capacity(series.len());
         let flushing: Vec<bool> = self
@@ -494,20 +555,27 @@ impl Store {
             )?;
             let snapshot = tx.last_insert_rowid();
             {
-                for (family, p) in series.points() {
+                for (i, (family, p)) in series.points().enumerate() {
+                    if let Some((id, k)) = self.order.get(i).filter(|(_, k)| key_matches(k, &p)) {
+                        order.push((*id, k.clone()));
+                        resolved.push((*id, p.value, p.counter));
+                        continue;
+                    }
                     series_key(&mut key, &p);
-                    let id = if let Some(id) = self.ids.get(key.as_str()) {
-                        *id
+                    let (id, k) = if let Some((k, id)) = self.ids.get_key_value(key.as_str()) {
+                        (*id, k.clone())
                     } else {
                         if !self.metrics.contains(p.name) {
                             upsert_metric(&tx, &p, family)?;
                             new_metrics.push(p.name.to_owned());
                         }
                         let id = series_id(&tx, &p)?;
-                        self.ids.insert(key.clone(), id);
-                        new_keys.push(key.clone());
-                        id
+                        let k: Arc<str> = Arc::from(key.as_str());
+                        self.ids.insert(k.clone(), id);
+                        new_keys.push(k.clone());
+                        (id, k)
                     };
+                    order.push((id, k));
                     resolved.push((id, p.value, p.counter));
                 }
             }
@@ -550,15 +618,19 @@ impl Store {
             }
             return Err(e);
         }
+        self.order = order;
         self.metrics.extend(new_metrics);
         stats.samples = resolved.len();
         stats.new_series = new_keys.len();
         self.after_commit(ts_ms, &resolved, &flushing);
         stats.pruned = self.prune(ts_ms)?;
+        self.checkpointer.poke();
         // A little more than one snapshot's rows per interval: a window (60 snapshots) is done in
         // about 48 intervals, before the next one is due, and no interval carries much of it.
         let budget = (self.ids.len() as u64 * 5 / 4).max(1_000);
-        if self.compaction {
+        // Not while a rollup bucket is written: compaction has slack (a window takes about 48
+        // of its 60 intervals), a flush interval has none to spare.
+        if self.compaction && !flushing.contains(&true) {
             stats.compacted = compact::step(&mut self.conn, budget)?;
         }
         // An earlier version's rollup rows, a bucket at a time.
@@ -594,9 +666,7 @@ impl Store {
                 prev: None,
                 buckets: vec![Bucket::default(); levels],
             });
-            for b in &mut acc.buckets {
-                rollup::feed(b, acc.counter, acc.prev.as_ref(), &obs);
-            }
+            rollup::feed_all(&mut acc.buckets, acc.counter, acc.prev.as_ref(), &obs);
             acc.prev = Some(obs);
         }
     }
@@ -683,6 +753,25 @@ fn series_key(key: &mut String, p: &Point<'_>) {
         key.push('=');
         key.push_str(v);
     }
+}
+
+/// True if `key` is [`series_key`] of `p`, without building it.
+fn key_matches(key: &str, p: &Point<'_>) -> bool {
+    let Some(mut rest) = key.strip_prefix(p.name) else {
+        return false;
+    };
+    for (k, v) in p.labels.iter() {
+        let Some(r) = rest
+            .strip_prefix('\0')
+            .and_then(|r| r.strip_prefix(*k))
+            .and_then(|r| r.strip_prefix('='))
+            .and_then(|r| r.strip_prefix(&**v))
+        else {
+            return false;
+        };
+        rest = r;
+    }
+    rest.is_empty()
 }
 
 fn upsert_metric(tx: &Transaction<'_>, p: &Point<'_>, family: &Family) -> rusqlite::Result<()> {

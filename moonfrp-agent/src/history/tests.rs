@@ -173,7 +173,9 @@ fn head_count(conn: &rusqlite::Connection) -> i64 {
         .unwrap();
     rows.map(|r| {
         let (grp, data) = r.unwrap();
-        super::block::members(grp, &data).unwrap().len() as i64
+        super::block::members(grp, &data)
+            .map(Result::unwrap)
+            .count() as i64
     })
     .sum()
 }
@@ -190,7 +192,9 @@ fn chunk_count(conn: &rusqlite::Connection, filter: &str) -> i64 {
         .unwrap();
     rows.map(|r| {
         let (grp, data) = r.unwrap();
-        super::block::members(grp, &data).unwrap().len() as i64
+        super::block::members(grp, &data)
+            .map(Result::unwrap)
+            .count() as i64
     })
     .sum()
 }
@@ -960,7 +964,7 @@ fn chunks_of_version_3_are_moved_into_blocks() {
             .collect();
         assert!(!blocks.is_empty());
         for (window, grp, data) in blocks {
-            for (id, m) in super::block::members(grp, &data).unwrap() {
+            for (id, m) in super::block::members(grp, &data).map(Result::unwrap) {
                 let mut pos = 0;
                 let offset = super::block::get_varint(m, &mut pos).unwrap();
                 let count = super::block::get_varint(m, &mut pos).unwrap();
@@ -986,8 +990,12 @@ fn chunks_of_version_3_are_moved_into_blocks() {
             .map(Result::unwrap)
             .collect();
         for (snapshot, grp, data) in heads {
-            for (id, _) in super::block::members(grp, &data).unwrap() {
-                let value = super::head::value(&rw, snapshot, id).unwrap().unwrap();
+            for (id, _) in super::block::members(grp, &data).map(Result::unwrap) {
+                let value = super::head::Reader::new(&rw)
+                    .unwrap()
+                    .value(snapshot, id)
+                    .unwrap()
+                    .unwrap();
                 rw.execute(
                     "INSERT INTO samples (key, value) VALUES (?1, ?2)",
                     params![super::store::sample_key(snapshot, id), value],

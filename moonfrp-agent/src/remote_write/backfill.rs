@@ -53,9 +53,14 @@ fn read_first(
     };
     // The snapshot's raw rows, and its samples already compacted into chunks.
     let mut values: Vec<(i64, f64)> = Vec::new();
-    crate::history::head::read(conn, id, 0, crate::history::store::MAX_SERIES, |s, v| {
-        values.push((s, v));
-    })?;
+    crate::history::head::Reader::new(conn)?.read(
+        id,
+        0,
+        crate::history::store::MAX_SERIES,
+        |s, v| {
+            values.push((s, v));
+        },
+    )?;
     values.extend(crate::history::compact::snapshot(conn, id)?);
     values.sort_unstable_by_key(|v| v.0);
     let mut series = conn.prepare_cached("SELECT metric, labels FROM series WHERE id = ?1")?;
