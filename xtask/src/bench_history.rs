@@ -1,7 +1,8 @@
 //! `cargo xtask bench-history`: the history store's cost. The agent's hidden `bench-history`
 //! command writes a day (24 h + 1 interval at 60 s) of synthetic busy tunnels through the
 //! writer's path with a fake clock and times queries, for 100 and 1,000 tunnels; then the real
-//! agent runs on the 100-tunnel database (100 tunnels watched, API asked) for its memory.
+//! agent runs on each database (its tunnels watched, API asked) for its memory, and again
+//! without history.
 //! Prints a table, writes history.json, and judges the issue's targets.
 use std::{fmt::Write as _, path::PathBuf, process::Command};
 
@@ -21,10 +22,14 @@ pub struct Opts {
     pub out: Option<PathBuf>,
 }
 
-/// Targets at 100 tunnels and 60 s.
-const WRITE_P99_MS: f64 = 20.0;
-const BYTES_PER_DAY: f64 = 64.0 * 1024.0 * 1024.0;
-const RSS_BYTES: f64 = 24.0 * 1024.0 * 1024.0;
+/// Targets at 60 s (issue 17): MiB per day at 100 and 1,000 tunnels, write p99, a 24 h query of
+/// one series and the summary at 1,000 tunnels; the agent's RSS at 100 tunnels with a day stored.
+const MIB_PER_DAY_100: f64 = 5.0;
+const MIB_PER_DAY_1000: f64 = 40.0;
+const WRITE_P99_MS: f64 = 10.0;
+const QUERY_24H_MS: f64 = 5.0;
+const SUMMARY_MS: f64 = 10.0;
+const RSS_MIB_100: f64 = 24.0;
 const BASE_PORT: u16 = 30_000;
 
 fn store_run(
@@ -50,17 +55,18 @@ fn store_run(
     serde_json::from_slice(&out.stdout).context("bench-history printed no JSON report")
 }
 
-/// The real agent on a filled database, 100 tunnels watched: RSS after snapshots and API calls
+/// The real agent on a filled database, its tunnels watched: RSS after snapshots and API calls
 /// (and the peak, which comes from loading the programs); with `history = false` the same agent
 /// without history, for comparison in the same run.
 fn agent_memory(
     agent: &std::path::Path,
     dir: &std::path::Path,
+    tunnels: u16,
     snapshots: u64,
     history: bool,
 ) -> anyhow::Result<Value> {
     let mut config = String::new();
-    for i in 0..100u16 {
+    for i in 0..tunnels {
         let proto = if i % 10 == 0 { "udp" } else { "tcp" };
         let _ = write!(
             config,
@@ -97,7 +103,7 @@ fn agent_memory(
     a.wait_snapshots(2);
     let pid = a.pid();
     Ok(json!({
-        "tunnels": 100,
+        "tunnels": tunnels,
         "history": history,
         "rss_bytes": status_bytes(pid, "VmRSS:")?,
         "peak_rss_bytes": status_bytes(pid, "VmHWM:")?,
@@ -135,12 +141,15 @@ fn print_table(r: &Value, intervals: u32) {
             f("summary_ms"),
         );
     }
-    for (what, m) in [
-        ("with the stored history", &r["agent"]),
-        ("without history", &r["agent_without_history"]),
-    ] {
+    for m in r["agents"].as_array().into_iter().flatten() {
         println!(
-            "agent, 100 tunnels, {what}: RSS {:.1} MiB after snapshots and API queries, peak {:.1} MiB (while loading the programs)",
+            "agent, {} tunnels, {}: RSS {:.1} MiB after snapshots and API queries, peak {:.1} MiB",
+            m["tunnels"],
+            if m["history"].as_bool() == Some(true) {
+                "a day stored"
+            } else {
+                "without history"
+            },
             mib(m["rss_bytes"].as_f64().unwrap_or(f64::NAN)),
             mib(m["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN)),
         );
@@ -164,17 +173,21 @@ pub fn run(opts: &Opts) -> anyhow::Result<Value> {
         stores.push(store_run(&bench, tunnels, intervals, &dir.join("data"))?);
     }
     let snapshots = if opts.quick { 3 } else { 10 };
-    let memory = agent_memory(&agent, &scratch.path().join("t100"), snapshots, true)?;
-    let without = agent_memory(&agent, &scratch.path().join("t100"), snapshots, false)?;
+    let mut agents = Vec::new();
+    for tunnels in [100u16, 1000] {
+        let dir = scratch.path().join(format!("t{tunnels}"));
+        for history in [true, false] {
+            agents.push(agent_memory(&agent, &dir, tunnels, snapshots, history)?);
+        }
+    }
     let report = json!({
         "quick": opts.quick,
         "stores": stores,
-        "agent": memory,
-        "agent_without_history": without,
+        "agents": agents,
     });
 
     print_table(&report, intervals);
-    let rss = memory["rss_bytes"].as_f64().unwrap_or(f64::NAN);
+    let rss = agents[0]["rss_bytes"].as_f64().unwrap_or(f64::NAN);
     let out = opts
         .out
         .clone()
@@ -184,24 +197,43 @@ pub fn run(opts: &Opts) -> anyhow::Result<Value> {
         out.join("history.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
-    let s100 = &stores[0];
+    let (s100, s1000) = (&stores[0], &stores[1]);
+    let f = |s: &Value, k: &str| s[k].as_f64().unwrap_or(f64::NAN);
     let checks = [
         (
-            "write p99 at 100 tunnels",
-            s100["write_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
+            "bytes per day at 100 tunnels",
+            mib(f(s100, "bytes_per_day")),
+            MIB_PER_DAY_100,
+            "MiB",
+        ),
+        (
+            "bytes per day at 1,000 tunnels",
+            mib(f(s1000, "bytes_per_day")),
+            MIB_PER_DAY_1000,
+            "MiB",
+        ),
+        (
+            "write p99 at 1,000 tunnels",
+            s1000["write_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
             WRITE_P99_MS,
             "ms",
         ),
         (
-            "bytes per day at 100 tunnels",
-            mib(s100["bytes_per_day"].as_f64().unwrap_or(f64::NAN)),
-            mib(BYTES_PER_DAY),
-            "MiB",
+            "24 h query of one series at 1,000 tunnels",
+            f(s1000, "query_24h_ms"),
+            QUERY_24H_MS,
+            "ms",
+        ),
+        (
+            "summary at 1,000 tunnels",
+            f(s1000, "summary_ms"),
+            SUMMARY_MS,
+            "ms",
         ),
         (
             "agent RSS, 100 tunnels + a day stored",
             mib(rss),
-            mib(RSS_BYTES),
+            RSS_MIB_100,
             "MiB",
         ),
     ];
@@ -238,10 +270,13 @@ pub fn check_complete(r: &Value) -> anyhow::Result<()> {
             "write p99 missing"
         );
     }
-    for a in ["agent", "agent_without_history"] {
+    let agents = r["agents"].as_array().context("no agents")?;
+    ensure!(agents.len() == 4, "{} agent runs, not 4", agents.len());
+    for a in agents {
         ensure!(
-            r[a]["rss_bytes"].as_f64().is_some_and(|v| v > 0.0),
-            "{a}: RSS missing"
+            a["rss_bytes"].as_f64().is_some_and(|v| v > 0.0),
+            "agent with {} tunnels: RSS missing",
+            a["tunnels"]
         );
     }
     Ok(())

@@ -6,9 +6,10 @@ use std::{
     time::SystemTime,
 };
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{Answer, HistoryApi, connect, json_answer, query_error, success};
+use super::{Answer, HistoryApi, connect, query_error, success};
 use crate::{
     history::query::{self, Format, QueryError, Request},
     time::{ms_to_s, unix_ms},
@@ -23,7 +24,7 @@ pub fn history(h: Option<&HistoryApi>, query_string: &str) -> Answer {
         Ok::<_, QueryError>((query::run(&conn, &h.settings, &req, now)?, format))
     };
     match run() {
-        Ok((a, Format::Json)) => success(&json!(a)),
+        Ok((a, Format::Json)) => success(&a),
         Ok((a, Format::Csv)) => Answer {
             status: 200,
             content_type: "text/csv; charset=utf-8",
@@ -34,16 +35,70 @@ pub fn history(h: Option<&HistoryApi>, query_string: &str) -> Answer {
 }
 
 /// Latest value and last-hour statistics of a list of points.
-fn stats(points: &[(f64, f64)]) -> Value {
-    let Some(last) = points.last() else {
-        return Value::Null;
-    };
+#[derive(Debug, Serialize)]
+struct Stats {
+    now: f64,
+    avg: f64,
+    min: f64,
+    max: f64,
+}
+
+/// `None` (null) without points.
+fn stats(points: &[(f64, f64)]) -> Option<Stats> {
+    let last = points.last()?;
     let n = points.len() as f64;
     let (min, max, sum) = points.iter().fold(
         (f64::INFINITY, f64::NEG_INFINITY, 0.0),
         |(lo, hi, s), (_, v)| (lo.min(*v), hi.max(*v), s + v),
     );
-    json!({ "now": last.1, "avg": sum / n, "min": min, "max": max })
+    Some(Stats {
+        now: last.1,
+        avg: sum / n,
+        min,
+        max,
+    })
+}
+
+/// `/api/v1/summary`'s data.
+#[derive(Debug, Serialize)]
+struct Summary {
+    time: f64,
+    window_seconds: u32,
+    tunnels: Vec<TunnelLine>,
+    system: serde_json::Map<String, Value>,
+}
+
+/// A headline of a tunnel: its statistics, or null when its series has no point in the hour.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Headline {
+    Points(Stats),
+    NoPoint(()),
+}
+
+/// A tunnel's line of the summary: a headline is left out when the tunnel has no such series,
+/// null when its series has no point in the hour.
+#[derive(Debug, Default, Serialize)]
+struct TunnelLine {
+    tunnel: String,
+    port: String,
+    proto: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receive_bytes_per_second: Option<Headline>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transmit_bytes_per_second: Option<Headline>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connections_active: Option<Headline>,
+}
+
+impl TunnelLine {
+    fn headline(&mut self, field: &str) -> &mut Option<Headline> {
+        match field {
+            "receive_bytes_per_second" => &mut self.receive_bytes_per_second,
+            "transmit_bytes_per_second" => &mut self.transmit_bytes_per_second,
+            _ => &mut self.connections_active,
+        }
+    }
 }
 
 /// The headline series: per-tunnel bandwidth and connections, host CPU, memory and load.
@@ -78,7 +133,7 @@ const SYSTEM_HEADLINES: [(&str, &str); 4] = [
 /// series, from history.
 pub fn summary(h: Option<&HistoryApi>) -> Answer {
     let now = unix_ms(SystemTime::now());
-    let run = || -> Result<Value, QueryError> {
+    let run = || -> Result<Summary, QueryError> {
         let (conn, h) = connect(h)?;
         let window = |metric: &str, rate: bool| -> Result<_, QueryError> {
             let req = Request::window(metric, now - 3_600_000, now, rate);
@@ -89,24 +144,23 @@ pub fn summary(h: Option<&HistoryApi>) -> Answer {
                 Err(e) => Err(e),
             }
         };
-        let mut tunnels: BTreeMap<(String, String, String), serde_json::Map<String, Value>> =
-            BTreeMap::new();
+        let mut tunnels: BTreeMap<(String, String, String), TunnelLine> = BTreeMap::new();
         for (field, metric, rate) in TUNNEL_HEADLINES {
             for s in window(metric, rate)? {
                 let label = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
-                let row = tunnels
-                    .entry((label("tunnel"), label("port"), label("proto")))
-                    .or_default();
-                row.insert(field.to_owned(), stats(&s.samples));
+                let key = (label("tunnel"), label("port"), label("proto"));
+                let line = tunnels.entry(key).or_default();
+                *line.headline(field) =
+                    Some(stats(&s.samples).map_or(Headline::NoPoint(()), Headline::Points));
             }
         }
-        let tunnels: Vec<Value> = tunnels
+        let tunnels: Vec<TunnelLine> = tunnels
             .into_iter()
-            .map(|((tunnel, port, proto), mut fields)| {
-                fields.insert("tunnel".into(), json!(tunnel));
-                fields.insert("port".into(), json!(port));
-                fields.insert("proto".into(), json!(proto));
-                Value::Object(fields)
+            .map(|((tunnel, port, proto), line)| TunnelLine {
+                tunnel,
+                port,
+                proto,
+                ..line
             })
             .collect();
         let mut system = serde_json::Map::new();
@@ -114,21 +168,18 @@ pub fn summary(h: Option<&HistoryApi>) -> Answer {
             let series = window(metric, false)?;
             system.insert(
                 field.to_owned(),
-                series.first().map_or(Value::Null, |s| stats(&s.samples)),
+                json!(series.first().and_then(|s| stats(&s.samples))),
             );
         }
-        Ok(json!({
-            "status": "success",
-            "data": {
-                "time": ms_to_s(now),
-                "window_seconds": 3600,
-                "tunnels": tunnels,
-                "system": system,
-            }
-        }))
+        Ok(Summary {
+            time: ms_to_s(now),
+            window_seconds: 3600,
+            tunnels,
+            system,
+        })
     };
     match run() {
-        Ok(v) => json_answer(200, &v),
+        Ok(v) => success(&v),
         Err(e) => query_error(&e),
     }
 }

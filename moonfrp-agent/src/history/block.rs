@@ -1,26 +1,76 @@
-//! Blocks: one row holds the data of up to [`GROUP`] series with neighbouring ids (series `g *
-//! GROUP .. (g + 1) * GROUP`), so that SQLite's per-row cost (key, record header, cell pointer)
-//! is paid once per group instead of once per series, and a write of every series is a
-//! sixteenth of the rows. Used for compressed chunks (`chunk_blocks`) and rollup buckets
-//! (`rollup_blocks`).
+//! Blocks: one row holds the data of the series with neighbouring ids (block `g` holds series
+//! `g * per ..= g * per + per - 1`), so that SQLite's per-row cost (key, record header, cell pointer) is paid once per
+//! group instead of once per series, and a write of every series is a fraction of the rows.
+//! Used for the head (`head_blocks`, 64 series a row), compressed chunks (`chunk_blocks`, 16)
+//! and rollup buckets (`rollup_blocks`, 16): rows of a few hundred bytes, so that pages fill
+//! (two rows of 1.6 kB would leave a fifth of a 4 kB page empty) and rows stay inside their
+//! page.
 //!
-//! Layout: a 16-bit mask (little-endian) of the members present, then for each, in id order,
-//! its length (a LEB128 varint) and its bytes. Small enough to stay inside a B-tree page: a
-//! group's rollup buckets take about 40 bytes each, its chunks about 35.
+//! Layout: a varint mask of the members present, then for each, in id order, its length (a
+//! LEB128 varint) and its bytes.
 //!
 //! Reading checks every length against the data: a damaged block is an error, never a panic.
 
-/// Series per block.
-pub const GROUP: i64 = 16;
+/// How many series a block of a table holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout(i64);
 
-/// The block holding series `id`.
-pub const fn group(id: i64) -> i64 {
-    id / GROUP
-}
+/// The head's blocks: a snapshot's values, a few bytes each (64 of them take about 400 bytes).
+pub const HEAD: Layout = Layout(64);
+/// The chunks' blocks (about 35 bytes a chunk: 16 keep the rows small enough that pages fill).
+pub const CHUNKS: Layout = Layout(16);
+/// The rollup buckets' blocks (about 40 bytes a bucket, in a table with a two-column key).
+pub const ROLLUPS: Layout = Layout(16);
 
-/// The first series id of block `grp`.
-pub const fn first_id(grp: i64) -> i64 {
-    grp * GROUP
+impl Layout {
+    /// Series per block.
+    pub const fn per(self) -> i64 {
+        self.0
+    }
+
+    /// The block holding series `id`.
+    pub const fn group(self, id: i64) -> i64 {
+        id / self.0
+    }
+
+    /// The first series id of block `grp`.
+    pub const fn first_id(self, grp: i64) -> i64 {
+        grp * self.0
+    }
+
+    /// An empty block.
+    pub fn builder(self) -> Builder {
+        Builder {
+            per: self.0,
+            mask: 0,
+            body: Vec::new(),
+        }
+    }
+
+    /// The members of block `grp` stored as `data`: (series id, bytes), in id order; an error
+    /// ends the iteration.
+    pub fn members(self, grp: i64, data: &[u8]) -> Members<'_> {
+        let mut pos = 0;
+        let mask = get_varint(data, &mut pos);
+        Members {
+            first: self.first_id(grp),
+            mask: mask.unwrap_or(0),
+            next: 0,
+            rest: data.get(pos..).unwrap_or_default(),
+            failed: mask.is_none(),
+        }
+    }
+
+    /// Series `id`'s bytes in block `data` (of its group), if it is there.
+    pub fn find(self, id: i64, data: &[u8]) -> Result<Option<&[u8]>, BlockError> {
+        for m in self.members(self.group(id), data) {
+            let (member, bytes) = m?;
+            if member == id {
+                return Ok(Some(bytes));
+            }
+        }
+        Ok(None)
+    }
 }
 
 #[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,16 +108,17 @@ pub fn get_varint(data: &[u8], pos: &mut usize) -> Option<u64> {
 }
 
 /// A block being built; members in increasing id order.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Builder {
-    mask: u16,
+    per: i64,
+    mask: u64,
     body: Vec<u8>,
 }
 
 impl Builder {
     /// Adds series `id`'s bytes; ids must increase and belong to one group.
     pub fn push(&mut self, id: i64, bytes: &[u8]) {
-        let bit = 1u16 << (id % GROUP);
+        let bit = 1u64 << (id % self.per);
         debug_assert!(
             self.mask < bit,
             "members come in increasing order, once each"
@@ -83,39 +134,18 @@ impl Builder {
 
     /// The block as stored.
     pub fn finish(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(2 + self.body.len());
-        out.extend_from_slice(&self.mask.to_le_bytes());
+        let mut out = Vec::with_capacity(10 + self.body.len());
+        put_varint(&mut out, self.mask);
         out.extend_from_slice(&self.body);
         out
     }
 }
 
-/// The members of block `grp` stored as `data`: (series id, bytes), in id order; an error
-/// ends the iteration.
-pub fn members(grp: i64, data: &[u8]) -> Members<'_> {
-    match data.split_first_chunk::<2>() {
-        Some((mask, rest)) => Members {
-            grp,
-            mask: u16::from_le_bytes(*mask),
-            next: 0,
-            rest,
-            failed: false,
-        },
-        None => Members {
-            grp,
-            mask: 0,
-            next: 16,
-            rest: data,
-            failed: true,
-        },
-    }
-}
-
-/// The iterator [`members`] gives.
+/// The iterator [`Layout::members`] gives.
 pub struct Members<'a> {
-    grp: i64,
-    mask: u16,
-    /// Next member to look at (16: done).
+    first: i64,
+    mask: u64,
+    /// Next member to look at (64: the end, 65: done).
     next: u8,
     rest: &'a [u8],
     failed: bool,
@@ -127,47 +157,39 @@ impl<'a> Iterator for Members<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             self.failed = false;
-            self.next = 16;
+            self.next = 65;
             return Some(Err(BlockError::Truncated(0)));
         }
-        while self.next < 16 {
+        while self.next < 64 {
             let m = self.next;
+            if self.mask >> m == 0 {
+                self.next = 64;
+                break;
+            }
             self.next += 1;
             if self.mask & (1 << m) == 0 {
                 continue;
             }
             let mut pos = 0;
-            let Some(bytes) = get_varint(self.rest, &mut pos)
+            let Some((bytes, end)) = get_varint(self.rest, &mut pos)
                 .and_then(|l| usize::try_from(l).ok())
                 .and_then(|len| pos.checked_add(len))
                 .and_then(|end| self.rest.get(pos..end).map(|b| (b, end)))
             else {
-                self.next = 17;
+                self.next = 65;
                 return Some(Err(BlockError::Truncated(usize::from(m))));
             };
-            let (bytes, end) = bytes;
             self.rest = &self.rest[end..];
-            return Some(Ok((first_id(self.grp) + i64::from(m), bytes)));
+            return Some(Ok((self.first + i64::from(m), bytes)));
         }
-        if self.next == 16 {
-            self.next = 17;
+        if self.next == 64 {
+            self.next = 65;
             if !self.rest.is_empty() {
                 return Some(Err(BlockError::Trailing(self.rest.len())));
             }
         }
         None
     }
-}
-
-/// Series `id`'s bytes in block `data` (of its group), if it is there.
-pub fn find(id: i64, data: &[u8]) -> Result<Option<&[u8]>, BlockError> {
-    for m in members(group(id), data) {
-        let (member, bytes) = m?;
-        if member == id {
-            return Ok(Some(bytes));
-        }
-    }
-    Ok(None)
 }
 
 #[cfg(test)]
@@ -178,12 +200,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn members_come_back(grp in 0i64..1 << 20, present in any::<u16>(), len in 0usize..300) {
-            let mut b = Builder::default();
+        fn members_come_back(grp in 0i64..1 << 18, present in any::<u64>(), wide in any::<bool>(), len in 0usize..100) {
+            let layout = if wide { HEAD } else { ROLLUPS };
+            let mut b = layout.builder();
             let mut want = Vec::new();
-            for m in 0..16 {
+            for m in 0..layout.per() {
                 if present & (1 << m) != 0 {
-                    let id = first_id(grp) + m;
+                    let id = layout.first_id(grp) + m;
                     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                     let bytes: Vec<u8> = (0..len + m as usize).map(|i| (i as u8) ^ (m as u8)).collect();
                     b.push(id, &bytes);
@@ -191,16 +214,17 @@ mod tests {
                 }
             }
             let data = b.finish();
-            let got: Vec<(i64, Vec<u8>)> = members(grp, &data).map(|m| m.map(|(i, s)| (i, s.to_vec()))).collect::<Result<_, _>>().unwrap();
+            let got: Vec<(i64, Vec<u8>)> = layout.members(grp, &data).map(|m| m.map(|(i, s)| (i, s.to_vec()))).collect::<Result<_, _>>().unwrap();
             prop_assert_eq!(&got, &want);
             for (id, bytes) in &want {
-                prop_assert_eq!(find(*id, &data).unwrap(), Some(bytes.as_slice()));
+                prop_assert_eq!(layout.find(*id, &data).unwrap(), Some(bytes.as_slice()));
             }
         }
 
         #[test]
         fn damaged_blocks_are_errors_not_panics(data in prop::collection::vec(any::<u8>(), 0..100), grp in 0i64..100) {
-            let _ = members(grp, &data).count();
+            let _ = HEAD.members(grp, &data).count();
+            let _ = ROLLUPS.members(grp, &data).count();
         }
 
         #[test]
@@ -215,19 +239,21 @@ mod tests {
 
     #[test]
     fn a_cut_block_names_the_member() {
-        let mut b = Builder::default();
+        let mut b = ROLLUPS.builder();
         b.push(32, b"abc");
         b.push(35, b"defg");
         let data = b.finish();
         let all = |d: &[u8]| {
-            members(2, d)
+            ROLLUPS
+                .members(2, d)
                 .map(|m| m.map(|(id, _)| id))
                 .collect::<Result<Vec<_>, _>>()
         };
+        assert_eq!(all(&data), Ok(vec![32, 35]));
         assert_eq!(all(&data[..data.len() - 1]), Err(BlockError::Truncated(3)));
         let mut long = data.clone();
         long.push(0);
         assert_eq!(all(&long), Err(BlockError::Trailing(1)));
-        assert_eq!(all(&[1]), Err(BlockError::Truncated(0)));
+        assert_eq!(all(&[0x80]), Err(BlockError::Truncated(0)));
     }
 }

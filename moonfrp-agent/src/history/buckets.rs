@@ -1,5 +1,5 @@
 //! Rollup buckets on disk: `rollup_blocks`, one row per level, bucket start and group of
-//! [`GROUP`] series ([`super::block`]), each member a [`Bucket`] as [`Bucket::encode`] writes it.
+//! 16 series ([`super::block::ROLLUPS`]), each member a [`Bucket`] as [`Bucket::encode`] writes it.
 //! A bucket's flush writes a sixteenth of the rows one row per series would, appended at the end
 //! of the table (the key begins with the start), and takes about half the bytes.
 //!
@@ -9,7 +9,7 @@
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 
 use super::{
-    block::{self, Builder, GROUP},
+    block::{Builder, ROLLUPS},
     rollup::Bucket,
     schema,
 };
@@ -33,7 +33,7 @@ pub fn write<'a>(
     let mut insert = tx.prepare_cached(
         "INSERT OR REPLACE INTO rollup_blocks (step, start, grp, data) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    let (mut grp, mut builder, mut written) = (None, Builder::default(), 0);
+    let (mut grp, mut builder, mut written) = (None, ROLLUPS.builder(), 0);
     let mut bytes = Vec::with_capacity(64);
     let mut flush = |grp: Option<i64>, b: Builder| -> rusqlite::Result<()> {
         if let Some(g) = grp.filter(|_| !b.is_empty()) {
@@ -42,9 +42,9 @@ pub fn write<'a>(
         Ok(())
     };
     for (id, b, counter) in buckets {
-        let g = block::group(id);
+        let g = ROLLUPS.group(id);
         if grp != Some(g) {
-            flush(grp, std::mem::take(&mut builder))?;
+            flush(grp, std::mem::replace(&mut builder, ROLLUPS.builder()))?;
             grp = Some(g);
         }
         bytes.clear();
@@ -67,13 +67,13 @@ pub fn read(
         conn.prepare_cached(
             "SELECT data FROM rollup_blocks WHERE step = ?1 AND start = ?2 AND grp = ?3",
         )?
-        .query_row(params![step_s, start, block::group(id)], |r| r.get(0))
+        .query_row(params![step_s, start, ROLLUPS.group(id)], |r| r.get(0))
         .optional()?
     } else {
         None
     };
     if let Some(data) = data
-        && let Some(m) = block::find(id, &data).map_err(damaged)?
+        && let Some(m) = ROLLUPS.find(id, &data).map_err(damaged)?
     {
         return Ok(Some(Bucket::decode(m).map_err(damaged)?.0));
     }
@@ -104,7 +104,7 @@ pub fn scan(
         let mut rows = stmt.query(params![step_s, from, to])?;
         while let Some(r) = rows.next()? {
             let (start, grp): (i64, i64) = (r.get(0)?, r.get(1)?);
-            for member in block::members(grp, r.get_ref(2)?.as_blob()?) {
+            for member in ROLLUPS.members(grp, r.get_ref(2)?.as_blob()?) {
                 let (id, m) = member.map_err(damaged)?;
                 let (b, counter) = Bucket::decode(m).map_err(damaged)?;
                 take(start, id, b, counter);
@@ -259,5 +259,3 @@ pub fn all(conn: &Connection) -> rusqlite::Result<Vec<Stored>> {
     out.sort_by_key(|r| (r.0, r.1, r.2));
     Ok(out)
 }
-
-const _: () = assert!(GROUP == 16, "a block's mask has 16 bits");

@@ -54,10 +54,22 @@ impl BitWriter {
         self.used = (self.used + 1) % 8;
     }
 
-    /// The low `n` bits of `v` (n ≤ 64).
+    /// The low `n` bits of `v` (n ≤ 64), a byte's worth at a time.
     fn bits(&mut self, v: u64, n: u8) {
-        for i in (0..n).rev() {
-            self.bit(v >> i & 1 == 1);
+        let mut left = n;
+        while left > 0 {
+            if self.used == 0 {
+                self.bytes.push(0);
+            }
+            let room = 8 - self.used;
+            let take = room.min(left);
+            // The next `take` bits of `v`, placed after the `used` bits of the last byte.
+            let chunk = (v >> (left - take)) & ((1u64 << take) - 1);
+            #[allow(clippy::cast_possible_truncation)]
+            let chunk = (chunk as u8) << (room - take);
+            *self.bytes.last_mut().expect("pushed above") |= chunk;
+            self.used = (self.used + take) % 8;
+            left -= take;
         }
     }
 }
@@ -75,13 +87,23 @@ impl BitReader<'_> {
         Some(b)
     }
 
+    /// The next `n` bits (n ≤ 64), a byte's worth at a time.
     fn bits(&mut self, n: u8) -> Option<u64> {
         if self.pos + usize::from(n) > self.bytes.len() * 8 {
             return None;
         }
         let mut v = 0u64;
-        for _ in 0..n {
-            v = v << 1 | u64::from(self.bit()?);
+        let mut left = n;
+        while left > 0 {
+            let byte = self.bytes[self.pos / 8];
+            #[allow(clippy::cast_possible_truncation)]
+            let offset = (self.pos % 8) as u8;
+            let room = 8 - offset;
+            let take = room.min(left);
+            let chunk = (byte >> (room - take)) & (((1u16 << take) - 1) as u8);
+            v = v << take | u64::from(chunk);
+            self.pos += usize::from(take);
+            left -= take;
         }
         Some(v)
     }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 
 use super::{
-    block::{self, Builder, GROUP, get_varint, put_varint},
+    block::{self, Builder, CHUNKS, HEAD, get_varint, put_varint},
     chunk::{self, Encoder},
     head,
     rollup::Obs,
@@ -28,7 +28,7 @@ use super::{
 pub const WINDOW: i64 = 60;
 
 /// Largest block number (series ids have 24 bits).
-const MAX_GROUP: i64 = block::group(MAX_SERIES);
+const MAX_GROUP: i64 = CHUNKS.group(MAX_SERIES);
 
 /// The rowid of a window's block: window (its first snapshot id) in the high bits, block number
 /// in the low 20. A rowid table appends into full pages; a two-column key would leave them about
@@ -58,11 +58,11 @@ pub fn step(conn: &mut Connection, budget: u64) -> rusqlite::Result<u64> {
             continue;
         };
         let snapshots = (last - first + 1).max(1);
-        // Whole blocks: the slice ends on a group's boundary.
+        // Whole blocks of the head (and so of chunks): the slice ends on a boundary.
         let width = i64::try_from((budget - spent) / snapshots.cast_unsigned())
             .unwrap_or(i64::MAX)
             .clamp(1, MAX_SERIES);
-        let end = block::first_id(block::group(cursor + width + GROUP - 1));
+        let end = HEAD.first_id(HEAD.group(cursor + width + HEAD.per() - 1));
         let end = if end > top { MAX_SERIES + 1 } else { end };
         let tx = conn.transaction()?;
         let rows = slice(&tx, first, last, cursor, end.min(MAX_SERIES + 1))?;
@@ -115,13 +115,13 @@ fn slice(tx: &Transaction<'_>, first: i64, last: i64, lo: i64, hi: i64) -> rusql
     // A slice that begins inside a group (a window a version-3 database left half done) adds
     // to the group's block instead of replacing it.
     let mut kept: Vec<(i64, Vec<u8>)> = Vec::new();
-    if lo % GROUP != 0 {
+    if lo % CHUNKS.per() != 0 {
         let data: Option<Vec<u8>> = tx
             .prepare_cached("SELECT data FROM chunk_blocks WHERE key = ?1")?
-            .query_row([block_key(first, block::group(lo))], |r| r.get(0))
+            .query_row([block_key(first, CHUNKS.group(lo))], |r| r.get(0))
             .optional()?;
         if let Some(data) = data {
-            for member in block::members(block::group(lo), &data) {
+            for member in CHUNKS.members(CHUNKS.group(lo), &data) {
                 let (id, bytes) = member.map_err(damaged_block)?;
                 if id < lo {
                     kept.push((id, bytes.to_vec()));
@@ -136,10 +136,10 @@ fn slice(tx: &Transaction<'_>, first: i64, last: i64, lo: i64, hi: i64) -> rusql
         .chain(open.iter().map(|(id, e)| (*id, member(first, e))))
         .peekable();
     while let Some((id, bytes)) = members.next() {
-        let grp = block::group(id);
-        let mut b = Builder::default();
+        let grp = CHUNKS.group(id);
+        let mut b = CHUNKS.builder();
         b.push(id, &bytes);
-        while let Some((next, bytes)) = members.next_if(|(n, _)| block::group(*n) == grp) {
+        while let Some((next, bytes)) = members.next_if(|(n, _)| CHUNKS.group(*n) == grp) {
             b.push(next, &bytes);
         }
         insert.execute(params![block_key(first, grp), b.finish()])?;
@@ -256,6 +256,7 @@ pub fn series(
         to,
         |s| s == id,
         (id, id),
+        i64::MIN,
         |_, obs| {
             if obs.ts < from {
                 before = Some(obs);
@@ -271,19 +272,29 @@ pub fn series(
 /// (series id, sample): each series' samples come in time order (series are independent of each
 /// other). For rebuilding the rollup buckets in progress after a restart.
 pub fn since(conn: &Connection, from: i64, take: impl FnMut(i64, Obs)) -> rusqlite::Result<()> {
-    chunks_of(conn, from, i64::MAX, |_| true, (0, MAX_SERIES), take)
+    chunks_of(
+        conn,
+        from,
+        i64::MAX,
+        |_| true,
+        (0, MAX_SERIES),
+        i64::MIN,
+        take,
+    )
 }
 
 /// The chunked samples of the windows that end at or after `from` and begin at or before `to`
 /// (whole windows: callers keep what they need), of the series with ids in `span` that `wants`,
 /// a window at a time, as (series id, sample); each series' samples in time order. Chunks of
-/// other series are not decoded.
+/// other series are not decoded, and samples before `keep_from` are not passed on (a window
+/// with none after it is not read).
 pub fn chunks_of(
     conn: &Connection,
     from: i64,
     to: i64,
     wants: impl Fn(i64) -> bool,
     span: (i64, i64),
+    keep_from: i64,
     mut take: impl FnMut(i64, Obs),
 ) -> rusqlite::Result<()> {
     if !schema::has_blocks(conn)? {
@@ -301,23 +312,30 @@ pub fn chunks_of(
         conn.prepare_cached("SELECT key & ?3, data FROM chunk_blocks WHERE key BETWEEN ?1 AND ?2")?;
     for (first, last) in windows {
         let times = snapshot_times(conn, first, last)?;
+        let kept = times.partition_point(|t| t.1 < keep_from);
+        let Some(&(first_kept, ..)) = times.get(kept) else {
+            continue;
+        };
         let mut rows = stmt.query(params![
-            block_key(first, block::group(span.0)),
-            block_key(first, block::group(span.1)),
+            block_key(first, CHUNKS.group(span.0)),
+            block_key(first, CHUNKS.group(span.1)),
             MAX_GROUP
         ])?;
         while let Some(r) = rows.next()? {
             let grp: i64 = r.get(0)?;
-            for member in block::members(grp, r.get_ref(1)?.as_blob()?) {
+            for member in CHUNKS.members(grp, r.get_ref(1)?.as_blob()?) {
                 let (series, bytes) = member.map_err(damaged_block)?;
                 if series < span.0 || series > span.1 || !wants(series) {
                     continue;
                 }
                 for (snapshot, value) in decode_member(first, bytes)? {
-                    let Ok(i) = times.binary_search_by_key(&snapshot, |t| t.0) else {
+                    if snapshot < first_kept {
+                        continue;
+                    }
+                    let Ok(i) = times[kept..].binary_search_by_key(&snapshot, |t| t.0) else {
                         continue;
                     };
-                    let (_, ts, run, run_start) = times[i];
+                    let (_, ts, run, run_start) = times[kept + i];
                     take(
                         series,
                         Obs {
@@ -359,7 +377,7 @@ pub fn snapshot(conn: &Connection, snapshot: i64) -> rusqlite::Result<Vec<(i64, 
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let grp: i64 = r.get(0)?;
-        for member in block::members(grp, r.get_ref(1)?.as_blob()?) {
+        for member in CHUNKS.members(grp, r.get_ref(1)?.as_blob()?) {
             let (series, bytes) = member.map_err(damaged_block)?;
             let samples = decode_member(window, bytes)?;
             if let Ok(i) = samples.binary_search_by_key(&snapshot, |s| s.0) {
@@ -409,7 +427,7 @@ pub fn convert_chunks(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     while let Some(r) = rows.next()? {
         let (window, id, first, count): (i64, i64, i64, i64) =
             (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-        let key = (window, block::group(id));
+        let key = (window, CHUNKS.group(id));
         if open.as_ref().is_some_and(|o| (o.0, o.1) != key) {
             let (w, g, b) = open.take().expect("checked above");
             insert.execute(params![block_key(w, g), b.finish()])?;
@@ -418,7 +436,7 @@ pub fn convert_chunks(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         put_varint(&mut bytes, (first - window).cast_unsigned());
         put_varint(&mut bytes, count.cast_unsigned());
         bytes.extend_from_slice(r.get_ref(4)?.as_blob()?);
-        open.get_or_insert_with(|| (key.0, key.1, Builder::default()))
+        open.get_or_insert_with(|| (key.0, key.1, CHUNKS.builder()))
             .2
             .push(id, &bytes);
     }

@@ -1,5 +1,5 @@
 //! The head: raw samples of the recent snapshots, not yet in chunks. One row per snapshot and
-//! block of [`GROUP`] series (`head_blocks`, key = snapshot id << 20 | block), each member one
+//! block of 64 series ([`block::HEAD`]) (`head_blocks`, key = snapshot id << 20 | block), each member one
 //! value: an integer (byte and packet counters, most gauges) as a zigzag varint, anything else
 //! as its 8 bytes — exact bit for bit, -0.0 included. A snapshot is a sixteenth of the rows a
 //! row per sample took, and about half the bytes.
@@ -10,14 +10,14 @@
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 
 use super::{
-    block::{self, Builder, GROUP, get_varint, put_varint},
+    block::{self, HEAD, get_varint, put_varint},
     chunk::{integral, unzigzag, zigzag},
     schema,
     store::{MAX_SERIES, sample_key},
 };
 
 /// Largest block number (series ids have 24 bits).
-const MAX_GROUP: i64 = block::group(MAX_SERIES);
+const MAX_GROUP: i64 = HEAD.group(MAX_SERIES);
 
 /// The rowid of snapshot `snapshot`'s block `grp`.
 pub const fn key(snapshot: i64, grp: i64) -> i64 {
@@ -70,12 +70,12 @@ pub fn write(tx: &Transaction<'_>, snapshot: i64, samples: &[(i64, f64)]) -> rus
     let mut value = Vec::with_capacity(9);
     let mut rest = samples;
     while let Some(&(first, _)) = rest.first() {
-        let grp = block::group(first);
+        let grp = HEAD.group(first);
         let n = rest
             .iter()
-            .position(|(id, _)| block::group(*id) != grp)
+            .position(|(id, _)| HEAD.group(*id) != grp)
             .unwrap_or(rest.len());
-        let mut b = Builder::default();
+        let mut b = HEAD.builder();
         for (id, v) in &rest[..n] {
             value.clear();
             encode(*v, &mut value);
@@ -118,13 +118,13 @@ impl<'c> Reader<'c> {
                 "SELECT key & ?3, data FROM head_blocks WHERE key BETWEEN ?1 AND ?2",
             )?;
             let mut rows = stmt.query(params![
-                key(snapshot, block::group(lo)),
-                key(snapshot, block::group(hi)),
+                key(snapshot, HEAD.group(lo)),
+                key(snapshot, HEAD.group(hi)),
                 MAX_GROUP
             ])?;
             while let Some(r) = rows.next()? {
                 let grp: i64 = r.get(0)?;
-                for member in block::members(grp, r.get_ref(1)?.as_blob()?) {
+                for member in HEAD.members(grp, r.get_ref(1)?.as_blob()?) {
                     let (id, bytes) = member.map_err(damaged_block)?;
                     if (lo..=hi).contains(&id) {
                         take(id, decode(bytes)?);
@@ -154,10 +154,10 @@ impl<'c> Reader<'c> {
             let data: Option<Vec<u8>> = self
                 .conn
                 .prepare_cached("SELECT data FROM head_blocks WHERE key = ?1")?
-                .query_row([key(snapshot, block::group(id))], |r| r.get(0))
+                .query_row([key(snapshot, HEAD.group(id))], |r| r.get(0))
                 .optional()?;
             if let Some(data) = data
-                && let Some(bytes) = block::find(id, &data).map_err(damaged_block)?
+                && let Some(bytes) = HEAD.find(id, &data).map_err(damaged_block)?
             {
                 return decode(bytes).map(Some);
             }
@@ -175,8 +175,8 @@ impl<'c> Reader<'c> {
 /// Deletes the raw samples of snapshot `snapshot` with series ids in `lo..hi`; a block that
 /// also holds series outside the range keeps those.
 pub fn delete(tx: &Transaction<'_>, snapshot: i64, lo: i64, hi: i64) -> rusqlite::Result<()> {
-    let (first, last) = (block::group(lo), block::group(hi - 1));
-    let inside = |grp: i64| block::first_id(grp) >= lo && block::first_id(grp) + GROUP <= hi;
+    let (first, last) = (HEAD.group(lo), HEAD.group(hi - 1));
+    let inside = |grp: i64| HEAD.first_id(grp) >= lo && HEAD.first_id(grp) + HEAD.per() <= hi;
     let edges = if first == last {
         [Some(first), None]
     } else {
@@ -188,8 +188,8 @@ pub fn delete(tx: &Transaction<'_>, snapshot: i64, lo: i64, hi: i64) -> rusqlite
             .query_row([key(snapshot, grp)], |r| r.get(0))
             .optional()?;
         let Some(data) = data else { continue };
-        let mut kept = Builder::default();
-        for member in block::members(grp, &data) {
+        let mut kept = HEAD.builder();
+        for member in HEAD.members(grp, &data) {
             let (id, bytes) = member.map_err(damaged_block)?;
             if !(lo..hi).contains(&id) {
                 kept.push(id, bytes);
@@ -204,7 +204,7 @@ pub fn delete(tx: &Transaction<'_>, snapshot: i64, lo: i64, hi: i64) -> rusqlite
         }
     }
     // The blocks wholly inside the range.
-    let (from, to) = (block::group(lo + GROUP - 1), block::group(hi) - 1);
+    let (from, to) = (HEAD.group(lo + HEAD.per() - 1), HEAD.group(hi) - 1);
     if from <= to {
         tx.prepare_cached("DELETE FROM head_blocks WHERE key BETWEEN ?1 AND ?2")?
             .execute([key(snapshot, from), key(snapshot, to)])?;

@@ -319,7 +319,7 @@ pub fn run(
     let mut bulk = match source {
         Source::Raw => {
             let ids: Vec<i64> = matching.iter().map(|s| s.id).collect();
-            bulk(conn, &ids, req.from, req.to)?
+            bulk(conn, &ids, req.from, req.to, req.rate)?
         }
         Source::Rollup(_) => None,
     };
@@ -536,15 +536,23 @@ type ById = std::collections::HashMap<i64, Raw, foldhash::fast::RandomState>;
 /// The stored samples of many series over a range at once: one range scan per snapshot of the
 /// raw head over the series' span of ids, and the chunks of each window the range touches read
 /// once, instead of lookups per series and snapshot. `None` for a few series (the per-series
-/// path is as good). The sample before `from` comes from the snapshot before it; a series
-/// missing there gets it the per-series way. Answers are the per-series path's (tested).
-fn bulk(conn: &Connection, ids: &[i64], from: i64, to: i64) -> rusqlite::Result<Option<ById>> {
-    let (Some(&lo), Some(&hi)) = (ids.iter().min(), ids.iter().max()) else {
-        return Ok(None);
-    };
+/// path is as good). The sample before `from` (wanted with `need_before`, for rates) comes from
+/// the snapshot before it; a series missing there gets it the per-series way. Answers are the
+/// per-series path's (tested).
+fn bulk(
+    conn: &Connection,
+    ids: &[i64],
+    from: i64,
+    to: i64,
+    need_before: bool,
+) -> rusqlite::Result<Option<ById>> {
     if ids.len() < 8 {
         return Ok(None);
     }
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let (lo, hi) = (sorted[0], sorted[sorted.len() - 1]);
     let snapshot = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, i64, i64, i64)> {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
     };
@@ -562,36 +570,45 @@ fn bulk(conn: &Connection, ids: &[i64], from: i64, to: i64) -> rusqlite::Result<
         )?
         .query_map(params![from, to], snapshot)?
         .collect::<rusqlite::Result<_>>()?;
-    let mut out: ById = ids.iter().map(|id| (*id, (None, Vec::new()))).collect();
-    // Compressed windows first (older than any raw row of a series).
-    let since = previous.map_or(from, |p| p.1);
-    let wanted: std::collections::HashSet<i64, foldhash::fast::RandomState> =
-        ids.iter().copied().collect();
+    // Per series (in `sorted` order): the sample before `from`, and those inside.
+    let mut out: Vec<Raw> = sorted
+        .iter()
+        .map(|_| (None, Vec::with_capacity(inside.len())))
+        .collect();
+    // Compressed windows first (older than any raw row of a series); the window before `from`
+    // only for a sample before it that is not in the head.
+    let head_from = super::compact::head_from(conn)?;
+    let since = match previous {
+        Some(p) if need_before && p.0 < head_from => p.1,
+        _ => from,
+    };
+    let mut at = Cursor::default();
     super::compact::chunks_of(
         conn,
         since,
         to,
-        |id| wanted.contains(&id),
+        |id| sorted.binary_search(&id).is_ok(),
         (lo, hi),
+        since,
         |series, obs| {
-            if let Some(entry) = out.get_mut(&series) {
+            if let Some(i) = at.find(&sorted, series) {
                 if obs.ts < from {
-                    entry.0 = Some(obs);
+                    out[i].0 = Some(obs);
                 } else if obs.ts <= to {
-                    entry.1.push(obs);
+                    out[i].1.push(obs);
                 }
             }
         },
     )?;
-    let head_from = super::compact::head_from(conn)?;
     let head = super::head::Reader::new(conn)?;
-    for (i, (sn, ts, run, run_start)) in previous.iter().chain(&inside).enumerate() {
+    for (n, (sn, ts, run, run_start)) in previous.iter().chain(&inside).enumerate() {
         if *sn < head_from {
             continue;
         }
-        let is_before = previous.is_some() && i == 0;
+        let is_before = previous.is_some() && n == 0;
+        let mut at = Cursor::default();
         head.read(*sn, lo, hi, |series, value| {
-            let Some(entry) = out.get_mut(&series) else {
+            let Some(i) = at.find(&sorted, series) else {
                 return;
             };
             let obs = Obs {
@@ -601,19 +618,39 @@ fn bulk(conn: &Connection, ids: &[i64], from: i64, to: i64) -> rusqlite::Result<
                 run_start: *run_start,
             };
             if is_before {
-                entry.0 = Some(obs);
+                out[i].0 = Some(obs);
             } else {
-                entry.1.push(obs);
+                out[i].1.push(obs);
             }
         })?;
     }
-    for (id, entry) in &mut out {
+    let mut by_id = ById::default();
+    for (id, mut entry) in sorted.into_iter().zip(out) {
         entry.1.sort_by_key(|o| o.ts);
-        if entry.0.is_none() {
-            entry.0 = raw_series(conn, *id, from, from - 1)?.0;
+        if need_before && entry.0.is_none() {
+            entry.0 = raw_series(conn, id, from, from - 1)?.0;
         }
+        by_id.insert(id, entry);
     }
-    Ok(Some(out))
+    Ok(Some(by_id))
+}
+
+/// Finds ids in a sorted list when they mostly come in increasing order (a block's members,
+/// one snapshot after another): a step forward from the last one found, else a binary search.
+#[derive(Default)]
+struct Cursor(usize);
+
+impl Cursor {
+    fn find(&mut self, sorted: &[i64], id: i64) -> Option<usize> {
+        match sorted.get(self.0) {
+            Some(&x) if x == id => {}
+            Some(&x) if x < id && sorted.get(self.0 + 1).is_some_and(|&y| y >= id) => {
+                self.0 += 1;
+            }
+            _ => self.0 = sorted.partition_point(|&x| x < id),
+        }
+        (sorted.get(self.0) == Some(&id)).then_some(self.0)
+    }
 }
 
 fn raw_points(raw: Raw, req: &Request, counter: bool, step: Option<i64>) -> Vec<(f64, f64)> {

@@ -89,20 +89,20 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX chunks_window ON chunks(window_id);
     ",
-    // 4: blocks (`history::block`): the head, chunks and rollup buckets of 16 series with
-    // neighbouring ids per row. The chunks of version 3 are moved into blocks by `compact::convert_chunks` in
+    // 4: blocks (`history::block`): the head and chunks of 64 series, rollup buckets of 16,
+    // with neighbouring ids per row. The chunks of version 3 are moved into blocks by `compact::convert_chunks` in
     // this migration's transaction (version 3 keeps at most a day of them); rows of `rollups`
     // are read in place and moved a bucket at a time while the agent runs
     // (`buckets::convert`).
     "
     -- key = window_id << 20 | grp: the window (windows.first) and the block (series ids
-    -- grp * 16 .. grp * 16 + 15), one rowid so that compaction appends into full pages.
+    -- grp * 64 .. grp * 64 + 63), one rowid so that compaction appends into full pages.
     CREATE TABLE chunk_blocks (
         key INTEGER PRIMARY KEY,
         data BLOB NOT NULL
     );
     -- The head (`history::head`): key = snapshot id << 20 | grp, the raw values of one
-    -- snapshot's block of 16 series. `samples` keeps what an earlier version wrote until it is
+    -- snapshot's block of 64 series. `samples` keeps what an earlier version wrote until it is
     -- compacted; the `history` view over it goes (`moonfrp-agent history --csv` reads any
     -- range, compressed or raw).
     CREATE TABLE head_blocks (
@@ -113,7 +113,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE rollup_blocks (
         step INTEGER NOT NULL,         -- bucket width, seconds
         start INTEGER NOT NULL,        -- bucket start, Unix ms
-        grp INTEGER NOT NULL,
+        grp INTEGER NOT NULL,          -- series ids grp * 16 .. grp * 16 + 15
         data BLOB NOT NULL,
         PRIMARY KEY (step, start, grp)
     ) WITHOUT ROWID;

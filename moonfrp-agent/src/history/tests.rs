@@ -173,7 +173,8 @@ fn head_count(conn: &rusqlite::Connection) -> i64 {
         .unwrap();
     rows.map(|r| {
         let (grp, data) = r.unwrap();
-        super::block::members(grp, &data)
+        super::block::HEAD
+            .members(grp, &data)
             .map(Result::unwrap)
             .count() as i64
     })
@@ -192,7 +193,8 @@ fn chunk_count(conn: &rusqlite::Connection, filter: &str) -> i64 {
         .unwrap();
     rows.map(|r| {
         let (grp, data) = r.unwrap();
-        super::block::members(grp, &data)
+        super::block::CHUNKS
+            .members(grp, &data)
             .map(Result::unwrap)
             .count() as i64
     })
@@ -964,7 +966,7 @@ fn chunks_of_version_3_are_moved_into_blocks() {
             .collect();
         assert!(!blocks.is_empty());
         for (window, grp, data) in blocks {
-            for (id, m) in super::block::members(grp, &data).map(Result::unwrap) {
+            for (id, m) in super::block::CHUNKS.members(grp, &data).map(Result::unwrap) {
                 let mut pos = 0;
                 let offset = super::block::get_varint(m, &mut pos).unwrap();
                 let count = super::block::get_varint(m, &mut pos).unwrap();
@@ -990,7 +992,7 @@ fn chunks_of_version_3_are_moved_into_blocks() {
             .map(Result::unwrap)
             .collect();
         for (snapshot, grp, data) in heads {
-            for (id, _) in super::block::members(grp, &data).map(Result::unwrap) {
+            for (id, _) in super::block::HEAD.members(grp, &data).map(Result::unwrap) {
                 let value = super::head::Reader::new(&rw)
                     .unwrap()
                     .value(snapshot, id)
