@@ -268,6 +268,7 @@ pub fn known_metrics(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 }
 
 /// Where the data for a range lives.
+#[derive(Clone, Copy)]
 enum Source<'a> {
     Raw,
     Rollup(&'a Level),
@@ -316,23 +317,39 @@ pub fn run(
         series: Vec::new(),
     };
     let matching = matching_series(conn, req)?;
-    let mut bulk = match source {
-        Source::Raw => {
-            let ids: Vec<i64> = matching.iter().map(|s| s.id).collect();
-            bulk(conn, &ids, req.from, req.to, req.rate)?
-        }
-        Source::Rollup(_) => None,
-    };
-    for s in matching {
-        let buckets_or_points = match source {
-            Source::Raw => {
-                let raw = match bulk.as_mut().and_then(|b| b.remove(&s.id)) {
-                    Some(raw) => raw,
-                    None => raw_series(conn, s.id, req.from, req.to)?,
-                };
-                raw_points(raw, req, counter, step)
+    // Raw points are read a batch of series at a time, in id order (neighbours share blocks):
+    // what is held while reading is a batch's samples, not every series' over the whole range.
+    let mut raw: Vec<Option<Vec<(f64, f64)>>> = vec![None; matching.len()];
+    if matches!(source, Source::Raw) {
+        let mut order: Vec<usize> = (0..matching.len()).collect();
+        order.sort_unstable_by_key(|&i| matching[i].id);
+        // Cut between blocks of the head, so that no block is read twice.
+        let block = |n: usize| super::block::HEAD.group(matching[order[n]].id);
+        let mut cuts = vec![0];
+        for n in 1..order.len() {
+            if n - cuts[cuts.len() - 1] >= BULK_BATCH && block(n) != block(n - 1) {
+                cuts.push(n);
             }
-            Source::Rollup(level) => rollup_points(conn, s.id, level, req, counter, step)?,
+        }
+        cuts.push(order.len());
+        let range = Range::read(conn, req.from, req.to)?;
+        for batch in cuts.windows(2).map(|w| &order[w[0]..w[1]]) {
+            let ids: Vec<i64> = batch.iter().map(|&i| matching[i].id).collect();
+            let mut read = bulk(conn, &range, &ids, req.rate)?;
+            for &i in batch {
+                let id = matching[i].id;
+                let points = match read.as_mut().and_then(|b| b.remove(&id)) {
+                    Some(points) => points,
+                    None => raw_series(conn, id, req.from, req.to)?,
+                };
+                raw[i] = Some(raw_points(points, req, counter, step));
+            }
+        }
+    }
+    for (s, points) in matching.into_iter().zip(raw) {
+        let buckets_or_points = match (source, points) {
+            (Source::Rollup(level), _) => rollup_points(conn, s.id, level, req, counter, step)?,
+            (Source::Raw, points) => points.unwrap_or_default(),
         };
         out.series.push(SeriesOut {
             metric: req.metric.clone(),
@@ -344,6 +361,9 @@ pub fn run(
     }
     Ok(out)
 }
+
+/// Series read at once by a query over raw samples.
+const BULK_BATCH: usize = 512;
 
 /// The request with `from` moved up to the oldest stored snapshot when nothing older exists
 /// in any rollup level (a database younger than the range asked for, e.g. `since=25h` or
@@ -541,9 +561,8 @@ type ById = std::collections::HashMap<i64, Raw, foldhash::fast::RandomState>;
 /// per-series path's (tested).
 fn bulk(
     conn: &Connection,
+    range: &Range,
     ids: &[i64],
-    from: i64,
-    to: i64,
     need_before: bool,
 ) -> rusqlite::Result<Option<ById>> {
     if ids.len() < 8 {
@@ -553,23 +572,13 @@ fn bulk(
     sorted.sort_unstable();
     sorted.dedup();
     let (lo, hi) = (sorted[0], sorted[sorted.len() - 1]);
-    let snapshot = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, i64, i64, i64)> {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-    };
-    let previous = conn
-        .prepare_cached(
-            "SELECT sn.id, sn.ts, sn.run_id, r.started_at FROM snapshots sn
-             JOIN runs r ON r.id = sn.run_id WHERE sn.ts < ?1 ORDER BY sn.ts DESC LIMIT 1",
-        )?
-        .query_row([from], snapshot)
-        .optional()?;
-    let inside: Vec<(i64, i64, i64, i64)> = conn
-        .prepare_cached(
-            "SELECT sn.id, sn.ts, sn.run_id, r.started_at FROM snapshots sn
-             JOIN runs r ON r.id = sn.run_id WHERE sn.ts BETWEEN ?1 AND ?2 ORDER BY sn.ts, sn.id",
-        )?
-        .query_map(params![from, to], snapshot)?
-        .collect::<rusqlite::Result<_>>()?;
+    let Range {
+        from,
+        to,
+        previous,
+        ref inside,
+        head_from,
+    } = *range;
     // Per series (in `sorted` order): the sample before `from`, and those inside.
     let mut out: Vec<Raw> = sorted
         .iter()
@@ -577,7 +586,6 @@ fn bulk(
         .collect();
     // Compressed windows first (older than any raw row of a series); the window before `from`
     // only for a sample before it that is not in the head.
-    let head_from = super::compact::head_from(conn)?;
     let since = match previous {
         Some(p) if need_before && p.0 < head_from => p.1,
         _ => from,
@@ -601,7 +609,7 @@ fn bulk(
         },
     )?;
     let head = super::head::Reader::new(conn)?;
-    for (n, (sn, ts, run, run_start)) in previous.iter().chain(&inside).enumerate() {
+    for (n, (sn, ts, run, run_start)) in previous.iter().chain(inside).enumerate() {
         if *sn < head_from {
             continue;
         }
@@ -633,6 +641,49 @@ fn bulk(
         by_id.insert(id, entry);
     }
     Ok(Some(by_id))
+}
+
+/// A snapshot: id, time, run, run start.
+type Snap = (i64, i64, i64, i64);
+
+/// The snapshots of a query's range, read once for all its batches of series: the one before
+/// it, those inside, and the first that may have raw samples.
+struct Range {
+    from: i64,
+    to: i64,
+    previous: Option<Snap>,
+    inside: Vec<Snap>,
+    head_from: i64,
+}
+
+impl Range {
+    fn read(conn: &Connection, from: i64, to: i64) -> rusqlite::Result<Self> {
+        let snapshot = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Snap> {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        };
+        let previous = conn
+            .prepare_cached(
+                "SELECT sn.id, sn.ts, sn.run_id, r.started_at FROM snapshots sn
+                 JOIN runs r ON r.id = sn.run_id WHERE sn.ts < ?1 ORDER BY sn.ts DESC LIMIT 1",
+            )?
+            .query_row([from], snapshot)
+            .optional()?;
+        let inside = conn
+            .prepare_cached(
+                "SELECT sn.id, sn.ts, sn.run_id, r.started_at FROM snapshots sn
+                 JOIN runs r ON r.id = sn.run_id WHERE sn.ts BETWEEN ?1 AND ?2
+                 ORDER BY sn.ts, sn.id",
+            )?
+            .query_map(params![from, to], snapshot)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Self {
+            from,
+            to,
+            previous,
+            inside,
+            head_from: super::compact::head_from(conn)?,
+        })
+    }
 }
 
 /// Finds ids in a sorted list when they mostly come in increasing order (a block's members,
