@@ -77,7 +77,7 @@ pub fn read(
     {
         return Ok(Some(Bucket::decode(m).map_err(damaged)?.0));
     }
-    if !has_legacy(conn)? {
+    if !schema::has_legacy_rows(conn, "rollups")? {
         return Ok(None);
     }
     conn.prepare_cached(
@@ -111,7 +111,7 @@ pub fn scan(
             }
         }
     }
-    if has_legacy(conn)? {
+    if schema::has_legacy_rows(conn, "rollups")? {
         let mut stmt = conn.prepare_cached(
             "SELECT series_id, samples, points, min, max, mean, last, increase, seconds, start
              FROM rollups WHERE step = ?1 AND start >= ?2 AND start < ?3",
@@ -166,15 +166,6 @@ pub fn prune(tx: &Transaction<'_>, step_s: i64, before: i64, limit: i64) -> rusq
     Ok(pruned)
 }
 
-/// Rows in `rollups` (a database of an earlier version) are still to be converted.
-fn has_legacy(conn: &Connection) -> rusqlite::Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM rollups LIMIT 1")?
-        .query_row([], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
 /// A row of `rollups`: `series_id, samples, points, min, max, mean, last, increase, seconds`.
 /// Its mean times its points stands for the sum (the row kept no more).
 fn legacy_bucket(r: &rusqlite::Row<'_>) -> rusqlite::Result<Bucket> {
@@ -196,7 +187,7 @@ fn legacy_bucket(r: &rusqlite::Row<'_>) -> rusqlite::Result<Bucket> {
 /// `rollups` into blocks until about `budget` rows have moved; returns the rows moved.
 pub fn convert(conn: &mut Connection, budget: u64) -> rusqlite::Result<u64> {
     let mut moved = 0;
-    while moved < budget && has_legacy(conn)? {
+    while moved < budget && schema::has_legacy_rows(conn, "rollups")? {
         let (step, start): (i64, i64) = conn.query_row(
             "SELECT step, start FROM rollups ORDER BY step, start LIMIT 1",
             [],

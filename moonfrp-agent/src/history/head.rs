@@ -100,7 +100,7 @@ impl<'c> Reader<'c> {
         Ok(Self {
             conn,
             blocks: schema::has_blocks(conn)?,
-            legacy: has_legacy(conn)?,
+            legacy: schema::has_legacy_rows(conn, "samples")?,
         })
     }
 
@@ -223,15 +223,6 @@ pub fn delete_snapshot(tx: &Transaction<'_>, snapshot: i64) -> rusqlite::Result<
         .prepare_cached("DELETE FROM samples WHERE key BETWEEN ?1 AND ?2")?
         .execute([sample_key(snapshot, 0), sample_key(snapshot, MAX_SERIES)])?;
     Ok((blocks + rows) as u64)
-}
-
-/// Rows in `samples` (an earlier version's head) are left.
-fn has_legacy(conn: &Connection) -> rusqlite::Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM samples LIMIT 1")?
-        .query_row([], |_| Ok(()))
-        .optional()?
-        .is_some())
 }
 
 #[cfg(test)]

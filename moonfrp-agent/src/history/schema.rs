@@ -142,6 +142,17 @@ pub fn has_blocks(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(version >= 4)
 }
 
+/// True if `table` of an earlier version (`samples`, `rollups`) still holds rows to move into
+/// blocks.
+pub fn has_legacy_rows(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    use rusqlite::OptionalExtension as _;
+    Ok(conn
+        .prepare_cached(&format!("SELECT 1 FROM {table} LIMIT 1"))?
+        .query_row([], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 /// Brings the schema up to [`VERSION`].
 pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
     let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;

@@ -163,29 +163,17 @@ fn connect(dir: &tempfile::TempDir) -> rusqlite::Connection {
     open_read_only(&dir.path().join(super::FILE_NAME)).unwrap()
 }
 
-/// Raw samples in the head (members of `head_blocks`).
-fn head_count(conn: &rusqlite::Connection) -> i64 {
-    let mut stmt = conn
-        .prepare("SELECT key & 1048575, data FROM head_blocks")
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
-        .unwrap();
-    rows.map(|r| {
-        let (grp, data) = r.unwrap();
+/// Members of the blocks of `table` (rows that match `filter`): raw samples in the head,
+/// chunks in `chunk_blocks`.
+fn members_of(conn: &rusqlite::Connection, table: &str, filter: &str) -> i64 {
+    let layout = if table == "head_blocks" {
         super::block::HEAD
-            .members(grp, &data)
-            .map(Result::unwrap)
-            .count() as i64
-    })
-    .sum()
-}
-
-/// Chunks stored (members of `chunk_blocks` rows that match `filter`).
-fn chunk_count(conn: &rusqlite::Connection, filter: &str) -> i64 {
+    } else {
+        super::block::CHUNKS
+    };
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT key & 1048575, data FROM chunk_blocks WHERE {filter}"
+            "SELECT key & 1048575, data FROM {table} WHERE {filter}"
         ))
         .unwrap();
     let rows = stmt
@@ -193,12 +181,17 @@ fn chunk_count(conn: &rusqlite::Connection, filter: &str) -> i64 {
         .unwrap();
     rows.map(|r| {
         let (grp, data) = r.unwrap();
-        super::block::CHUNKS
-            .members(grp, &data)
-            .map(Result::unwrap)
-            .count() as i64
+        layout.members(grp, &data).map(Result::unwrap).count() as i64
     })
     .sum()
+}
+
+fn head_count(conn: &rusqlite::Connection) -> i64 {
+    members_of(conn, "head_blocks", "1")
+}
+
+fn chunk_count(conn: &rusqlite::Connection, filter: &str) -> i64 {
+    members_of(conn, "chunk_blocks", filter)
 }
 
 #[test]
