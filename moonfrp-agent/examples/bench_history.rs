@@ -168,7 +168,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         query::run(&conn, &settings, &one(true), now).expect("query");
     });
     let api = moonfrp_agent::api::HistoryApi::new(db.clone(), settings.clone());
-    let summary_ms = timed(5, || {
+    let summary_ms = timed(21, || {
         let a = moonfrp_agent::api::history::summary(Some(&api));
         assert_eq!(a.status, 200, "{}", a.body);
     });

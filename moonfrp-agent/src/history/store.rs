@@ -151,6 +151,8 @@ struct Checkpointer {
 impl Checkpointer {
     fn start(path: &Path) -> rusqlite::Result<Self> {
         let conn = connect(path)?;
+        // A checkpoint copies pages through the pager: a small cache is enough.
+        conn.pragma_update(None, "cache_size", -128)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("moonfrp-checkpoint".into())
@@ -193,6 +195,8 @@ pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(2))?;
+    // The API keeps one of these between queries: 1 MiB of page cache, not SQLite's 2.
+    conn.pragma_update(None, "cache_size", -1024)?;
     Ok(conn)
 }
 
