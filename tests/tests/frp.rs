@@ -63,13 +63,18 @@ fn up(m: &Metrics, tunnel: &str, port: u16) -> Option<f64> {
 
 #[test]
 fn tunnels_are_discovered_counted_and_judged() {
-    let (bind, r_ssh, r_dns, l_ssh, l_extra) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
+    // What frps and frpc would have open on this host, bound before anything else runs (a port
+    // found free and bound later can be taken in between).
+    let transport = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let dns = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let service = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port_of = |a: std::io::Result<std::net::SocketAddr>| a.unwrap().port();
+    let (bind, r_dns, l_ssh) = (
+        port_of(transport.local_addr()),
+        port_of(dns.local_addr()),
+        port_of(service.local_addr()),
     );
+    let (r_ssh, l_extra) = (free_port(), free_port());
     let frps = FakeHttp::start("admin", FRPS_PASSWORD);
     let frpc_api = FakeHttp::start("admin", FRPC_PASSWORD);
     frps.set("/api/proxy/tcp", 200, v1_tcp(r_ssh, true));
@@ -79,11 +84,6 @@ fn tunnels_are_discovered_counted_and_judged() {
         frps.set(&format!("/api/proxy/{kind}"), 200, r#"{"proxies":[]}"#);
     }
     frpc_api.set("/api/status", 200, r#"{"tcp":[{"name":"ssh","type":"tcp","status":"running","err":"","local_addr":"127.0.0.1:22","plugin":"","remote_addr":""}]}"#);
-
-    // What frps and frpc would have open on this host.
-    let _transport = TcpListener::bind((Ipv4Addr::LOCALHOST, bind)).unwrap();
-    let _dns = UdpSocket::bind((Ipv4Addr::LOCALHOST, r_dns)).unwrap();
-    let _service = TcpListener::bind((Ipv4Addr::LOCALHOST, l_ssh)).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let frp_dir = dir.path().join("frp");
