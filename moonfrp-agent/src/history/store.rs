@@ -383,8 +383,12 @@ impl Store {
         let run = conn.last_insert_rowid();
         // Checkpoints run on their own thread: the writer's commits never copy the WAL back
         // nor wait for its fsync.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = Checkpointer::start(&path)?;
+        if checkpointer.thread.is_some() {
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        } else {
+            tracing::warn!("history: no checkpoint thread; SQLite checkpoints inside writes");
+        }
         let mut store = Self {
             checkpointer,
             level_start: vec![None; settings.levels.len()],
