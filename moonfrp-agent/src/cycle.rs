@@ -387,7 +387,7 @@ impl Cycle {
             })
             .ok();
         self.seq += 1;
-        Snapshot {
+        let snapshot = Snapshot {
             seq: self.seq,
             taken_at: SystemTime::now(),
             build_duration: started.elapsed(),
@@ -407,9 +407,14 @@ impl Cycle {
                 errors: self.errors.clone(),
                 collectors: runs,
                 bpf: self.kernel.program_stats(),
+                bpf_stats_on: self.kernel.stats_seconds_on(),
                 maps: self.maps.clone(),
             },
-        }
+        };
+        // The statistics window opens after the snapshot has read the totals: the next snapshot
+        // sees it closed.
+        self.kernel.sample_stats();
+        snapshot
     }
 
     /// Health of every watched tunnel (filled into its meta) and of the portless FRP ones.

@@ -63,6 +63,9 @@ pub struct AgentSample {
     pub collectors: Vec<CollectorRun>,
     /// Run-time statistics of each attached program (when kernel statistics are on).
     pub bpf: Vec<ProgramStats>,
+    /// How long the kernel's statistics have been on (`None` when they are not kept): `bpf`
+    /// grows only then (see [`crate::ebpf::stats`]).
+    pub bpf_stats_on: Option<Duration>,
     /// Maps and their capacity (max entries).
     pub maps: Vec<(&'static str, u32)>,
 }

@@ -3,6 +3,7 @@
 //!
 //! Run through `cargo xtask test` (root): it builds the agent and sets `MOONFRP_AGENT_BIN`.
 mod agent;
+pub mod bpf;
 pub mod fake_http;
 pub mod grafana;
 pub mod hostile_http;
@@ -196,10 +197,12 @@ pub fn send_tcp(port: u16, bytes: usize) {
     assert_eq!(server.join().unwrap(), bytes);
 }
 
-/// Host-wide TCP `RetransSegs` (from /proc/net/snmp): if it did not move, no segment on
-/// loopback was retransmitted, by our sockets or by their peers.
+/// TCP `RetransSegs` of the calling thread's network namespace (from its net/snmp; the host's
+/// for every thread but those a test moved): if it did not move, no segment on loopback was
+/// retransmitted, by our sockets or by their peers.
 pub fn host_retrans_segs() -> u64 {
-    let snmp = std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");
+    let path = "/proc/thread-self/net/snmp";
+    let snmp = std::fs::read_to_string(path).expect(path);
     let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
     let (head, vals) = (tcp.next().unwrap(), tcp.next().unwrap());
     let i = head

@@ -104,7 +104,8 @@ fn collectors_agree_with_the_kernel() {
         ],
         1.0,
     );
-    // Runs of the attached programs are counted (statistics are on while the agent runs).
+    // Runs of the attached programs are counted (statistics are sampled: 1 s windows after each
+    // collection, which at a 1 s interval leave them on nearly all the time).
     assert!(
         m.get(
             "moonfrp_agent_bpf_runs_total",

@@ -1,8 +1,11 @@
 //! `[kernel]`: the sizes of the kernel tables, fixed when the programs are loaded.
+use std::time::Duration;
+
 use moonfrp_common::{DEFAULT_PEERS, DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, MAX_SLOTS};
 use serde::Deserialize;
 
-use crate::untrusted::in_range;
+pub use super::stats::BpfStats;
+use crate::untrusted::{duration_in, in_range};
 
 /// Most peers per tunnel `kernel.export_peers` may put on `/metrics`.
 pub const MAX_EXPORTED_PEERS: u32 = 10;
@@ -10,6 +13,12 @@ pub const MAX_EXPORTED_PEERS: u32 = 10;
 pub const MAX_PEERS: u32 = 262_144;
 /// Largest `kernel.tracked_connections` (≈ 80 B per entry).
 pub const MAX_TRACKED_CONNECTIONS: u32 = 1 << 20;
+
+/// Default length of a statistics sampling window.
+pub const DEFAULT_STATS_WINDOW: &str = "1s";
+/// Shortest and longest sampling window.
+const STATS_WINDOW_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(30));
 
 /// Where the maps and links are pinned by default (bpffs, mounted by the agent if missing).
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/moonfrp";
@@ -28,9 +37,11 @@ pub struct KernelConfig {
     /// Export each tunnel's busiest peers to `/metrics` (0 = none, the default; at most
     /// [`MAX_EXPORTED_PEERS`]).
     pub export_peers: u32,
-    /// Keep the kernel's BPF run-time statistics on while the agent runs (≈ 20 ns per program
-    /// run, for every BPF program on the host), for `moonfrp_agent_bpf_*`.
-    pub bpf_stats: bool,
+    /// When the kernel's BPF run-time statistics are on, for `moonfrp_agent_bpf_*` (they cost
+    /// every run of every BPF program on the host while on): see [`super::stats`].
+    pub bpf_stats: BpfStats,
+    /// How long each sampling window of `bpf_stats = "sampled"` lasts (one per collection).
+    pub bpf_stats_window: String,
     /// Pin the maps and links here, so that the programs keep counting while the agent is
     /// stopped and a restarted agent continues the same counters; empty: no pinning (the
     /// programs detach when the agent exits).
@@ -44,7 +55,8 @@ impl Default for KernelConfig {
             tracked_connections: DEFAULT_TRACKED_CONNECTIONS,
             peers: DEFAULT_PEERS,
             export_peers: 0,
-            bpf_stats: true,
+            bpf_stats: BpfStats::Sampled,
+            bpf_stats_window: DEFAULT_STATS_WINDOW.to_owned(),
             pin_dir: DEFAULT_PIN_DIR.to_owned(),
         }
     }
@@ -67,6 +79,12 @@ impl KernelConfig {
                 self.export_peers
             ));
         }
+        duration_in(
+            &self.bpf_stats_window,
+            STATS_WINDOW_RANGE.0,
+            STATS_WINDOW_RANGE.1,
+        )
+        .map_err(|e| format!("key `kernel.bpf_stats_window`: {e}"))?;
         if !self.pin_dir.is_empty()
             && (!self.pin_dir.starts_with('/')
                 || self.pin_dir.contains("/../")
@@ -78,6 +96,16 @@ impl KernelConfig {
             ));
         }
         Ok(self)
+    }
+
+    /// The length of a sampling window (checked by [`Self::validate`]).
+    pub fn stats_window(&self) -> Duration {
+        duration_in(
+            &self.bpf_stats_window,
+            STATS_WINDOW_RANGE.0,
+            STATS_WINDOW_RANGE.1,
+        )
+        .unwrap_or(Duration::from_secs(1))
     }
 
     /// The pin directory, if pinning is on.

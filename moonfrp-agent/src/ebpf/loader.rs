@@ -19,7 +19,7 @@ use aya::{
 use moonfrp_common::{names, programs};
 use tracing::{info, warn};
 
-use super::{KernelMaps, layout, pins::Pins};
+use super::{KernelMaps, layout, pins::Pins, stats::StatsWindow};
 use crate::ebpf::KernelConfig;
 
 /// The compiled kernel programs (built by build.rs through aya-build).
@@ -128,9 +128,8 @@ pub struct Kernel {
     ebpf: Ebpf,
     pub maps: KernelMaps,
     pub probes: Vec<ProbeStatus>,
-    /// Keeps the kernel's BPF run-time statistics on while the agent runs; the kernel turns them
-    /// off (restores the previous state) when this fd closes.
-    stats: Option<std::os::fd::OwnedFd>,
+    /// When the kernel's BPF run-time statistics are on.
+    stats: StatsWindow,
     /// Per probe (as [`PROBES`]), where the running program is pinned when it is the
     /// previous agent's (kept, not loaded by this one): its statistics are read there.
     kept: Vec<Option<PathBuf>>,
@@ -144,7 +143,7 @@ pub struct Kernel {
 impl Kernel {
     /// Run time and run count of every attached program.
     pub fn program_stats(&self) -> Vec<ProgramStats> {
-        if self.stats.is_none() {
+        if !self.stats.on() {
             return Vec::new();
         }
         PROBES
@@ -164,6 +163,18 @@ impl Kernel {
                 })
             })
             .collect()
+    }
+}
+
+impl Kernel {
+    /// Opens a statistics sampling window (see [`super::stats`]); called after each collection.
+    pub fn sample_stats(&self) {
+        self.stats.sample();
+    }
+
+    /// How long the statistics have been on, if they are kept.
+    pub fn stats_seconds_on(&self) -> Option<std::time::Duration> {
+        self.stats.seconds_on()
     }
 }
 
@@ -232,13 +243,7 @@ pub fn load(
             }
         })
         .collect();
-    let stats = if cfg.bpf_stats {
-        aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .inspect_err(|e| warn!(error = %e, "cannot enable BPF run-time statistics; moonfrp_agent_bpf_* stays empty"))
-            .ok()
-    } else {
-        None
-    };
+    let stats = StatsWindow::start(cfg.bpf_stats, cfg.stats_window());
     let links = pins.map_or_else(Vec::new, |p| {
         PROBES
             .iter()

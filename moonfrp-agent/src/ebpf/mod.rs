@@ -5,6 +5,7 @@ pub mod layout;
 pub mod loader;
 pub mod maps;
 pub mod pins;
+pub mod stats;
 
 pub use config::KernelConfig;
 pub use loader::{Kernel, LoadError, ProbeStatus, ProgramStats, load};

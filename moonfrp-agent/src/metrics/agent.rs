@@ -163,7 +163,7 @@ fn build_collectors_and_bpf(s: &Snapshot, b: &mut Builder) {
     );
     b.counters(
         "moonfrp_agent_bpf_run_time",
-        "Time the kernel spent running the probe's program (BPF run-time statistics).",
+        "Time the kernel spent running the probe's program while BPF statistics were on (see bpf_stats_window_seconds_total).",
         seconds,
         s.agent
             .bpf
@@ -172,12 +172,21 @@ fn build_collectors_and_bpf(s: &Snapshot, b: &mut Builder) {
     );
     b.counters(
         "moonfrp_agent_bpf_runs",
-        "Times the kernel ran the probe's program.",
+        "Times the kernel ran the probe's program while BPF statistics were on (see bpf_stats_window_seconds_total).",
         None,
         s.agent
             .bpf
             .iter()
             .map(|b| ([("probe", b.probe)], b.run_count)),
+    );
+    b.counters(
+        "moonfrp_agent_bpf_stats_window",
+        "Time the kernel's BPF run-time statistics were on (the sampling windows, or since start with bpf_stats = always): bpf_runs and bpf_run_time grow only then.",
+        seconds,
+        s.agent
+            .bpf_stats_on
+            .iter()
+            .map(|d| ([] as [(&str, &str); 0], d.as_secs_f64())),
     );
     b.gauges(
         "moonfrp_agent_bpf_map_max_entries",

@@ -6,6 +6,7 @@ pub const KNOWN: &[&str] = &[
     "moonfrp_agent_bpf_map_max_entries",
     "moonfrp_agent_bpf_run_time_seconds_total",
     "moonfrp_agent_bpf_runs_total",
+    "moonfrp_agent_bpf_stats_window_seconds_total",
     "moonfrp_agent_build_info",
     "moonfrp_agent_collection_errors_total",
     "moonfrp_agent_collector_duration_seconds",

@@ -168,6 +168,7 @@ fn sample_snapshot() -> Snapshot {
                 run_time: Duration::from_millis(3),
                 run_count: 20_000,
             }],
+            bpf_stats_on: Some(Duration::from_secs(4)),
             maps: vec![("WATCH", 65_536), ("TRAFFIC", 4096)],
         },
     }

@@ -1,6 +1,9 @@
 //! cgroup_skb ingress/egress on the cgroup v2 root: per watched local port, L3 bytes, payload
 //! bytes and packets. `__sk_buff.local_port` is the socket's own port in host order, so no
-//! transport header is needed to find the port; headers are read only for watched ports.
+//! transport header is needed to find the port: an unwatched packet costs one inlined array
+//! access. Headers are read only for watched ports, in place (direct packet access) when they
+//! are in the skb's linear part — on every path we know of — and through the load helper
+//! otherwise.
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 use moonfrp_common::{EGRESS, INGRESS, PeerCounters, PeerKey, Proto, WatchEntry};
 
@@ -13,6 +16,11 @@ const ETH_P_IP: u32 = 0x0800u16.to_be() as u32;
 const ETH_P_IPV6: u32 = 0x86DDu16.to_be() as u32;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+/// IPv6 header length (extension headers are not walked: their packets fall through as "not
+/// TCP/UDP").
+const IPV6_HDR: u32 = 40;
+/// Bytes of a TCP header the program reads: up to the flags byte.
+const TCP_READ: usize = 14;
 
 #[cgroup_skb]
 pub fn mf_skb_ingress(ctx: SkBuffContext) -> i32 {
@@ -26,11 +34,114 @@ pub fn mf_skb_egress(ctx: SkBuffContext) -> i32 {
     PASS
 }
 
-/// One byte of the packet at `off` from the network header. The load helper copes with
-/// non-linear skbs and variable offsets, and runs only for packets of watched ports.
+/// What the headers of a watched packet say.
+#[derive(Clone, Copy)]
+struct Headers {
+    v6: bool,
+    /// IP header length (bytes).
+    ip_hdr: u32,
+    proto: Proto,
+    /// Transport header length (bytes).
+    l4_hdr: u32,
+    /// TCP SYN without ACK: a connection attempt.
+    syn: bool,
+}
+
+/// The transport part of [`Headers`] from the protocol number and, for TCP, the data-offset and
+/// flags bytes.
 #[inline(always)]
-fn byte_at(ctx: &SkBuffContext, off: usize) -> Option<u8> {
-    ctx.load::<u8>(off).ok()
+fn transport(l4proto: u8, tcp: Option<(u8, u8)>) -> Option<(Proto, u32, bool)> {
+    match (l4proto, tcp) {
+        (IPPROTO_TCP, Some((doff, flags))) => {
+            Some((Proto::Tcp, u32::from(doff >> 4) * 4, flags & 0x12 == 0x02))
+        }
+        (IPPROTO_UDP, _) => Some((Proto::Udp, 8, false)),
+        _ => None,
+    }
+}
+
+/// Reads one byte at `p` of the packet.
+///
+/// # Safety
+/// The caller has checked `p < data_end` (the verifier checks it again).
+#[inline(always)]
+unsafe fn byte(p: usize) -> u8 {
+    // SAFETY: per the contract.
+    unsafe { *(p as *const u8) }
+}
+
+/// The headers read in place. `None` when they are not all in the linear part (then the load
+/// helper reads them); `Some(None)` for a packet that is not TCP/UDP over IPv4/IPv6.
+#[inline(always)]
+fn headers_direct(ctx: &SkBuffContext, l3proto: u32) -> Option<Option<Headers>> {
+    // SAFETY: reading fields of the context the kernel passed in.
+    let (data, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    let (v6, ip_hdr, l4proto) = if l3proto == ETH_P_IP {
+        if data + 20 > end {
+            return None;
+        }
+        // SAFETY: 20 bytes from `data` checked above.
+        let (vihl, l4) = unsafe { (byte(data), byte(data + 9)) };
+        (false, u32::from(vihl & 0x0f) * 4, l4)
+    } else if l3proto == ETH_P_IPV6 {
+        if data + IPV6_HDR as usize > end {
+            return None;
+        }
+        // SAFETY: 40 bytes from `data` checked above.
+        (true, IPV6_HDR, unsafe { byte(data + 6) })
+    } else {
+        return Some(None);
+    };
+    let tcp = if l4proto == IPPROTO_TCP {
+        // IHL is at most 60: the mask lets the verifier see the bound.
+        let l4 = data + (ip_hdr & 0x3c) as usize;
+        if l4 + TCP_READ > end {
+            return None;
+        }
+        // SAFETY: TCP_READ bytes from `l4` checked above.
+        Some(unsafe { (byte(l4 + 12), byte(l4 + 13)) })
+    } else {
+        None
+    };
+    Some(transport(l4proto, tcp).map(|(proto, l4_hdr, syn)| Headers {
+        v6,
+        ip_hdr,
+        proto,
+        l4_hdr,
+        syn,
+    }))
+}
+
+/// The headers through the load helper, which copes with non-linear skbs.
+#[inline(always)]
+fn headers_loaded(ctx: &SkBuffContext, l3proto: u32) -> Option<Headers> {
+    let byte_at = |off: usize| ctx.load::<u8>(off).ok();
+    let (v6, ip_hdr, l4proto) = if l3proto == ETH_P_IP {
+        (false, u32::from(byte_at(0)? & 0x0f) * 4, byte_at(9)?)
+    } else if l3proto == ETH_P_IPV6 {
+        (true, IPV6_HDR, byte_at(6)?)
+    } else {
+        return None;
+    };
+    let tcp = if l4proto == IPPROTO_TCP {
+        let at = (ip_hdr & 0x3c) as usize;
+        Some((byte_at(at + 12)?, byte_at(at + 13)?))
+    } else {
+        None
+    };
+    let (proto, l4_hdr, syn) = transport(l4proto, tcp)?;
+    Some(Headers {
+        v6,
+        ip_hdr,
+        proto,
+        l4_hdr,
+        syn,
+    })
 }
 
 #[inline(always)]
@@ -45,33 +156,16 @@ fn try_count(ctx: &SkBuffContext, dir: usize) -> Option<()> {
     // Only watched ports get this far.
     // SAFETY: as above.
     let (l3proto, len, gso_segs) = unsafe { ((*skb).protocol, (*skb).len, (*skb).gso_segs) };
-
-    let (ip_hdr, l4proto) = if l3proto == ETH_P_IP {
-        let ihl = u32::from(byte_at(ctx, 0)? & 0x0f) * 4;
-        (ihl, byte_at(ctx, 9)?)
-    } else if l3proto == ETH_P_IPV6 {
-        // Extension headers are not walked: their packets fall through as "not TCP/UDP".
-        (40, byte_at(ctx, 6)?)
-    } else {
-        return None;
+    let h = match headers_direct(ctx, l3proto) {
+        Some(h) => h?,
+        None => headers_loaded(ctx, l3proto)?,
     };
-    let (proto, l4_hdr, syn) = match l4proto {
-        IPPROTO_TCP => {
-            let at = (ip_hdr & 0x3f) as usize;
-            let doff = u32::from(byte_at(ctx, at + 12)? >> 4) * 4;
-            // SYN without ACK: a connection attempt.
-            let flags = byte_at(ctx, at + 13)?;
-            (Proto::Tcp, doff, flags & 0x12 == 0x02)
-        }
-        IPPROTO_UDP => (Proto::Udp, 8, false),
-        _ => return None,
-    };
-    let slot = entry.slot(proto)?;
+    let slot = entry.slot(h.proto)?;
     let counters = TRAFFIC.get_ptr_mut(slot)?;
 
     // A GSO/GRO skb carries one set of headers for `gso_segs` segments on the wire.
     let segs = if gso_segs == 0 { 1 } else { gso_segs };
-    let hdrs = ip_hdr + l4_hdr;
+    let hdrs = h.ip_hdr + h.l4_hdr;
     let payload = len.saturating_sub(hdrs);
     let wire = u64::from(len) + u64::from(segs - 1) * u64::from(hdrs);
 
@@ -85,61 +179,15 @@ fn try_count(ctx: &SkBuffContext, dir: usize) -> Option<()> {
     if !crate::maps::peer_tracking() {
         return Some(());
     }
-    count_peer(
-        ctx,
-        port,
-        proto,
-        l3proto == ETH_P_IPV6,
-        dir,
-        wire,
-        u64::from(payload),
-        u64::from(segs),
-        syn,
-    );
-    Some(())
-}
-
-/// Adds the packet to its (port, remote address) entry of the peer table. The remote address
-/// comes from the IP header (source on ingress, destination on egress): during a handshake the
-/// socket is the listener, which has no remote address yet.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn count_peer(
-    ctx: &SkBuffContext,
-    port: u32,
-    proto: Proto,
-    v6: bool,
-    dir: usize,
-    wire: u64,
-    payload: u64,
-    segs: u64,
-    syn: bool,
-) {
-    let mut key = PeerKey {
-        port: port as u16,
-        proto: proto as u8,
-        family: 4,
-        addr: [0; 16],
+    let Some(key) = peer_key(ctx, port, &h, dir) else {
+        return Some(());
     };
-    let ingress = dir == INGRESS;
-    if v6 {
-        let Ok(a) = ctx.load::<[u8; 16]>(if ingress { 8 } else { 24 }) else {
-            return;
-        };
-        key.family = 6;
-        key.addr = a;
-    } else {
-        let Ok(a) = ctx.load::<[u8; 4]>(if ingress { 12 } else { 16 }) else {
-            return;
-        };
-        key.addr[..4].copy_from_slice(&a);
-    }
     let add = |c: &mut PeerCounters| {
         let d = &mut c.dir[dir & 1];
         d.bytes += wire;
-        d.payload_bytes += payload;
-        d.packets += segs;
-        c.syns += u64::from(syn);
+        d.payload_bytes += u64::from(payload);
+        d.packets += u64::from(segs);
+        c.syns += u64::from(h.syn);
     };
     if let Some(c) = PEERS.get_ptr_mut(&key) {
         // SAFETY: this CPU's value of an entry that exists; LRU may evict it later, not now.
@@ -149,4 +197,46 @@ fn count_peer(
         add(&mut c);
         let _ = PEERS.insert(&key, &c, 0);
     }
+    Some(())
+}
+
+/// The (port, remote address) key of the peer table. The remote address comes from the IP
+/// header (source on ingress, destination on egress): during a handshake the socket is the
+/// listener, which has no remote address yet.
+#[inline(always)]
+fn peer_key(ctx: &SkBuffContext, port: u32, h: &Headers, dir: usize) -> Option<PeerKey> {
+    let mut key = PeerKey {
+        port: port as u16,
+        proto: h.proto as u8,
+        family: if h.v6 { 6 } else { 4 },
+        addr: [0; 16],
+    };
+    let ingress = dir == INGRESS;
+    // SAFETY: reading fields of the context the kernel passed in.
+    let (data, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    if h.v6 {
+        let off = if ingress { 8 } else { 24 };
+        if data + 40 <= end {
+            // SAFETY: the whole IPv6 header is in the linear part (checked above); the address
+            // is 4-byte aligned within it.
+            key.addr = unsafe { core::ptr::read_unaligned((data + off) as *const [u8; 16]) };
+        } else {
+            key.addr = ctx.load::<[u8; 16]>(off).ok()?;
+        }
+    } else {
+        let off = if ingress { 12 } else { 16 };
+        let a = if data + 20 <= end {
+            // SAFETY: the IPv4 header's fixed part is in the linear part (checked above).
+            unsafe { core::ptr::read_unaligned((data + off) as *const [u8; 4]) }
+        } else {
+            ctx.load::<[u8; 4]>(off).ok()?
+        };
+        key.addr[..4].copy_from_slice(&a);
+    }
+    Some(key)
 }

@@ -1,6 +1,6 @@
 //! What the benchmark reads from the kernel: a process's CPU time and RSS, and the run-time
 //! statistics of the BPF programs a process holds.
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 
@@ -69,12 +69,7 @@ pub fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
-/// Run-time statistics of one program.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProgStats {
-    pub run_time: Duration,
-    pub run_count: u64,
-}
+pub use moonfrp_tests::bpf::ProgStats;
 
 /// Statistics of the BPF programs `pid` holds, by program name.
 pub fn prog_stats(pid: u32) -> anyhow::Result<BTreeMap<String, ProgStats>> {

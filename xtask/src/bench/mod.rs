@@ -16,7 +16,10 @@ use std::{
 use anyhow::{Context as _, ensure};
 use serde::Serialize;
 
-pub use self::load::Kind;
+pub use self::{
+    load::{Generator, Kind},
+    runs::Side,
+};
 use crate::{run, setup};
 
 /// Options of the command.
@@ -36,6 +39,10 @@ pub struct Opts {
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
+
+/// Pairs per comparison in quick mode (built-in loads, then iperf3's, which run whole seconds).
+const QUICK_PAIRS: usize = 5;
+const QUICK_PAIRS_IPERF3: usize = 3;
 
 /// Budget: the agent at a 60 s interval with 1,000 tunnels uses under 1 % of one core.
 pub const CPU_BUDGET_PCT: f64 = 1.0;
@@ -65,10 +72,12 @@ pub struct FloorCpu {
     pub passes_in_window: f64,
 }
 
-/// Cost of one BPF program under one load, over all the runs with programs attached.
+/// Cost of one BPF program under one load with one side attached, over all such runs.
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelCost {
+    pub generator: Generator,
     pub load: Kind,
+    pub side: Side,
     pub program: String,
     pub runs: u64,
     pub run_ns: f64,
@@ -82,9 +91,11 @@ pub struct KernelCost {
 /// Interleaved pairs of one datapath comparison.
 #[derive(Clone, Debug, Serialize)]
 pub struct AbResult {
+    pub generator: Generator,
     pub load: Kind,
     pub unit: &'static str,
-    /// "A/B" = without vs with programs attached; "A/A" = without on both sides (the control).
+    /// "A/B" = nothing vs moonfrp attached and watching; "A/E" = nothing vs the empty programs
+    /// (the floor); "A/A" = nothing on both sides (the control).
     pub kind: &'static str,
     pub pairs: Vec<(f64, f64)>,
     pub a_median: f64,
@@ -175,20 +186,30 @@ pub fn run(opts: &Opts) -> anyhow::Result<Report> {
 
     let (agent_cpu, floor) = runs::agent_cpu(opts, &bin, scratch.path())?;
     eprintln!("bench: agent CPU done at {:.0?}", started.elapsed());
-    let (pairs, dur) = if opts.quick {
-        (5, Duration::from_millis(300))
-    } else {
-        (7, Duration::from_secs(2))
-    };
+    setup::debian_packages(&["iperf3"])?;
     let mut kernel_cost = Vec::new();
     let mut ab_results = Vec::new();
-    for kind in Kind::ALL {
-        eprintln!(
-            "bench: {}: {pairs} A/B pairs and {pairs} A/A pairs of {dur:?}",
-            kind.name()
-        );
-        ab_results.push(runs::ab(kind, false, pairs, dur, &bin, &mut kernel_cost)?);
-        ab_results.push(runs::ab(kind, true, pairs, dur, &bin, &mut kernel_cost)?);
+    for generator in [Generator::Builtin, Generator::Iperf3] {
+        let (pairs, dur) = match (opts.quick, generator) {
+            (true, Generator::Builtin) => (QUICK_PAIRS, Duration::from_millis(300)),
+            // iperf3 runs whole seconds.
+            (true, Generator::Iperf3) => (QUICK_PAIRS_IPERF3, Duration::from_secs(1)),
+            (false, _) => (7, Duration::from_secs(2)),
+        };
+        for &kind in generator.kinds() {
+            eprintln!(
+                "bench: {} {}: {pairs} pairs each of A/B, A/E (empty program) and A/A, and {pairs} runs each unwatched and without peers, of {dur:?}",
+                generator.name(),
+                kind.name()
+            );
+            for side in [Side::Watched, Side::Empty, Side::Nothing] {
+                let r = runs::ab(generator, kind, side, pairs, dur, &bin, &mut kernel_cost)?;
+                ab_results.push(r);
+            }
+            for side in [Side::Unwatched, Side::WatchedNoPeers] {
+                runs::costs_only(generator, kind, side, pairs, dur, &bin, &mut kernel_cost)?;
+            }
+        }
     }
     eprintln!("bench: datapath done at {:.0?}", started.elapsed());
     let kernel_cost = report::merge_costs(kernel_cost);
@@ -229,6 +250,69 @@ pub fn run(opts: &Opts) -> anyhow::Result<Report> {
 }
 
 impl Report {
+    /// Every kernel cost and datapath pair of [`Self::check_complete`].
+    fn check_kernel(&self) -> anyhow::Result<()> {
+        let finite = |what: &str, v: f64| {
+            ensure!(v.is_finite() && v >= 0.0, "{what} is {v}");
+            Ok(())
+        };
+        for generator in [Generator::Builtin, Generator::Iperf3] {
+            for &kind in generator.kinds() {
+                let what = format!("{} {}", generator.name(), kind.name());
+                for side in [
+                    Side::Watched,
+                    Side::WatchedNoPeers,
+                    Side::Unwatched,
+                    Side::Empty,
+                ] {
+                    let programs: &[&str] = if side == Side::Empty {
+                        &[moonfrp_tests::bpf::INGRESS, moonfrp_tests::bpf::EGRESS]
+                    } else {
+                        &[
+                            moonfrp_common::programs::SKB_INGRESS,
+                            moonfrp_common::programs::SKB_EGRESS,
+                        ]
+                    };
+                    for program in programs {
+                        let c = self.kernel_cost.iter().find(|c| {
+                            c.generator == generator
+                                && c.load == kind
+                                && c.side == side
+                                && c.program == *program
+                        });
+                        let c = c.with_context(|| {
+                            format!("no kernel cost of {program} under {what} ({})", side.name())
+                        })?;
+                        ensure!(
+                            c.runs > 0,
+                            "{program} never ran under {what} ({})",
+                            side.name()
+                        );
+                        finite("ns per run", c.ns_per_run)?;
+                    }
+                }
+                for ab_kind in ["A/B", "A/E", "A/A"] {
+                    let x = self
+                        .ab
+                        .iter()
+                        .find(|x| x.generator == generator && x.load == kind && x.kind == ab_kind);
+                    let x = x.with_context(|| format!("no {ab_kind} result for {what}"))?;
+                    ensure!(
+                        x.pairs.len() >= QUICK_PAIRS_IPERF3,
+                        "{ab_kind} {what} has {} pairs",
+                        x.pairs.len()
+                    );
+                    finite("ratio", x.ratio_median)?;
+                    ensure!(
+                        x.a_median > 0.0 && x.b_median > 0.0,
+                        "{ab_kind} {what} moved nothing"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that the run produced every figure (the smoke check of `cargo xtask test`): it says
     /// nothing about how fast anything was.
     pub fn check_complete(&self, opts: &Opts) -> anyhow::Result<()> {
@@ -252,38 +336,7 @@ impl Report {
             finite("agent cpu % (ns)", a.cpu_pct_ns)?;
             ensure!(a.rss_bytes > 0, "no RSS for {} tunnels", a.tunnels);
         }
-        for kind in Kind::ALL {
-            for program in [
-                moonfrp_common::programs::SKB_INGRESS,
-                moonfrp_common::programs::SKB_EGRESS,
-            ] {
-                let c = self
-                    .kernel_cost
-                    .iter()
-                    .find(|c| c.load == kind && c.program == program);
-                let c = c.with_context(|| {
-                    format!("no kernel cost of {program} under {}", kind.name())
-                })?;
-                ensure!(c.runs > 0, "{program} never ran under {}", kind.name());
-                finite("ns per run", c.ns_per_run)?;
-            }
-            for ab_kind in ["A/B", "A/A"] {
-                let x = self.ab.iter().find(|x| x.load == kind && x.kind == ab_kind);
-                let x = x.with_context(|| format!("no {ab_kind} result for {}", kind.name()))?;
-                ensure!(
-                    x.pairs.len() >= 5,
-                    "{ab_kind} {} has {} pairs",
-                    kind.name(),
-                    x.pairs.len()
-                );
-                finite("ratio", x.ratio_median)?;
-                ensure!(
-                    x.a_median > 0.0 && x.b_median > 0.0,
-                    "{ab_kind} {} moved nothing",
-                    kind.name()
-                );
-            }
-        }
+        self.check_kernel()?;
         ensure!(
             self.scrape.text_bytes > 0 && self.scrape.openmetrics_bytes > 0,
             "empty scrape"

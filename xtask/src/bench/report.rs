@@ -1,9 +1,11 @@
 //! Derived figures, verdicts and the printed table.
 use std::{collections::BTreeMap, time::Duration};
 
+use moonfrp_common::programs;
+use moonfrp_tests::bpf as empty;
 use serde::Serialize;
 
-use super::{AgentCpu, CPU_BUDGET_PCT, KernelCost, Report};
+use super::{AgentCpu, CPU_BUDGET_PCT, Generator, KernelCost, Kind, Report, Side};
 
 /// One budget and whether this run kept it.
 #[derive(Clone, Debug, Serialize)]
@@ -13,13 +15,18 @@ pub struct Verdict {
     pub limit: f64,
     pub ratio_to_budget: f64,
     pub pass: bool,
+    /// The value must reach the limit (a ratio), rather than stay under it.
+    pub at_least: bool,
 }
 
 /// Sums the per-run costs of each (load, program) and computes the rates.
 pub fn merge_costs(costs: Vec<KernelCost>) -> Vec<KernelCost> {
     let mut by: BTreeMap<(String, String), KernelCost> = BTreeMap::new();
     for c in costs {
-        let key = (format!("{:?}", c.load), c.program.clone());
+        let key = (
+            format!("{:?} {:?} {:?}", c.generator, c.load, c.side),
+            c.program.clone(),
+        );
         by.entry(key)
             .and_modify(|m| {
                 m.runs += c.runs;
@@ -103,7 +110,145 @@ pub fn verdicts(r: &Report) -> Vec<Verdict> {
             limit: CPU_BUDGET_PCT,
             ratio_to_budget: a.cpu_pct_ns / CPU_BUDGET_PCT,
             pass: a.cpu_pct_ns < CPU_BUDGET_PCT,
+            at_least: false,
         });
+    }
+    out
+}
+
+/// ns per run of `program` under (`generator`, `load`) with `side` attached.
+fn ns(r: &Report, generator: Generator, load: Kind, side: Side, program: &str) -> Option<f64> {
+    r.kernel_cost
+        .iter()
+        .find(|c| {
+            c.generator == generator && c.load == load && c.side == side && c.program == program
+        })
+        .filter(|c| c.runs > 0)
+        .map(|c| c.ns_per_run)
+}
+
+/// One hook's cost above the floor under one load.
+#[derive(Clone, Debug, Serialize)]
+pub struct AboveFloor {
+    pub generator: Generator,
+    pub load: Kind,
+    pub hook: &'static str,
+    pub floor_ns: f64,
+    pub watched_ns: f64,
+    /// Watched, with peer counting off.
+    pub no_peers_ns: f64,
+    pub unwatched_ns: f64,
+}
+
+impl AboveFloor {
+    pub fn watched_above(&self) -> f64 {
+        self.watched_ns - self.floor_ns
+    }
+
+    pub fn unwatched_above(&self) -> f64 {
+        self.unwatched_ns - self.floor_ns
+    }
+}
+
+/// moonfrp's cgroup_skb programs beside the empty ones, per load with fixed ports on both ends
+/// (bulk TCP and UDP: with the agent watching, every packet is watched; watching elsewhere, none).
+pub fn above_floor(r: &Report) -> Vec<AboveFloor> {
+    let mut out = Vec::new();
+    for generator in [Generator::Builtin, Generator::Iperf3] {
+        for load in [Kind::TcpBulk, Kind::UdpSmall] {
+            for (hook, ours, floor) in [
+                ("ingress", programs::SKB_INGRESS, empty::INGRESS),
+                ("egress", programs::SKB_EGRESS, empty::EGRESS),
+            ] {
+                let (Some(f), Some(w), Some(np), Some(u)) = (
+                    ns(r, generator, load, Side::Empty, floor),
+                    ns(r, generator, load, Side::Watched, ours),
+                    ns(r, generator, load, Side::WatchedNoPeers, ours),
+                    ns(r, generator, load, Side::Unwatched, ours),
+                ) else {
+                    continue;
+                };
+                out.push(AboveFloor {
+                    generator,
+                    load,
+                    hook,
+                    floor_ns: f,
+                    watched_ns: w,
+                    no_peers_ns: np,
+                    unwatched_ns: u,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The kernel targets: watched and unwatched packets above the floor, connection events, and
+/// the datapath ratios.
+pub fn kernel_targets(r: &Report) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let mut target = |budget: String, value: f64, limit: f64, at_least: bool| {
+        out.push(Verdict {
+            budget,
+            value,
+            limit,
+            ratio_to_budget: value / limit,
+            pass: if at_least {
+                value >= limit
+            } else {
+                value <= limit
+            },
+            at_least,
+        });
+    };
+    for a in above_floor(r) {
+        let what = format!("{} {} {}", a.generator.name(), a.load.name(), a.hook);
+        target(
+            format!("watched packet above the empty program, {what} (ns)"),
+            a.watched_above(),
+            25.0,
+            false,
+        );
+        target(
+            format!("unwatched packet above the empty program, {what} (ns)"),
+            a.unwatched_above(),
+            5.0,
+            false,
+        );
+    }
+    if let Some(v) = ns(
+        r,
+        Generator::Builtin,
+        Kind::TcpChurn,
+        Side::Watched,
+        programs::SOCK_STATE,
+    ) {
+        target(
+            "connection event (sock_state), tcp churn (ns)".into(),
+            v,
+            100.0,
+            false,
+        );
+    }
+    for x in r.ab.iter().filter(|x| x.kind == "A/B") {
+        let what = format!("{} {}", x.generator.name(), x.load.name());
+        if x.load == Kind::UdpSmall {
+            target(format!("datapath B/A, {what}"), x.ratio_median, 0.95, true);
+        } else if let Some(aa) =
+            r.ab.iter()
+                .find(|c| c.kind == "A/A" && c.generator == x.generator && c.load == x.load)
+        {
+            // Within the control's spread: as low as the lowest A/A pair.
+            target(
+                format!(
+                    "datapath B/A, {what}, against the A/A minimum {:.3}",
+                    aa.ratio_min
+                ),
+                x.ratio_median,
+                aa.ratio_min,
+                true,
+            );
+        }
     }
     out
 }
@@ -119,6 +264,7 @@ pub fn targets(r: &Report) -> Vec<Verdict> {
             limit,
             ratio_to_budget: value / limit,
             pass: value <= limit,
+            at_least: false,
         });
     };
     let row = |tunnels: u32, interval_s: f64| {
@@ -158,6 +304,7 @@ pub fn targets(r: &Report) -> Vec<Verdict> {
         r.scrape.prometheus.first_ms,
         1.0,
     );
+    out.extend(kernel_targets(r));
     out
 }
 
@@ -202,46 +349,12 @@ pub fn print(r: &Report, took: Duration) {
             "floor", f.interval_s, "", f.cpu_pct_ns
         );
     }
-    println!("\nKernel programs (BPF run-time stats, runs with programs attached, flat-out load)");
-    println!(
-        "{:>10} {:<16} {:>12} {:>9} {:>12}",
-        "load", "program", "runs/s", "ns/run", "cpu % core"
-    );
-    for c in &r.kernel_cost {
-        println!(
-            "{:>10} {:<16} {:>12.0} {:>9.0} {:>12.3}",
-            super::Kind::name(c.load),
-            c.program,
-            c.runs_per_s,
-            c.ns_per_run,
-            c.cpu_pct
-        );
-    }
-    println!(
-        "\nDatapath, interleaved pairs (A = no programs; B = programs attached and the port watched)"
-    );
-    println!(
-        "{:>10} {:>4} {:>14} {:>14} {:>14} {:>8} {:>17}",
-        "load", "pair", "unit", "A median", "B median", "B/A", "B/A min..max"
-    );
-    for x in &r.ab {
-        println!(
-            "{:>10} {:>4} {:>14} {:>14.2} {:>14.2} {:>8.3} {:>8.3}..{:<8.3}",
-            x.load.name(),
-            x.kind,
-            x.unit,
-            x.a_median,
-            x.b_median,
-            x.ratio_median,
-            x.ratio_min,
-            x.ratio_max
-        );
-    }
+    print_kernel(r);
     print_scrape(&r.scrape);
     println!();
     for v in &r.targets {
         println!(
-            "{} {}: {:.4} (target ≤ {}; {:.2}× the target)",
+            "{} {}: {:.4} (target {} {:.3}; {:.2}× the target)",
             if v.pass {
                 "target met   "
             } else {
@@ -249,6 +362,7 @@ pub fn print(r: &Report, took: Duration) {
             },
             v.budget,
             v.value,
+            if v.at_least { "≥" } else { "≤" },
             v.limit,
             v.ratio_to_budget
         );
@@ -261,6 +375,79 @@ pub fn print(r: &Report, took: Duration) {
             v.value,
             v.limit,
             v.ratio_to_budget
+        );
+    }
+}
+
+/// The kernel programs' costs, the floor comparison and the datapath pairs.
+fn print_kernel(r: &Report) {
+    println!(
+        "\nKernel programs (BPF run-time stats, flat-out load; side: watched = the agent watches both ends, unwatched = it watches another port, empty = the empty programs)"
+    );
+    println!(
+        "{:>9} {:>10} {:>10} {:<16} {:>12} {:>9} {:>12}",
+        "generator", "load", "side", "program", "runs/s", "ns/run", "cpu % core"
+    );
+    for c in r.kernel_cost.iter().filter(|c| c.runs > 0) {
+        println!(
+            "{:>9} {:>10} {:>10} {:<16} {:>12.0} {:>9.0} {:>12.3}",
+            c.generator.name(),
+            c.load.name(),
+            c.side.name(),
+            c.program,
+            c.runs_per_s,
+            c.ns_per_run,
+            c.cpu_pct
+        );
+    }
+    println!("\ncgroup_skb per packet above the empty program on the same hook (ns per run)");
+    println!(
+        "{:>9} {:>10} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10} {:>11} {:>12}",
+        "generator",
+        "load",
+        "hook",
+        "empty",
+        "watched",
+        "no peers",
+        "unwatched",
+        "watched +",
+        "no peers +",
+        "unwatched +"
+    );
+    for a in above_floor(r) {
+        println!(
+            "{:>9} {:>10} {:>8} {:>8.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>11.1} {:>12.1}",
+            a.generator.name(),
+            a.load.name(),
+            a.hook,
+            a.floor_ns,
+            a.watched_ns,
+            a.no_peers_ns,
+            a.unwatched_ns,
+            a.watched_above(),
+            a.no_peers_ns - a.floor_ns,
+            a.unwatched_above()
+        );
+    }
+    println!(
+        "\nDatapath, interleaved pairs (A = no programs; B = moonfrp attached and the ports watched; E = the empty programs attached)"
+    );
+    println!(
+        "{:>9} {:>10} {:>4} {:>14} {:>14} {:>14} {:>8} {:>17}",
+        "generator", "load", "pair", "unit", "A median", "B median", "B/A", "B/A min..max"
+    );
+    for x in &r.ab {
+        println!(
+            "{:>9} {:>10} {:>4} {:>14} {:>14.2} {:>14.2} {:>8.3} {:>8.3}..{:<8.3}",
+            x.generator.name(),
+            x.load.name(),
+            x.kind,
+            x.unit,
+            x.a_median,
+            x.b_median,
+            x.ratio_median,
+            x.ratio_min,
+            x.ratio_max
         );
     }
 }

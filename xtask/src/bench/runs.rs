@@ -122,7 +122,18 @@ fn background_load(
             let port = base + i as u16;
             thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if let Err(e) = load::run(kind, port, Duration::from_secs(1), Some(rate)) {
+                    let ports = load::Ports {
+                        server: port,
+                        client: None,
+                    };
+                    let one_second = Duration::from_secs(1);
+                    if let Err(e) = load::run(
+                        load::Generator::Builtin,
+                        kind,
+                        ports,
+                        one_second,
+                        Some(rate),
+                    ) {
                         eprintln!("bench: background {}: {e:#}", kind.name());
                         thread::sleep(Duration::from_millis(200));
                     }
@@ -269,54 +280,127 @@ fn snapshots(a: &Agent) -> u64 {
         .unwrap_or(0.0) as u64
 }
 
-/// Runs `kind` once, with an agent watching its port when `attached`; with BPF statistics, the
-/// programs' costs over the run are added to `costs`.
+/// What is attached to the hooks during one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// No program.
+    Nothing,
+    /// The empty programs (see [`moonfrp_tests::bpf`]): the floor.
+    Empty,
+    /// The agent, watching both ends of the load (the server's port, and the client's where it
+    /// is fixed).
+    Watched,
+    /// As `Watched`, with peer counting off (`[kernel] peers = 0`): what the peer table costs.
+    WatchedNoPeers,
+    /// The agent, watching a port the load does not use: every packet is unwatched.
+    Unwatched,
+}
+
+impl Side {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Nothing => "none",
+            Self::Empty => "empty",
+            Self::Watched => "watched",
+            Self::WatchedNoPeers => "no peers",
+            Self::Unwatched => "unwatched",
+        }
+    }
+}
+
+/// What holds the programs of a run.
+enum Holder {
+    None,
+    Empty(moonfrp_tests::bpf::EmptyPrograms),
+    Agent(Agent),
+}
+
+impl Holder {
+    fn stats(&self) -> anyhow::Result<std::collections::BTreeMap<String, measure::ProgStats>> {
+        match self {
+            Self::None => Ok(std::collections::BTreeMap::new()),
+            Self::Empty(e) => Ok(e.stats()),
+            Self::Agent(a) => measure::prog_stats(a.pid()),
+        }
+    }
+}
+
+/// Runs `kind` once with `side` attached; the programs' costs over the run (from BPF
+/// statistics) are added to `costs`.
 fn one_run(
+    generator: load::Generator,
     kind: Kind,
-    attached: bool,
+    side: Side,
     dur: Duration,
     bin: &std::path::Path,
-    costs: Option<&mut Vec<KernelCost>>,
+    costs: &mut Vec<KernelCost>,
 ) -> anyhow::Result<f64> {
-    let port = free_port();
-    let agent = attached.then(|| {
-        AgentCmd::new(&["-t", &kind.tunnel_flag(port)])
+    let server = free_port();
+    let client = (kind != Kind::TcpChurn)
+        .then(|| std::iter::repeat_with(free_port).find(|&p| p != server))
+        .flatten();
+    let ports = load::Ports { server, client };
+    let no_peers = tempfile::NamedTempFile::new()?;
+    std::fs::write(no_peers.path(), "[kernel]\npeers = 0\n")?;
+    let no_peers_path = no_peers.path().to_str().context("utf-8 temp path")?;
+    let agent = |tunnels: &[String]| {
+        let mut args = Vec::new();
+        if side == Side::WatchedNoPeers {
+            args.extend(["--config", no_peers_path]);
+        }
+        for t in tunnels {
+            args.extend(["-t", t.as_str()]);
+        }
+        AgentCmd::new(&args)
             .bin(bin)
             .interval("60s")
             .log_level("warn")
             .start()
-    });
-    let before = agent
-        .as_ref()
-        .map(|a| measure::prog_stats(a.pid()))
-        .transpose()?;
-    let started = Instant::now();
-    let value = load::run(kind, port, dur, None)?;
-    let wall = started.elapsed().as_secs_f64();
-    if let (Some(a), Some(before), Some(costs)) = (&agent, before, costs) {
-        for (program, after) in measure::prog_stats(a.pid())? {
-            let b = before.get(&program).copied().unwrap_or_default();
-            let runs = after.run_count.saturating_sub(b.run_count);
-            let ns = after.run_time.saturating_sub(b.run_time).as_nanos() as f64;
-            costs.push(KernelCost {
-                load: kind,
-                program,
-                runs,
-                run_ns: ns,
-                wall_s: wall,
-                runs_per_s: 0.0,
-                ns_per_run: 0.0,
-                cpu_pct: 0.0,
-            });
+    };
+    let holder = match side {
+        Side::Nothing => Holder::None,
+        Side::Empty => Holder::Empty(moonfrp_tests::bpf::EmptyPrograms::attach()?),
+        Side::Watched | Side::WatchedNoPeers => {
+            let mut t = vec![kind.tunnel_flag("load", server)];
+            t.extend(client.map(|c| kind.tunnel_flag("client", c)));
+            Holder::Agent(agent(&t))
         }
+        Side::Unwatched => {
+            let other = std::iter::repeat_with(free_port)
+                .find(|&p| p != server && Some(p) != client)
+                .unwrap_or(1);
+            Holder::Agent(agent(&[kind.tunnel_flag("elsewhere", other)]))
+        }
+    };
+    let before = holder.stats()?;
+    let started = Instant::now();
+    let value = load::run(generator, kind, ports, dur, None)?;
+    let wall = started.elapsed().as_secs_f64();
+    for (program, after) in holder.stats()? {
+        let b = before.get(&program).copied().unwrap_or_default();
+        costs.push(KernelCost {
+            generator,
+            load: kind,
+            side,
+            program,
+            runs: after.run_count.saturating_sub(b.run_count),
+            run_ns: after.run_time.saturating_sub(b.run_time).as_nanos() as f64,
+            wall_s: wall,
+            runs_per_s: 0.0,
+            ns_per_run: 0.0,
+            cpu_pct: 0.0,
+        });
     }
     Ok(value)
 }
 
-/// Interleaved pairs; A first in even pairs, B first in odd ones, so drift cancels out.
+/// Interleaved pairs of A (nothing attached) and B (`b`); A first in even pairs, B first in odd
+/// ones, so drift cancels out. `b` = [`Side::Nothing`] is the A/A control.
 pub(super) fn ab(
+    generator: load::Generator,
     kind: Kind,
-    control: bool,
+    b: Side,
     pairs: usize,
     dur: Duration,
     bin: &std::path::Path,
@@ -324,22 +408,27 @@ pub(super) fn ab(
 ) -> anyhow::Result<AbResult> {
     let mut values = Vec::new();
     for i in 0..pairs {
-        let b_attached = !control;
-        let (a, b) = if i % 2 == 0 {
-            let a = one_run(kind, false, dur, bin, None)?;
-            (a, one_run(kind, b_attached, dur, bin, Some(costs))?)
+        let mut run = |side| one_run(generator, kind, side, dur, bin, costs);
+        let (a, bv) = if i % 2 == 0 {
+            let a = run(Side::Nothing)?;
+            (a, run(b)?)
         } else {
-            let b = one_run(kind, b_attached, dur, bin, Some(costs))?;
-            (one_run(kind, false, dur, bin, None)?, b)
+            let bv = run(b)?;
+            (run(Side::Nothing)?, bv)
         };
-        values.push((a, b));
+        values.push((a, bv));
     }
     let mut ratios: Vec<f64> = values.iter().map(|(a, b)| b / a).collect();
     let (mut av, mut bv): (Vec<f64>, Vec<f64>) = values.iter().copied().unzip();
     Ok(AbResult {
+        generator,
         load: kind,
         unit: kind.unit(),
-        kind: if control { "A/A" } else { "A/B" },
+        kind: match b {
+            Side::Nothing => "A/A",
+            Side::Empty => "A/E",
+            Side::Watched | Side::WatchedNoPeers | Side::Unwatched => "A/B",
+        },
         a_median: median(&mut av),
         b_median: median(&mut bv),
         ratio_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
@@ -347,6 +436,22 @@ pub(super) fn ab(
         ratio_median: median(&mut ratios),
         pairs: values,
     })
+}
+
+/// `runs` runs with `side` attached, for the kernel costs only (no pairs).
+pub(super) fn costs_only(
+    generator: load::Generator,
+    kind: Kind,
+    side: Side,
+    runs: usize,
+    dur: Duration,
+    bin: &std::path::Path,
+    costs: &mut Vec<KernelCost>,
+) -> anyhow::Result<()> {
+    for _ in 0..runs {
+        one_run(generator, kind, side, dur, bin, costs)?;
+    }
+    Ok(())
 }
 
 pub(super) fn scrape(
