@@ -274,6 +274,10 @@ pub struct TracepointLayout {
     pub state_newstate: u32,
     pub state_sport: u32,
     pub state_protocol: u32,
+    /// 1 if `inet_sock_set_state` has the usual order from `skaddr` on (skaddr, oldstate,
+    /// newstate, sport, dport, family, protocol with no gaps; every kernel since 4.16): then one
+    /// read of [`SockStateRecord`] at `state_skaddr` gets them all.
+    pub state_packed: u32,
     /// `tcp/tcp_retransmit_skb`: local port (host order).
     pub retrans_sport: u32,
     /// `tcp/tcp_receive_reset`: local port (host order).
@@ -299,6 +303,7 @@ impl TracepointLayout {
         state_newstate: 20,
         state_sport: 24,
         state_protocol: 30,
+        state_packed: 1,
         retrans_sport: 28,
         recv_reset_sport: 16,
         send_reset_skaddr: 16,
@@ -307,6 +312,31 @@ impl TracepointLayout {
         send_reset_port_be: 1,
         reason_no_socket: 1,
     };
+}
+
+/// The fields of `sock/inet_sock_set_state` from `skaddr` on, in their usual order
+/// ([`TracepointLayout::state_packed`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockStateRecord {
+    pub skaddr: u64,
+    pub oldstate: i32,
+    pub newstate: i32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub protocol: u16,
+}
+
+impl SockStateRecord {
+    /// Whether a layout's offsets are this record's, from `state_skaddr` on.
+    pub const fn matches(l: &TracepointLayout) -> bool {
+        let base = l.state_skaddr;
+        l.state_oldstate == base + 8
+            && l.state_newstate == base + 12
+            && l.state_sport == base + 16
+            && l.state_protocol == base + 22
+    }
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -346,7 +376,10 @@ mod pod {
 
     const _: () = assert!(size_of::<super::TrafficCounters>() == 6 * 8);
     const _: () = assert!(size_of::<super::TcpCounters>() == (8 + super::DURATION_BUCKETS) * 8);
-    const _: () = assert!(size_of::<super::TracepointLayout>() == 12 * 4);
+    const _: () = assert!(size_of::<super::TracepointLayout>() == 13 * 4);
+    const _: () = assert!(super::SockStateRecord::matches(
+        &super::TracepointLayout::DEFAULT
+    ));
 }
 
 #[cfg(test)]

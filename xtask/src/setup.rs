@@ -12,8 +12,9 @@ use anyhow::{Context as _, bail, ensure};
 const BPF_LINKER: &str = "0.13.0";
 /// Debian packages the test suite uses: prometheus (server and promtool), Alertmanager,
 /// node_exporter, tmux (drives `top`), util-linux (setpriv, unshare), iproute2, openssl and
-/// curl (certificates for the TLS tests, an independent HTTPS client), and chromium (the web
-/// page's tests, driven by playwright-core from npm: see [`npm_packages`]).
+/// curl (certificates for the TLS tests, an independent HTTPS client), iperf3 (the overhead
+/// bench's independent load generator), and chromium (the web page's tests, driven by
+/// playwright-core from npm: see [`npm_packages`]).
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-alertmanager",
@@ -23,6 +24,7 @@ const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "openssl",
     "curl",
+    "iperf3",
     "chromium",
 ];
 

@@ -139,6 +139,7 @@ pub fn build(read: impl Fn(&'static str) -> Result<String, LayoutError>) -> Layo
         l.state_newstate = field(f, SOCK_STATE, "newstate", 4)?;
         l.state_sport = field(f, SOCK_STATE, "sport", 2)?;
         l.state_protocol = field(f, SOCK_STATE, "protocol", 2)?;
+        l.state_packed = u32::from(moonfrp_common::SockStateRecord::matches(l));
         Ok(())
     });
     apply(RETRANSMIT, &mut |f, l| {
@@ -287,5 +288,23 @@ mod tests {
             LayoutError::Unreadable { .. }
         ));
         assert_eq!(l.layout.state_sport, 24);
+    }
+
+    #[test]
+    fn sock_state_fields_out_of_their_usual_order_are_read_one_by_one() {
+        assert_eq!(build(read_fixture("6.18")).layout.state_packed, 1);
+        // A kernel that put something between newstate and sport.
+        let read = |tp: &'static str| {
+            let text = read_fixture("6.18")(tp)?;
+            Ok(if tp == SOCK_STATE {
+                text.replace("offset:24;\tsize:2", "offset:26;\tsize:2")
+            } else {
+                text
+            })
+        };
+        let l = build(read);
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert_eq!(l.layout.state_sport, 26);
+        assert_eq!(l.layout.state_packed, 0);
     }
 }

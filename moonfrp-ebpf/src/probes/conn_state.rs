@@ -1,7 +1,7 @@
 //! `sock/inet_sock_set_state`: connections opened (passive and active apart) and closed per
 //! watched local port, and how long each one lived (log2 millisecond buckets).
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use moonfrp_common::{Proto, duration_bucket, tcp_state};
+use moonfrp_common::{Proto, SockStateRecord, duration_bucket, tcp_state};
 
 use crate::maps::{CONN_START, TCP_STATS, layout, slot_of};
 
@@ -16,20 +16,31 @@ pub fn mf_sock_state(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
     let l = layout();
-    // Every TCP state change on the host comes here: the port decides first, with one read.
+    // Every TCP state change on the host comes here: the port decides first, with one read —
+    // of every field at once where they lie in their usual order (each read is a helper call).
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let sport = unsafe { ctx.read_at::<u16>(l.state_sport as usize)? };
+    let (sport, record) = unsafe {
+        if l.state_packed != 0 {
+            let r = ctx.read_at::<SockStateRecord>(l.state_skaddr as usize)?;
+            (r.sport, Some(r))
+        } else {
+            (ctx.read_at::<u16>(l.state_sport as usize)?, None)
+        }
+    };
     let Some(slot) = slot_of(u32::from(sport), Proto::Tcp) else {
         return Ok(());
     };
-    // SAFETY: as above.
-    let (protocol, old, new, sk) = unsafe {
-        (
-            ctx.read_at::<u16>(l.state_protocol as usize)?,
-            ctx.read_at::<i32>(l.state_oldstate as usize)?,
-            ctx.read_at::<i32>(l.state_newstate as usize)?,
-            ctx.read_at::<u64>(l.state_skaddr as usize)?,
-        )
+    let (protocol, old, new, sk) = match record {
+        Some(r) => (r.protocol, r.oldstate, r.newstate, r.skaddr),
+        // SAFETY: as above.
+        None => unsafe {
+            (
+                ctx.read_at::<u16>(l.state_protocol as usize)?,
+                ctx.read_at::<i32>(l.state_oldstate as usize)?,
+                ctx.read_at::<i32>(l.state_newstate as usize)?,
+                ctx.read_at::<u64>(l.state_skaddr as usize)?,
+            )
+        },
     };
     // MPTCP and SCTP sockets use this tracepoint too.
     if protocol != IPPROTO_TCP {

@@ -47,16 +47,25 @@ struct Headers {
     syn: bool,
 }
 
-/// The transport part of [`Headers`] from the protocol number and, for TCP, the data-offset and
-/// flags bytes.
-#[inline(always)]
-fn transport(l4proto: u8, tcp: Option<(u8, u8)>) -> Option<(Proto, u32, bool)> {
-    match (l4proto, tcp) {
-        (IPPROTO_TCP, Some((doff, flags))) => {
-            Some((Proto::Tcp, u32::from(doff >> 4) * 4, flags & 0x12 == 0x02))
-        }
-        (IPPROTO_UDP, _) => Some((Proto::Udp, 8, false)),
-        _ => None,
+impl Headers {
+    /// The headers from the IP part and, for TCP, the data-offset and flags bytes; `None` for
+    /// a transport other than TCP and UDP.
+    #[inline(always)]
+    fn new(v6: bool, ip_hdr: u32, l4proto: u8, tcp: Option<(u8, u8)>) -> Option<Self> {
+        let (proto, l4_hdr, syn) = match (l4proto, tcp) {
+            (IPPROTO_TCP, Some((doff, flags))) => {
+                (Proto::Tcp, u32::from(doff >> 4) * 4, flags & 0x12 == 0x02)
+            }
+            (IPPROTO_UDP, _) => (Proto::Udp, 8, false),
+            _ => return None,
+        };
+        Some(Self {
+            v6,
+            ip_hdr,
+            proto,
+            l4_hdr,
+            syn,
+        })
     }
 }
 
@@ -108,13 +117,7 @@ fn headers_direct(ctx: &SkBuffContext, l3proto: u32) -> Option<Option<Headers>> 
     } else {
         None
     };
-    Some(transport(l4proto, tcp).map(|(proto, l4_hdr, syn)| Headers {
-        v6,
-        ip_hdr,
-        proto,
-        l4_hdr,
-        syn,
-    }))
+    Some(Headers::new(v6, ip_hdr, l4proto, tcp))
 }
 
 /// The headers through the load helper, which copes with non-linear skbs.
@@ -134,14 +137,7 @@ fn headers_loaded(ctx: &SkBuffContext, l3proto: u32) -> Option<Headers> {
     } else {
         None
     };
-    let (proto, l4_hdr, syn) = transport(l4proto, tcp)?;
-    Some(Headers {
-        v6,
-        ip_hdr,
-        proto,
-        l4_hdr,
-        syn,
-    })
+    Headers::new(v6, ip_hdr, l4proto, tcp)
 }
 
 #[inline(always)]

@@ -178,10 +178,6 @@ pub fn run(opts: &Opts) -> anyhow::Result<Report> {
         .unwrap_or_else(|| run::root().join("target/bench-overhead"));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let scratch = tempfile::tempdir()?;
-    // Kernel statistics on for the whole run (they cost ≈ 20 ns per program run themselves);
-    // the kernel turns them off again when this fd closes.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .context("cannot enable BPF run-time statistics")?;
     let started = Instant::now();
 
     let (agent_cpu, floor) = runs::agent_cpu(opts, &bin, scratch.path())?;
@@ -198,16 +194,20 @@ pub fn run(opts: &Opts) -> anyhow::Result<Report> {
         };
         for &kind in generator.kinds() {
             eprintln!(
-                "bench: {} {}: {pairs} pairs each of A/B, A/E (empty program) and A/A, and {pairs} runs each unwatched and without peers, of {dur:?}",
+                "bench: {} {}: {pairs} pairs each of A/B, A/E (empty program) and A/A without BPF statistics, then {pairs} runs each watched, without peers, unwatched and empty with them, of {dur:?}",
                 generator.name(),
                 kind.name()
             );
             for side in [Side::Watched, Side::Empty, Side::Nothing] {
-                let r = runs::ab(generator, kind, side, pairs, dur, &bin, &mut kernel_cost)?;
-                ab_results.push(r);
+                ab_results.push(runs::ab(generator, kind, side, pairs, dur, &bin)?);
             }
-            for side in [Side::Unwatched, Side::WatchedNoPeers] {
-                runs::costs_only(generator, kind, side, pairs, dur, &bin, &mut kernel_cost)?;
+            for side in [
+                Side::Watched,
+                Side::WatchedNoPeers,
+                Side::Unwatched,
+                Side::Empty,
+            ] {
+                runs::costs(generator, kind, side, pairs, dur, &bin, &mut kernel_cost)?;
             }
         }
     }

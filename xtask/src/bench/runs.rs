@@ -326,29 +326,36 @@ impl Holder {
     }
 }
 
-/// Runs `kind` once with `side` attached; the programs' costs over the run (from BPF
-/// statistics) are added to `costs`.
+/// Runs `kind` once with `side` attached; with `costs`, the programs' costs over the run (from
+/// BPF statistics, which the caller keeps on) are added to it.
 fn one_run(
     generator: load::Generator,
     kind: Kind,
     side: Side,
     dur: Duration,
     bin: &std::path::Path,
-    costs: &mut Vec<KernelCost>,
+    costs: Option<&mut Vec<KernelCost>>,
 ) -> anyhow::Result<f64> {
     let server = free_port();
     let client = (kind != Kind::TcpChurn)
         .then(|| std::iter::repeat_with(free_port).find(|&p| p != server))
         .flatten();
     let ports = load::Ports { server, client };
-    let no_peers = tempfile::NamedTempFile::new()?;
-    std::fs::write(no_peers.path(), "[kernel]\npeers = 0\n")?;
-    let no_peers_path = no_peers.path().to_str().context("utf-8 temp path")?;
+    // The agent's own sampled statistics stay off: the datapath pairs run without any, and the
+    // cost runs keep them on for the whole run themselves.
+    let kernel = tempfile::NamedTempFile::new()?;
+    let peers = if side == Side::WatchedNoPeers {
+        "peers = 0\n"
+    } else {
+        ""
+    };
+    std::fs::write(
+        kernel.path(),
+        format!("[kernel]\nbpf_stats = \"off\"\n{peers}"),
+    )?;
+    let kernel_path = kernel.path().to_str().context("utf-8 temp path")?;
     let agent = |tunnels: &[String]| {
-        let mut args = Vec::new();
-        if side == Side::WatchedNoPeers {
-            args.extend(["--config", no_peers_path]);
-        }
+        let mut args = vec!["--config", kernel_path];
         for t in tunnels {
             args.extend(["-t", t.as_str()]);
         }
@@ -377,6 +384,9 @@ fn one_run(
     let started = Instant::now();
     let value = load::run(generator, kind, ports, dur, None)?;
     let wall = started.elapsed().as_secs_f64();
+    let Some(costs) = costs else {
+        return Ok(value);
+    };
     for (program, after) in holder.stats()? {
         let b = before.get(&program).copied().unwrap_or_default();
         costs.push(KernelCost {
@@ -396,7 +406,8 @@ fn one_run(
 }
 
 /// Interleaved pairs of A (nothing attached) and B (`b`); A first in even pairs, B first in odd
-/// ones, so drift cancels out. `b` = [`Side::Nothing`] is the A/A control.
+/// ones, so drift cancels out. `b` = [`Side::Nothing`] is the A/A control. BPF statistics are
+/// off (as outside the agent's sampling windows).
 pub(super) fn ab(
     generator: load::Generator,
     kind: Kind,
@@ -404,11 +415,10 @@ pub(super) fn ab(
     pairs: usize,
     dur: Duration,
     bin: &std::path::Path,
-    costs: &mut Vec<KernelCost>,
 ) -> anyhow::Result<AbResult> {
     let mut values = Vec::new();
     for i in 0..pairs {
-        let mut run = |side| one_run(generator, kind, side, dur, bin, costs);
+        let run = |side| one_run(generator, kind, side, dur, bin, None);
         let (a, bv) = if i % 2 == 0 {
             let a = run(Side::Nothing)?;
             (a, run(b)?)
@@ -438,8 +448,8 @@ pub(super) fn ab(
     })
 }
 
-/// `runs` runs with `side` attached, for the kernel costs only (no pairs).
-pub(super) fn costs_only(
+/// `runs` runs with `side` attached and BPF statistics on, for the kernel costs only (no pairs).
+pub(super) fn costs(
     generator: load::Generator,
     kind: Kind,
     side: Side,
@@ -448,8 +458,11 @@ pub(super) fn costs_only(
     bin: &std::path::Path,
     costs: &mut Vec<KernelCost>,
 ) -> anyhow::Result<()> {
+    // The kernel turns them off again when this fd closes.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("cannot enable BPF run-time statistics")?;
     for _ in 0..runs {
-        one_run(generator, kind, side, dur, bin, costs)?;
+        one_run(generator, kind, side, dur, bin, Some(&mut *costs))?;
     }
     Ok(())
 }
