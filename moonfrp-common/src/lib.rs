@@ -275,8 +275,8 @@ pub struct TracepointLayout {
     pub state_sport: u32,
     pub state_protocol: u32,
     /// 1 if `inet_sock_set_state` has the usual order from `skaddr` on (skaddr, oldstate,
-    /// newstate, sport, dport, family, protocol with no gaps; every kernel since 4.16): then one
-    /// read of [`SockStateRecord`] at `state_skaddr` gets them all.
+    /// newstate, sport, dport, family, protocol with no gaps, as on 6.18): then one read of
+    /// [`SockStateRecord`] at `state_skaddr` gets them all; 0: each field is read on its own.
     pub state_packed: u32,
     /// `tcp/tcp_retransmit_skb`: local port (host order).
     pub retrans_sport: u32,

@@ -224,6 +224,8 @@ fn values_out_of_range_are_refused_by_check_and_run_with_exit_2() {
         ("[kernel]\npeers = 10000000\n".into(), "kernel.peers"),
         ("[kernel]\npeers = 4000000000\n".into(), "kernel.peers"),
         ("[kernel]\ntracked_connections = 0\n".into(), "kernel.tracked_connections"),
+        ("[kernel]\nbpf_stats_window = \"10ms\"\n".into(), "kernel.bpf_stats_window"),
+        ("[kernel]\nbpf_stats = \"sometimes\"\n".into(), "not a bpf_stats mode"),
         ("interval = \"99999999999y\"\n".into(), "interval"),
         ("interval = \"2h\"\n".into(), "interval"),
         (rule("warning = nan"), "finite"),

@@ -79,12 +79,7 @@ impl KernelConfig {
                 self.export_peers
             ));
         }
-        duration_in(
-            &self.bpf_stats_window,
-            STATS_WINDOW_RANGE.0,
-            STATS_WINDOW_RANGE.1,
-        )
-        .map_err(|e| format!("key `kernel.bpf_stats_window`: {e}"))?;
+        self.checked_stats_window()?;
         if !self.pin_dir.is_empty()
             && (!self.pin_dir.starts_with('/')
                 || self.pin_dir.contains("/../")
@@ -98,14 +93,16 @@ impl KernelConfig {
         Ok(self)
     }
 
+    fn checked_stats_window(&self) -> Result<Duration, String> {
+        let (lo, hi) = STATS_WINDOW_RANGE;
+        duration_in(&self.bpf_stats_window, lo, hi)
+            .map_err(|e| format!("key `kernel.bpf_stats_window`: {e}"))
+    }
+
     /// The length of a sampling window (checked by [`Self::validate`]).
     pub fn stats_window(&self) -> Duration {
-        duration_in(
-            &self.bpf_stats_window,
-            STATS_WINDOW_RANGE.0,
-            STATS_WINDOW_RANGE.1,
-        )
-        .unwrap_or(Duration::from_secs(1))
+        self.checked_stats_window()
+            .unwrap_or(Duration::from_secs(1))
     }
 
     /// The pin directory, if pinning is on.

@@ -164,9 +164,7 @@ impl Kernel {
             })
             .collect()
     }
-}
 
-impl Kernel {
     /// Opens a statistics sampling window (see [`super::stats`]); called after each collection.
     pub fn sample_stats(&self) {
         self.stats.sample();
