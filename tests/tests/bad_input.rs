@@ -205,11 +205,8 @@ fn inspections_are_capped_and_configured_tunnels_always_keep_their_slots() {
     assert_eq!(status, 200, "{body}");
 }
 
-#[test]
-fn values_out_of_range_are_refused_by_check_and_run_with_exit_2() {
-    let dir = tempfile::tempdir().unwrap();
-    let a_file = dir.path().join("a-file");
-    write(&a_file, "");
+/// Config texts with a value out of range, each with what its error must name.
+fn out_of_range(a_file: &Path) -> Vec<(String, &'static str)> {
     let rule = |extra: &str| {
         format!(
             "[[alerts.rules]]\nname = \"R\"\nmetric = \"moonfrp_tunnel_up\"\nop = \"<\"\n{extra}\n"
@@ -220,7 +217,7 @@ fn values_out_of_range_are_refused_by_check_and_run_with_exit_2() {
             "[[alerts.channels]]\nname = \"{name}\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\n{extra}\n"
         )
     };
-    let cases: Vec<(String, &str)> = vec![
+    vec![
         ("[kernel]\npeers = 10000000\n".into(), "kernel.peers"),
         ("[kernel]\npeers = 4000000000\n".into(), "kernel.peers"),
         ("[kernel]\ntracked_connections = 0\n".into(), "kernel.tracked_connections"),
@@ -255,7 +252,15 @@ fn values_out_of_range_are_refused_by_check_and_run_with_exit_2() {
         ("[alerts]\nrepeat_interval = \"0s\"\n".into(), "alerts.repeat_interval"),
         ("[metrics]\nduration_buckets = [\"1s\", \"1.01s\"]\n".into(), "metrics.duration_buckets"),
         ("[metrics]\nduration_buckets = [\"3d\"]\n".into(), "metrics.duration_buckets"),
-    ];
+    ]
+}
+
+#[test]
+fn values_out_of_range_are_refused_by_check_and_run_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_file = dir.path().join("a-file");
+    write(&a_file, "");
+    let cases = out_of_range(&a_file);
     let config = dir.path().join("moonfrp.toml");
     for (text, needle) in &cases {
         write(&config, text);
