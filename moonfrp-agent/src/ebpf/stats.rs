@@ -120,7 +120,8 @@ impl StatsWindow {
         self.mode != BpfStats::Off
     }
 
-    /// Opens a sampling window now (sampled mode; a window still open is not extended).
+    /// Opens a sampling window now (sampled mode). Asked while one is open, the next opens when
+    /// it closes; further asks meanwhile are dropped.
     pub fn sample(&self) {
         if let Some(tx) = &self.open
             && let Err(TrySendError::Disconnected(())) = tx.try_send(())

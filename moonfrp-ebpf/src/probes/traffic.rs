@@ -79,17 +79,31 @@ unsafe fn byte(p: usize) -> u8 {
     unsafe { *(p as *const u8) }
 }
 
+/// The skb's linear part: (start, end) of the bytes readable in place from the network header.
+#[derive(Clone, Copy)]
+struct Linear {
+    data: usize,
+    end: usize,
+}
+
+impl Linear {
+    #[inline(always)]
+    fn of(ctx: &SkBuffContext) -> Self {
+        // SAFETY: reading fields of the context the kernel passed in.
+        unsafe {
+            Self {
+                data: (*ctx.skb.skb).data as usize,
+                end: (*ctx.skb.skb).data_end as usize,
+            }
+        }
+    }
+}
+
 /// The headers read in place. `None` when they are not all in the linear part (then the load
 /// helper reads them); `Some(None)` for a packet that is not TCP/UDP over IPv4/IPv6.
 #[inline(always)]
-fn headers_direct(ctx: &SkBuffContext, l3proto: u32) -> Option<Option<Headers>> {
-    // SAFETY: reading fields of the context the kernel passed in.
-    let (data, end) = unsafe {
-        (
-            (*ctx.skb.skb).data as usize,
-            (*ctx.skb.skb).data_end as usize,
-        )
-    };
+fn headers_direct(lin: Linear, l3proto: u32) -> Option<Option<Headers>> {
+    let Linear { data, end } = lin;
     let (v6, ip_hdr, l4proto) = if l3proto == ETH_P_IP {
         if data + 20 > end {
             return None;
@@ -152,7 +166,8 @@ fn try_count(ctx: &SkBuffContext, dir: usize) -> Option<()> {
     // Only watched ports get this far.
     // SAFETY: as above.
     let (l3proto, len, gso_segs) = unsafe { ((*skb).protocol, (*skb).len, (*skb).gso_segs) };
-    let h = match headers_direct(ctx, l3proto) {
+    let lin = Linear::of(ctx);
+    let h = match headers_direct(lin, l3proto) {
         Some(h) => h?,
         None => headers_loaded(ctx, l3proto)?,
     };
@@ -175,7 +190,7 @@ fn try_count(ctx: &SkBuffContext, dir: usize) -> Option<()> {
     if !crate::maps::peer_tracking() {
         return Some(());
     }
-    let Some(key) = peer_key(ctx, port, &h, dir) else {
+    let Some(key) = peer_key(ctx, lin, port, &h, dir) else {
         return Some(());
     };
     let add = |c: &mut PeerCounters| {
@@ -200,7 +215,14 @@ fn try_count(ctx: &SkBuffContext, dir: usize) -> Option<()> {
 /// header (source on ingress, destination on egress): during a handshake the socket is the
 /// listener, which has no remote address yet.
 #[inline(always)]
-fn peer_key(ctx: &SkBuffContext, port: u32, h: &Headers, dir: usize) -> Option<PeerKey> {
+fn peer_key(
+    ctx: &SkBuffContext,
+    lin: Linear,
+    port: u32,
+    h: &Headers,
+    dir: usize,
+) -> Option<PeerKey> {
+    let Linear { data, end } = lin;
     let mut key = PeerKey {
         port: port as u16,
         proto: h.proto as u8,
@@ -208,13 +230,6 @@ fn peer_key(ctx: &SkBuffContext, port: u32, h: &Headers, dir: usize) -> Option<P
         addr: [0; 16],
     };
     let ingress = dir == INGRESS;
-    // SAFETY: reading fields of the context the kernel passed in.
-    let (data, end) = unsafe {
-        (
-            (*ctx.skb.skb).data as usize,
-            (*ctx.skb.skb).data_end as usize,
-        )
-    };
     if h.v6 {
         let off = if ingress { 8 } else { 24 };
         if data + 40 <= end {
