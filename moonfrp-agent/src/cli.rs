@@ -28,6 +28,8 @@ pub enum Command {
     Top(crate::client::top::TopArgs),
     /// A tunnel's (or any port's) top peers and connection durations.
     Inspect(crate::client::inspect::InspectArgs),
+    /// The running agent's recent log records; -f follows new ones as they come.
+    Logs(crate::client::logs::LogsArgs),
     /// Remove what the agent pinned in bpffs (`kernel.pin_dir`): its programs detach and the
     /// counters they kept are gone. For after the agent stopped (package removal runs it).
     Cleanup(ConfigArgs),

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Command::Run(args) | Command::Check(args) | Command::Cleanup(args) => args,
         Command::Inspect(a) => return finish(moonfrp_agent::client::inspect::run(a)),
         Command::Status(a) => return finish(moonfrp_agent::client::status::run(a)),
+        Command::Logs(a) => return finish(moonfrp_agent::client::logs::run(a)),
         Command::Top(a) => {
             return match moonfrp_agent::client::top::run(a) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -60,7 +61,11 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::History(_) | Command::Status(_) | Command::Top(_) | Command::Inspect(_) => {
+        Command::History(_)
+        | Command::Status(_)
+        | Command::Top(_)
+        | Command::Inspect(_)
+        | Command::Logs(_) => {
             unreachable!("handled above")
         }
         Command::Cleanup(_) => finish(moonfrp_agent::ebpf::pins::cleanup(&config.start.kernel)),

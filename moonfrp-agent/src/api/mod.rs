@@ -1,10 +1,11 @@
 //! The JSON API, one file per resource: `history` (`/api/v1/history`, `/api/v1/summary`),
-//! `tunnels`, `status`, `peers`, `inspect` and `alerts`. Answers are typed structs that the
+//! `tunnels`, `status`, `peers`, `inspect`, `alerts` and `logs`. Answers are typed structs that the
 //! server writes and the clients (`status`, `top`, `inspect`, `history`) read. Handlers run on
 //! the blocking pool (they read SQLite or the kernel), never on the collection thread.
 pub mod alerts;
 pub mod history;
 pub mod inspect;
+pub mod logs;
 pub mod peers;
 pub mod status;
 pub mod tunnels;

@@ -1,8 +1,9 @@
 //! The command-line clients of a running agent: `status` (one-shot text or JSON), `top` (a live
-//! full-screen view), `inspect` (a port's peers) and `history` (a metric over time). They read
+//! full-screen view), `inspect` (a port's peers), `history` (a metric over time) and `logs` (the agent's own log). They read
 //! the agent's API and its typed answers ([`crate::api`]); nothing here runs inside the agent.
 pub mod history;
 pub mod inspect;
+pub mod logs;
 pub mod status;
 pub mod top;
 
@@ -15,7 +16,7 @@ use clap::Args;
 
 use crate::{
     config::{Config, Overrides},
-    frp::client::{Endpoint, GetError, get_any},
+    frp::client::{Endpoint, GetError, request},
 };
 
 /// Where the agent is.
@@ -167,7 +168,19 @@ pub fn get(
     ep: &Endpoint,
     path: &str,
 ) -> Result<(u16, String), FetchError> {
-    match rt.block_on(get_any(ep, path, Duration::from_secs(5))) {
+    call(rt, ep, "GET", path, Duration::from_secs(5))
+}
+
+/// A blocking request without a body (`GET`, `POST`) of the agent's API, answered within
+/// `timeout`: status and body.
+pub fn call(
+    rt: &tokio::runtime::Runtime,
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), FetchError> {
+    match rt.block_on(request(ep, method, path, timeout)) {
         Ok((status, _)) if status == hyper::StatusCode::UNAUTHORIZED => {
             Err(FetchError::Other(unauthorized(ep)))
         }

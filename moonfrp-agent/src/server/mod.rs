@@ -95,6 +95,8 @@ pub struct AppState {
     pub max_requests: u32,
     /// TLS and basic auth in force.
     pub web: web_config::WebConfig,
+    /// The agent's recent log records.
+    pub logs: Arc<crate::logging::ring::Ring>,
 }
 
 impl AppState {
@@ -118,6 +120,7 @@ impl AppState {
             )),
             max_requests: ServerConfig::default().max_requests,
             web: web_config::WebConfig::none(),
+            logs: crate::logging::ring::global().clone(),
         }
     }
 
@@ -218,14 +221,24 @@ async fn off_thread(f: impl FnOnce() -> api::Answer + Send + 'static) -> Respons
 }
 
 /// Answers within `max_requests` (503 beyond, like node_exporter), checks basic auth, routes,
-/// and adds the web config's headers.
+/// and adds the web config's headers. Each request is one `trace` record (an access log, off
+/// unless asked for).
 async fn admit(
     state: Arc<AppState>,
     web: Arc<web_config::Web>,
     mut peer: access::Peer,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let access = tracing::enabled!(tracing::Level::TRACE).then(|| {
+        (
+            req.method().clone(),
+            crate::untrusted::message(req.uri().path(), 256),
+        )
+    });
     let mut r = admit_inner(state, &web, &mut peer, req).await;
+    if let Some((method, path)) = access {
+        tracing::trace!(peer = %peer.addr, %method, path = %path, status = r.status().as_u16(), "request");
+    }
     for (name, value) in &web.headers {
         r.headers_mut().insert(name.clone(), value.clone());
     }
@@ -321,6 +334,14 @@ async fn route(
         .await;
     }
     match path.as_str() {
+        "/api/v1/logs" => {
+            let a = api::logs::logs(&state.logs, &query).await;
+            reply(
+                StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                a.content_type,
+                a.body,
+            )
+        }
         "/api/v1/alerts" => off_thread(move || api::alerts::alerts(st.alerts.as_deref())).await,
         "/api/v1/tunnels" => {
             off_thread(move || {
@@ -360,7 +381,7 @@ async fn route(
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; the API has /api/v1/status, /api/v1/history, /api/v1/summary, /api/v1/tunnels, /api/v1/alerts, /api/v1/alerts/history, /api/v1/tunnels/{name}/peers, /api/v1/peers and /api/v1/inspect\n",
+            "not found; the API has /api/v1/status, /api/v1/history, /api/v1/summary, /api/v1/tunnels, /api/v1/alerts, /api/v1/alerts/history, /api/v1/logs, /api/v1/tunnels/{name}/peers, /api/v1/peers and /api/v1/inspect\n",
         ),
     }
 }

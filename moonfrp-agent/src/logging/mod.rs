@@ -1,18 +1,28 @@
-//! The agent's log: one line per event on stderr, whatever the event carries. Names and errors
-//! from outside are escaped where they enter ([`crate::untrusted`]); this writer is the last
-//! guard, so that no line break or control character inside an event can forge another line.
+//! The agent's log: one line per event on stderr, whatever the event carries, and the recent
+//! records in memory for the API ([`ring`]). Names and errors from outside are escaped where they
+//! enter ([`crate::untrusted`]); this writer is the last guard, so that no line break or control
+//! character inside an event can forge another line.
+pub mod ring;
+
 use std::io::{self, IsTerminal as _, Write};
 
-use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+use tracing_subscriber::{
+    EnvFilter, fmt::MakeWriter, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
-/// Sets up logging to stderr at `level` (`RUST_LOG` overrides it).
+/// Sets up logging at `level` (`RUST_LOG` overrides it): to stderr, and into the process's
+/// [`ring::global`] ring.
 pub fn init(level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let ansi = io::stderr().is_terminal();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(OneLine { ansi })
-        .with_ansi(ansi)
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(OneLine { ansi })
+                .with_ansi(ansi),
+        )
+        .with(ring::RingLayer(ring::global().clone()))
         .init();
 }
 

@@ -1,0 +1,205 @@
+//! The agent's own log from its API: a warning caused by a broken FRP config is answered by
+//! `/api/v1/logs` and followed live by `moonfrp-agent logs -f`; the answer stays within the ring's
+//! bound while the agent logs a flood.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use moonfrp_tests::{Agent, AgentCmd, agent_bin, poll};
+use serde_json::Value;
+
+fn logs(agent: &Agent, query: &str) -> Value {
+    let (status, _, body) = agent.get(&format!("/api/v1/logs?{query}"), None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<Value>(&body).unwrap()["data"].clone()
+}
+
+/// Records whose message or fields mention `needle`.
+fn mentioning(page: &Value, needle: &str) -> Vec<Value> {
+    page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.to_string().contains(needle))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_broken_frp_config_is_a_warning_in_the_api_and_followed_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let frp = dir.path().join("frp");
+    std::fs::create_dir(&frp).unwrap();
+    std::fs::write(frp.join("frps-broken.toml"), "bindPort = \n").unwrap();
+    let config = dir.path().join("moonfrp.toml");
+    std::fs::write(
+        &config,
+        format!("[frp]\nconfigs = [\"{}/*.toml\"]\n", frp.display()),
+    )
+    .unwrap();
+    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()])
+        .log_level("info")
+        .start();
+
+    let page = poll(
+        "the warning about frps-broken.toml",
+        Duration::from_secs(20),
+        || {
+            let page = logs(&agent, "level=warn");
+            (!mentioning(&page, "frps-broken.toml").is_empty()).then_some(page)
+        },
+    );
+    let warning = &mentioning(&page, "frps-broken.toml")[0];
+    assert_eq!(warning["level"], "warn", "{warning}");
+    assert!(
+        warning["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("moonfrp_agent"),
+        "{warning}"
+    );
+    assert!(warning["seq"].as_u64().unwrap() >= 1 && warning["time"].as_f64().unwrap() > 1.7e9);
+    // Nothing below the level asked for.
+    assert!(
+        page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["level"] == "warn" || r["level"] == "error"),
+        "{page}"
+    );
+    // Info records are there when asked for: the start message.
+    assert!(!mentioning(&logs(&agent, "level=info"), "info").is_empty());
+    let (status, _, body) = agent.get("/api/v1/logs?level=loud", None).unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("level"), "{body}");
+
+    // `logs -f` prints the old warning, then a new one as it happens.
+    let mut follower = Command::new(agent_bin())
+        .args([
+            "logs",
+            "-f",
+            "--level",
+            "warn",
+            "--listen",
+            &agent.addr.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_line = |needle: &str, seen: &mut Vec<String>| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        }
+        panic!(
+            "`logs -f` printed no line with {needle}: {seen:#?}\nagent log:\n{}",
+            agent.log()
+        );
+    };
+    let old = wait_line("frps-broken.toml", &mut seen);
+    assert!(old.contains(" WARN "), "{old}");
+    // The follower now waits at the agent; a second broken config appears while it waits.
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(frp.join("frpc-late.toml"), "[common\nserver_port = x\n").unwrap();
+    let live = wait_line("frpc-late.toml", &mut seen);
+    assert!(live.contains(" WARN "), "{live}");
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "`logs -f` ended: {seen:#?}"
+    );
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+
+    // The one-shot command prints the same warnings and ends.
+    let out = Command::new(agent_bin())
+        .args([
+            "logs",
+            "--level",
+            "warn",
+            "--listen",
+            &agent.addr.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("frps-broken.toml") && text.contains("frpc-late.toml"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_ring_stays_within_its_bound_under_a_flood() {
+    // Trace level on a busy agent: every scrape, every collection step logs.
+    let agent = AgentCmd::new(&["--tunnel", "flood=9"])
+        .log_level("trace")
+        .interval("1s")
+        .start();
+    let first = logs(&agent, "limit=1")["last"].as_u64().unwrap();
+    let (max_records, max_bytes) = {
+        let p = logs(&agent, "limit=1");
+        (
+            p["max_records"].as_u64().unwrap(),
+            p["max_bytes"].as_u64().unwrap(),
+        )
+    };
+    // Requests that each log at debug or trace: unknown paths, bad queries, scrapes.
+    let mut last = first;
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    while last < first + 3 * max_records && std::time::Instant::now() < deadline {
+        for _ in 0..50 {
+            let _ = agent.get("/metrics", None);
+            let _ = agent.get("/api/v1/logs?limit=1", None);
+        }
+        last = logs(&agent, "limit=1")["last"].as_u64().unwrap();
+    }
+    assert!(
+        last >= first + 3 * max_records,
+        "the flood logged only {} records",
+        last - first
+    );
+    let page = logs(&agent, &format!("limit={max_records}"));
+    let records = page["records"].as_array().unwrap();
+    let bytes: usize = records
+        .iter()
+        .map(|r| {
+            r["message"].as_str().unwrap().len()
+                + r["target"].as_str().unwrap().len()
+                + r["fields"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| k.len() + v.as_str().unwrap().len())
+                    .sum::<usize>()
+        })
+        .sum();
+    assert!(
+        records.len() as u64 <= max_records,
+        "{} records",
+        records.len()
+    );
+    assert!(bytes as u64 <= max_bytes, "{bytes} bytes");
+    // Reading from the start says how many were dropped.
+    assert!(page["missed"].as_u64().unwrap() > 0, "{}", page["missed"]);
+}
