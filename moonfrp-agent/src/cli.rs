@@ -28,11 +28,27 @@ pub enum Command {
     Top(crate::client::top::TopArgs),
     /// A tunnel's (or any port's) top peers and connection durations.
     Inspect(crate::client::inspect::InspectArgs),
+    /// Send a clearly marked test notification through the alert channels of the configuration
+    /// (all, or --channel NAME) and report what each answered. No running agent needed.
+    AlertTest(AlertTestArgs),
     /// The running agent's recent log records; -f follows new ones as they come.
     Logs(crate::client::logs::LogsArgs),
     /// Remove what the agent pinned in bpffs (`kernel.pin_dir`): its programs detach and the
     /// counters they kept are gone. For after the agent stopped (package removal runs it).
     Cleanup(ConfigArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct AlertTestArgs {
+    /// TOML configuration file with the [[alerts.channels]].
+    #[arg(short, long, value_name = "PATH", env = "MOONFRP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Only this channel (by its `name`).
+    #[arg(long, value_name = "NAME")]
+    pub channel: Option<String>,
+    /// The answers as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the configuration comes from; flags override the file.

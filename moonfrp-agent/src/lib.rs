@@ -8,6 +8,7 @@
 //! [`api`] and [`server`]). The public modules are what the binary, the benches and the
 //! examples use; the rest is the agent's own.
 pub mod agent;
+pub mod alert_test;
 pub(crate) mod alerts;
 pub mod api;
 pub mod check;

@@ -31,6 +31,23 @@ fn main() -> ExitCode {
         Command::Inspect(a) => return finish(moonfrp_agent::client::inspect::run(a)),
         Command::Status(a) => return finish(moonfrp_agent::client::status::run(a)),
         Command::Logs(a) => return finish(moonfrp_agent::client::logs::run(a)),
+        Command::AlertTest(a) => {
+            let config = match moonfrp_agent::config::Config::load(
+                a.config.as_deref(),
+                &moonfrp_agent::config::Overrides::default(),
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("moonfrp-agent: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            return finish(moonfrp_agent::alert_test::run(
+                &config,
+                a.channel.as_deref(),
+                a.json,
+            ));
+        }
         Command::Top(a) => {
             return match moonfrp_agent::client::top::run(a) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -65,7 +82,8 @@ fn main() -> ExitCode {
         | Command::Status(_)
         | Command::Top(_)
         | Command::Inspect(_)
-        | Command::Logs(_) => {
+        | Command::Logs(_)
+        | Command::AlertTest(_) => {
             unreachable!("handled above")
         }
         Command::Cleanup(_) => finish(moonfrp_agent::ebpf::pins::cleanup(&config.start.kernel)),

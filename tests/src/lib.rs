@@ -10,6 +10,7 @@ pub mod hostile_http;
 pub mod pki;
 pub mod receiver;
 mod scrape;
+pub mod smtp;
 
 use std::{
     io::{Read as _, Write as _},

@@ -33,6 +33,7 @@ pub fn all(test_deps: bool) -> anyhow::Result<()> {
     if test_deps {
         debian_packages(TEST_PACKAGES)?;
         npm_packages()?;
+        python_packages()?;
     }
     Ok(())
 }
@@ -186,6 +187,32 @@ pub fn npm_packages() -> anyhow::Result<()> {
         .args(["ci", "--no-audit", "--no-fund"])
         .current_dir(&dir))
     .context("npm ci in tests/ui (needs node and npm, and the npm registry)")
+}
+
+/// The PyPI packages the email tests use (`tests/smtp/requirements.txt`: aiosmtpd, a real SMTP
+/// server), installed exactly as pinned into `tests/smtp/.venv` when missing.
+pub fn python_packages() -> anyhow::Result<()> {
+    let dir = crate::run::root().join("tests/smtp");
+    let python = dir.join(".venv/bin/python");
+    if Command::new(&python)
+        .args(["-c", "import aiosmtpd"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return Ok(());
+    }
+    // The machine image has Python with venv; a bare Debian gets its own.
+    if output(Command::new("python3").args(["-c", "import venv, ensurepip"])).is_none() {
+        debian_packages(&["python3", "python3-venv"])?;
+    }
+    sh(Command::new("python3")
+        .args(["-m", "venv", ".venv"])
+        .current_dir(&dir))
+    .context("cannot make the Python venv in tests/smtp")?;
+    sh(Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "-r", "requirements.txt"])
+        .current_dir(&dir))
+    .context("pip install in tests/smtp (needs PyPI)")
 }
 
 /// Installs the Debian packages that are missing (`apt-get update` once, only if needed).

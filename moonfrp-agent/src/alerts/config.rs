@@ -18,6 +18,21 @@ pub enum ChannelKind {
     Discord,
     Alertmanager,
     Exec,
+    Smtp,
+}
+
+impl ChannelKind {
+    /// The `type` that names it in the config.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Slack => "slack",
+            Self::Discord => "discord",
+            Self::Alertmanager => "alertmanager",
+            Self::Exec => "exec",
+            Self::Smtp => "smtp",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +51,8 @@ pub struct ChannelConfig {
     pub backoff: Duration,
     /// Alertmanager: re-send firing alerts this often.
     pub resend: Duration,
+    /// Smtp: server, sender, recipients, templates.
+    pub smtp: Option<super::email::SmtpConfig>,
 }
 
 impl ChannelConfig {
@@ -101,7 +118,7 @@ pub struct AlertsFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum OneOrMany {
+pub(crate) enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
@@ -142,6 +159,36 @@ struct ChannelFile {
     retries: Option<u32>,
     backoff: Option<String>,
     resend: Option<String>,
+    // smtp (serde's `flatten` does not mix with `deny_unknown_fields`).
+    host: Option<String>,
+    port: Option<u16>,
+    tls: Option<String>,
+    tls_ca_file: Option<std::path::PathBuf>,
+    username: Option<String>,
+    password_file: Option<std::path::PathBuf>,
+    password_env: Option<String>,
+    from: Option<String>,
+    to: Option<OneOrMany>,
+    subject: Option<String>,
+    body: Option<String>,
+}
+
+impl ChannelFile {
+    fn take_smtp(&mut self) -> super::email::SmtpFile {
+        super::email::SmtpFile {
+            host: self.host.take(),
+            port: self.port.take(),
+            tls: self.tls.take(),
+            tls_ca_file: self.tls_ca_file.take(),
+            username: self.username.take(),
+            password_file: self.password_file.take(),
+            password_env: self.password_env.take(),
+            from: self.from.take(),
+            to: self.to.take(),
+            subject: self.subject.take(),
+            body: self.body.take(),
+        }
+    }
 }
 
 /// A duration in `lo..=hi`, the error naming `what`.
@@ -149,15 +196,15 @@ fn duration_in(what: &str, v: &str, lo: Duration, hi: Duration) -> Result<Durati
     crate::untrusted::duration_in(v, lo, hi).map_err(|p| format!("{what}: {p}"))
 }
 
-/// Checks an annotation template: every `{{` closed, each placeholder a label name or
-/// `value`, `threshold`.
-fn check_template(key: &str, t: &str) -> Result<(), String> {
+/// Checks a template (an annotation, an email's subject or body): every `{{` closed, each
+/// placeholder a label name or `value`, `threshold`.
+pub(crate) fn check_template(key: &str, t: &str) -> Result<(), String> {
     let mut rest = t;
     while let Some(start) = rest.find("{{") {
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else {
             return Err(format!(
-                "annotation `{}`: a `{{{{` is never closed with `}}}}`",
+                "template `{}`: a `{{{{` is never closed with `}}}}`",
                 shown(key)
             ));
         };
@@ -169,7 +216,7 @@ fn check_template(key: &str, t: &str) -> Result<(), String> {
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             return Err(format!(
-                "annotation `{}`: `{{{{{}}}}}` is not a placeholder; use {{{{value}}}}, {{{{threshold}}}} or a label name such as {{{{tunnel}}}}",
+                "template `{}`: `{{{{{}}}}}` is not a placeholder; use {{{{value}}}}, {{{{threshold}}}} or a label name such as {{{{tunnel}}}}",
                 shown(key),
                 shown(name)
             ));
@@ -342,21 +389,35 @@ fn rule(r: RuleFile, known: &impl Fn(&str) -> bool) -> Result<Rule, String> {
     })
 }
 
-fn channel(ch: ChannelFile, i: usize) -> Result<ChannelConfig, String> {
+fn channel(mut ch: ChannelFile, i: usize) -> Result<ChannelConfig, String> {
+    let smtp_file = ch.take_smtp();
     let kind = match ch.kind.as_str() {
         "webhook" => ChannelKind::Webhook,
         "slack" => ChannelKind::Slack,
         "discord" => ChannelKind::Discord,
         "alertmanager" => ChannelKind::Alertmanager,
         "exec" => ChannelKind::Exec,
+        "smtp" => ChannelKind::Smtp,
         other => {
             return Err(format!(
-                "type `{}` is unknown; use webhook, slack, discord, alertmanager or exec",
+                "type `{}` is unknown; use webhook, slack, discord, alertmanager, exec or smtp",
                 shown(other)
             ));
         }
     };
-    let (url, command) = if kind == ChannelKind::Exec {
+    let smtp = if kind == ChannelKind::Smtp {
+        Some(super::email::parse(smtp_file)?)
+    } else if smtp_file.any() {
+        return Err(format!(
+            "host, port, tls, username, password_*, from, to, subject and body are for smtp channels, not {}",
+            ch.kind
+        ));
+    } else {
+        None
+    };
+    let (url, command) = if kind == ChannelKind::Smtp {
+        (String::new(), Vec::new())
+    } else if kind == ChannelKind::Exec {
         let cmd = ch.command.unwrap_or_default();
         if cmd.first().is_none_or(String::is_empty) {
             return Err("an exec channel needs `command = [\"/path/to/program\", …]`".into());
@@ -416,5 +477,6 @@ fn channel(ch: ChannelFile, i: usize) -> Result<ChannelConfig, String> {
                 Duration::from_hours(1),
             )
         })?,
+        smtp,
     })
 }

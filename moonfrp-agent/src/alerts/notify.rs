@@ -1,7 +1,7 @@
 //! Notification channels. Each channel has its own task and bounded queue: a slow or dead channel
 //! fills its own queue (further notifications are dropped and counted) and never delays the
-//! collection or another channel. HTTP deliveries are retried with exponential backoff; the exec
-//! hook is killed at its timeout.
+//! collection or another channel. HTTP and email deliveries are retried with exponential
+//! backoff (email only on transient failures); the exec hook is killed at its timeout.
 use std::{
     collections::BTreeMap,
     process::Stdio,
@@ -60,10 +60,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Starts one task per channel on the current runtime.
     pub fn start(cfgs: &[ChannelConfig], counts: Arc<Counts>, listen: &str) -> Self {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("moonfrp-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .ok();
+        let client = http_client();
         let channels = cfgs
             .iter()
             .map(|cfg| {
@@ -74,7 +71,7 @@ impl Dispatcher {
                     rx,
                     client.clone(),
                     counts.clone(),
-                    format!("http://{listen}/api/v1/alerts"),
+                    super::generator(listen),
                 ));
                 Channel {
                     cfg,
@@ -127,17 +124,11 @@ async fn run_channel(
     generator: String,
 ) {
     while let Some(batch) = rx.recv().await {
-        let result = match cfg.kind {
-            ChannelKind::Exec => run_hooks(&cfg, &batch).await,
-            kind => match &client {
-                Some(c) => {
-                    post_with_retries(&cfg, c, &body(kind, &cfg.name, &batch, &generator)).await
-                }
-                None => Err("no HTTP client (TLS setup failed at start)".into()),
-            },
-        };
-        match result {
-            Ok(()) => counts.add(&cfg.name, "sent"),
+        match deliver(&cfg, client.as_ref(), &batch, &generator, false).await {
+            Ok(answer) => {
+                debug!(channel = %cfg.name, answer = %answer, "alert notification sent");
+                counts.add(&cfg.name, "sent");
+            }
             Err(e) => {
                 warn!(channel = %cfg.name, error = %e, "alert notification failed");
                 counts.add(&cfg.name, "failed");
@@ -146,11 +137,93 @@ async fn run_channel(
     }
 }
 
+/// The HTTP client of the channels.
+pub fn http_client() -> Option<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("moonfrp-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .ok()
+}
+
+/// Sends `batch` through the channel, retrying what may pass later; answers what the channel
+/// said (`HTTP 200 OK`, `250 2.0.0 queued`, `exit status 0`). `test` marks an email as a test
+/// (the other kinds carry the mark in the alert itself, [`test_alert`]).
+pub async fn deliver(
+    cfg: &ChannelConfig,
+    client: Option<&reqwest::Client>,
+    batch: &[Alert],
+    generator: &str,
+    test: bool,
+) -> Result<String, String> {
+    match cfg.kind {
+        ChannelKind::Exec => run_hooks(cfg, batch).await,
+        ChannelKind::Smtp => mail_with_retries(cfg, batch, test).await,
+        kind => match client {
+            Some(c) => post_with_retries(cfg, c, &body(kind, &cfg.name, batch, generator)).await,
+            None => Err("no HTTP client (TLS setup failed at start)".into()),
+        },
+    }
+}
+
+/// A clearly marked alert for checking a channel: `MoonfrpTestNotification`, label
+/// `test="true"`, a summary that says so; it ends by itself five minutes after `now` (Unix ms).
+pub fn test_alert(channel: &str, now: i64) -> Alert {
+    let labels = BTreeMap::from([
+        ("alertname".to_owned(), "MoonfrpTestNotification".to_owned()),
+        ("severity".to_owned(), "warning".to_owned()),
+        ("test".to_owned(), "true".to_owned()),
+        ("channel".to_owned(), channel.to_owned()),
+    ]);
+    let summary = format!(
+        "TEST notification from moonfrp-agent through channel `{channel}`; no alert is firing"
+    );
+    Alert {
+        alertname: "MoonfrpTestNotification".into(),
+        state: "firing",
+        severity: Severity::Warning,
+        value: 0.0,
+        threshold: None,
+        labels,
+        annotations: BTreeMap::from([("summary".to_owned(), summary)]),
+        active_since: now,
+        ended_at: Some(now + 5 * 60 * 1000),
+        event: "firing",
+    }
+}
+
+async fn mail_with_retries(
+    cfg: &ChannelConfig,
+    batch: &[Alert],
+    test: bool,
+) -> Result<String, String> {
+    let smtp = cfg
+        .smtp
+        .as_ref()
+        .ok_or("smtp channel without smtp settings")?;
+    let mut backoff = cfg.backoff;
+    let mut attempt = 0;
+    loop {
+        match super::email::send(smtp, cfg.timeout, batch, test).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) if e.transient && attempt < cfg.retries => {
+                debug!(channel = %cfg.name, attempt, error = %e.message, "email delivery failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                attempt += 1;
+            }
+            Err(e) if attempt > 0 => {
+                return Err(format!("{} (after {} attempts)", e.message, attempt + 1));
+            }
+            Err(e) => return Err(e.message),
+        }
+    }
+}
+
 async fn post_with_retries(
     cfg: &ChannelConfig,
     client: &reqwest::Client,
     body: &Value,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let url = cfg.post_url();
     let mut backoff = cfg.backoff;
     let mut last = String::new();
@@ -166,7 +239,15 @@ async fn post_with_retries(
             .send()
             .await
         {
-            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) if r.status().is_success() => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                return Ok(format!(
+                    "HTTP {status}{}{}",
+                    if text.trim().is_empty() { "" } else { ": " },
+                    crate::untrusted::message(text.trim(), 200)
+                ));
+            }
             Ok(r) => last = format!("{url}: HTTP {}", r.status()),
             Err(e) => last = format!("{url}: {e}"),
         }
@@ -218,7 +299,7 @@ const fn color(a: &Alert) -> u32 {
 /// The request body of each HTTP channel kind (README: Alerts, channels).
 pub fn body(kind: ChannelKind, receiver: &str, batch: &[Alert], generator: &str) -> Value {
     match kind {
-        ChannelKind::Webhook | ChannelKind::Exec => {
+        ChannelKind::Webhook | ChannelKind::Exec | ChannelKind::Smtp => {
             let firing = batch.iter().any(|a| a.state != "resolved");
             json!({
                 "version": "1",
@@ -281,11 +362,11 @@ fn details(a: &Alert) -> String {
 }
 
 /// Runs the hook once per alert: the alert in `MOONFRP_ALERT_*` variables and as JSON on stdin.
-async fn run_hooks(cfg: &ChannelConfig, batch: &[Alert]) -> Result<(), String> {
+async fn run_hooks(cfg: &ChannelConfig, batch: &[Alert]) -> Result<String, String> {
     for a in batch {
         run_hook(cfg, a).await?;
     }
-    Ok(())
+    Ok(format!("{} exited with status 0", cfg.command[0]))
 }
 
 async fn run_hook(cfg: &ChannelConfig, a: &Alert) -> Result<(), String> {

@@ -1,7 +1,8 @@
-//! `/api/v1/alerts`: pending and firing alerts; `/api/v1/alerts/history`: the alert log.
+//! `/api/v1/alerts`: pending and firing alerts; `/api/v1/alerts/history`: the alert log;
+//! `/api/v1/alerts/test`: a test notification.
 use std::time::SystemTime;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{Answer, HistoryApi, connect, query_error, success};
 use crate::{
@@ -28,6 +29,47 @@ pub fn alerts(shared: Option<&crate::alerts::Shared>) -> Answer {
             "annotations": a.annotations,
         })).collect::<Vec<_>>(),
     }))
+}
+
+/// `POST /api/v1/alerts/test[?channel=NAME]`: a clearly marked test notification through one
+/// channel or all; 200 when every channel took it, 502 when one did not (the answers say which
+/// and why), 404 for an unknown channel, 409 without channels.
+pub async fn test(shared: Option<&crate::alerts::Shared>, query: &str) -> Answer {
+    let mut only = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k == "channel" {
+            only = Some(v.into_owned());
+        } else {
+            return super::error(
+                400,
+                &format!("`{}`: unknown parameter; use channel", shown(&k)),
+            );
+        }
+    }
+    let Some(shared) = shared else {
+        return super::error(
+            409,
+            "alerts are disabled in the configuration ([alerts] enabled = false)",
+        );
+    };
+    match crate::alerts::send_tests(&shared.channels, only.as_deref(), &shared.generator).await {
+        Ok(results) => {
+            let status = if results.iter().all(|r| r.ok) {
+                200
+            } else {
+                502
+            };
+            super::json_answer(
+                status,
+                &json!({
+                    "status": if status == 200 { "success" } else { "error" },
+                    "data": { "results": results },
+                }),
+            )
+        }
+        Err(e @ crate::alerts::TestError::NoChannels) => super::error(409, &e.to_string()),
+        Err(e) => super::error(404, &e.to_string()),
+    }
 }
 
 /// Most events one answer carries, and the default.
@@ -93,6 +135,30 @@ impl EventQuery {
     }
 }
 
+/// One event of the alert log, as `/api/v1/alerts/history` answers it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AlertEventRow {
+    /// Unix seconds.
+    pub time: f64,
+    pub alertname: String,
+    /// `firing`, `repeat`, `severity_changed` or `resolved`.
+    pub event: String,
+    pub severity: String,
+    pub value: Option<f64>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub summary: String,
+    /// Unix seconds.
+    pub active_since: f64,
+}
+
+/// The answer of `/api/v1/alerts/history`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AlertLog {
+    pub limit: usize,
+    /// Newest first.
+    pub events: Vec<AlertEventRow>,
+}
+
 /// What the alert log records.
 const EVENTS: [&str; 4] = ["firing", "repeat", "severity_changed", "resolved"];
 
@@ -101,7 +167,7 @@ const EVENTS: [&str; 4] = ["firing", "repeat", "severity_changed", "resolved"];
 /// severity and time.
 pub fn history(h: Option<&HistoryApi>, query: &str) -> Answer {
     let now = unix_ms(SystemTime::now());
-    let run = || -> Result<Value, QueryError> {
+    let run = || -> Result<AlertLog, QueryError> {
         let q = EventQuery::parse(query, now)?;
         let (conn, _) = connect(h)?;
         let mut stmt = conn.prepare(
@@ -128,20 +194,23 @@ pub fn history(h: Option<&HistoryApi>, query: &str) -> Answer {
             ],
             |r| {
                 let labels: String = r.get(5)?;
-                Ok(json!({
-                    "time": ms_to_s(r.get(0)?),
-                    "alertname": r.get::<_, String>(1)?,
-                    "event": r.get::<_, String>(2)?,
-                    "severity": r.get::<_, String>(3)?,
-                    "value": r.get::<_, Option<f64>>(4)?,
-                    "labels": serde_json::from_str::<Value>(&labels).unwrap_or(Value::Null),
-                    "summary": r.get::<_, String>(6)?,
-                    "active_since": ms_to_s(r.get(7)?),
-                }))
+                Ok(AlertEventRow {
+                    time: ms_to_s(r.get(0)?),
+                    alertname: r.get(1)?,
+                    event: r.get(2)?,
+                    severity: r.get(3)?,
+                    value: r.get(4)?,
+                    labels: serde_json::from_str(&labels).unwrap_or_default(),
+                    summary: r.get(6)?,
+                    active_since: ms_to_s(r.get(7)?),
+                })
             },
         )?;
         let events = rows.collect::<Result<Vec<_>, _>>()?;
-        Ok(json!({ "limit": q.limit, "events": events }))
+        Ok(AlertLog {
+            limit: q.limit,
+            events,
+        })
     };
     match run() {
         Ok(v) => success(&v),
@@ -189,7 +258,7 @@ mod tests {
         let api = HistoryApi::new(dir.path().join("history.db"), Settings::default());
         let ask = |q: &str| {
             let a = history(Some(&api), q);
-            let v: Value = serde_json::from_str(&a.body).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
             (a.status, v)
         };
         let (status, all) = ask("");

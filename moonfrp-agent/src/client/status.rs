@@ -4,7 +4,10 @@ use std::fmt::Write as _;
 use clap::Args;
 
 use super::{ClientArgs, FetchError, bytes, fetch_status, fit, ibytes, plain};
-use crate::{api::status::Status, time::rfc3339};
+use crate::{
+    api::{alerts::AlertLog, status::Status},
+    time::rfc3339,
+};
 
 #[derive(Clone, Debug, Args)]
 pub struct StatusArgs {
@@ -13,6 +16,20 @@ pub struct StatusArgs {
     /// The agent's status JSON, for scripts.
     #[arg(long)]
     pub json: bool,
+    /// Alerts only: the active ones and the alert log (firing, resolved, …) from history.
+    #[arg(long)]
+    pub alerts: bool,
+    /// With --alerts: how far back the log goes.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "24h",
+        requires = "alerts"
+    )]
+    pub since: String,
+    /// With --alerts: most log events shown (the newest).
+    #[arg(long, value_name = "N", default_value_t = 50, requires = "alerts")]
+    pub limit: usize,
 }
 
 /// Runs the command: (exit code, text for stdout, text for stderr).
@@ -25,6 +42,9 @@ pub fn run(args: &StatusArgs) -> (u8, String, String) {
         Ok(rt) => rt,
         Err(e) => return (1, String::new(), e),
     };
+    if args.alerts {
+        return alerts(&rt, &ep, args);
+    }
     match fetch_status(&rt, &ep) {
         Ok(s) if args.json => (
             0,
@@ -135,6 +155,11 @@ pub fn render(s: &Status) -> String {
         );
     }
     render_system(s, &mut o);
+    render_active(s, &mut o);
+    o
+}
+
+fn render_active(s: &Status, o: &mut String) {
     let _ = writeln!(o, "\nALERTS ({})", s.alerts.len());
     if s.alerts.is_empty() {
         o.push_str("  none active\n");
@@ -150,7 +175,74 @@ pub fn render(s: &Status) -> String {
             plain(&a.summary)
         );
     }
+}
+
+/// The text of `status --alerts`: the active alerts, then the alert log, newest first.
+pub fn render_alerts(s: &Status, log: &AlertLog, since: &str) -> String {
+    let mut o = String::new();
+    render_active(s, &mut o);
+    let _ = writeln!(
+        o,
+        "\nALERT LOG (last {}, newest first: {} events)",
+        plain(since),
+        log.events.len()
+    );
+    if log.events.is_empty() {
+        o.push_str("  nothing fired or resolved\n");
+    }
+    for e in &log.events {
+        let tunnel = e.labels.get("tunnel").map_or("-", String::as_str);
+        let _ = writeln!(
+            o,
+            "  {}  {:<16} {:<8} {:<24} {:<16} {}",
+            rfc3339(e.time),
+            fit(&e.event, 16),
+            fit(&e.severity, 8),
+            fit(&e.alertname, 24),
+            fit(tunnel, 16),
+            plain(&e.summary)
+        );
+    }
     o
+}
+
+fn alerts(
+    rt: &tokio::runtime::Runtime,
+    ep: &crate::frp::client::Endpoint,
+    args: &StatusArgs,
+) -> (u8, String, String) {
+    let status = match fetch_status(rt, ep) {
+        Ok(s) => s,
+        Err(e @ FetchError::NoSnapshot) => return (3, String::new(), e.to_string()),
+        Err(e) => return (1, String::new(), e.to_string()),
+    };
+    let query = format!(
+        "/api/v1/alerts/history?since={}&limit={}",
+        form_urlencoded::byte_serialize(args.since.as_bytes()).collect::<String>(),
+        args.limit.clamp(1, 1_000)
+    );
+    let log = match super::get(rt, ep, &query) {
+        Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| serde_json::from_value::<AlertLog>(v["data"].clone()).ok())
+            .ok_or_else(|| "unexpected alert log from the agent".to_owned()),
+        Ok((code, body)) => Err(format!(
+            "alert log: HTTP {code}: {}",
+            crate::untrusted::message(body.trim(), 500)
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    match log {
+        Ok(log) if args.json => (
+            0,
+            serde_json::to_string_pretty(&serde_json::json!({"active": status.alerts, "log": log}))
+                .expect("alerts serialize")
+                + "\n",
+            String::new(),
+        ),
+        Ok(log) => (0, render_alerts(&status, &log, &args.since), String::new()),
+        Err(e) => (1, String::new(), e),
+    }
 }
 
 fn render_system(s: &Status, o: &mut String) {

@@ -213,6 +213,11 @@ async fn off_thread(f: impl FnOnce() -> api::Answer + Send + 'static) -> Respons
             content_type: "text/plain",
             body: format!("request failed: {e}\n"),
         });
+    answer(a)
+}
+
+/// An API answer as a response.
+fn answer(a: api::Answer) -> Response<Full<Bytes>> {
     reply(
         StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         a.content_type,
@@ -296,19 +301,24 @@ async fn route(
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let st = state.clone();
-    if path == "/api/v1/inspect" && (req.method() == Method::POST || req.method() == Method::DELETE)
-    {
+    let writes = (path == "/api/v1/inspect"
+        && (req.method() == Method::POST || req.method() == Method::DELETE))
+        || (path == "/api/v1/alerts/test" && req.method() == Method::POST);
+    if writes {
         if !peer.may_write(web) {
             Limit::Unauthorized.hit();
             return reply(
                 StatusCode::FORBIDDEN,
                 "text/plain",
                 if web.authenticates() {
-                    "forbidden: starting or stopping an inspection needs an authenticated client\n"
+                    "forbidden: this request changes something or sends something, and needs an authenticated client\n"
                 } else {
-                    "forbidden: without authentication, inspections are started and stopped from this host only; set basic_auth_users in a web config (--web.config.file) to allow it from elsewhere\n"
+                    "forbidden: without authentication, inspections and test notifications are started from this host only; set basic_auth_users in a web config (--web.config.file) to allow it from elsewhere\n"
                 },
             );
+        }
+        if path == "/api/v1/alerts/test" {
+            return answer(api::alerts::test(state.alerts.as_deref(), &query).await);
         }
         let start = req.method() == Method::POST;
         return off_thread(move || api::inspect::inspect(st.collector.as_deref(), &query, start))
@@ -334,14 +344,7 @@ async fn route(
         .await;
     }
     match path.as_str() {
-        "/api/v1/logs" => {
-            let a = api::logs::logs(&state.logs, &query).await;
-            reply(
-                StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                a.content_type,
-                a.body,
-            )
-        }
+        "/api/v1/logs" => answer(api::logs::logs(&state.logs, &query).await),
         "/api/v1/alerts" => off_thread(move || api::alerts::alerts(st.alerts.as_deref())).await,
         "/api/v1/tunnels" => {
             off_thread(move || {
