@@ -259,7 +259,11 @@ impl Config {
         Ok(Self {
             interval,
             tunnels,
-            collectors: file.collectors.for_interval(interval),
+            collectors: file
+                .collectors
+                .validate()
+                .map_err(|p| invalid(file_origin, p))?
+                .for_interval(interval),
             frp: file
                 .frp
                 .validate(interval)

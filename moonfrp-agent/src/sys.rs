@@ -46,6 +46,9 @@ pub struct Mounts {
     pub tracefs: Option<PathBuf>,
     /// Every bpffs mount point.
     pub bpffs: Vec<PathBuf>,
+    /// cgroup v1 hierarchies (hybrid and legacy layouts): each controller (`memory`, `pids`,
+    /// `cpuacct`, `blkio`, `name=systemd`, …) and where its hierarchy is mounted.
+    pub cgroup1: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// Parses a mountinfo table.
@@ -66,6 +69,22 @@ pub fn parse_mounts(r: impl BufRead) -> Result<Mounts, SysError> {
             .iter()
             .filter(|m| m.fs_type == "bpf")
             .map(|m| m.mount_point.clone())
+            .collect(),
+        cgroup1: infos
+            .0
+            .iter()
+            .filter(|m| m.fs_type == "cgroup" && m.root == "/")
+            .flat_map(|m| {
+                m.super_options
+                    .iter()
+                    .filter(|(k, _)| {
+                        !matches!(k.as_str(), "rw" | "ro") && !k.starts_with("release_agent")
+                    })
+                    .map(|(k, v)| {
+                        let key = v.as_ref().map_or_else(|| k.clone(), |v| format!("{k}={v}"));
+                        (key, m.mount_point.clone())
+                    })
+            })
             .collect(),
     })
 }
@@ -147,12 +166,21 @@ mod tests {
             Some(Path::new("/sys/fs/cgroup/unified"))
         );
         assert_eq!(m.tracefs, None);
+        assert_eq!(
+            m.cgroup1.get("memory").map(PathBuf::as_path),
+            Some(Path::new("/sys/fs/cgroup/memory"))
+        );
+        assert_eq!(
+            m.cgroup1.get("cpuacct").map(PathBuf::as_path),
+            Some(Path::new("/sys/fs/cgroup/cpuacct"))
+        );
     }
 
     #[test]
     fn pure_v2_layout() {
         let m = fixture("pure-v2.txt");
         assert_eq!(cgroup2_root(&m).unwrap(), Path::new("/sys/fs/cgroup"));
+        assert!(m.cgroup1.is_empty());
         assert_eq!(m.tracefs.as_deref(), Some(Path::new("/sys/kernel/tracing")));
     }
 

@@ -279,10 +279,14 @@ pub enum Limit {
     /// A TLS handshake failed or took too long (a client without a certificate under mutual
     /// TLS, plain HTTP to the TLS port, a stalled client).
     TlsHandshakes,
+    /// Containers beyond `collectors.max_containers` were left out (counted once per interval).
+    Containers,
+    /// The cgroup tree had more directories than the walk looks at (once per interval).
+    CgroupDirs,
 }
 
 impl Limit {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::Name,
         Self::Proxies,
         Self::ResponseSize,
@@ -295,6 +299,8 @@ impl Limit {
         Self::Processes,
         Self::Unauthorized,
         Self::TlsHandshakes,
+        Self::Containers,
+        Self::CgroupDirs,
     ];
 
     /// Label value.
@@ -312,6 +318,8 @@ impl Limit {
             Self::Processes => "frp_processes",
             Self::Unauthorized => "http_unauthorized",
             Self::TlsHandshakes => "tls_handshakes",
+            Self::Containers => "containers",
+            Self::CgroupDirs => "cgroup_dirs",
         }
     }
 

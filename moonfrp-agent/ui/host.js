@@ -1,5 +1,5 @@
 // The host page: CPU by mode, memory, load, network devices, disks and filesystems over time,
-// from history, with the filesystems' use now.
+// from history, with what each service and container uses now and the filesystems' use.
 import { api, bytes, cell, el, percent, perSecond, short } from "./common.js";
 import { Panels } from "./panels.js";
 
@@ -48,6 +48,28 @@ function filesystems(s) {
   }));
 }
 
+const num = (v) => (v === null || v === undefined ? "–" : String(v));
+
+// Units (systemd state, cgroup resources) and containers, the busiest first.
+function services(s) {
+  const rows = [
+    ...s.services.map((u) => ({ name: u.unit, kind: "service", state: u.state || "–", r: u })),
+    ...(s.containers || []).map((c) => ({ name: c.container, kind: "container", state: c.id, r: c })),
+  ].sort((a, b) => (b.r.cpu_cores ?? 0) - (a.r.cpu_cores ?? 0) || a.name.localeCompare(b.name));
+  const body = document.querySelector("#services tbody");
+  body.replaceChildren(...rows.map((g) => {
+    const tr = el("tr");
+    tr.dataset.name = g.name;
+    tr.append(cell(g.name, "name", g.name), cell(g.kind), cell(g.state),
+      cell(percent(g.r.cpu_cores), "num"),
+      cell(bytes(g.r.memory_bytes), "num"), cell(bytes(g.r.memory_peak_bytes), "num"),
+      cell(num(g.r.pids), "num"), cell(num(g.r.oom_kills), "num"));
+    return tr;
+  }));
+  document.getElementById("services-note").textContent = rows.length ? ""
+    : "No unit matches collectors.units and no container runs (or cgroups are not readable).";
+}
+
 export async function show() {
   const g = ++gen;
   if (!panels) {
@@ -58,6 +80,7 @@ export async function show() {
   try {
     const s = await api("/api/v1/status");
     every = s.interval_seconds || 60;
+    services(s);
     filesystems(s);
   } catch { /* the charts say what is missing */ }
   if (g === gen) panels.load(undefined, undefined, every);

@@ -11,6 +11,7 @@ pub mod pki;
 pub mod receiver;
 mod scrape;
 pub mod smtp;
+pub mod tmux;
 
 use std::{
     io::{Read as _, Write as _},

@@ -3,7 +3,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpListener, TcpStream},
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -13,8 +12,9 @@ use std::{
 };
 
 use moonfrp_tests::{
-    Agent, TIMEOUT, agent_bin, free_port, poll,
+    Agent, agent_bin, free_port,
     receiver::{Receiver, Reply},
+    tmux::Tmux,
 };
 use serde_json::Value;
 
@@ -113,37 +113,6 @@ fn status_with_the_agent_down_with_no_snapshot_and_with_data() {
     assert!(v["system"]["memory_total_bytes"].as_u64().unwrap() > 0);
 }
 
-/// A private tmux server for one test.
-struct Tmux(String);
-
-impl Tmux {
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.0])
-            .args(args)
-            .output()
-            .expect("tmux (cargo xtask test installs it)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "top"])
-    }
-
-    fn wait(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        poll(what, TIMEOUT, || {
-            let s = self.screen();
-            ok(&s).then_some(s)
-        })
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        self.run(&["kill-server"]);
-    }
-}
-
 #[test]
 fn top_in_tmux_shows_live_traffic_sorts_and_quits_cleanly() {
     let port = free_port();
@@ -155,7 +124,7 @@ fn top_in_tmux_shows_live_traffic_sorts_and_quits_cleanly() {
         &format!("idle={}", free_port()),
     ]);
     agent.wait_snapshots(2);
-    let tmux = Tmux(format!("moonfrp-test-{}", std::process::id()));
+    let tmux = Tmux::new(&format!("moonfrp-test-{}", std::process::id()));
     let cmd = format!(
         "{} top --listen {} --refresh 1s; echo TOP-EXITED-$?; sleep 60",
         agent_bin().display(),

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     alerts::eval::Alert,
+    collect::cgroups::stats::Stats,
     snapshot::Snapshot,
     time::{ms_to_s, unix_ms},
 };
@@ -26,6 +27,9 @@ pub struct Status {
     pub tunnels: Vec<TunnelRow>,
     pub processes: Vec<ProcessRow>,
     pub services: Vec<ServiceRow>,
+    /// The exported containers (at most `collectors.max_containers`), by name.
+    #[serde(default)]
+    pub containers: Vec<ContainerRow>,
     pub system: SystemRow,
     pub alerts: Vec<AlertRow>,
 }
@@ -40,11 +44,120 @@ pub struct ProcessRow {
     pub resident_bytes: Option<u64>,
 }
 
+/// A systemd unit: its state from systemd (empty without systemd), its resources from its cgroup
+/// (absent without one).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServiceRow {
     pub unit: String,
     pub state: String,
     pub restarts: u64,
+    #[serde(flatten)]
+    pub resources: Resources,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRow {
+    pub container: String,
+    /// Short id (12 hex digits).
+    pub id: String,
+    #[serde(flatten)]
+    pub resources: Resources,
+}
+
+/// What a unit's or a container's cgroup uses now.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU seconds per second over the last interval (1 = one core busy).
+    pub cpu_cores: Option<f64>,
+    pub cpu_seconds: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub memory_peak_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub oom_kills: Option<u64>,
+    pub io_read_bytes_per_second: Option<f64>,
+    pub io_write_bytes_per_second: Option<f64>,
+}
+
+impl Resources {
+    fn of(now: &Stats, before: Option<&Stats>, seconds: f64) -> Self {
+        let cpu = |s: &Stats| {
+            s.cpu_user_seconds
+                .zip(s.cpu_system_seconds)
+                .map(|(u, y)| u + y)
+        };
+        Self {
+            cpu_cores: cpu(now)
+                .zip(before.and_then(cpu))
+                .filter(|_| seconds > 0.0)
+                .map(|(n, b)| (n - b).max(0.0) / seconds),
+            cpu_seconds: cpu(now),
+            memory_bytes: now.memory_bytes,
+            memory_peak_bytes: now.memory_peak_bytes,
+            pids: now.pids,
+            oom_kills: now.oom_kills,
+            io_read_bytes_per_second: now
+                .io_read_bytes
+                .and_then(|n| rate(n, before.and_then(|b| b.io_read_bytes), seconds)),
+            io_write_bytes_per_second: now
+                .io_write_bytes
+                .and_then(|n| rate(n, before.and_then(|b| b.io_write_bytes), seconds)),
+        }
+    }
+}
+
+/// Units from systemd and from cgroups, merged by name; containers.
+fn services(
+    cur: &Snapshot,
+    prev: Option<&Snapshot>,
+    seconds: f64,
+) -> (Vec<ServiceRow>, Vec<ContainerRow>) {
+    let cg = cur.system.cgroups.as_ref();
+    let before = prev.and_then(|p| p.system.cgroups.as_ref());
+    let unit_before = |name: &str| {
+        before
+            .and_then(|b| b.units.iter().find(|u| u.name == name))
+            .map(|u| &u.stats)
+    };
+    let mut rows: std::collections::BTreeMap<String, ServiceRow> = cur
+        .system
+        .services
+        .iter()
+        .flat_map(|sv| &sv.units)
+        .map(|u| {
+            (
+                u.name.clone(),
+                ServiceRow {
+                    unit: u.name.clone(),
+                    state: u.active_state.clone(),
+                    restarts: u.restarts,
+                    resources: Resources::default(),
+                },
+            )
+        })
+        .collect();
+    for g in cg.iter().flat_map(|c| &c.units) {
+        let row = rows.entry(g.name.clone()).or_insert_with(|| ServiceRow {
+            unit: g.name.clone(),
+            ..ServiceRow::default()
+        });
+        row.resources = Resources::of(&g.stats, unit_before(&g.name), seconds);
+    }
+    let containers = cg
+        .iter()
+        .flat_map(|c| &c.containers)
+        .map(|g| ContainerRow {
+            container: g.name.clone(),
+            id: g.id.clone(),
+            resources: Resources::of(
+                &g.stats,
+                before
+                    .and_then(|b| b.containers.iter().find(|c| c.id == g.id))
+                    .map(|c| &c.stats),
+                seconds,
+            ),
+        })
+        .collect();
+    (rows.into_values().collect(), containers)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -101,6 +214,7 @@ impl Status {
             }
         }
         let s = &cur.system;
+        let (services, containers) = services(cur, prev, seconds);
         Self {
             time: ms_to_s(unix_ms(cur.taken_at)),
             interval_seconds: seconds,
@@ -119,16 +233,8 @@ impl Status {
                     resident_bytes: p.stats.map(|s| s.resident_bytes),
                 })
                 .collect(),
-            services: s
-                .services
-                .iter()
-                .flat_map(|sv| &sv.units)
-                .map(|u| ServiceRow {
-                    unit: u.name.clone(),
-                    state: u.active_state.clone(),
-                    restarts: u.restarts,
-                })
-                .collect(),
+            services,
+            containers,
             system: system_row(cur, prev, seconds),
             alerts: alerts
                 .iter()

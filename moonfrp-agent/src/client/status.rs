@@ -141,22 +141,55 @@ pub fn render(s: &Status) -> String {
             p.resident_bytes.map_or_else(|| "-".into(), ibytes),
         );
     }
+    render_services(s, &mut o);
+    render_system(s, &mut o);
+    render_active(s, &mut o);
+    o
+}
+
+/// CPU over the last interval as a share of one core (`150.0 %`: one and a half), or `-`.
+fn cores(r: &crate::api::status::Resources) -> String {
+    r.cpu_cores
+        .map_or_else(|| "-".into(), |c| format!("{:.1} %", c * 100.0))
+}
+
+fn resources(r: &crate::api::status::Resources) -> String {
+    format!(
+        "cpu {:>7} memory {:>10} pids {:>5} oom {}",
+        cores(r),
+        r.memory_bytes.map_or_else(|| "-".into(), ibytes),
+        r.pids.map_or_else(|| "-".into(), |p| p.to_string()),
+        r.oom_kills.map_or_else(|| "-".into(), |k| k.to_string()),
+    )
+}
+
+fn render_services(s: &Status, o: &mut String) {
     o.push_str("\nSERVICES\n");
     if s.services.is_empty() {
-        o.push_str("  none (no systemd, or no unit matches)\n");
+        o.push_str("  none (no unit matches collectors.units)\n");
     }
     for u in &s.services {
         let _ = writeln!(
             o,
-            "  {:<40} {:<12} restarts {}",
+            "  {:<40} {:<12} restarts {:<4} {}",
             fit(&u.unit, 40),
-            fit(&u.state, 12),
-            u.restarts
+            fit(if u.state.is_empty() { "-" } else { &u.state }, 12),
+            u.restarts,
+            resources(&u.resources)
         );
     }
-    render_system(s, &mut o);
-    render_active(s, &mut o);
-    o
+    if !s.containers.is_empty() {
+        let _ = writeln!(o, "\nCONTAINERS ({})", s.containers.len());
+        for c in &s.containers {
+            let _ = writeln!(
+                o,
+                "  {:<40} {:<12} {}",
+                fit(&c.container, 40),
+                fit(&c.id, 12),
+                resources(&c.resources)
+            );
+        }
+    }
 }
 
 fn render_active(s: &Status, o: &mut String) {

@@ -9,7 +9,10 @@ use super::{
     top::{App, Sort, render, sparkline},
 };
 use crate::api::{
-    status::{AlertRow, FilesystemRow, NetworkRow, ProcessRow, Status, SystemRow},
+    status::{
+        AlertRow, ContainerRow, FilesystemRow, NetworkRow, ProcessRow, Resources, ServiceRow,
+        Status, SystemRow,
+    },
     tunnels::TunnelRow,
 };
 
@@ -54,7 +57,31 @@ pub fn fixture() -> Status {
             cpu_seconds: Some(12.5),
             resident_bytes: Some(21 << 20),
         }],
-        services: Vec::new(),
+        services: vec![ServiceRow {
+            unit: "frps.service".into(),
+            state: "active".into(),
+            restarts: 1,
+            resources: Resources {
+                cpu_cores: Some(0.25),
+                cpu_seconds: Some(120.0),
+                memory_bytes: Some(48 << 20),
+                memory_peak_bytes: Some(64 << 20),
+                pids: Some(9),
+                oom_kills: Some(0),
+                ..Resources::default()
+            },
+        }],
+        containers: vec![ContainerRow {
+            container: "frpc-office".into(),
+            id: "4f3e2d1c0b0a".into(),
+            resources: Resources {
+                cpu_cores: Some(0.5),
+                memory_bytes: Some(12 << 20),
+                pids: Some(3),
+                oom_kills: Some(1),
+                ..Resources::default()
+            },
+        }],
         system: SystemRow {
             cpu_usage_ratio: Some(0.123),
             memory_used_bytes: Some(3 << 30),
@@ -216,10 +243,46 @@ fn status_text_is_plain_and_grouped() {
         t.contains("a-tunnel-with-a-sixty-c…"),
         "long names are cut:\n{t}"
     );
+    assert!(
+        t.contains("CONTAINERS (1)") && t.contains("frpc-office"),
+        "{t}"
+    );
     golden("status.txt", &t);
     let mut empty = fixture();
     empty.tunnels.clear();
     assert!(status::render(&empty).contains("none watched"));
+}
+
+#[test]
+fn status_alerts_lists_the_active_and_the_log() {
+    use crate::api::alerts::{AlertEventRow, AlertLog};
+    let event = |time: f64, event: &str| AlertEventRow {
+        time,
+        alertname: "TunnelDown".into(),
+        event: event.into(),
+        severity: "critical".into(),
+        value: Some(0.0),
+        labels: std::collections::BTreeMap::from([(
+            "tunnel".to_owned(),
+            "ssh\u{1b}[2J".to_owned(),
+        )]),
+        summary: "tunnel ssh is down".into(),
+        active_since: 1_795_353_000.0,
+    };
+    let log = AlertLog {
+        limit: 50,
+        events: vec![
+            event(1_795_353_300.0, "resolved"),
+            event(1_795_353_060.0, "firing"),
+        ],
+    };
+    let t = status::render_alerts(&fixture(), &log, "24h");
+    assert!(!t.contains('\x1b'), "no escape codes:\n{t}");
+    assert!(
+        t.contains("ALERTS (1)") && t.contains("ALERT LOG (last 24h, newest first: 2 events)"),
+        "{t}"
+    );
+    golden("status-alerts.txt", &t);
 }
 
 #[test]

@@ -140,13 +140,23 @@ pub fn render(f: &mut Frame<'_>, app: &App) {
         }
     };
     let alert_lines = u16::try_from(s.alerts.len().clamp(1, 4)).unwrap_or(4) + 2;
-    let [gauges, table, alerts] = Layout::vertical([
+    let groups = s.services.len() + s.containers.len();
+    let service_lines = if groups == 0 {
+        0
+    } else {
+        u16::try_from(groups.min(6)).unwrap_or(6) + 3
+    };
+    let [gauges, table, services, alerts] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Min(4),
+        Constraint::Length(service_lines),
         Constraint::Length(alert_lines),
     ])
     .areas(body);
     render_gauges(f, s, gauges);
+    if groups > 0 {
+        render_services(f, s, services);
+    }
     if let Some((name, d)) = &app.peers {
         render_peers(f, name, d, table);
     } else {
@@ -290,6 +300,63 @@ fn render_tunnels(f: &mut Frame<'_>, app: &App, s: &Status, area: Rect) {
         Table::new(rows, widths)
             .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
             .block(Block::bordered().title(title)),
+        area,
+    );
+}
+
+/// Units and containers, the busiest first.
+fn render_services(f: &mut Frame<'_>, s: &Status, area: Rect) {
+    let mut groups: Vec<(&str, &str, &crate::api::status::Resources)> = s
+        .services
+        .iter()
+        .map(|u| (u.unit.as_str(), "service", &u.resources))
+        .chain(
+            s.containers
+                .iter()
+                .map(|c| (c.container.as_str(), "container", &c.resources)),
+        )
+        .collect();
+    groups.sort_by(|a, b| {
+        b.2.cpu_cores
+            .unwrap_or(0.0)
+            .total_cmp(&a.2.cpu_cores.unwrap_or(0.0))
+            .then_with(|| a.0.cmp(b.0))
+    });
+    let rows: Vec<Row<'_>> = groups
+        .iter()
+        .map(|(name, kind, r)| {
+            Row::new([
+                Cell::from(fit(name, 40)),
+                Cell::from(*kind),
+                Cell::from(
+                    r.cpu_cores
+                        .map_or_else(|| "-".into(), |c| format!("{:.1} %", c * 100.0)),
+                ),
+                Cell::from(r.memory_bytes.map_or_else(|| "-".into(), ibytes)),
+                Cell::from(r.pids.map_or_else(|| "-".into(), |p| p.to_string())),
+            ])
+        })
+        .collect();
+    f.render_widget(
+        Table::new(
+            rows,
+            [
+                Constraint::Min(16),
+                Constraint::Length(9),
+                Constraint::Length(8),
+                Constraint::Length(10),
+                Constraint::Length(5),
+            ],
+        )
+        .header(
+            Row::new(["SERVICE / CONTAINER", "KIND", "CPU", "MEMORY", "PIDS"])
+                .style(Style::new().add_modifier(Modifier::BOLD)),
+        )
+        .block(Block::bordered().title(format!(
+            " services ({}) · containers ({}) ",
+            s.services.len(),
+            s.containers.len()
+        ))),
         area,
     );
 }

@@ -2,6 +2,7 @@
 //! (tested with fixture files) and a thin `read` that does the I/O. Every collector runs once per
 //! interval inside the snapshot; one that fails is skipped, counted, and logged once per change
 //! of its error, and the rest of the snapshot is still complete.
+pub mod cgroups;
 pub mod cpu;
 pub mod deadline;
 pub mod disk;
@@ -72,6 +73,8 @@ pub struct SystemSample {
     pub tcp: Option<netstat::HostTcp>,
     pub processes: Option<Vec<processes::FrpProcess>>,
     pub services: Option<systemd::Services>,
+    /// Per-unit and per-container resources.
+    pub cgroups: Option<cgroups::CgroupSample>,
 }
 
 /// How one collector did in the latest collection.
@@ -88,6 +91,7 @@ pub struct Collectors {
     prev_cpu: Option<cpu::CpuSample>,
     processes: processes::Tracker,
     systemd: systemd::Systemd,
+    cgroups: cgroups::Cgroups,
     /// Mounts whose `statvfs` hangs.
     stuck_mounts: deadline::Stuck,
     /// Longest a call that can block may take.
@@ -102,8 +106,15 @@ pub struct Collectors {
 pub struct CollectOptions {
     /// Process names that are FRP (matched against the process name and executable's name).
     pub processes: Vec<String>,
-    /// systemd unit patterns (globs as `systemctl` takes them).
+    /// systemd unit patterns (globs as `systemctl` takes them): their state from systemd, their
+    /// resources from their cgroups.
     pub units: Vec<String>,
+    /// Most containers whose resources are exported (the busiest by CPU); 0: none.
+    pub max_containers: usize,
+    /// Docker's data root, for container names (`containers/<id>/config.v2.json`).
+    pub docker_root: std::path::PathBuf,
+    /// Podman's storage root, for container names (`overlay-containers/containers.json`).
+    pub podman_root: std::path::PathBuf,
     /// Longest a call that can block (`systemctl`, `statvfs` on a network mount) may take: a
     /// quarter of the interval, at most 2 s ([`Self::for_interval`]).
     #[serde(skip)]
@@ -115,12 +126,48 @@ impl Default for CollectOptions {
         Self {
             processes: vec!["frps".into(), "frpc".into()],
             units: vec!["moonfrp-*".into(), "frps*".into(), "frpc*".into()],
+            max_containers: 100,
+            docker_root: cgroups::containers::default_docker_root(),
+            podman_root: cgroups::containers::default_podman_root(),
             deadline: Duration::from_secs(2),
         }
     }
 }
 
 impl CollectOptions {
+    /// Most `max_containers` accepted.
+    pub const MAX_CONTAINERS: usize = 10_000;
+
+    /// Checks the patterns and the cap; errors name the key.
+    pub fn validate(self) -> Result<Self, String> {
+        for (i, p) in self.units.iter().enumerate() {
+            glob::Pattern::new(p).map_err(|e| {
+                format!(
+                    "collectors.units[{i}] = `{}` is not a glob pattern ({e}); use e.g. `frps*`",
+                    crate::untrusted::shown(p)
+                )
+            })?;
+        }
+        if self.max_containers > Self::MAX_CONTAINERS {
+            return Err(format!(
+                "collectors.max_containers = {} is out of range; use 0 (no containers) to {}",
+                self.max_containers,
+                Self::MAX_CONTAINERS
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The cgroup collector's part.
+    pub fn cgroups(&self) -> cgroups::CgroupOptions {
+        cgroups::CgroupOptions {
+            units: self.units.clone(),
+            max_containers: self.max_containers,
+            docker_root: self.docker_root.clone(),
+            podman_root: self.podman_root.clone(),
+        }
+    }
+
     /// These options at a collection interval.
     #[must_use]
     pub fn for_interval(mut self, interval: Duration) -> Self {
@@ -135,6 +182,7 @@ impl Collectors {
             prev_cpu: None,
             processes: processes::Tracker::new(opts.processes.clone()),
             systemd: systemd::Systemd::new(opts.units.clone()),
+            cgroups: cgroups::Cgroups::new(&opts.cgroups()),
             stuck_mounts: deadline::Stuck::default(),
             deadline: opts.deadline,
             last_error: HashMap::new(),
@@ -145,6 +193,7 @@ impl Collectors {
     pub fn set_options(&mut self, opts: &CollectOptions) {
         self.processes.set_names(opts.processes.clone());
         self.systemd.set_patterns(opts.units.clone());
+        self.cgroups.set_options(&opts.cgroups());
         self.deadline = opts.deadline;
     }
 
@@ -207,6 +256,7 @@ impl Collectors {
         if self.systemd.available() {
             s.services = self.run("systemd", &mut runs, errors, |c| c.systemd.read(c.deadline));
         }
+        s.cgroups = self.run("cgroups", &mut runs, errors, |c| c.cgroups.read());
         (s, runs)
     }
 }

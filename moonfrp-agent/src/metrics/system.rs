@@ -4,6 +4,7 @@
 use crate::{
     collect::{
         SystemSample,
+        cgroups::{CgroupSample, Group, stats::Stats},
         cpu::CpuSample,
         disk::Disk,
         filesystem::Filesystem,
@@ -14,7 +15,7 @@ use crate::{
         processes::{FrpProcess, ProcStats},
         systemd::{STATES, Services},
     },
-    series::{Builder, Text, Unit},
+    series::{Builder, Text, Unit, Value},
 };
 
 const SECONDS: Option<Unit> = Some(Unit::Seconds);
@@ -161,6 +162,9 @@ pub(super) fn build(s: &SystemSample, b: &mut Builder) {
     }
     if let Some(sv) = &s.services {
         build_services(sv, b);
+    }
+    if let Some(cg) = &s.cgroups {
+        build_cgroups(cg, b);
     }
 }
 
@@ -438,5 +442,138 @@ fn build_services(sv: &Services, b: &mut Builder) {
         "Matching units that have failed.",
         None,
         sv.count("failed") as i64,
+    );
+}
+
+/// A per-cgroup counter or gauge: name after the prefix, unit, value, help.
+type CgroupFamily = (
+    &'static str,
+    Option<Unit>,
+    fn(&Stats) -> Option<Value>,
+    &'static str,
+);
+
+const CGROUP_COUNTERS: [CgroupFamily; 4] = [
+    (
+        "memory_pressure_waiting",
+        SECONDS,
+        |s| s.memory_waiting_seconds.map(Value::from),
+        "Time some of its tasks waited for memory (PSI some).",
+    ),
+    (
+        "memory_pressure_stalled",
+        SECONDS,
+        |s| s.memory_stalled_seconds.map(Value::from),
+        "Time all of its tasks waited for memory at once (PSI full).",
+    ),
+    (
+        "io_read",
+        BYTES,
+        |s| s.io_read_bytes.map(Value::from),
+        "Bytes read from block devices.",
+    ),
+    (
+        "io_written",
+        BYTES,
+        |s| s.io_write_bytes.map(Value::from),
+        "Bytes written to block devices.",
+    ),
+];
+
+const CGROUP_GAUGES: [CgroupFamily; 3] = [
+    (
+        "memory",
+        BYTES,
+        |s| s.memory_bytes.map(Value::from),
+        "Memory charged to it now (cgroup memory.current, or v1 usage_in_bytes).",
+    ),
+    (
+        "memory_peak",
+        BYTES,
+        |s| s.memory_peak_bytes.map(Value::from),
+        "Most memory charged to it since it started (memory.peak, or v1 max_usage_in_bytes).",
+    ),
+    (
+        "pids",
+        None,
+        |s| s.pids.map(Value::from),
+        "Processes and threads in it.",
+    ),
+];
+
+/// One family of every group (`moonfrp_service_*{unit}`, `moonfrp_container_*{container,id}`).
+fn build_groups(b: &mut Builder, prefix: &str, groups: &[(Vec<(&'static str, Text)>, &Stats)]) {
+    b.counters(
+        &format!("{prefix}_cpu"),
+        "CPU time by mode.",
+        SECONDS,
+        groups.iter().flat_map(|(l, s)| {
+            [
+                ("user", s.cpu_user_seconds),
+                ("system", s.cpu_system_seconds),
+            ]
+            .into_iter()
+            .filter_map(|(mode, v)| {
+                let mut l = l.clone();
+                l.push(("mode", Text::Static(mode)));
+                Some((l, v?))
+            })
+        }),
+    );
+    for (name, unit, f, help) in &CGROUP_COUNTERS {
+        b.counters(
+            &format!("{prefix}_{name}"),
+            help,
+            *unit,
+            groups.iter().filter_map(|(l, s)| Some((l.clone(), f(s)?))),
+        );
+    }
+    b.counters(
+        &format!("{prefix}_oom_kills"),
+        "Processes in it killed for want of memory.",
+        None,
+        groups
+            .iter()
+            .filter_map(|(l, s)| Some((l.clone(), s.oom_kills?))),
+    );
+    for (name, unit, f, help) in &CGROUP_GAUGES {
+        b.gauges(
+            &format!("{prefix}_{name}"),
+            help,
+            *unit,
+            groups.iter().filter_map(|(l, s)| Some((l.clone(), f(s)?))),
+        );
+    }
+}
+
+fn build_cgroups(cg: &CgroupSample, b: &mut Builder) {
+    let units: Vec<(Vec<(&'static str, Text)>, &Stats)> = cg
+        .units
+        .iter()
+        .map(|u: &Group| (vec![("unit", Text::of(&u.name))], &u.stats))
+        .collect();
+    build_groups(b, "moonfrp_service", &units);
+    let containers: Vec<(Vec<(&'static str, Text)>, &Stats)> = cg
+        .containers
+        .iter()
+        .map(|c| {
+            (
+                vec![("container", Text::of(&c.name)), ("id", Text::of(&c.id))],
+                &c.stats,
+            )
+        })
+        .collect();
+    build_groups(b, "moonfrp_container", &containers);
+    b.gauge(
+        "moonfrp_containers",
+        "Containers found in the cgroup tree.",
+        None,
+        cg.containers_found as i64,
+    );
+    b.gauge(
+        "moonfrp_containers_exported",
+        "Containers whose resources are exported (at most collectors.max_containers).",
+        None,
+        cg.containers.len() as i64,
     );
 }

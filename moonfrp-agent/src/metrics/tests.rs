@@ -9,7 +9,7 @@ use moonfrp_common::{DURATION_BUCKETS, EGRESS, INGRESS, Proto, TcpCounters, Traf
 
 use super::{tunnels::duration_buckets, *};
 use crate::{
-    collect::{CollectorRun, SystemSample},
+    collect::{CollectorRun, SystemSample, cgroups},
     ebpf::{ProbeStatus, ProgramStats},
     exposition::{Format, render},
     frp::{
@@ -272,6 +272,45 @@ fn sample_system() -> SystemSample {
                 restarts: 3,
             }],
         }),
+        cgroups: Some(sample_cgroups()),
+    }
+}
+
+fn sample_cgroups() -> cgroups::CgroupSample {
+    cgroups::CgroupSample {
+        units: vec![cgroups::Group {
+            name: "moonfrp-server.service".into(),
+            id: String::new(),
+            stats: cgroups::stats::Stats {
+                cpu_user_seconds: Some(12.5),
+                cpu_system_seconds: Some(2.25),
+                memory_bytes: Some(25 << 20),
+                memory_peak_bytes: Some(40 << 20),
+                memory_waiting_seconds: Some(0.5),
+                memory_stalled_seconds: Some(0.25),
+                io_read_bytes: Some(4096),
+                io_write_bytes: Some(8192),
+                pids: Some(9),
+                oom_kills: Some(0),
+            },
+        }],
+        containers: vec![cgroups::Group {
+            name: "frps-box".into(),
+            id: "4f3e2d1c0b0a".into(),
+            stats: cgroups::stats::Stats {
+                cpu_user_seconds: Some(1.0),
+                cpu_system_seconds: Some(0.5),
+                memory_bytes: Some(10 << 20),
+                memory_peak_bytes: Some(12 << 20),
+                memory_waiting_seconds: Some(0.0),
+                memory_stalled_seconds: Some(0.0),
+                io_read_bytes: Some(0),
+                io_write_bytes: Some(512),
+                pids: Some(3),
+                oom_kills: Some(1),
+            },
+        }],
+        containers_found: 1,
     }
 }
 
