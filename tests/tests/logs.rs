@@ -203,3 +203,82 @@ fn the_ring_stays_within_its_bound_under_a_flood() {
     // Reading from the start says how many were dropped.
     assert!(page["missed"].as_u64().unwrap() > 0, "{}", page["missed"]);
 }
+
+/// Under systemd (stderr is the journal's stream, `JOURNAL_STREAM` says so), records go to
+/// journald's native socket with structured fields, not to stderr; the API still has them. A
+/// stand-in journald listens in a private mount namespace (tmpfs over /run).
+#[test]
+fn under_systemd_records_go_to_journald_with_their_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let frp = dir.path().join("frp");
+    std::fs::create_dir(&frp).unwrap();
+    std::fs::write(frp.join("frps-broken.toml"), "bindPort = \n").unwrap();
+    let config = dir.path().join("moonfrp.toml");
+    std::fs::write(
+        &config,
+        format!("[frp]\nconfigs = [\"{}/*.toml\"]\n", frp.display()),
+    )
+    .unwrap();
+    let journal = dir.path().join("journal.jsonl");
+    let listener = moonfrp_tests::workspace().join("tests/journald/listener.py");
+    let setup = format!(
+        "mount -t tmpfs tmpfs /run && {{ python3 {} /run/systemd/journal/socket {} >/dev/null & }} \
+         && while ! [ -S /run/systemd/journal/socket ]; do sleep 0.05; done \
+         && export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2)",
+        listener.display(),
+        journal.display()
+    );
+    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()])
+        .log_level("info")
+        .in_private_mounts(&setup)
+        .start();
+    let entries = poll(
+        "the warning in the journal",
+        Duration::from_secs(20),
+        || {
+            let text = std::fs::read_to_string(&journal).unwrap_or_default();
+            let entries: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            entries
+                .iter()
+                .any(|e| e["PRIORITY"] == "4" && e.to_string().contains("frps-broken.toml"))
+                .then_some(entries)
+        },
+    );
+    let warning = entries
+        .iter()
+        .find(|e| e["PRIORITY"] == "4" && e.to_string().contains("frps-broken.toml"))
+        .unwrap();
+    assert_eq!(warning["SYSLOG_IDENTIFIER"], "moonfrp-agent", "{warning}");
+    assert!(
+        warning["TARGET"]
+            .as_str()
+            .unwrap()
+            .starts_with("moonfrp_agent"),
+        "{warning}"
+    );
+    assert!(
+        warning["MESSAGE"]
+            .as_str()
+            .unwrap()
+            .contains("frp source failed"),
+        "{warning}"
+    );
+    assert!(
+        warning["MOONFRP_ERROR"]
+            .as_str()
+            .unwrap()
+            .contains("frps-broken.toml"),
+        "{warning}"
+    );
+    assert!(warning["CODE_FILE"].as_str().is_some(), "{warning}");
+    // The start message is there too, at info (6).
+    assert!(entries.iter().any(|e| e["PRIORITY"] == "6"), "{entries:?}");
+    // Not also on stderr (the journal would hold it twice).
+    let stderr = agent.log();
+    assert!(!stderr.contains("frps-broken.toml"), "{stderr}");
+    // The API reads the same records from the ring.
+    assert!(!mentioning(&logs(&agent, "level=warn"), "frps-broken.toml").is_empty());
+}

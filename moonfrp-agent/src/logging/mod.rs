@@ -10,20 +10,64 @@ use tracing_subscriber::{
     EnvFilter, fmt::MakeWriter, layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
 
-/// Sets up logging at `level` (`RUST_LOG` overrides it): to stderr, and into the process's
-/// [`ring::global`] ring.
+/// Sets up logging at `level` (`RUST_LOG` overrides it): to journald with structured fields
+/// when systemd connected stderr to the journal ([`stderr_is_journal`]), else to stderr; and in
+/// both cases into the process's [`ring::global`] ring.
 pub fn init(level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let journal = stderr_is_journal().then(|| match tracing_journald::layer() {
+        // Syslog's levels as journalctl -p reads them (the crate's default calls info
+        // "notice").
+        Ok(l) => Ok(l
+            .with_syslog_identifier("moonfrp-agent".into())
+            .with_field_prefix(Some("MOONFRP".into()))
+            .with_priority_mappings(tracing_journald::PriorityMappings {
+                info: tracing_journald::Priority::Informational,
+                debug: tracing_journald::Priority::Debug,
+                ..tracing_journald::PriorityMappings::new()
+            })),
+        Err(e) => Err(e),
+    });
+    let (journald, journal_error) = match journal {
+        Some(Ok(l)) => (Some(l), None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
+    };
     let ansi = io::stderr().is_terminal();
+    let stderr = journald.is_none().then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(OneLine { ansi })
+            .with_ansi(ansi)
+    });
     tracing_subscriber::registry()
         .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(OneLine { ansi })
-                .with_ansi(ansi),
-        )
+        .with(journald)
+        .with(stderr)
         .with(ring::RingLayer(ring::global().clone()))
         .init();
+    if let Some(e) = journal_error {
+        tracing::warn!(error = %e, "stderr goes to the journal but its socket does not answer; logging to stderr as plain lines");
+    }
+}
+
+/// Whether stderr is the journal's stream: systemd sets `JOURNAL_STREAM=<device>:<inode>` of the
+/// stream it connects (see systemd.exec(5)); a child whose stderr was redirected elsewhere keeps
+/// the variable but not the stream.
+pub fn stderr_is_journal() -> bool {
+    use std::os::{fd::AsFd as _, unix::fs::MetadataExt as _};
+    let Ok(want) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    // fstat(2) through a duplicate of the descriptor (closed again at once).
+    let Ok(meta) = io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+    else {
+        return false;
+    };
+    want == format!("{}:{}", meta.dev(), meta.ino())
 }
 
 /// Makes [`OneLineWriter`]s over stderr.
