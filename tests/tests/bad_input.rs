@@ -252,7 +252,32 @@ fn out_of_range(a_file: &Path) -> Vec<(String, &'static str)> {
         ("[alerts]\nrepeat_interval = \"0s\"\n".into(), "alerts.repeat_interval"),
         ("[metrics]\nduration_buckets = [\"1s\", \"1.01s\"]\n".into(), "metrics.duration_buckets"),
         ("[metrics]\nduration_buckets = [\"3d\"]\n".into(), "metrics.duration_buckets"),
+        ("[collectors]\nunits = [\"frps[\"]\n".into(), "collectors.units[0]"),
+        ("[collectors]\nmax_containers = 100000\n".into(), "collectors.max_containers"),
+        (smtp("tls = \"ssl\""), "`tls`"),
+        (smtp("to = []"), "`to`"),
+        (smtp("to = \"not-an-address\""), "`to`"),
+        (smtp("username = \"u\"\npassword_env = \"MOONFRP_NO_SUCH_VARIABLE\""), "`password_env`"),
+        (smtp("username = \"u\""), "`username`"),
+        (smtp("subject = \"{{status\""), "never closed"),
+        (
+            smtp(&format!("tls_ca_file = \"{}\"", a_file.display())),
+            "`tls_ca_file`",
+        ),
+        (webhook("a", "host = \"smtp.example.com\""), "for smtp channels"),
     ]
+}
+
+/// An smtp channel with these keys besides host, from and (unless given) to.
+fn smtp(extra: &str) -> String {
+    let to = if extra.starts_with("to =") {
+        ""
+    } else {
+        "to = \"ops@example.com\"\n"
+    };
+    format!(
+        "[[alerts.channels]]\nname = \"mail\"\ntype = \"smtp\"\nhost = \"mail.example.com\"\nfrom = \"alerts@example.com\"\n{to}{extra}\n"
+    )
 }
 
 #[test]

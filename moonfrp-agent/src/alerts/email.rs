@@ -137,6 +137,12 @@ pub fn parse(f: SmtpFile) -> Result<SmtpConfig, String> {
         Some(p) => {
             let pem = crate::untrusted::read_text(p, 1 << 20)
                 .map_err(|e| format!("`tls_ca_file` {}: {e}", p.display()))?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(format!(
+                    "`tls_ca_file` {}: no PEM certificate in it (`-----BEGIN CERTIFICATE-----`)",
+                    p.display()
+                ));
+            }
             Certificate::from_pem(pem.as_bytes()).map_err(|e| {
                 format!("`tls_ca_file` {}: not a PEM certificate ({e})", p.display())
             })?;
