@@ -54,7 +54,7 @@ const MAX_ALERTS: usize = 100;
 pub const MAX_RECIPIENTS: usize = 50;
 
 /// `[[alerts.channels]]` keys of an smtp channel, as written.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default)]
 pub struct SmtpFile {
     pub host: Option<String>,
     pub port: Option<u16>,

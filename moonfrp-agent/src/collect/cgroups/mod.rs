@@ -236,10 +236,14 @@ impl Cgroups {
         boxes: Vec<(PathBuf, Container)>,
         sample: &mut CgroupSample,
     ) {
-        // Ranking needs only CPU: the rest is read for those exported.
+        // Ranking needs only CPU, and only beyond the cap: the rest is read for those exported.
+        let rank = boxes.len() > self.max_containers;
         let mut ranked: Vec<(f64, PathBuf, Container)> = boxes
             .into_iter()
-            .filter_map(|(rel, c)| Some((cpu_seconds(layout, &rel)?, rel, c)))
+            .filter_map(|(rel, c)| {
+                let cpu = if rank { cpu_seconds(layout, &rel)? } else { 0.0 };
+                Some((cpu, rel, c))
+            })
             .collect();
         sample.containers_found = ranked.len();
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.2.id.cmp(&b.2.id)));
@@ -316,6 +320,7 @@ mod tests {
         .with_layout(Layout {
             v2: Some(root.to_owned()),
             v1: std::collections::BTreeMap::default(),
+            v2_has: ["memory"].map(str::to_owned).into(),
         })
     }
 

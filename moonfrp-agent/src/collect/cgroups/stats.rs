@@ -7,20 +7,39 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Where the cgroup hierarchies are mounted.
+/// Where the cgroup hierarchies are mounted, and what v2 offers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Layout {
     pub v2: Option<PathBuf>,
     /// v1 hierarchies by controller (`memory`, `cpuacct`, `blkio`, `pids`).
     pub v1: BTreeMap<String, PathBuf>,
+    /// What v2 has: its root's controllers (`memory`, `io`, `pids`) and `psi` when the kernel
+    /// keeps pressure stall information. The rest is read from v1 (hybrid layout), without
+    /// trying the v2 file first in every cgroup.
+    pub v2_has: std::collections::BTreeSet<String>,
 }
 
 impl Layout {
+    /// The hierarchies in the mount table, and what v2's root says it has (read once).
     pub fn from_mounts(m: &crate::sys::Mounts) -> Self {
+        let mut v2_has = std::collections::BTreeSet::new();
+        if let Some(root) = &m.cgroup2 {
+            if let Some(c) = read(root, "cgroup.controllers") {
+                v2_has.extend(c.split_whitespace().map(str::to_owned));
+            }
+            if root.join("memory.pressure").exists() {
+                v2_has.insert("psi".to_owned());
+            }
+        }
         Self {
             v2: m.cgroup2.clone(),
             v1: m.cgroup1.clone(),
+            v2_has,
         }
+    }
+
+    fn v2_has(&self, what: &str) -> bool {
+        self.v2_has.contains(what)
     }
 
     /// `rel`'s directory in the v1 hierarchy of `controller`.
@@ -143,8 +162,8 @@ pub fn read_stats(layout: &Layout, rel: &Path) -> Option<Stats> {
         s.cpu_user_seconds = ns("cpuacct.usage_user");
         s.cpu_system_seconds = ns("cpuacct.usage_sys");
     }
-    if let Some(current) = v2_file("memory.current") {
-        s.memory_bytes = number(&current);
+    if layout.v2_has("memory") {
+        s.memory_bytes = v2_file("memory.current").and_then(|t| number(&t));
         s.memory_peak_bytes = v2_file("memory.peak").and_then(|t| number(&t));
         s.oom_kills = v2_file("memory.events").and_then(|t| field(&t, "oom_kill"));
     } else {
@@ -153,18 +172,25 @@ pub fn read_stats(layout: &Layout, rel: &Path) -> Option<Stats> {
             v1_file("memory", "memory.max_usage_in_bytes").and_then(|t| number(&t));
         s.oom_kills = v1_file("memory", "memory.oom_control").and_then(|t| field(&t, "oom_kill"));
     }
-    if let Some(p) = v2_file("memory.pressure") {
+    if layout.v2_has("psi")
+        && let Some(p) = v2_file("memory.pressure")
+    {
         (s.memory_waiting_seconds, s.memory_stalled_seconds) = pressure(&p);
     }
-    let io = v2_file("io.stat").map(|t| io_stat(&t)).or_else(|| {
+    let io = if layout.v2_has("io") {
+        v2_file("io.stat").map(|t| io_stat(&t))
+    } else {
         v1_file("blkio", "blkio.throttle.io_service_bytes_recursive").map(|t| blkio(&t))
-    });
+    };
     if let Some((r, w)) = io {
         (s.io_read_bytes, s.io_write_bytes) = (Some(r), Some(w));
     }
-    s.pids = v2_file("pids.current")
-        .or_else(|| v1_file("pids", "pids.current"))
-        .and_then(|t| number(&t));
+    s.pids = if layout.v2_has("pids") {
+        v2_file("pids.current")
+    } else {
+        v1_file("pids", "pids.current")
+    }
+    .and_then(|t| number(&t));
     // A cgroup removed while it was read: its files were not all there; it is gone, not broken.
     let still_there = v2
         .iter()
@@ -240,6 +266,7 @@ mod tests {
         let pure = Layout {
             v2: Some(v2.clone()),
             v1: BTreeMap::new(),
+            v2_has: ["memory", "io", "pids", "psi"].map(str::to_owned).into(),
         };
         let s = read_stats(&pure, rel).unwrap();
         assert_eq!(
@@ -304,6 +331,7 @@ mod tests {
                 .iter()
                 .map(|c| ((*c).to_owned(), v1(c)))
                 .collect(),
+            v2_has: std::collections::BTreeSet::from(["hugetlb".to_owned()]),
         };
         let s = read_stats(&hybrid, rel).unwrap();
         assert_eq!(
