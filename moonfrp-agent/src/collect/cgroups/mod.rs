@@ -241,7 +241,11 @@ impl Cgroups {
         let mut ranked: Vec<(f64, PathBuf, Container)> = boxes
             .into_iter()
             .filter_map(|(rel, c)| {
-                let cpu = if rank { cpu_seconds(layout, &rel)? } else { 0.0 };
+                let cpu = if rank {
+                    cpu_seconds(layout, &rel)?
+                } else {
+                    0.0
+                };
                 Some((cpu, rel, c))
             })
             .collect();
