@@ -106,6 +106,21 @@ fn mailbox(key: &str, v: &str) -> Result<Mailbox, String> {
     })
 }
 
+/// The CA certificate(s) in `p` (PEM), checked.
+fn read_ca(p: &std::path::Path) -> Result<Vec<u8>, String> {
+    let pem = crate::untrusted::read_text(p, 1 << 20)
+        .map_err(|e| format!("`tls_ca_file` {}: {e}", p.display()))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "`tls_ca_file` {}: no PEM certificate in it (`-----BEGIN CERTIFICATE-----`)",
+            p.display()
+        ));
+    }
+    Certificate::from_pem(pem.as_bytes())
+        .map_err(|e| format!("`tls_ca_file` {}: not a PEM certificate ({e})", p.display()))?;
+    Ok(pem.into_bytes())
+}
+
 /// Validates an smtp channel; reads the password from its file or variable now, so a missing
 /// one stops the start, not the first alert.
 pub fn parse(f: SmtpFile) -> Result<SmtpConfig, String> {
@@ -132,23 +147,7 @@ pub fn parse(f: SmtpFile) -> Result<SmtpConfig, String> {
     if port == 0 {
         return Err("`port` = 0 is not a port".into());
     }
-    let ca_pem = match &f.tls_ca_file {
-        None => None,
-        Some(p) => {
-            let pem = crate::untrusted::read_text(p, 1 << 20)
-                .map_err(|e| format!("`tls_ca_file` {}: {e}", p.display()))?;
-            if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(format!(
-                    "`tls_ca_file` {}: no PEM certificate in it (`-----BEGIN CERTIFICATE-----`)",
-                    p.display()
-                ));
-            }
-            Certificate::from_pem(pem.as_bytes()).map_err(|e| {
-                format!("`tls_ca_file` {}: not a PEM certificate ({e})", p.display())
-            })?;
-            Some(pem.into_bytes())
-        }
-    };
+    let ca_pem = f.tls_ca_file.as_deref().map(read_ca).transpose()?;
     let password = match (&f.password_file, &f.password_env) {
         (Some(_), Some(_)) => return Err("give `password_file` or `password_env`, not both".into()),
         (Some(p), None) => {
