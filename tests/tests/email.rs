@@ -70,8 +70,9 @@ fn alert_test(config: &Path) -> (i32, String, String) {
     )
 }
 
-#[test]
-fn a_firing_and_a_resolved_alert_arrive_by_email_over_starttls() {
+/// A STARTTLS server with a test CA that wants [`USER`] and [`PASSWORD`], and a password file
+/// holding `password` in a fresh directory.
+fn starttls_server(password: &str) -> (Pki, SmtpServer, tempfile::TempDir, std::path::PathBuf) {
     let pki = Pki::new();
     let server = SmtpServer::start(
         Mode::StartTls,
@@ -80,7 +81,13 @@ fn a_firing_and_a_resolved_alert_arrive_by_email_over_starttls() {
     );
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("smtp-password");
-    std::fs::write(&secret, format!("{PASSWORD}\n")).unwrap();
+    std::fs::write(&secret, password).unwrap();
+    (pki, server, dir, secret)
+}
+
+#[test]
+fn a_firing_and_a_resolved_alert_arrive_by_email_over_starttls() {
+    let (pki, server, dir, secret) = starttls_server(&format!("{PASSWORD}\n"));
     let port = free_port();
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
     let path = config(
@@ -207,16 +214,8 @@ fn tests_are_marked_and_answered(agent: &Agent, server: &SmtpServer, path: &Path
 
 #[test]
 fn wrong_credentials_are_counted_as_failed_and_never_logged() {
-    let pki = Pki::new();
-    let server = SmtpServer::start(
-        Mode::StartTls,
-        Some((&pki.path("server.pem"), &pki.path("server.key"))),
-        Some((USER, PASSWORD)),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("smtp-password");
     let wrong = "Wr0ng-battery-staple-93";
-    std::fs::write(&secret, wrong).unwrap();
+    let (pki, server, dir, secret) = starttls_server(wrong);
     let port = free_port();
     let path = config(
         dir.path(),

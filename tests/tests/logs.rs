@@ -28,18 +28,25 @@ fn mentioning(page: &Value, needle: &str) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn a_broken_frp_config_is_a_warning_in_the_api_and_followed_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let frp = dir.path().join("frp");
+/// An frp config directory under `dir` with a broken `frps-broken.toml`, and an agent config
+/// that reads it: (the frp directory, the agent's config file).
+fn broken_frp_config(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let frp = dir.join("frp");
     std::fs::create_dir(&frp).unwrap();
     std::fs::write(frp.join("frps-broken.toml"), "bindPort = \n").unwrap();
-    let config = dir.path().join("moonfrp.toml");
+    let config = dir.join("moonfrp.toml");
     std::fs::write(
         &config,
         format!("[frp]\nconfigs = [\"{}/*.toml\"]\n", frp.display()),
     )
     .unwrap();
+    (frp, config)
+}
+
+#[test]
+fn a_broken_frp_config_is_a_warning_in_the_api_and_followed_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let (frp, config) = broken_frp_config(dir.path());
     let agent = AgentCmd::new(&["--config", config.to_str().unwrap()])
         .log_level("info")
         .start();
@@ -77,7 +84,29 @@ fn a_broken_frp_config_is_a_warning_in_the_api_and_followed_live() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("level"), "{body}");
 
-    // `logs -f` prints the old warning, then a new one as it happens.
+    follow_sees_a_new_warning(&agent, &frp);
+
+    // The one-shot command prints the same warnings and ends.
+    let out = Command::new(agent_bin())
+        .args([
+            "logs",
+            "--level",
+            "warn",
+            "--listen",
+            &agent.addr.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("frps-broken.toml") && text.contains("frpc-late.toml"),
+        "{text}"
+    );
+}
+
+/// `logs -f` prints the old warning, then a new one as it happens.
+fn follow_sees_a_new_warning(agent: &Agent, frp: &std::path::Path) {
     let mut follower = Command::new(agent_bin())
         .args([
             "logs",
@@ -129,24 +158,6 @@ fn a_broken_frp_config_is_a_warning_in_the_api_and_followed_live() {
     );
     follower.kill().unwrap();
     follower.wait().unwrap();
-
-    // The one-shot command prints the same warnings and ends.
-    let out = Command::new(agent_bin())
-        .args([
-            "logs",
-            "--level",
-            "warn",
-            "--listen",
-            &agent.addr.to_string(),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        text.contains("frps-broken.toml") && text.contains("frpc-late.toml"),
-        "{text}"
-    );
 }
 
 #[test]
@@ -210,15 +221,7 @@ fn the_ring_stays_within_its_bound_under_a_flood() {
 #[test]
 fn under_systemd_records_go_to_journald_with_their_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let frp = dir.path().join("frp");
-    std::fs::create_dir(&frp).unwrap();
-    std::fs::write(frp.join("frps-broken.toml"), "bindPort = \n").unwrap();
-    let config = dir.path().join("moonfrp.toml");
-    std::fs::write(
-        &config,
-        format!("[frp]\nconfigs = [\"{}/*.toml\"]\n", frp.display()),
-    )
-    .unwrap();
+    let (_, config) = broken_frp_config(dir.path());
     let journal = dir.path().join("journal.jsonl");
     let listener = moonfrp_tests::workspace().join("tests/journald/listener.py");
     let setup = format!(

@@ -4,7 +4,7 @@ use std::{fmt::Write as _, io::Write as _, time::Duration};
 
 use clap::Args;
 
-use super::{ClientArgs, FetchError, call, plain};
+use super::{ClientArgs, FetchError, call, decode_data, plain};
 use crate::{
     frp::client::Endpoint,
     logging::ring::{Page, Record},
@@ -57,20 +57,7 @@ fn fetch(
     timeout: Duration,
 ) -> Result<Page, FetchError> {
     let (code, body) = call(rt, ep, "GET", &format!("/api/v1/logs?{query}"), timeout)?;
-    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
-        FetchError::Other(format!(
-            "{}: HTTP {code}, not the agent's API ({e}); is it moonfrp-agent?",
-            ep.addr
-        ))
-    })?;
-    if code != 200 {
-        return Err(FetchError::Other(crate::untrusted::message(
-            v["error"].as_str().unwrap_or("error"),
-            2000,
-        )));
-    }
-    serde_json::from_value(v["data"].clone())
-        .map_err(|e| FetchError::Other(format!("unexpected answer from the agent: {e}")))
+    decode_data(ep, code, &body, "log page")
 }
 
 fn print(records: &[Record], json: bool) -> std::io::Result<()> {
@@ -92,13 +79,9 @@ fn print(records: &[Record], json: bool) -> std::io::Result<()> {
 /// Runs the command: (exit code, text for stdout, text for stderr). Records are printed as they
 /// come, so stdout's part is empty.
 pub fn run(args: &LogsArgs) -> (u8, String, String) {
-    let ep = match args.client.endpoint() {
-        Ok(ep) => ep,
-        Err(e) => return (2, String::new(), e),
-    };
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(e) => return (1, String::new(), e),
+    let (ep, rt) = match super::start(&args.client) {
+        Ok(v) => v,
+        Err(exit) => return exit,
     };
     let mut query = format!("level={}&limit={}", args.level, args.limit.clamp(1, 2_000));
     if let Some(s) = &args.since {

@@ -199,7 +199,17 @@ pub fn fetch_status(
     if code == 503 {
         return Err(FetchError::NoSnapshot);
     }
-    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
+    decode_data(ep, code, &body, "status")
+}
+
+/// The `data` of an API answer `{"status": "success", "data": …}`; the API's error otherwise.
+pub fn decode_data<T: serde::de::DeserializeOwned>(
+    ep: &Endpoint,
+    code: u16,
+    body: &str,
+    what: &str,
+) -> Result<T, FetchError> {
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| {
         FetchError::Other(format!(
             "{}: HTTP {code}, not the agent's API ({e}); is it moonfrp-agent?",
             ep.addr
@@ -212,7 +222,16 @@ pub fn fetch_status(
         )));
     }
     serde_json::from_value(v["data"].clone())
-        .map_err(|e| FetchError::Other(format!("unexpected status from the agent: {e}")))
+        .map_err(|e| FetchError::Other(format!("unexpected {what} from the agent: {e}")))
+}
+
+/// The endpoint and a runtime for a one-shot client command, or what to exit with.
+pub fn start(
+    args: &ClientArgs,
+) -> Result<(Endpoint, tokio::runtime::Runtime), (u8, String, String)> {
+    let ep = args.endpoint().map_err(|e| (2, String::new(), e))?;
+    let rt = runtime().map_err(|e| (1, String::new(), e))?;
+    Ok((ep, rt))
 }
 
 /// What to say when the agent answers 401.

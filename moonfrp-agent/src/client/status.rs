@@ -34,13 +34,9 @@ pub struct StatusArgs {
 
 /// Runs the command: (exit code, text for stdout, text for stderr).
 pub fn run(args: &StatusArgs) -> (u8, String, String) {
-    let ep = match args.client.endpoint() {
-        Ok(ep) => ep,
-        Err(e) => return (2, String::new(), e),
-    };
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(e) => return (1, String::new(), e),
+    let (ep, rt) = match super::start(&args.client) {
+        Ok(v) => v,
+        Err(exit) => return exit,
     };
     if args.alerts {
         return alerts(&rt, &ep, args);
@@ -254,17 +250,9 @@ fn alerts(
         form_urlencoded::byte_serialize(args.since.as_bytes()).collect::<String>(),
         args.limit.clamp(1, 1_000)
     );
-    let log = match super::get(rt, ep, &query) {
-        Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| serde_json::from_value::<AlertLog>(v["data"].clone()).ok())
-            .ok_or_else(|| "unexpected alert log from the agent".to_owned()),
-        Ok((code, body)) => Err(format!(
-            "alert log: HTTP {code}: {}",
-            crate::untrusted::message(body.trim(), 500)
-        )),
-        Err(e) => Err(e.to_string()),
-    };
+    let log = super::get(rt, ep, &query)
+        .and_then(|(code, body)| super::decode_data::<AlertLog>(ep, code, &body, "alert log"))
+        .map_err(|e| format!("alert log: {e}"));
     match log {
         Ok(log) if args.json => (
             0,
