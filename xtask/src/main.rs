@@ -4,6 +4,7 @@ mod bench;
 mod bench_history;
 mod bench_page;
 mod dist;
+mod kernels;
 mod run;
 mod setup;
 mod smoke;
@@ -54,6 +55,9 @@ enum Command {
         #[arg(long)]
         interval_ms: u64,
     },
+    /// Boot other kernels (Debian 12's 6.1) under QEMU with the release agent and run the
+    /// accuracy checks inside; prints a table kernel × check (root).
+    TestKernels(kernels::Opts),
     /// Set up (with test packages), then run every test: unit tests and the privileged
     /// integration tests (needs root).
     Test,
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::BenchFloor { interval_ms } => {
             bench::floor::run(std::time::Duration::from_millis(interval_ms))
         }
+        Command::TestKernels(opts) => setup::toolchain().and_then(|()| kernels::run(&opts)),
         Command::Test => test::all(),
     };
     match result {
