@@ -70,9 +70,17 @@ fn alert_test(config: &Path) -> (i32, String, String) {
     )
 }
 
-/// A STARTTLS server with a test CA that wants [`USER`] and [`PASSWORD`], and a password file
-/// holding `password` in a fresh directory.
-fn starttls_server(password: &str) -> (Pki, SmtpServer, tempfile::TempDir, std::path::PathBuf) {
+/// A STARTTLS server with a test CA that wants [`USER`] and [`PASSWORD`], and an agent watching
+/// `port` that mails it with `password` (from a file).
+struct Setup {
+    _pki: Pki,
+    server: SmtpServer,
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    agent: Agent,
+}
+
+fn starttls_setup(password: &str, port: u16) -> Setup {
     let pki = Pki::new();
     let server = SmtpServer::start(
         Mode::StartTls,
@@ -82,14 +90,6 @@ fn starttls_server(password: &str) -> (Pki, SmtpServer, tempfile::TempDir, std::
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("smtp-password");
     std::fs::write(&secret, password).unwrap();
-    (pki, server, dir, secret)
-}
-
-#[test]
-fn a_firing_and_a_resolved_alert_arrive_by_email_over_starttls() {
-    let (pki, server, dir, secret) = starttls_server(&format!("{PASSWORD}\n"));
-    let port = free_port();
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
     let path = config(
         dir.path(),
         port,
@@ -98,6 +98,21 @@ fn a_firing_and_a_resolved_alert_arrive_by_email_over_starttls() {
     let agent = AgentCmd::new(&["--config", path.to_str().unwrap()])
         .data_dir(dir.path().join("data"))
         .start();
+    Setup {
+        _pki: pki,
+        server,
+        _dir: dir,
+        path,
+        agent,
+    }
+}
+
+#[test]
+fn a_firing_and_a_resolved_alert_arrive_by_email_over_starttls() {
+    let port = free_port();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let setup = starttls_setup(&format!("{PASSWORD}\n"), port);
+    let (server, path, agent) = (&setup.server, &setup.path, &setup.agent);
     agent.wait_snapshots(2);
     assert!(server.messages().is_empty());
 
@@ -143,9 +158,9 @@ fn a_firing_and_a_resolved_alert_arrive_by_email_over_starttls() {
         body(&resolved)
     );
     moonfrp_tests::poll("two sent notifications", moonfrp_tests::TIMEOUT, || {
-        (notes(&agent, "sent") == Some(2.0)).then_some(())
+        (notes(agent, "sent") == Some(2.0)).then_some(())
     });
-    assert_eq!(notes(&agent, "failed").unwrap_or(0.0), 0.0);
+    assert_eq!(notes(agent, "failed").unwrap_or(0.0), 0.0);
 
     // `status --alerts`: nothing active now, the log has both events.
     let out = Command::new(agent_bin())
@@ -172,7 +187,7 @@ fn a_firing_and_a_resolved_alert_arrive_by_email_over_starttls() {
         "{text}"
     );
 
-    tests_are_marked_and_answered(&agent, &server, &path);
+    tests_are_marked_and_answered(agent, server, path);
 }
 
 /// A test through the running agent, then from the command line: marked, and answered 250.
@@ -215,21 +230,13 @@ fn tests_are_marked_and_answered(agent: &Agent, server: &SmtpServer, path: &Path
 #[test]
 fn wrong_credentials_are_counted_as_failed_and_never_logged() {
     let wrong = "Wr0ng-battery-staple-93";
-    let (pki, server, dir, secret) = starttls_server(wrong);
-    let port = free_port();
-    let path = config(
-        dir.path(),
-        port,
-        &channel(server.port, "starttls", &pki.path("ca.pem"), &secret),
-    );
-    let agent = AgentCmd::new(&["--config", path.to_str().unwrap()])
-        .data_dir(dir.path().join("data"))
-        .start();
+    let setup = starttls_setup(wrong, free_port());
+    let (server, path, agent) = (&setup.server, &setup.path, &setup.agent);
     // Nothing listens on the port: TunnelDown fires at once, the server refuses the login.
     moonfrp_tests::poll("a failed notification", moonfrp_tests::TIMEOUT, || {
-        (notes(&agent, "failed") == Some(1.0)).then_some(())
+        (notes(agent, "failed") == Some(1.0)).then_some(())
     });
-    assert_eq!(notes(&agent, "sent").unwrap_or(0.0), 0.0);
+    assert_eq!(notes(agent, "sent").unwrap_or(0.0), 0.0);
     assert!(server.messages().is_empty());
     let log = agent.log();
     let line = log
@@ -243,7 +250,7 @@ fn wrong_credentials_are_counted_as_failed_and_never_logged() {
         assert!(!text.contains(wrong), "the password is in the log:\n{text}");
     }
 
-    let (code, out, err) = alert_test(&path);
+    let (code, out, err) = alert_test(path);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.starts_with("smtp mail: FAILED — ") && out.contains("535"),

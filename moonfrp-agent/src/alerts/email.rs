@@ -38,8 +38,8 @@ pub struct SmtpConfig {
     pub ca_pem: Option<Vec<u8>>,
     pub username: Option<String>,
     pub password: Option<Secret>,
-    pub from: String,
-    pub to: Vec<String>,
+    pub from: Mailbox,
+    pub to: Vec<Mailbox>,
     pub subject: String,
     pub body: String,
 }
@@ -175,7 +175,7 @@ pub fn parse(f: SmtpFile) -> Result<SmtpConfig, String> {
         ));
     }
     let from = f.from.ok_or("an smtp channel needs `from`")?;
-    mailbox("from", &from)?;
+    let from = mailbox("from", &from)?;
     let to = match f.to {
         None => Vec::new(),
         Some(super::config::OneOrMany::One(t)) => vec![t],
@@ -190,9 +190,10 @@ pub fn parse(f: SmtpFile) -> Result<SmtpConfig, String> {
             to.len()
         ));
     }
-    for t in &to {
-        mailbox("to", t)?;
-    }
+    let to = to
+        .iter()
+        .map(|t| mailbox("to", t))
+        .collect::<Result<Vec<_>, _>>()?;
     let subject = f.subject.unwrap_or_else(|| SUBJECT.into());
     let body = f.body.unwrap_or_else(|| BODY.into());
     super::config::check_template("subject", &subject)?;
@@ -328,12 +329,12 @@ pub async fn send(
     };
     let (subject, body) = compose(cfg, batch, test);
     let mut m = Message::builder()
-        .from(mailbox("from", &cfg.from).map_err(fatal)?)
+        .from(cfg.from.clone())
         .subject(subject)
         .header(ContentType::TEXT_PLAIN)
         .user_agent(concat!("moonfrp-agent/", env!("CARGO_PKG_VERSION")).to_owned());
     for t in &cfg.to {
-        m = m.to(mailbox("to", t).map_err(fatal)?);
+        m = m.to(t.clone());
     }
     let message = m
         .body(body)

@@ -83,7 +83,11 @@ pub fn run(args: &LogsArgs) -> (u8, String, String) {
         Ok(v) => v,
         Err(exit) => return exit,
     };
-    let mut query = format!("level={}&limit={}", args.level, args.limit.clamp(1, 2_000));
+    let mut query = format!(
+        "level={}&limit={}",
+        args.level,
+        args.limit.clamp(1, crate::logging::ring::MAX_RECORDS)
+    );
     if let Some(s) = &args.since {
         let _ = write!(
             query,
@@ -104,8 +108,9 @@ pub fn run(args: &LogsArgs) -> (u8, String, String) {
         }
         let after = page.last;
         let follow = format!(
-            "level={}&after={after}&limit=2000&wait={}s",
+            "level={}&after={after}&limit={}&wait={}s",
             args.level,
+            crate::logging::ring::MAX_RECORDS,
             FOLLOW_WAIT.as_secs()
         );
         page = match fetch(&rt, &ep, &follow, FOLLOW_WAIT + Duration::from_secs(10)) {

@@ -8,8 +8,8 @@ pub mod containers;
 pub mod stats;
 
 use std::{
-    collections::{BTreeSet, HashSet, VecDeque},
-    path::{Path, PathBuf},
+    collections::{HashSet, VecDeque},
+    path::PathBuf,
 };
 
 use tracing::{info, warn};
@@ -58,11 +58,11 @@ enum Found {
 /// Walks the hierarchies breadth first: units (names matching `patterns`) and containers, not
 /// below either. The flag says the walk was cut at [`MAX_DIRS`].
 fn walk(layout: &Layout, patterns: &[glob::Pattern], containers: bool) -> (Vec<Found>, bool) {
-    let mut seen_rel = BTreeSet::new();
     let mut found = Vec::new();
     let mut units = HashSet::new();
     let mut visited = 0usize;
-    for root in layout.roots() {
+    let roots = layout.roots();
+    for (i, root) in roots.iter().enumerate() {
         let mut queue = VecDeque::from([(PathBuf::new(), 0usize)]);
         while let Some((rel, depth)) = queue.pop_front() {
             let Ok(entries) = std::fs::read_dir(root.join(&rel)) else {
@@ -85,8 +85,13 @@ fn walk(layout: &Layout, patterns: &[glob::Pattern], containers: bool) -> (Vec<F
                     continue;
                 };
                 let child = rel.join(&name);
+                // A later hierarchy adds only what the first lacks (a cgroupfs driver's
+                // containers in v1 `memory`); the rest was walked there already.
+                if i > 0 && roots[0].join(&child).is_dir() {
+                    continue;
+                }
                 if let Some(c) = containers::container_of(&parent, &name) {
-                    if containers && seen_rel.insert(child.clone()) {
+                    if containers {
                         found.push(Found::Container {
                             container: c,
                             rel: child,
@@ -96,7 +101,7 @@ fn walk(layout: &Layout, patterns: &[glob::Pattern], containers: bool) -> (Vec<F
                 }
                 if is_unit(&name) && patterns.iter().any(|p| p.matches(&name)) {
                     // The shallowest of same-named units (a user's session has its own).
-                    if seen_rel.insert(child.clone()) && units.insert(name.clone()) {
+                    if units.insert(name.clone()) {
                         found.push(Found::Unit { name, rel: child });
                     }
                     continue;
@@ -188,11 +193,8 @@ impl Cgroups {
     }
 
     pub fn read(&mut self) -> Result<CgroupSample, CollectError> {
-        let patterns = std::mem::take(&mut self.patterns);
-        let containers_on = self.max_containers > 0;
         let layout = self.layout()?.clone();
-        let (found, cut) = walk(&layout, &patterns, containers_on);
-        self.patterns = patterns;
+        let (found, cut) = walk(&layout, &self.patterns, self.max_containers > 0);
         if cut != self.cut {
             if cut {
                 warn!(
@@ -236,21 +238,18 @@ impl Cgroups {
         boxes: Vec<(PathBuf, Container)>,
         sample: &mut CgroupSample,
     ) {
-        // Ranking needs only CPU, and only beyond the cap: the rest is read for those exported.
-        let rank = boxes.len() > self.max_containers;
-        let mut ranked: Vec<(f64, PathBuf, Container)> = boxes
+        // Ranking needs only CPU: that is read once for every container, the rest only for
+        // those exported.
+        let mut ranked: Vec<(stats::Cpu, PathBuf, Container)> = boxes
             .into_iter()
-            .filter_map(|(rel, c)| {
-                let cpu = if rank {
-                    cpu_seconds(layout, &rel)?
-                } else {
-                    0.0
-                };
-                Some((cpu, rel, c))
-            })
+            .map(|(rel, c)| (stats::read_cpu(layout, &rel), rel, c))
             .collect();
         sample.containers_found = ranked.len();
-        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.2.id.cmp(&b.2.id)));
+        ranked.sort_by(|a, b| {
+            b.0.seconds()
+                .total_cmp(&a.0.seconds())
+                .then_with(|| a.2.id.cmp(&b.2.id))
+        });
         let capped = ranked.len() > self.max_containers;
         if capped {
             Limit::Containers.hit();
@@ -268,8 +267,8 @@ impl Cgroups {
         ranked.truncate(self.max_containers);
         let live: HashSet<&str> = ranked.iter().map(|(_, _, c)| c.id.as_str()).collect();
         let mut kept = Vec::new();
-        for (_, rel, c) in &ranked {
-            if let Some(stats) = stats::read_stats(layout, rel) {
+        for (cpu, rel, c) in &ranked {
+            if let Some(stats) = stats::read_rest(layout, rel, *cpu) {
                 kept.push(Group {
                     name: self.names.name(c),
                     id: c.short_id().to_owned(),
@@ -283,24 +282,10 @@ impl Cgroups {
     }
 }
 
-/// A container's CPU seconds for ranking (0 where not readable); `None` if it is gone.
-fn cpu_seconds(layout: &Layout, rel: &Path) -> Option<f64> {
-    let v2 = layout.v2.as_ref().map(|r| r.join(rel));
-    if let Some(t) = v2
-        .as_ref()
-        .and_then(|d| std::fs::read_to_string(d.join("cpu.stat")).ok())
-    {
-        return Some(stats::field(&t, "usage_usec").unwrap_or(0) as f64 / 1e6);
-    }
-    let v1 = layout.v1.get("memory").map(|r| r.join(rel));
-    v2.iter()
-        .chain(v1.iter())
-        .any(|d| d.is_dir())
-        .then_some(0.0)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn cgroup(root: &Path, rel: &str, cpu_usec: u64) {
@@ -363,7 +348,13 @@ mod tests {
             kept.iter().all(|id| id.starts_with("0000000000")),
             "{kept:?}"
         );
-        let mut cpus: Vec<f64> = s.containers.iter().map(|c| c.stats.cpu_seconds()).collect();
+        let mut cpus: Vec<f64> = s
+            .containers
+            .iter()
+            .map(|c| {
+                c.stats.cpu_user_seconds.unwrap_or(0.0) + c.stats.cpu_system_seconds.unwrap_or(0.0)
+            })
+            .collect();
         cpus.sort_by(f64::total_cmp);
         assert_eq!(cpus, [25e-6, 26e-6, 27e-6, 28e-6, 29e-6]);
         assert!(c.capped);

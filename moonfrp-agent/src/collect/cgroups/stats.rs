@@ -75,13 +75,6 @@ pub struct Stats {
     pub oom_kills: Option<u64>,
 }
 
-impl Stats {
-    /// CPU seconds, user and system, for ranking.
-    pub fn cpu_seconds(&self) -> f64 {
-        self.cpu_user_seconds.unwrap_or(0.0) + self.cpu_system_seconds.unwrap_or(0.0)
-    }
-}
-
 /// `key value` lines (`cpu.stat`, `memory.events`, `memory.oom_control`): the value of `key`.
 pub fn field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
@@ -146,22 +139,57 @@ fn read(dir: &Path, file: &str) -> Option<String> {
 
 /// Reads cgroup `rel` (relative to each hierarchy's root); `None` if it is gone.
 pub fn read_stats(layout: &Layout, rel: &Path) -> Option<Stats> {
+    read_rest(layout, rel, read_cpu(layout, rel))
+}
+
+/// CPU seconds of cgroup `rel`, user and system (`cpu.stat`; v1 `cpuacct`): ranking containers
+/// needs only these, and [`read_rest`] takes them instead of reading them again.
+pub fn read_cpu(layout: &Layout, rel: &Path) -> Cpu {
+    let v2 = layout.v2.as_ref().map(|r| r.join(rel));
+    if let Some(cpu) = v2.as_deref().and_then(|d| read(d, "cpu.stat")) {
+        let s = |key| field(&cpu, key).map(|us| us as f64 / 1e6);
+        return Cpu {
+            user: s("user_usec"),
+            system: s("system_usec"),
+        };
+    }
+    let ns = |f| {
+        layout
+            .v1("cpuacct", rel)
+            .and_then(|d| read(&d, f))
+            .and_then(|t| number(&t))
+            .map(|ns| ns as f64 / 1e9)
+    };
+    Cpu {
+        user: ns("cpuacct.usage_user"),
+        system: ns("cpuacct.usage_sys"),
+    }
+}
+
+/// User and system CPU seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cpu {
+    pub user: Option<f64>,
+    pub system: Option<f64>,
+}
+
+impl Cpu {
+    /// For ranking: what is not readable counts 0.
+    pub fn seconds(self) -> f64 {
+        self.user.unwrap_or(0.0) + self.system.unwrap_or(0.0)
+    }
+}
+
+/// Everything but CPU of cgroup `rel`, with `cpu` already read; `None` if it is gone.
+pub fn read_rest(layout: &Layout, rel: &Path, cpu: Cpu) -> Option<Stats> {
     let v2 = layout.v2.as_ref().map(|r| r.join(rel));
     let v2_file = |f: &str| v2.as_deref().and_then(|d| read(d, f));
     let v1_file = |c: &str, f: &str| layout.v1(c, rel).and_then(|d| read(&d, f));
-    let mut s = Stats::default();
-    if let Some(cpu) = v2_file("cpu.stat") {
-        s.cpu_user_seconds = field(&cpu, "user_usec").map(|us| us as f64 / 1e6);
-        s.cpu_system_seconds = field(&cpu, "system_usec").map(|us| us as f64 / 1e6);
-    } else {
-        let ns = |f| {
-            v1_file("cpuacct", f)
-                .and_then(|t| number(&t))
-                .map(|ns| ns as f64 / 1e9)
-        };
-        s.cpu_user_seconds = ns("cpuacct.usage_user");
-        s.cpu_system_seconds = ns("cpuacct.usage_sys");
-    }
+    let mut s = Stats {
+        cpu_user_seconds: cpu.user,
+        cpu_system_seconds: cpu.system,
+        ..Stats::default()
+    };
     if layout.v2_has("memory") {
         s.memory_bytes = v2_file("memory.current").and_then(|t| number(&t));
         s.memory_peak_bytes = v2_file("memory.peak").and_then(|t| number(&t));
