@@ -167,10 +167,12 @@ fn top_in_tmux_shows_live_traffic_sorts_and_quits_cleanly() {
     }
     // Resize to 80×24 (as over a small SSH window): redrawn to fit, nothing lost.
     tmux.run(&["resize-window", "-t", "top", "-x", "80", "-y", "24"]);
-    let small = tmux.wait("a redraw at 80 columns", |s| {
+    // The busy tunnel above the idle one: the selection (the first row) is web when Enter goes.
+    let small = tmux.wait("a redraw at 80 columns with web first", |s| {
         s.lines().all(|l| l.chars().count() <= 80)
-            && s.contains("web")
             && s.contains("sort: bandwidth")
+            && s.find("web")
+                .is_some_and(|w| s.find("idle").is_some_and(|i| w < i))
     });
     assert!(small.lines().count() <= 24, "{small}");
     // The busy tunnel is the first row (sorted by bandwidth): Enter shows its peers.
