@@ -46,16 +46,38 @@ pub fn agent_bin() -> PathBuf {
     )
 }
 
-/// A TCP port that is free on both IPv4 and IPv6 right now (for TCP and, in practice, UDP).
+/// A port that is free for TCP and UDP on both IPv4 and IPv6 right now.
+///
+/// Taken from below the kernel's ephemeral range (`ip_local_port_range`), counting up from a
+/// per-process start: a port the kernel handed out for `bind(0)` could be given, between our
+/// check and the test's bind, to another test's outgoing connection as its source port (a CI run
+/// failed with `AddrInUse` that way); ports below the range are never handed out by the kernel.
 pub fn free_port() -> u16 {
-    loop {
-        let l = TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)).expect("bind [::]:0");
-        let port = l.local_addr().unwrap().port();
-        drop(l);
-        if std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).is_ok() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&p| p > LOW + 1_000)
+        .unwrap_or(32_768);
+    let span = high - LOW;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port =
+            u16::try_from(LOW + NEXT.fetch_add(1, Ordering::Relaxed) % span).expect("below 65536");
+        if TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).is_ok()
+            && std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).is_ok()
+        {
             return port;
         }
     }
+    panic!("no free port in {LOW}..{high}");
 }
 
 /// Loopback address of the given family.
