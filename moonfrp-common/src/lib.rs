@@ -31,6 +31,7 @@ pub mod programs {
     pub const RETRANSMIT: &str = "mf_retransmit";
     pub const SEND_RESET: &str = "mf_send_reset";
     pub const RECV_RESET: &str = "mf_recv_reset";
+    pub const REFUSED: &str = "mf_refused";
 }
 
 /// Number of entries in the watch table: one per possible local port.
@@ -282,8 +283,6 @@ pub struct TracepointLayout {
     pub retrans_sport: u32,
     /// `tcp/tcp_receive_reset`: local port (host order).
     pub recv_reset_sport: u32,
-    /// `tcp/tcp_send_reset`: socket pointer (0 when no socket answered).
-    pub send_reset_skaddr: u32,
     /// `tcp/tcp_send_reset`: `enum sk_rst_reason`, or [`NO_FIELD`] on kernels before 6.10.
     pub send_reset_reason: u32,
     /// `tcp/tcp_send_reset`: offset of the local port.
@@ -292,6 +291,18 @@ pub struct TracepointLayout {
     pub send_reset_port_be: u32,
     /// Value of `SK_RST_REASON_NO_SOCKET` on this kernel, from the format's print fmt.
     pub reason_no_socket: u32,
+    /// `skb/kfree_skb` (used on kernels 5.17–6.9, where `tcp_send_reset` has no reason and a
+    /// refused connection shows only as a SYN dropped for `NO_SOCKET`): the packet's address.
+    pub drop_skbaddr: u32,
+    /// `skb/kfree_skb`: `enum skb_drop_reason`.
+    pub drop_reason: u32,
+    /// Value of `SKB_DROP_REASON_NO_SOCKET` on this kernel, from the format's print fmt.
+    pub drop_no_socket: u32,
+    /// `struct sk_buff` member offsets, from the kernel's BTF: `head`, `network_header`,
+    /// `transport_header`.
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
 }
 
 impl TracepointLayout {
@@ -306,11 +317,16 @@ impl TracepointLayout {
         state_packed: 1,
         retrans_sport: 28,
         recv_reset_sport: 16,
-        send_reset_skaddr: 16,
         send_reset_reason: 28,
         send_reset_port: 34,
         send_reset_port_be: 1,
         reason_no_socket: 1,
+        drop_skbaddr: 8,
+        drop_reason: 36,
+        drop_no_socket: 3,
+        skb_head: 192,
+        skb_network_header: 180,
+        skb_transport_header: 178,
     };
 }
 
@@ -376,7 +392,7 @@ mod pod {
 
     const _: () = assert!(size_of::<super::TrafficCounters>() == 6 * 8);
     const _: () = assert!(size_of::<super::TcpCounters>() == (8 + super::DURATION_BUCKETS) * 8);
-    const _: () = assert!(size_of::<super::TracepointLayout>() == 13 * 4);
+    const _: () = assert!(size_of::<super::TracepointLayout>() == 18 * 4);
     const _: () = assert!(super::SockStateRecord::matches(
         &super::TracepointLayout::DEFAULT
     ));

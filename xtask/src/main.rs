@@ -81,7 +81,9 @@ fn main() -> ExitCode {
         Command::BenchFloor { interval_ms } => {
             bench::floor::run(std::time::Duration::from_millis(interval_ms))
         }
-        Command::TestKernels(opts) => setup::toolchain().and_then(|()| kernels::run(&opts)),
+        Command::TestKernels(opts) => {
+            setup::toolchain().and_then(|()| kernels::run(&opts).map(drop))
+        }
         Command::Test => test::all(),
     };
     match result {

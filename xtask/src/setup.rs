@@ -13,8 +13,9 @@ const BPF_LINKER: &str = "0.13.0";
 /// Debian packages the test suite uses: prometheus (server and promtool), Alertmanager,
 /// node_exporter, tmux (drives `top`), util-linux (setpriv, unshare), iproute2, openssl and
 /// curl (certificates for the TLS tests, an independent HTTPS client), iperf3 (the overhead
-/// bench's independent load generator), and chromium (the web page's tests, driven by
-/// playwright-core from npm: see [`npm_packages`]).
+/// bench's independent load generator), chromium (the web page's tests, driven by
+/// playwright-core from npm: see [`npm_packages`]), and QEMU with busybox and cpio (the kernels
+/// `cargo xtask test-kernels` boots).
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-alertmanager",
@@ -26,6 +27,9 @@ const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iperf3",
     "chromium",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
 
 pub fn all(test_deps: bool) -> anyhow::Result<()> {

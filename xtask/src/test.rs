@@ -1,6 +1,7 @@
 //! `cargo xtask test`: every test in the workspace. Unit tests first (no privileges), then the
 //! integration tests in `tests/`, which start the real agent, load its programs and send real
-//! traffic (root); last, a run of the README's `cargo xtask run` command. Ends with one
+//! traffic (root); then a run of the README's `cargo xtask run` command, the kernels of
+//! `cargo xtask test-kernels` booted under QEMU, and the benches' quick runs. Ends with one
 //! `tests: N passed, N failed` line summing every cargo test run.
 use std::{
     io::{BufRead as _, BufReader},
@@ -98,6 +99,9 @@ pub fn all() -> anyhow::Result<()> {
     )?;
     crate::smoke::readme_run()?;
     tally.passed += 1;
+    let held = crate::kernels::run(&crate::kernels::Opts::default())?;
+    println!("test-kernels: {held} checks held on every kernel booted");
+    tally.passed += held;
     bench_smoke()?;
     tally.passed += 1;
     let history_out = tempfile::tempdir()?;

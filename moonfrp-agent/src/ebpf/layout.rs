@@ -34,6 +34,18 @@ pub enum LayoutError {
         expected: u32,
     },
     #[error(
+        "{tracepoint}: no `\"NO_SOCKET\"` in its format's print fmt (kernel before 5.17: refused connections are not counted on kernels before 6.10 without it)"
+    )]
+    NoDropReason { tracepoint: &'static str },
+    #[error(
+        "{tracepoint}: cannot read struct sk_buff from the kernel's BTF ({path}): {reason} (refused connections are not counted; kernels 5.17–6.9 need CONFIG_DEBUG_INFO_BTF for them)"
+    )]
+    Btf {
+        tracepoint: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error(
         "{tracepoint}: cannot read {path}: {reason} (is tracefs mounted at /sys/kernel/tracing?)"
     )]
     Unreadable {
@@ -111,6 +123,11 @@ pub const SOCK_STATE: &str = "sock/inet_sock_set_state";
 pub const RETRANSMIT: &str = "tcp/tcp_retransmit_skb";
 pub const SEND_RESET: &str = "tcp/tcp_send_reset";
 pub const RECV_RESET: &str = "tcp/tcp_receive_reset";
+/// Only on kernels whose `tcp_send_reset` has no reason (before 6.10): refused connections.
+pub const DROP: &str = "skb/kfree_skb";
+
+/// Where the running kernel's BTF is.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Layout of each tracepoint, or why it cannot be used. A tracepoint that fails keeps only its
 /// own probe from attaching.
@@ -118,22 +135,37 @@ pub const RECV_RESET: &str = "tcp/tcp_receive_reset";
 pub struct Layouts {
     pub layout: TracepointLayout,
     pub problems: HashMap<&'static str, LayoutError>,
+    /// `tcp_send_reset` cannot tell a refused connection (kernels before 6.10): the [`DROP`]
+    /// tracepoint is needed for them. Otherwise it is not used at all.
+    pub refused_from_drops: bool,
 }
 
-/// Builds the layout from the format files found by `read` (`category/name` → file text).
-pub fn build(read: impl Fn(&'static str) -> Result<String, LayoutError>) -> Layouts {
+impl Layouts {
+    /// Whether the probe on tracepoint `tp` has a job on this kernel.
+    pub fn needed(&self, tp: &str) -> bool {
+        tp != DROP || self.refused_from_drops
+    }
+}
+
+/// Builds the layout from the format files found by `read` (`category/name` → file text) and,
+/// where the [`DROP`] tracepoint is needed, `sk_buff`'s offsets from the BTF `btf` reads.
+pub fn build(
+    read: impl Fn(&'static str) -> Result<String, LayoutError>,
+    btf: impl FnOnce() -> Result<Vec<u8>, std::io::Error>,
+) -> Layouts {
     let mut layout = TracepointLayout::DEFAULT;
     let mut problems = HashMap::new();
 
     let mut apply =
-        |tp: &'static str,
+        |layout: &mut TracepointLayout,
+         tp: &'static str,
          f: &mut dyn FnMut(&Format, &mut TracepointLayout) -> Result<(), LayoutError>| {
-            let result = read(tp).and_then(|text| f(&parse_format(&text), &mut layout));
+            let result = read(tp).and_then(|text| f(&parse_format(&text), layout));
             if let Err(e) = result {
                 problems.insert(tp, e);
             }
         };
-    apply(SOCK_STATE, &mut |f, l| {
+    apply(&mut layout, SOCK_STATE, &mut |f, l| {
         l.state_skaddr = field(f, SOCK_STATE, "skaddr", 8)?;
         l.state_oldstate = field(f, SOCK_STATE, "oldstate", 4)?;
         l.state_newstate = field(f, SOCK_STATE, "newstate", 4)?;
@@ -142,18 +174,18 @@ pub fn build(read: impl Fn(&'static str) -> Result<String, LayoutError>) -> Layo
         l.state_packed = u32::from(moonfrp_common::SockStateRecord::matches(l));
         Ok(())
     });
-    apply(RETRANSMIT, &mut |f, l| {
+    apply(&mut layout, RETRANSMIT, &mut |f, l| {
         l.retrans_sport = field(f, RETRANSMIT, "sport", 2)?;
         Ok(())
     });
-    apply(RECV_RESET, &mut |f, l| {
+    apply(&mut layout, RECV_RESET, &mut |f, l| {
         l.recv_reset_sport = field(f, RECV_RESET, "sport", 2)?;
         Ok(())
     });
-    apply(SEND_RESET, &mut |f, l| {
-        l.send_reset_skaddr = field(f, SEND_RESET, "skaddr", 8)?;
-        // 6.10+: `saddr` is a sockaddr (port big-endian at +2) and `reason` says why.
-        // Before: host-order `sport` and no reason; a reset without a socket means "refused".
+    apply(&mut layout, SEND_RESET, &mut |f, l| {
+        // 6.10+: `saddr` is a sockaddr (port big-endian at +2) and `reason` says why (a reset
+        // sent with no socket answers a port nobody has). Before: host-order `sport`, no reason,
+        // and the tracepoint fires only for resets a socket sends.
         if let Ok(saddr) = field(f, SEND_RESET, "saddr", 28) {
             l.send_reset_port = saddr + 2;
             l.send_reset_port_be = 1;
@@ -173,7 +205,48 @@ pub fn build(read: impl Fn(&'static str) -> Result<String, LayoutError>) -> Layo
         }
         Ok(())
     });
-    Layouts { layout, problems }
+    let refused_from_drops = layout.send_reset_reason == NO_FIELD;
+    if refused_from_drops {
+        apply(&mut layout, DROP, &mut |f, l| {
+            l.drop_skbaddr = field(f, DROP, "skbaddr", 8)?;
+            l.drop_reason = field(f, DROP, "reason", 4)?;
+            l.drop_no_socket = symbolic_value(&f.print_fmt, "NO_SOCKET")
+                .ok_or(LayoutError::NoDropReason { tracepoint: DROP })?;
+            Ok(())
+        });
+    }
+    if refused_from_drops && !problems.contains_key(DROP) {
+        let skb = btf().map_err(|e| e.to_string()).and_then(|data| {
+            super::btf::offsets(
+                &data,
+                "sk_buff",
+                &[("head", 8), ("network_header", 2), ("transport_header", 2)],
+            )
+            .map_err(|e| e.to_string())
+        });
+        match skb {
+            Ok(off) => {
+                layout.skb_head = off[0];
+                layout.skb_network_header = off[1];
+                layout.skb_transport_header = off[2];
+            }
+            Err(reason) => {
+                problems.insert(
+                    DROP,
+                    LayoutError::Btf {
+                        tracepoint: DROP,
+                        path: VMLINUX_BTF.to_owned(),
+                        reason,
+                    },
+                );
+            }
+        }
+    }
+    Layouts {
+        layout,
+        problems,
+        refused_from_drops,
+    }
 }
 
 /// Reads format files under a tracefs mount (`<root>/events/<category>/<name>/format`).
@@ -211,11 +284,38 @@ mod tests {
         }
     }
 
+    /// The BTF reader for a kernel that must not need it.
+    fn no_btf() -> Result<Vec<u8>, std::io::Error> {
+        panic!("this kernel's layout needs no BTF")
+    }
+
+    fn host_btf() -> Result<Vec<u8>, std::io::Error> {
+        std::fs::read(VMLINUX_BTF)
+    }
+
     #[test]
     fn kernel_6_18_matches_compiled_default() {
-        let l = build(read_fixture("6.18"));
+        let l = build(read_fixture("6.18"), no_btf);
         assert!(l.problems.is_empty(), "{:?}", l.problems);
-        assert_eq!(l.layout, TracepointLayout::DEFAULT);
+        assert!(!l.refused_from_drops && !l.needed(DROP) && l.needed(SEND_RESET));
+        // The drop fields are only filled where needed; the default carries 6.18's values.
+        let mut with_drops = build(read_fixture("6.18"), no_btf).layout;
+        let f = parse_format(&read_fixture("6.18")(DROP).unwrap());
+        with_drops.drop_skbaddr = f.fields["skbaddr"].offset;
+        with_drops.drop_reason = f.fields["reason"].offset;
+        with_drops.drop_no_socket = symbolic_value(&f.print_fmt, "NO_SOCKET").unwrap();
+        let off = super::super::btf::offsets(
+            &host_btf().unwrap(),
+            "sk_buff",
+            &[("head", 8), ("network_header", 2), ("transport_header", 2)],
+        )
+        .unwrap();
+        (
+            with_drops.skb_head,
+            with_drops.skb_network_header,
+            with_drops.skb_transport_header,
+        ) = (off[0], off[1], off[2]);
+        assert_eq!(with_drops, TracepointLayout::DEFAULT);
     }
 
     #[test]
@@ -244,20 +344,59 @@ mod tests {
     }
 
     #[test]
-    fn pre_6_10_send_reset_falls_back_to_socketless_resets() {
-        let read = |tp: &'static str| {
-            if tp == SEND_RESET {
-                read_fixture("5.15")(tp)
-            } else {
-                read_fixture("6.18")(tp)
-            }
-        };
-        let l = build(read);
+    fn before_6_10_refusals_come_from_dropped_syns_with_btf_offsets() {
+        let l = build(read_fixture("6.1"), host_btf);
         assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert!(l.refused_from_drops && l.needed(DROP));
         assert_eq!(l.layout.send_reset_reason, NO_FIELD);
         assert_eq!(l.layout.send_reset_port, 28);
         assert_eq!(l.layout.send_reset_port_be, 0);
-        assert_eq!(l.layout.send_reset_skaddr, 16);
+        assert_eq!(
+            (
+                l.layout.drop_skbaddr,
+                l.layout.drop_reason,
+                l.layout.drop_no_socket
+            ),
+            (8, 28, 2)
+        );
+        assert!(l.layout.skb_head > 0 && l.layout.skb_transport_header > 0);
+    }
+
+    #[test]
+    fn before_6_10_without_btf_or_drop_reasons_only_refusals_go() {
+        let unreadable = || Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        let l = build(read_fixture("6.1"), unreadable);
+        assert_eq!(l.problems.len(), 1, "{:?}", l.problems);
+        let why = l.problems[DROP].to_string();
+        assert!(
+            why.contains("/sys/kernel/btf/vmlinux") && why.contains("refused"),
+            "{why}"
+        );
+        // 5.15: `kfree_skb` without a reason.
+        let read = |tp: &'static str| {
+            let text = read_fixture("6.1")(tp)?;
+            Ok(if tp == DROP {
+                text.lines()
+                    .filter(|l| !l.contains("reason"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            } else {
+                text
+            })
+        };
+        let l = build(read, no_btf);
+        assert_eq!(l.problems.len(), 1, "{:?}", l.problems);
+        assert!(matches!(
+            l.problems[DROP],
+            LayoutError::MissingField {
+                field: "reason",
+                ..
+            }
+        ));
+        assert_eq!(
+            l.layout.send_reset_port, 28,
+            "the other probes keep their layout"
+        );
     }
 
     #[test]
@@ -273,7 +412,7 @@ mod tests {
             }
             _ => read_fixture("6.18")(tp),
         };
-        let l = build(read);
+        let l = build(read, no_btf);
         assert_eq!(l.problems.len(), 2, "{:?}", l.problems);
         assert!(matches!(
             l.problems[RECV_RESET],
@@ -292,7 +431,7 @@ mod tests {
 
     #[test]
     fn sock_state_fields_out_of_their_usual_order_are_read_one_by_one() {
-        assert_eq!(build(read_fixture("6.18")).layout.state_packed, 1);
+        assert_eq!(build(read_fixture("6.18"), no_btf).layout.state_packed, 1);
         // A kernel that put something between newstate and sport.
         let read = |tp: &'static str| {
             let text = read_fixture("6.18")(tp)?;
@@ -302,7 +441,7 @@ mod tests {
                 text
             })
         };
-        let l = build(read);
+        let l = build(read, no_btf);
         assert!(l.problems.is_empty(), "{:?}", l.problems);
         assert_eq!(l.layout.state_sport, 26);
         assert_eq!(l.layout.state_packed, 0);

@@ -76,6 +76,12 @@ pub const PROBES: &[ProbeSpec] = &[
         program: programs::RECV_RESET,
         hook: Hook::TracePoint(layout::RECV_RESET),
     },
+    // Only on kernels before 6.10 (see `layout::Layouts::needed`); elsewhere not run or listed.
+    ProbeSpec {
+        probe: "tcp_refused",
+        program: programs::REFUSED,
+        hook: Hook::TracePoint(layout::DROP),
+    },
 ];
 
 /// Whether a probe runs, and why not if it does not.
@@ -127,10 +133,12 @@ pub struct Kernel {
     /// Owns the programs and their links; dropping it detaches everything.
     ebpf: Ebpf,
     pub maps: KernelMaps,
+    /// The probes this kernel needs (all of [`PROBES`] but those without a job here).
+    specs: Vec<&'static ProbeSpec>,
     pub probes: Vec<ProbeStatus>,
     /// When the kernel's BPF run-time statistics are on.
     stats: StatsWindow,
-    /// Per probe (as [`PROBES`]), where the running program is pinned when it is the
+    /// Per probe (as `specs`), where the running program is pinned when it is the
     /// previous agent's (kept, not loaded by this one): its statistics are read there.
     kept: Vec<Option<PathBuf>>,
     /// The maps were pinned by a previous agent: the counters continue.
@@ -146,7 +154,7 @@ impl Kernel {
         if !self.stats.on() {
             return Vec::new();
         }
-        PROBES
+        self.specs
             .iter()
             .zip(&self.probes)
             .zip(&self.kept)
@@ -184,7 +192,9 @@ pub fn load(
     cgroup_root: &Path,
     pins: Option<&Pins>,
 ) -> Result<Kernel, LoadError> {
-    let layouts = layout::build(layout::read_from(tracefs));
+    let layouts = layout::build(layout::read_from(tracefs), || {
+        std::fs::read(layout::VMLINUX_BTF)
+    });
     let mut loader = EbpfLoader::new();
     if let Some(pins) = pins {
         for (name, ..) in super::pins::shapes(cfg) {
@@ -205,8 +215,15 @@ pub fn load(
         source,
     })?;
 
-    let mut kept = Vec::with_capacity(PROBES.len());
-    let probes = PROBES
+    let specs: Vec<&'static ProbeSpec> = PROBES
+        .iter()
+        .filter(|s| match s.hook {
+            Hook::TracePoint(tp) => layouts.needed(tp),
+            Hook::CgroupSkb(_) => true,
+        })
+        .collect();
+    let mut kept = Vec::with_capacity(specs.len());
+    let probes = specs
         .iter()
         .map(|spec| {
             let pin = pins.map(|p| (p.link(spec.probe), p.program(spec.probe)));
@@ -256,6 +273,7 @@ pub fn load(
         stats,
         kept,
         continued: pins.is_some_and(|p| p.continued),
+        specs,
     })
 }
 

@@ -1,5 +1,6 @@
 //! The kernel side as the agent sees it: its settings, layouts, the probe table and loader, and
 //! the maps.
+pub mod btf;
 pub mod config;
 pub mod layout;
 pub mod loader;

@@ -1,6 +1,7 @@
-//! TCP trouble per watched local port: `tcp/tcp_send_reset` (refused connections apart from other
-//! resets sent), `tcp/tcp_receive_reset` and `tcp/tcp_retransmit_skb`.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+//! TCP trouble per watched local port: `tcp/tcp_send_reset` (on 6.10+ refused connections apart
+//! from other resets sent), `tcp/tcp_receive_reset`, `tcp/tcp_retransmit_skb`, and before 6.10
+//! refused connections as SYNs dropped for want of a socket (`skb/kfree_skb`).
+use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext};
 use moonfrp_common::{NO_FIELD, Proto, TcpCounters};
 
 use crate::maps::{TCP_STATS, layout, slot_of};
@@ -61,12 +62,10 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     if port == 0 {
         return Ok(());
     }
-    let refused = if l.send_reset_reason == NO_FIELD {
-        // Before sk_rst_reason existed: a reset sent with no socket answers a port nobody has.
-        unsafe { ctx.read_at::<u64>(l.send_reset_skaddr as usize)? == 0 }
-    } else {
-        unsafe { ctx.read_at::<u32>(l.send_reset_reason as usize)? == l.reason_no_socket }
-    };
+    // Before sk_rst_reason (6.10) every reset seen here comes from a socket: refusals are
+    // counted by `mf_refused` instead.
+    let refused = l.send_reset_reason != NO_FIELD
+        && unsafe { ctx.read_at::<u32>(l.send_reset_reason as usize)? == l.reason_no_socket };
     bump(u32::from(port), |c| {
         if refused {
             c.refused += 1;
@@ -74,5 +73,61 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
             c.resets_sent += 1;
         }
     });
+    Ok(())
+}
+
+/// Kernels before 6.10: a SYN to a watched TCP port that no socket took (the kernel answers it
+/// with a reset and drops it for `NO_SOCKET`) is a refused connection. Every other drop leaves
+/// at the first comparison.
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn mf_refused(ctx: TracePointContext) -> u32 {
+    let _ = try_refused(&ctx);
+    0
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+#[inline(always)]
+fn try_refused(ctx: &TracePointContext) -> Result<(), i32> {
+    let l = layout();
+    // SAFETY: offsets from this kernel's format file.
+    if unsafe { ctx.read_at::<u32>(l.drop_reason as usize)? } != l.drop_no_socket {
+        return Ok(());
+    }
+    let skb = unsafe { ctx.read_at::<u64>(l.drop_skbaddr as usize)? };
+    // SAFETY: `sk_buff` member offsets from this kernel's BTF; probe reads fail, not fault.
+    let (head, nh, th) = unsafe {
+        (
+            bpf_probe_read_kernel((skb + u64::from(l.skb_head)) as *const u64)?,
+            bpf_probe_read_kernel((skb + u64::from(l.skb_network_header)) as *const u16)?,
+            bpf_probe_read_kernel((skb + u64::from(l.skb_transport_header)) as *const u16)?,
+        )
+    };
+    if head == 0 || th == u16::MAX || nh == u16::MAX {
+        return Ok(());
+    }
+    let ip = head + u64::from(nh);
+    // SAFETY: reads inside the packet's buffer, checked by the helper.
+    let first = unsafe { bpf_probe_read_kernel(ip as *const u8)? };
+    let proto_at = match first >> 4 {
+        4 => 9, // IPv4 `protocol`
+        6 => 6, // IPv6 `next header` (TCP right after the fixed header: no extension headers)
+        _ => return Ok(()),
+    };
+    if unsafe { bpf_probe_read_kernel((ip + proto_at) as *const u8)? } != 6 {
+        return Ok(());
+    }
+    let tcp = head + u64::from(th);
+    let (dport, flags) = unsafe {
+        (
+            bpf_probe_read_kernel((tcp + 2) as *const u16)?,
+            bpf_probe_read_kernel((tcp + 13) as *const u8)?,
+        )
+    };
+    // A stray segment of an old connection is answered with a reset too, but is no refusal.
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        bump(u32::from(u16::from_be(dport)), |c| c.refused += 1);
+    }
     Ok(())
 }

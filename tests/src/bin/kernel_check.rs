@@ -1,10 +1,14 @@
 //! The checks `cargo xtask test-kernels` runs inside a VM, next to the agent (std only: it runs in
 //! a busybox initramfs): exact payload bytes over TCP and UDP, v4 and v6, connections held then
-//! closed, a refused connect; then it reads the agent's `/metrics` and prints one line per check,
-//! `CHECK <name> want=<n> got=<n> ok|FAILED`. Exit 0 when every check holds.
+//! closed, refused connects (v4 and v6), resets sent and received, every probe attached, the
+//! history API's view of the bytes; then it prints one line per check,
+//! `CHECK <name> want=<n> got=<n> ok|FAILED`, and the exposition between `---- metrics ----` and
+//! `---- end metrics ----` (promtool checks it on the host). Exit 0 when every check holds.
 //!
-//! Usage: `kernel-check <agent addr> [--off-by N]` (N is added to every expectation: the harness's
-//! own test that a wrong expectation fails the run).
+//! Usage: `kernel_check <agent addr> [--off-by N]` (N is added to every expectation: the harness's
+//! own test that a wrong expectation fails the run), or `kernel_check <agent addr> --without-btf`
+//! against an agent that cannot read the kernel's BTF: where refusals need it (before 6.10) they
+//! are not counted and the probe says why, and everything else is.
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -18,6 +22,7 @@ const UDP4: u16 = 6001;
 const TCP6: u16 = 6002;
 const UDP6: u16 = 6003;
 const REFUSED: u16 = 6004;
+const RESETS: u16 = 6005;
 const TCP_BYTES: usize = 123_456;
 const DATAGRAMS: usize = 10;
 const DATAGRAM: usize = 100;
@@ -52,15 +57,29 @@ fn udp_transfer(addr: SocketAddr, from: SocketAddr) -> std::io::Result<usize> {
     Ok(got)
 }
 
-/// `GET /metrics` with HTTP/1.0.
-fn scrape(agent: &str) -> std::io::Result<String> {
+/// A connection on `addr` reset by the side on the watched port (`sent`: it closes with data
+/// unread) or by the other side (its peer's reset is received on the watched port).
+fn reset(addr: SocketAddr, sent: bool) -> std::io::Result<()> {
+    let l = TcpListener::bind(addr)?;
+    let mut c = TcpStream::connect(addr)?;
+    let (mut s, _) = l.accept()?;
+    let (writer, closer) = if sent { (&mut c, s) } else { (&mut s, c) };
+    writer.write_all(b"unread")?;
+    thread::sleep(Duration::from_millis(200));
+    drop(closer);
+    thread::sleep(Duration::from_millis(200));
+    Ok(())
+}
+
+/// `GET path` with HTTP/1.0: the body.
+fn get(agent: &str, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(agent)?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {agent}\r\n\r\n")?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {agent}\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out
         .split_once("\r\n\r\n")
-        .map_or(out.clone(), |(_, b)| b.to_owned()))
+        .map_or_else(String::new, |(_, b)| b.to_owned()))
 }
 
 /// The value of the sample `name{…tunnel="t"…}`.
@@ -73,6 +92,87 @@ fn value(metrics: &str, name: &str, tunnel: &str) -> Option<f64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
+/// The largest value in the last column of a CSV answer of the history API.
+fn history_max(csv: &str) -> Option<f64> {
+    csv.lines()
+        .skip(1)
+        .filter_map(|l| l.rsplit(',').next()?.trim().parse::<f64>().ok())
+        .reduce(f64::max)
+}
+
+/// Prints the verdicts; whether all hold.
+fn report(checks: Vec<Check>, off: f64) -> bool {
+    let mut ok = true;
+    for (name, want, got) in checks {
+        let want = want + off;
+        let pass = got == Some(want);
+        ok &= pass;
+        println!(
+            "CHECK {name} want={want} got={} {}",
+            got.map_or_else(|| "none".into(), |g| g.to_string()),
+            if pass { "ok" } else { "FAILED" }
+        );
+    }
+    ok
+}
+
+/// `moonfrp_agent_probe_attached` by probe.
+fn probes(metrics: &str) -> Vec<(String, f64)> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("moonfrp_agent_probe_attached{probe=\""))
+        .filter_map(|l| {
+            let (probe, rest) = l.split_once('"')?;
+            Some((probe.to_owned(), rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Against an agent without the kernel's BTF: a refused connect is not miscounted, the probes
+/// that need no BTF run, and `tcp_refused` (only listed where it is needed) is not attached.
+fn without_btf(agent: &str) -> bool {
+    let lo4 = SocketAddr::from((Ipv4Addr::LOCALHOST, REFUSED));
+    let refused = TcpStream::connect(lo4).is_err();
+    let tcp = tcp_transfer(SocketAddr::from((Ipv4Addr::LOCALHOST, TCP4))).ok();
+    thread::sleep(Duration::from_millis(2500));
+    let m = get(agent, "/metrics").unwrap_or_default();
+    let probes = probes(&m);
+    let needs_btf = probes.iter().any(|(p, _)| p == "tcp_refused");
+    let attached = probes.iter().filter(|(_, v)| *v == 1.0).count();
+    report(
+        vec![
+            (
+                "nobtf_refused_connect".into(),
+                if needs_btf { 0.0 } else { 1.0 },
+                refused
+                    .then(|| value(&m, "moonfrp_tunnel_connections_refused_total", "refused"))
+                    .flatten(),
+            ),
+            (
+                "nobtf_tcp_refused_attached".into(),
+                0.0,
+                Some(
+                    probes
+                        .iter()
+                        .find(|(p, _)| p == "tcp_refused")
+                        .map_or(0.0, |p| p.1),
+                ),
+            ),
+            (
+                "nobtf_other_probes_attached".into(),
+                (probes.len() - usize::from(needs_btf)) as f64,
+                Some(attached as f64),
+            ),
+            (
+                "nobtf_tcp4_receive_payload_bytes".into(),
+                tcp.map_or(-1.0, |n| n as f64),
+                value(&m, "moonfrp_tunnel_receive_payload_bytes_total", "tcp4"),
+            ),
+        ],
+        0.0,
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let agent = args
@@ -81,8 +181,24 @@ fn main() {
         .unwrap_or_else(|| "127.0.0.1:9477".into());
     let off: f64 = match args.get(2).map(String::as_str) {
         Some("--off-by") => args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0.0),
+        Some("--without-btf") => std::process::exit(i32::from(!without_btf(&agent))),
         _ => 0.0,
     };
+    let (checks, after) = everything(&agent);
+    let probes = probes(&after);
+    let ok = report(checks, off);
+    for (probe, v) in &probes {
+        println!("PROBE {probe} {v}");
+    }
+    println!("---- metrics ----\n{after}---- end metrics ----");
+    std::process::exit(i32::from(!ok));
+}
+
+/// One expectation: name, wanted value, what the agent said.
+type Check = (String, f64, Option<f64>);
+
+/// Makes the traffic, then reads the agent: the checks, and the last exposition.
+fn everything(agent: &str) -> (Vec<Check>, String) {
     let lo4 = |p| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
     let lo6 = |p| SocketAddr::from((Ipv6Addr::LOCALHOST, p));
     let mut sent = vec![
@@ -99,14 +215,23 @@ fn main() {
             (c, l.accept().expect("accept").0)
         })
         .collect();
-    let refused = TcpStream::connect(lo4(REFUSED)).is_err();
+    let refused =
+        TcpStream::connect(lo4(REFUSED)).is_err() && TcpStream::connect(lo6(REFUSED)).is_err();
+    let resets = reset(lo6(RESETS), true)
+        .and_then(|()| reset(lo6(RESETS), false))
+        .is_ok();
     thread::sleep(Duration::from_millis(2500));
-    let during = scrape(&agent).unwrap_or_default();
+    let during = get(agent, "/metrics").unwrap_or_default();
     drop(held);
     thread::sleep(Duration::from_millis(2500));
-    let after = scrape(&agent).unwrap_or_default();
+    let after = get(agent, "/metrics").unwrap_or_default();
+    let history = get(
+        agent,
+        "/api/v1/history?metric=moonfrp_tunnel_receive_payload_bytes_total&tunnel=tcp4&since=10m&format=csv",
+    )
+    .unwrap_or_default();
 
-    let mut checks: Vec<(String, f64, Option<f64>)> = Vec::new();
+    let mut checks: Vec<Check> = Vec::new();
     for (name, result) in sent.drain(..) {
         let want = match result {
             Ok(n) => n as f64,
@@ -138,28 +263,31 @@ fn main() {
         value(&after, &format!("{m}_closed_total"), "tcp4"),
     ));
     checks.push((
-        "refused_connect".into(),
-        1.0,
+        "refused_connect_v4_v6".into(),
+        2.0,
         refused
             .then(|| value(&after, &format!("{m}_refused_total"), "refused"))
             .flatten(),
     ));
-    let mut ok = true;
-    for (name, want, got) in checks {
-        let want = want + off;
-        let pass = got == Some(want);
-        ok &= pass;
-        println!(
-            "CHECK {name} want={want} got={} {}",
-            got.map_or_else(|| "none".into(), |g| g.to_string()),
-            if pass { "ok" } else { "FAILED" }
-        );
+    for (name, metric) in [("sent", "resets_sent"), ("received", "resets_received")] {
+        checks.push((
+            format!("tcp6_resets_{name}"),
+            1.0,
+            resets
+                .then(|| value(&after, &format!("moonfrp_tunnel_{metric}_total"), "resets"))
+                .flatten(),
+        ));
     }
-    for l in after
-        .lines()
-        .filter(|l| l.starts_with("moonfrp_agent_probe_attached"))
-    {
-        println!("PROBE {l}");
-    }
-    std::process::exit(i32::from(!ok));
+    checks.push((
+        "history_tcp4_receive_payload_bytes".into(),
+        TCP_BYTES as f64,
+        history_max(&history),
+    ));
+    let probes = probes(&after);
+    checks.push((
+        "probes_attached".into(),
+        probes.len().max(6) as f64,
+        Some(probes.iter().filter(|(_, v)| *v == 1.0).count() as f64),
+    ));
+    (checks, after)
 }
