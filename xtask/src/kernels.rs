@@ -33,16 +33,6 @@ const KERNELS: &[Kernel] = &[Kernel {
 /// The name of the host's kernel in the table.
 const HOST: &str = "host";
 
-/// The ports the agent watches inside (kernel_check's).
-const TUNNELS: &[&str] = &[
-    "tcp4=6000",
-    "udp4=6001/udp",
-    "tcp6=6002",
-    "udp6=6003/udp",
-    "refused=6004",
-    "resets=6005",
-];
-
 #[derive(clap::Args, Default)]
 pub struct Opts {
     /// Only these kernels (by name); default all.
@@ -236,11 +226,16 @@ fn initramfs(agent: &Path, check: &Path, work: &Path, off_by: u64) -> anyhow::Re
         std::fs::create_dir_all(to.parent().expect("a library has a directory"))?;
         std::fs::copy(&lib, &to).with_context(|| format!("copy {}", lib.display()))?;
     }
-    let tunnels = TUNNELS.iter().fold(String::new(), |mut s, t| {
-        s.push_str(" -t ");
-        s.push_str(t);
-        s
-    });
+    // The ports the agent watches inside: kernel_check's.
+    let out = Command::new(check).arg("--tunnels").output()?;
+    ensure!(out.status.success(), "{} --tunnels failed", check.display());
+    let tunnels = String::from_utf8(out.stdout)?
+        .lines()
+        .fold(String::new(), |mut s, t| {
+            s.push_str(" -t ");
+            s.push_str(t);
+            s
+        });
     let init = format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin

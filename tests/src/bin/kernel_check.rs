@@ -5,7 +5,8 @@
 //! `CHECK <name> want=<n> got=<n> ok|FAILED`, and the exposition between `---- metrics ----` and
 //! `---- end metrics ----` (promtool checks it on the host). Exit 0 when every check holds.
 //!
-//! Usage: `kernel_check <agent addr> [--off-by N]` (N is added to every expectation: the harness's
+//! Usage: `kernel_check --tunnels` (what the agent must watch), `kernel_check <agent addr>
+//! [--off-by N]` (N is added to every expectation: the harness's
 //! own test that a wrong expectation fails the run), or `kernel_check <agent addr> --without-btf`
 //! against an agent that cannot read the kernel's BTF: where refusals need it (before 6.10) they
 //! are not counted and the probe says why, and everything else is.
@@ -16,7 +17,18 @@ use std::{
     time::Duration,
 };
 
-/// Ports the agent is started with (see xtask/src/kernels.rs).
+/// The tunnels the agent under test watches (`kernel_check --tunnels` prints them, one `-t`
+/// value a line, for whoever starts that agent: `xtask/src/kernels.rs`, `tests/tests/kernels.rs`).
+const TUNNELS: [&str; 6] = [
+    "tcp4=6000",
+    "udp4=6001/udp",
+    "tcp6=6002",
+    "udp6=6003/udp",
+    "refused=6004",
+    "resets=6005",
+];
+
+/// Their ports.
 const TCP4: u16 = 6000;
 const UDP4: u16 = 6001;
 const TCP6: u16 = 6002;
@@ -175,6 +187,12 @@ fn without_btf(agent: &str) -> bool {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == "--tunnels") {
+        for t in TUNNELS {
+            println!("{t}");
+        }
+        return;
+    }
     let agent = args
         .get(1)
         .cloned()
