@@ -125,7 +125,7 @@ pub fn message(raw: &str, max: usize) -> String {
 
 /// Whether a config line sets something secret (`password = …`, `dashboard_pwd`, a token, a
 /// webhook URL): such a line is never quoted in an error.
-fn sets_secret(line: &str) -> bool {
+pub(crate) fn sets_secret(line: &str) -> bool {
     let key = line
         .split(['=', ':'])
         .next()
@@ -228,7 +228,13 @@ pub enum ReadError {
 /// Reads a text file of at most `limit` bytes. Devices, FIFOs and directories are refused
 /// before anything is read (`/dev/zero` never ends).
 pub fn read_text(path: &Path, limit: u64) -> Result<String, ReadError> {
-    let f = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Non-blocking open: opening a FIFO for reading would otherwise wait for a writer, and the
+    // agent with it (O_NONBLOCK changes nothing for the regular files that are read).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
     if !f.metadata()?.is_file() {
         return Err(ReadError::NotRegular);
     }
@@ -349,6 +355,19 @@ pub fn limit_hits() -> Vec<(&'static str, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("cert.pem");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(read_text(&fifo, 1024).map(|_| ())));
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert!(matches!(got, Ok(Err(ReadError::NotRegular))), "{got:?}");
+    }
 
     #[test]
     fn names_are_escaped_bounded_unique_and_stable() {
