@@ -193,6 +193,14 @@ impl Config {
         Self::merge(file, &file_origin, overrides)
     }
 
+    /// Validates `text` as if it were the config file at `path`, with no command-line
+    /// overrides (the fuzz target's entry).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn from_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let origin = format!("config file {}", path.display());
+        Self::merge(parse_file(path, text)?, &origin, &Overrides::default())
+    }
+
     fn merge(file: FileConfig, file_origin: &str, o: &Overrides) -> Result<Self, ConfigError> {
         let pick =
             |flag: &str, cli: &Option<String>, from_file: Option<String>| match (cli, from_file) {

@@ -21,6 +21,8 @@ pub(crate) mod cycle;
 pub mod ebpf;
 pub mod exposition;
 pub(crate) mod frp;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod history;
 pub mod logging;
 pub mod metrics;

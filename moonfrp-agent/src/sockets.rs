@@ -72,32 +72,40 @@ fn diag(family: u8, protocol: u8, states: StateFlags) -> std::io::Result<Vec<Soc
     let mut rx = vec![0u8; 64 * 1024];
     loop {
         let n = socket.recv(&mut &mut rx[..], 0)?;
-        let mut offset = 0;
-        while offset < n {
-            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..n])
-                .map_err(std::io::Error::other)?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    let id = &r.header.socket_id;
-                    out.push(Sock {
-                        local: SocketAddr::new(id.source_address, id.source_port),
-                        remote: SocketAddr::new(id.destination_address, id.destination_port),
-                        state: r.header.state,
-                    });
-                }
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => {
-                    return Err(std::io::Error::other(format!("sock_diag: {e:?}")));
-                }
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            offset += len;
+        if parse_dump(&rx[..n], &mut out)? {
+            return Ok(out);
         }
     }
+}
+
+/// Adds the sockets of one `recv` of a dump to `out`; true when the dump is done.
+pub(crate) fn parse_dump(buf: &[u8], out: &mut Vec<Sock>) -> std::io::Result<bool> {
+    let mut offset = 0;
+    while offset < buf.len() {
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..])
+            .map_err(std::io::Error::other)?;
+        let len = msg.header.length as usize;
+        match msg.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                let id = &r.header.socket_id;
+                out.push(Sock {
+                    local: SocketAddr::new(id.source_address, id.source_port),
+                    remote: SocketAddr::new(id.destination_address, id.destination_port),
+                    state: r.header.state,
+                });
+            }
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(e) => {
+                return Err(std::io::Error::other(format!("sock_diag: {e:?}")));
+            }
+            _ => {}
+        }
+        if len == 0 {
+            break;
+        }
+        offset += len;
+    }
+    Ok(false)
 }
 
 /// Both families of one protocol.

@@ -4,6 +4,7 @@ mod bench;
 mod bench_history;
 mod bench_page;
 mod dist;
+mod fuzz;
 mod kernels;
 mod run;
 mod setup;
@@ -55,6 +56,9 @@ enum Command {
         #[arg(long)]
         interval_ms: u64,
     },
+    /// Build the libFuzzer targets of fuzz/ and run each for --seconds (default 20) from its
+    /// corpus; fails on a crash, a timeout or an out-of-memory.
+    Fuzz(fuzz::Opts),
     /// Boot other kernels (Debian 12's 6.1) under QEMU with the release agent and run the
     /// accuracy checks inside; prints a table kernel × check (root).
     TestKernels(kernels::Opts),
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::BenchFloor { interval_ms } => {
             bench::floor::run(std::time::Duration::from_millis(interval_ms))
         }
+        Command::Fuzz(opts) => setup::toolchain().and_then(|()| fuzz::run(&opts)).map(drop),
         Command::TestKernels(opts) => {
             setup::toolchain().and_then(|()| kernels::run(&opts).map(drop))
         }

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every test in the workspace. Unit tests first (no privileges), then the
 //! integration tests in `tests/`, which start the real agent, load its programs and send real
 //! traffic (root); then a run of the README's `cargo xtask run` command, the kernels of
-//! `cargo xtask test-kernels` booted under QEMU, and the benches' quick runs. Ends with one
+//! `cargo xtask test-kernels` booted under QEMU, every fuzz target for a few seconds from its
+//! corpus, and the benches' quick runs. Ends with one
 //! `tests: N passed, N failed` line summing every cargo test run.
 use std::{
     io::{BufRead as _, BufReader},
@@ -102,6 +103,17 @@ pub fn all() -> anyhow::Result<()> {
     let held = crate::kernels::run(&crate::kernels::Opts::default())?;
     println!("test-kernels: {held} checks held on every kernel booted");
     tally.passed += held;
+    let fuzzed = crate::fuzz::run(&crate::fuzz::Opts {
+        targets: Vec::new(),
+        seconds: FUZZ_SECONDS,
+        jobs: 2,
+        release: false,
+    })?;
+    println!(
+        "fuzz: {} targets, {FUZZ_SECONDS} s each, nothing found",
+        fuzzed.len()
+    );
+    tally.passed += fuzzed.len() as u64;
     bench_smoke()?;
     tally.passed += 1;
     let history_out = tempfile::tempdir()?;
@@ -131,12 +143,15 @@ fn lint(ws: &std::path::Path) -> anyhow::Result<()> {
         .current_dir(ws)
         .arg("clippy")
         .args(packages(UNIT_TESTED))
-        .args(["-p", "moonfrp-tests"])
+        .args(["-p", "moonfrp-tests", "-p", "moonfrp-fuzz"])
         .args(["--all-targets", "--", "-D", "warnings"]))
     .context("clippy found something: see above")?;
     println!("lint: rustfmt and clippy clean");
     Ok(())
 }
+
+/// How long each fuzz target runs in the test command (longer: `cargo xtask fuzz --seconds`).
+const FUZZ_SECONDS: u64 = 15;
 
 /// The host crates whose own tests run first (the eBPF crate is never built for the host).
 const UNIT_TESTED: &[&str] = &["moonfrp-common", "moonfrp-agent", "xtask"];

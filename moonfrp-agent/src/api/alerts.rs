@@ -78,7 +78,7 @@ const HISTORY_DEFAULT: usize = 100;
 
 /// A parsed `/api/v1/alerts/history` query.
 #[derive(Debug, Default, PartialEq)]
-struct EventQuery {
+pub(crate) struct EventQuery {
     alertname: Option<String>,
     tunnel: Option<String>,
     event: Option<String>,
@@ -89,7 +89,7 @@ struct EventQuery {
 }
 
 impl EventQuery {
-    fn parse(query: &str, now_ms: i64) -> Result<Self, QueryError> {
+    pub(crate) fn parse(query: &str, now_ms: i64) -> Result<Self, QueryError> {
         let mut q = Self {
             limit: HISTORY_DEFAULT,
             ..Self::default()

@@ -178,7 +178,7 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
 }
 
 /// `/api/v1/tunnels/{name}/peers` or `/api/v1/peers?port=P[&proto=tcp|udp]`.
-fn peers_target(path: &str, query: &str) -> Option<api::peers::PeersOf> {
+pub(crate) fn peers_target(path: &str, query: &str) -> Option<api::peers::PeersOf> {
     if let Some(name) = path
         .strip_prefix("/api/v1/tunnels/")
         .and_then(|r| r.strip_suffix("/peers"))

@@ -95,13 +95,18 @@ impl Web {
 /// Reads and parses the file; the files it names are made absolute from its directory (as the
 /// exporter-toolkit does).
 fn parse(path: &Path) -> Result<File, String> {
-    let shown = path.display();
     let text = untrusted::read_text(path, MAX_FILE_BYTES)
-        .map_err(|e| format!("web config {shown}: cannot read it: {e}"))?;
+        .map_err(|e| format!("web config {}: cannot read it: {e}", path.display()))?;
+    parse_text(path, &text)
+}
+
+/// Parses the text of the file at `path`.
+fn parse_text(path: &Path, text: &str) -> Result<File, String> {
+    let shown = path.display();
     if text.trim().is_empty() {
         return Ok(File::default());
     }
-    let mut file: File = serde_yaml_ng::from_str(&text).map_err(|e| {
+    let mut file: File = serde_yaml_ng::from_str(text).map_err(|e| {
         format!(
             "web config {shown}: {} (the format is exporter-toolkit's: tls_server_config, basic_auth_users, http_server_config)",
             untrusted::message(&e.to_string(), 500)
@@ -123,8 +128,17 @@ fn parse(path: &Path) -> Result<File, String> {
 
 /// Loads and checks the file at `path`; the error names the file and the key.
 pub fn load(path: &Path) -> Result<Web, String> {
+    check(path, parse(path)?)
+}
+
+/// Checks `text` as if it were the file at `path` (the fuzz target's entry).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn from_text(path: &Path, text: &str) -> Result<Web, String> {
+    check(path, parse_text(path, text)?)
+}
+
+fn check(path: &Path, file: File) -> Result<Web, String> {
     let shown = path.display();
-    let file = parse(path)?;
     let at = |key: &str, problem: String| format!("web config {shown}: key `{key}`: {problem}");
     let tls = match &file.tls_server_config {
         None => None,
