@@ -145,6 +145,23 @@ pub(crate) fn sets_secret(line: &str) -> bool {
     .any(|w| key.contains(w))
 }
 
+/// `msg` with the value of every line of `input` that sets a secret (as [`sets_secret`] tells)
+/// replaced by `(secret)`: parsers quote values in their messages (`invalid type: string "…"`),
+/// and a malformed file can make a password part of such a value.
+pub fn redact_secrets(msg: &str, input: &str) -> String {
+    let mut out = msg.to_owned();
+    for line in input.lines().filter(|l| sets_secret(l)) {
+        let Some((_, value)) = line.split_once(['=', ':']) else {
+            continue;
+        };
+        let value = value.trim().trim_matches(['"', '\'', ',']).trim();
+        if value.chars().count() >= 4 && out.contains(value) {
+            out = out.replace(value, "(secret)");
+        }
+    }
+    out
+}
+
 /// A parse error at byte `offset` of `text`: its line and column, the parser's message (cut,
 /// escaped), and — when `quote` is set and the line sets nothing secret — the line itself, cut.
 /// Parsers' own renderings quote the offending line whatever it holds; a password must not
@@ -161,7 +178,7 @@ pub fn located(text: &str, offset: usize, message: &str, quote: bool) -> String 
     let line = text[line_start..].lines().next().unwrap_or_default();
     let mut out = format!(
         "line {line_no}, column {column}: {}",
-        self::message(message.trim(), 300)
+        self::message(&redact_secrets(message.trim(), text), 300)
     );
     if quote && !line.trim().is_empty() {
         if sets_secret(line) {
@@ -355,6 +372,23 @@ pub fn limit_hits() -> Vec<(&'static str, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `web_config` fuzz target (`fuzz/corpus/web_config/secret-in-scalar`): YAML
+    /// read the file as one string and quoted it, password and all.
+    #[test]
+    fn secret_values_are_taken_out_of_parser_messages() {
+        let input = "tls_ls_serve\n5Zf3PzZ5u#0n3t  key_f8el i:aga0zq5Z5dQe";
+        let msg = format!(
+            "invalid type: string \"{}\", expected struct File",
+            input.replace('\n', " ")
+        );
+        let out = redact_secrets(&msg, input);
+        assert!(
+            !out.contains("aga0zq5Z5dQe") && out.contains("(secret)"),
+            "{out}"
+        );
+        assert_eq!(redact_secrets("no value here", input), "no value here");
+    }
 
     #[test]
     fn a_fifo_is_refused_without_waiting_for_a_writer() {

@@ -48,8 +48,9 @@ pub fn parse(text: &str) -> Result<Vec<Disk>, CollectError> {
         .map(|d| Disk {
             reads: d.reads,
             writes: d.writes,
-            read_bytes: d.sectors_read * SECTOR,
-            written_bytes: d.sectors_written * SECTOR,
+            // Saturating: a counter past 2^64 bytes must not wrap to a small number.
+            read_bytes: d.sectors_read.saturating_mul(SECTOR),
+            written_bytes: d.sectors_written.saturating_mul(SECTOR),
             read_seconds: ms(d.time_reading),
             write_seconds: ms(d.time_writing),
             io_seconds: ms(d.time_in_progress),
@@ -85,6 +86,15 @@ mod tests {
         );
         // A disk that never did any I/O is still listed, with zeros.
         assert_eq!(disks[1].reads, 0);
+    }
+
+    /// Found by the `proc_files` fuzz target (`fuzz/corpus/proc_files/disk-sectors-overflow`):
+    /// sectors × 512 past 2^64 overflowed.
+    #[test]
+    fn sector_counts_past_the_byte_range_saturate() {
+        let line = "   8       0 vda 1 0 18446744073709551615 0 1 0 36028797018963968 0 0 0 0\n";
+        let d = &parse(line).unwrap()[0];
+        assert_eq!((d.read_bytes, d.written_bytes), (u64::MAX, u64::MAX));
     }
 
     #[test]

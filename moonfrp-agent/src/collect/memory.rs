@@ -22,16 +22,20 @@ pub struct MemorySample {
 
 pub fn parse(text: &str) -> Result<MemorySample, CollectError> {
     let m = Meminfo::from_buf_read(text.as_bytes()).map_err(|e| CollectError::parse(PATH, e))?;
-    // procfs has already turned the file's kB into bytes.
-    // procfs has already turned the file's kB into bytes.
-    let available = m.mem_available.unwrap_or(m.mem_free + m.buffers + m.cached);
+    // procfs has already turned the file's kB into bytes. Sums saturate: the file is the
+    // kernel's, but a wrapped sum would be a wrong number, not an error.
+    let available = m.mem_available.unwrap_or(
+        m.mem_free
+            .saturating_add(m.buffers)
+            .saturating_add(m.cached),
+    );
     Ok(MemorySample {
         total: m.mem_total,
         available,
         free: m.mem_free,
         used: m.mem_total.saturating_sub(available),
         buffers: m.buffers,
-        cached: m.cached + m.s_reclaimable.unwrap_or(0),
+        cached: m.cached.saturating_add(m.s_reclaimable.unwrap_or(0)),
         swap_total: m.swap_total,
         swap_free: m.swap_free,
     })

@@ -88,9 +88,12 @@ pub fn parse(path: &Path, text: &str) -> Result<FrpConfig, FrpError> {
             let at = e.location().map_or(0, |l| l.index());
             bad(untrusted::located(text, at, &e.to_string(), false))
         })?,
-        "json" => {
-            serde_json::from_str(text).map_err(|e| bad(untrusted::message(&e.to_string(), 300)))?
-        }
+        "json" => serde_json::from_str(text).map_err(|e| {
+            bad(untrusted::message(
+                &untrusted::redact_secrets(&e.to_string(), text),
+                300,
+            ))
+        })?,
         "ini" => {
             return ini::parse(text).and_then(|i| from_ini(&i)).map_err(&bad);
         }

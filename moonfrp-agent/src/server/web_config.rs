@@ -109,7 +109,7 @@ fn parse_text(path: &Path, text: &str) -> Result<File, String> {
     let mut file: File = serde_yaml_ng::from_str(text).map_err(|e| {
         format!(
             "web config {shown}: {} (the format is exporter-toolkit's: tls_server_config, basic_auth_users, http_server_config)",
-            untrusted::message(&e.to_string(), 500)
+            untrusted::message(&untrusted::redact_secrets(&e.to_string(), text), 500)
         )
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
