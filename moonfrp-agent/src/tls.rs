@@ -23,7 +23,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 fn read(path: &Path) -> Result<String, String> {
     untrusted::read_text(path, MAX_PEM_BYTES)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        .map_err(|e| format!("cannot read {}: {e}", untrusted::path(path)))
 }
 
 /// The certificates of a PEM file (a chain: the leaf first), at least one.
@@ -31,11 +31,16 @@ pub fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let text = read(path)?;
     let certs = CertificateDer::pem_slice_iter(text.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate file ({e})", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "{}: not a PEM certificate file ({e})",
+                untrusted::path(path)
+            )
+        })?;
     if certs.is_empty() {
         return Err(format!(
             "{}: no certificate in it (expected -----BEGIN CERTIFICATE-----)",
-            path.display()
+            untrusted::path(path)
         ));
     }
     Ok(certs)
@@ -47,7 +52,7 @@ pub fn key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| {
         format!(
             "{}: no private key in it ({e}; expected -----BEGIN PRIVATE KEY----- or an RSA/EC key)",
-            path.display()
+            untrusted::path(path)
         )
     })
 }
@@ -56,9 +61,12 @@ pub fn key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 pub fn roots(path: &Path) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
     for cert in certs(path)? {
-        store
-            .add(cert)
-            .map_err(|e| format!("{}: a certificate is not a usable CA: {e}", path.display()))?;
+        store.add(cert).map_err(|e| {
+            format!(
+                "{}: a certificate is not a usable CA: {e}",
+                untrusted::path(path)
+            )
+        })?;
     }
     Ok(store)
 }
@@ -81,11 +89,24 @@ pub fn client_config(
             .map_err(|e| {
                 format!(
                     "{} and {} do not make a client identity: {e}",
-                    cert.display(),
-                    key_file.display()
+                    untrusted::path(cert),
+                    untrusted::path(key_file)
                 )
             })?,
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Found by the `web_config` fuzz target (`fuzz/corpus/web_config/control-character-in-path`):
+    /// a file name from a config was echoed with its tab.
+    #[test]
+    fn a_file_name_is_shown_escaped() {
+        let e =
+            super::certs(std::path::Path::new("/nonexistent/agent\t\u{1b}[31m.crt")).unwrap_err();
+        assert!(e.contains("agent\\t\\u{1b}[31m.crt"), "{e}");
+        assert!(!e.chars().any(crate::untrusted::is_unsafe), "{e}");
+    }
 }

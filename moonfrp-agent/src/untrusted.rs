@@ -92,6 +92,12 @@ pub fn text(raw: &str) -> String {
     bounded(raw, MAX_TEXT_CHARS).0
 }
 
+/// A path from outside (a config's file name) to show in a message: escaped and cut to
+/// [`MAX_TEXT_CHARS`].
+pub fn path(p: &Path) -> String {
+    text(&p.display().to_string())
+}
+
 /// A value to echo in an error message: escaped and cut to [`MAX_ECHO_CHARS`], with its full
 /// length when cut (a 50 MB value must not become a 50 MB message).
 pub fn shown(raw: &str) -> String {

@@ -14,8 +14,8 @@ const BPF_LINKER: &str = "0.13.0";
 /// node_exporter, tmux (drives `top`), util-linux (setpriv, unshare), iproute2, openssl and
 /// curl (certificates for the TLS tests, an independent HTTPS client), iperf3 (the overhead
 /// bench's independent load generator), chromium (the web page's tests, driven by
-/// playwright-core from npm: see [`npm_packages`]), and QEMU with busybox and cpio (the kernels
-/// `cargo xtask test-kernels` boots).
+/// playwright-core from npm: see [`npm_packages`]), QEMU with busybox and cpio (the kernels
+/// `cargo xtask test-kernels` boots), and g++ (libFuzzer, built by `libfuzzer-sys`).
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-alertmanager",
@@ -30,6 +30,7 @@ const TEST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "g++",
 ];
 
 pub fn all(test_deps: bool) -> anyhow::Result<()> {

@@ -109,15 +109,19 @@ fn mailbox(key: &str, v: &str) -> Result<Mailbox, String> {
 /// The CA certificate(s) in `p` (PEM), checked.
 fn read_ca(p: &std::path::Path) -> Result<Vec<u8>, String> {
     let pem = crate::untrusted::read_text(p, 1 << 20)
-        .map_err(|e| format!("`tls_ca_file` {}: {e}", p.display()))?;
+        .map_err(|e| format!("`tls_ca_file` {}: {e}", crate::untrusted::path(p)))?;
     if !pem.contains("-----BEGIN CERTIFICATE-----") {
         return Err(format!(
             "`tls_ca_file` {}: no PEM certificate in it (`-----BEGIN CERTIFICATE-----`)",
-            p.display()
+            crate::untrusted::path(p)
         ));
     }
-    Certificate::from_pem(pem.as_bytes())
-        .map_err(|e| format!("`tls_ca_file` {}: not a PEM certificate ({e})", p.display()))?;
+    Certificate::from_pem(pem.as_bytes()).map_err(|e| {
+        format!(
+            "`tls_ca_file` {}: not a PEM certificate ({e})",
+            crate::untrusted::path(p)
+        )
+    })?;
     Ok(pem.into_bytes())
 }
 
@@ -152,7 +156,7 @@ pub fn parse(f: SmtpFile) -> Result<SmtpConfig, String> {
         (Some(_), Some(_)) => return Err("give `password_file` or `password_env`, not both".into()),
         (Some(p), None) => {
             Some(Secret(crate::untrusted::read_secret(p).map_err(|e| {
-                format!("`password_file` {}: {e}", p.display())
+                format!("`password_file` {}: {e}", crate::untrusted::path(p))
             })?))
         }
         (None, Some(var)) => Some(Secret(std::env::var(var).map_err(|_| {

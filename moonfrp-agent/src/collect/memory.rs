@@ -21,6 +21,19 @@ pub struct MemorySample {
 }
 
 pub fn parse(text: &str) -> Result<MemorySample, CollectError> {
+    // procfs multiplies each kB value by 1024 unchecked: a value past 2^64 / 1024 would wrap
+    // (or panic in a debug build). No kernel writes one; refuse the file if one is there.
+    if let Some(line) = text.lines().find(|l| {
+        l.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|v| v > u64::MAX / 1024)
+    }) {
+        return Err(CollectError::parse(
+            PATH,
+            format!("a value out of range: `{}`", crate::untrusted::shown(line)),
+        ));
+    }
     let m = Meminfo::from_buf_read(text.as_bytes()).map_err(|e| CollectError::parse(PATH, e))?;
     // procfs has already turned the file's kB into bytes. Sums saturate: the file is the
     // kernel's, but a wrapped sum would be a wrong number, not an error.
@@ -47,6 +60,14 @@ pub fn read() -> Result<MemorySample, CollectError> {
 
 #[cfg(test)]
 mod tests {
+    /// Found by the `proc_files` fuzz target (`fuzz/corpus/proc_files/meminfo-kb-overflow`).
+    #[test]
+    fn a_value_past_the_byte_range_is_an_error_not_a_wrap() {
+        let text = "MemTotal:  24684084 kB\nMemFree: 18446744073709554 kB\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains("out of range") && e.contains("MemFree"), "{e}");
+    }
+
     use super::*;
     use crate::collect::fixture;
 

@@ -119,9 +119,9 @@ const RESERVED_HEADERS: [&str; 6] = [
 
 fn secret(key: &str, path: &std::path::Path) -> Result<String, String> {
     let s = untrusted::read_secret(path)
-        .map_err(|e| format!("key `{key}`: cannot read {}: {e}", path.display()))?;
+        .map_err(|e| format!("key `{key}`: cannot read {}: {e}", untrusted::path(path)))?;
     if s.is_empty() {
-        return Err(format!("key `{key}`: {} is empty", path.display()));
+        return Err(format!("key `{key}`: {} is empty", untrusted::path(path)));
     }
     Ok(s)
 }

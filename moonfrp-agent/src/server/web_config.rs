@@ -96,13 +96,13 @@ impl Web {
 /// exporter-toolkit does).
 fn parse(path: &Path) -> Result<File, String> {
     let text = untrusted::read_text(path, MAX_FILE_BYTES)
-        .map_err(|e| format!("web config {}: cannot read it: {e}", path.display()))?;
+        .map_err(|e| format!("web config {}: cannot read it: {e}", untrusted::path(path)))?;
     parse_text(path, &text)
 }
 
 /// Parses the text of the file at `path`.
 fn parse_text(path: &Path, text: &str) -> Result<File, String> {
-    let shown = path.display();
+    let shown = untrusted::path(path);
     if text.trim().is_empty() {
         return Ok(File::default());
     }
@@ -138,7 +138,7 @@ pub(crate) fn from_text(path: &Path, text: &str) -> Result<Web, String> {
 }
 
 fn check(path: &Path, file: File) -> Result<Web, String> {
-    let shown = path.display();
+    let shown = untrusted::path(path);
     let at = |key: &str, problem: String| format!("web config {shown}: key `{key}`: {problem}");
     let tls = match &file.tls_server_config {
         None => None,
