@@ -21,6 +21,11 @@ pub struct MemorySample {
 }
 
 pub fn parse(text: &str) -> Result<MemorySample, CollectError> {
+    // procfs slices lines by byte index: text that is not ASCII (the kernel writes only ASCII
+    // here) would panic inside it.
+    if !text.is_ascii() {
+        return Err(CollectError::parse(PATH, "not ASCII text"));
+    }
     // procfs multiplies each kB value by 1024 unchecked: a value past 2^64 / 1024 would wrap
     // (or panic in a debug build). No kernel writes one; refuse the file if one is there.
     if let Some(line) = text.lines().find(|l| {
@@ -66,6 +71,14 @@ mod tests {
         let text = "MemTotal:  24684084 kB\nMemFree: 18446744073709554 kB\n";
         let e = parse(text).unwrap_err().to_string();
         assert!(e.contains("out of range") && e.contains("MemFree"), "{e}");
+    }
+
+    /// Found by the `proc_files` fuzz target (`fuzz/corpus/proc_files/meminfo-not-ascii`): procfs
+    /// cut a line inside a character.
+    #[test]
+    fn text_that_is_not_ascii_is_an_error_not_a_panic() {
+        let e = parse("H  0\u{b7298}\n").unwrap_err().to_string();
+        assert!(e.contains("not ASCII"), "{e}");
     }
 
     use super::*;
