@@ -66,7 +66,14 @@ fn lines_with(log: &str, needle: &str) -> usize {
 
 /// The gaps between consecutive snapshots, each within ±10 % of the 1 s interval.
 fn assert_interval_kept(agent: &Agent) {
-    let ts = agent.snapshot_times();
+    // Eight snapshots in the history file: the sources may have answered at the first or the
+    // second one, and the writer stores each a moment after it is taken.
+    let deadline = std::time::Instant::now() + moonfrp_tests::TIMEOUT;
+    let mut ts = agent.snapshot_times();
+    while ts.len() < 8 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        ts = agent.snapshot_times();
+    }
     assert!(ts.len() >= 8, "{ts:?}");
     // The first snapshot comes at once, before the sources have answered once.
     for w in ts[1..].windows(2) {
