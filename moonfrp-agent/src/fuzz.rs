@@ -42,11 +42,7 @@ fn error_ok(msg: &str, input: &str) {
         "error message of {} characters",
         msg.len()
     );
-    for line in input.lines().filter(|l| untrusted::sets_secret(l)) {
-        let Some((_, value)) = line.split_once(['=', ':']) else {
-            continue;
-        };
-        let value = value.trim().trim_matches(['"', '\'', ',']).trim();
+    for value in untrusted::secret_values(input) {
         if value.len() < 8 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
             continue;
         }
@@ -180,9 +176,7 @@ pub fn tracefs_format(data: &[u8]) {
 
 /// `/proc/self/mountinfo`, as the agent reads it to find cgroup, tracefs and bpffs mounts.
 pub fn mountinfo(data: &[u8]) {
-    if let Ok(m) = crate::sys::parse_mounts(data) {
-        assert!(m.cgroup1.len() <= data.len());
-    }
+    let _ = crate::sys::parse_mounts(data);
 }
 
 /// A `sock_diag` dump as the kernel would answer it.

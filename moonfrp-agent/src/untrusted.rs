@@ -156,16 +156,22 @@ pub(crate) fn sets_secret(line: &str) -> bool {
 /// and a malformed file can make a password part of such a value.
 pub fn redact_secrets(msg: &str, input: &str) -> String {
     let mut out = msg.to_owned();
-    for line in input.lines().filter(|l| sets_secret(l)) {
-        let Some((_, value)) = line.split_once(['=', ':']) else {
-            continue;
-        };
-        let value = value.trim().trim_matches(['"', '\'', ',']).trim();
+    for value in secret_values(input) {
         if value.chars().count() >= 4 && out.contains(value) {
             out = out.replace(value, "(secret)");
         }
     }
     out
+}
+
+/// The values set by the lines of `input` that set a secret (`key = value`, `key: value`),
+/// without quotes.
+pub(crate) fn secret_values(input: &str) -> impl Iterator<Item = &str> {
+    input
+        .lines()
+        .filter(|l| sets_secret(l))
+        .filter_map(|l| l.split_once(['=', ':']))
+        .map(|(_, v)| v.trim().trim_matches(['"', '\'', ',']).trim())
 }
 
 /// A parse error at byte `offset` of `text`: its line and column, the parser's message (cut,

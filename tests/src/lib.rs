@@ -80,6 +80,18 @@ pub fn free_port() -> u16 {
     panic!("no free port in {LOW}..{high}");
 }
 
+/// A TCP listener on 127.0.0.1 and its port, which the kernel chose: for a test that serves a
+/// tunnel's port itself, no window between choosing the port and binding it (two CI runs failed
+/// with `AddrInUse` in that window, with ports from [`free_port`] of both kinds).
+pub fn tcp_listener() -> (TcpListener, u16) {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    let port = l
+        .local_addr()
+        .expect("a bound listener has an address")
+        .port();
+    (l, port)
+}
+
 /// Loopback address of the given family.
 pub fn loopback(v6: bool) -> std::net::IpAddr {
     if v6 {

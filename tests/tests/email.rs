@@ -109,9 +109,7 @@ fn starttls_setup(password: &str, port: u16) -> Setup {
 
 #[test]
 fn a_firing_and_a_resolved_alert_arrive_by_email_over_starttls() {
-    // The tunnel's listener first, on a port the kernel gives: nothing can take it in between.
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let (listener, port) = moonfrp_tests::tcp_listener();
     let setup = starttls_setup(&format!("{PASSWORD}\n"), port);
     let (server, path, agent) = (&setup.server, &setup.path, &setup.agent);
     agent.wait_snapshots(2);

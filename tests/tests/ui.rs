@@ -38,7 +38,8 @@ fn the_page_is_served_with_a_policy_that_keeps_it_home() {
 /// of each page at two sizes.
 #[test]
 fn every_page_in_chromium_shows_what_the_api_says() {
-    let port = free_port();
+    // A listener on the tunnel's port (the tunnel is up while it is there) takes 54,321 bytes.
+    let (listener, port) = moonfrp_tests::tcp_listener();
     // A second tunnel named like markup, with the characters a URL fragment cares about (no `=`
     // or `/`: those end a name on the command line).
     let hostile = "<img src onerror><b>#?%&amp;\"' x";
@@ -48,8 +49,6 @@ fn every_page_in_chromium_shows_what_the_api_says() {
         "-t",
         &format!("{hostile}={}", free_port()),
     ]);
-    // A listener on the tunnel's port (the tunnel is up while it is there) takes 54,321 bytes.
-    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).unwrap();
     let mut client = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).unwrap();
     client.write_all(&vec![1u8; 54_321]).unwrap();
     drop(client);

@@ -135,15 +135,18 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub struct Layouts {
     pub layout: TracepointLayout,
     pub problems: HashMap<&'static str, LayoutError>,
-    /// `tcp_send_reset` cannot tell a refused connection (kernels before 6.10): the [`DROP`]
-    /// tracepoint is needed for them. Otherwise it is not used at all.
-    pub refused_from_drops: bool,
 }
 
 impl Layouts {
+    /// `tcp_send_reset` cannot tell a refused connection (kernels before 6.10): the [`DROP`]
+    /// tracepoint is needed for them. Otherwise it is not used at all.
+    pub fn refused_from_drops(&self) -> bool {
+        self.layout.send_reset_reason == NO_FIELD
+    }
+
     /// Whether the probe on tracepoint `tp` has a job on this kernel.
     pub fn needed(&self, tp: &str) -> bool {
-        tp != DROP || self.refused_from_drops
+        tp != DROP || self.refused_from_drops()
     }
 }
 
@@ -245,11 +248,7 @@ pub fn build(
             }
         }
     }
-    Layouts {
-        layout,
-        problems,
-        refused_from_drops,
-    }
+    Layouts { layout, problems }
 }
 
 /// Reads format files under a tracefs mount (`<root>/events/<category>/<name>/format`).
@@ -300,7 +299,7 @@ mod tests {
     fn kernel_6_18_matches_compiled_default() {
         let l = build(read_fixture("6.18"), no_btf);
         assert!(l.problems.is_empty(), "{:?}", l.problems);
-        assert!(!l.refused_from_drops && !l.needed(DROP) && l.needed(SEND_RESET));
+        assert!(!l.refused_from_drops() && !l.needed(DROP) && l.needed(SEND_RESET));
         // The drop fields are only filled where needed; the default carries 6.18's values.
         let mut with_drops = build(read_fixture("6.18"), no_btf).layout;
         let f = parse_format(&read_fixture("6.18")(DROP).unwrap());
@@ -350,7 +349,7 @@ mod tests {
     fn before_6_10_refusals_come_from_dropped_syns_with_btf_offsets() {
         let l = build(read_fixture("6.1"), host_btf);
         assert!(l.problems.is_empty(), "{:?}", l.problems);
-        assert!(l.refused_from_drops && l.needed(DROP));
+        assert!(l.refused_from_drops() && l.needed(DROP));
         assert_eq!(l.layout.send_reset_reason, NO_FIELD);
         assert_eq!(l.layout.send_reset_port, 28);
         assert_eq!(l.layout.send_reset_port_be, 0);
