@@ -275,6 +275,42 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String, ReadError> {
     String::from_utf8(buf).map_err(|_| ReadError::NotText)
 }
 
+/// Runs `f`, the reading of one source (a host collector, an frp config file, an frp API's
+/// answer), and turns a panic in it into that source's error: a parser bug that some input
+/// reaches then costs the source it came from, as a read error would, instead of the collection
+/// thread and every other source with it (and, the input being still there after a restart, a
+/// crash loop). The payload is escaped and bounded like any outside text; the panic hook has
+/// printed the location already.
+pub fn contained<T>(source: impl std::fmt::Display, f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panicked(source, &*p))
+}
+
+/// [`contained`] for a future: a panic while it runs is `source`'s error.
+pub async fn contained_async<T>(
+    source: String,
+    fut: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    use futures_util::FutureExt as _;
+    std::panic::AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| Err(panicked(source, &*p)))
+}
+
+/// The error of a source whose reading panicked with `payload` (see [`contained`]).
+pub fn panicked(source: impl std::fmt::Display, payload: &(dyn std::any::Any + Send)) -> String {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    format!(
+        "a bug in moonfrp: reading {source} panicked ({}); please report it with the input. \
+         This source is left out until a read works",
+        message(&what, 200)
+    )
+}
+
 /// Largest secret file read (a password or a token).
 const MAX_SECRET_BYTES: u64 = 16 << 10;
 
@@ -400,6 +436,33 @@ mod tests {
             "{out}"
         );
         assert_eq!(redact_secrets("no value here", input), "no value here");
+    }
+
+    #[test]
+    fn a_panic_is_the_sources_error_escaped_and_bounded() {
+        let e = contained("frp config /x", || -> u8 {
+            panic!("bad\u{1b}[2J{}", "x".repeat(500))
+        })
+        .unwrap_err();
+        assert!(
+            e.starts_with("a bug in moonfrp: reading frp config /x panicked (bad\\u{1b}[2Jxxx"),
+            "{e}"
+        );
+        assert!(e.len() < 400 && e.contains("(cut)"), "{e}");
+        assert_eq!(contained("y", || 5), Ok(5));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(contained_async("127.0.0.1:7500's answer".into(), async {
+                let v: Vec<u8> = Vec::new();
+                Ok::<u8, String>(v[3])
+            }))
+            .unwrap_err();
+        assert!(
+            e.contains("reading 127.0.0.1:7500's answer panicked (index out of bounds"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -26,13 +26,23 @@ pub fn parse(text: &str) -> Result<MemorySample, CollectError> {
     if !text.is_ascii() {
         return Err(CollectError::parse(PATH, "not ASCII text"));
     }
-    // procfs multiplies each kB value by 1024 unchecked: a value past 2^64 / 1024 would wrap
-    // (or panic in a debug build). No kernel writes one; refuse the file if one is there.
+    // procfs multiplies each value by its unit's factor unchecked (kB by 1024, MB by 1024², …):
+    // a product past 2^64 would wrap (or panic in a debug build). No kernel writes one; refuse
+    // the file if one is there.
     if let Some(line) = text.lines().find(|l| {
-        l.split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|v| v > u64::MAX / 1024)
+        let mut words = l.split_whitespace().skip(1);
+        let (Some(value), unit) = (words.next(), words.next()) else {
+            return false;
+        };
+        let factor: u64 = match unit.map(|u| u.chars().next().unwrap_or('B').to_ascii_uppercase()) {
+            Some('K') => 1 << 10,
+            Some('M') => 1 << 20,
+            Some('G') => 1 << 30,
+            _ => 1,
+        };
+        value
+            .parse::<u64>()
+            .is_ok_and(|v| v.checked_mul(factor).is_none())
     }) {
         return Err(CollectError::parse(
             PATH,
@@ -73,6 +83,15 @@ mod tests {
         assert!(e.contains("out of range") && e.contains("MemFree"), "{e}");
     }
 
+    /// Found by the `proc_files` fuzz target (`fuzz/corpus/proc_files/meminfo-mb-overflow`):
+    /// procfs multiplies an MB value by 1024² unchecked.
+    #[test]
+    fn a_value_in_mb_past_the_byte_range_is_an_error_not_a_wrap() {
+        let text = "MemTotal:  24684084 kB\nMemFree: 46863333348336 MB\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains("out of range") && e.contains("MemFree"), "{e}");
+    }
+
     /// Found by the `proc_files` fuzz target (`fuzz/corpus/proc_files/meminfo-not-ascii`): procfs
     /// cut a line inside a character.
     #[test]
@@ -85,7 +104,7 @@ mod tests {
     use crate::collect::fixture;
 
     #[test]
-    fn bytes_from_() {
+    fn values_in_kb_become_bytes() {
         let text = fixture("proc/meminfo");
         let kb = |key: &str| -> u64 {
             let line = text

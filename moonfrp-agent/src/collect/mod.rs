@@ -34,6 +34,9 @@ pub enum CollectError {
     /// A call that may block (a command, a system call on a network mount) took too long.
     #[error("{what} did not finish within {limit:?}; skipped this interval")]
     Timeout { what: String, limit: Duration },
+    /// The collector panicked (see [`crate::untrusted::contained`]).
+    #[error("{0}")]
+    Bug(String),
 }
 
 impl CollectError {
@@ -205,7 +208,9 @@ impl Collectors {
         f: impl FnOnce(&mut Self) -> Result<T, CollectError>,
     ) -> Option<T> {
         let started = Instant::now();
-        let result = f(self);
+        let result =
+            crate::untrusted::contained(format_args!("the {name} collector's files"), || f(self))
+                .unwrap_or_else(|bug| Err(CollectError::Bug(bug)));
         runs.push(CollectorRun {
             name,
             duration: started.elapsed(),
@@ -268,4 +273,37 @@ pub fn fixture(rel: &str) -> String {
         .join("tests/fixtures")
         .join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A collector that panics (a parser bug some file reaches) is that collector's error for
+    /// the interval: counted, logged, left out; the ones after it still run, and it is tried
+    /// again next time.
+    #[test]
+    fn a_panicking_collector_costs_only_its_own_series() {
+        let mut c = Collectors::new(&CollectOptions::default());
+        let (mut runs, mut errors) = (Vec::new(), BTreeMap::new());
+        let broken: Option<u64> = c.run("memory", &mut runs, &mut errors, |_| {
+            let line = "MemTotal: 1 kB \u{e9}";
+            Ok(line[..line.len() - 1].len() as u64)
+        });
+        let fine = c.run("cpu", &mut runs, &mut errors, |_| Ok(7));
+        assert_eq!((broken, fine), (None, Some(7)));
+        assert_eq!(errors.get("memory"), Some(&1));
+        assert!(!runs[0].ok && runs[1].ok);
+        let e = c
+            .last_error
+            .get("memory")
+            .expect("the error is kept for the log");
+        assert!(
+            e.contains("a bug in moonfrp: reading the memory collector's files panicked")
+                && e.contains("not a char boundary"),
+            "{e}"
+        );
+        assert_eq!(c.run("memory", &mut runs, &mut errors, |_| Ok(1)), Some(1));
+        assert!(!c.last_error.contains_key("memory"));
+    }
 }

@@ -66,13 +66,22 @@ fn not_json(body: &str, e: &serde_json::Error) -> String {
             untrusted::escape(&start)
         )
     } else {
-        format!("the answer is not valid JSON ({e})")
+        invalid_json(e)
     }
+}
+
+/// serde_json's message quotes a string of the wrong type whole (at any length): it is cut to
+/// what an error message can carry.
+fn invalid_json(e: &serde_json::Error) -> String {
+    format!(
+        "the answer is not valid JSON ({})",
+        untrusted::message(&e.to_string(), untrusted::MAX_TEXT_CHARS)
+    )
 }
 
 /// Parses one element of a list (a single proxy: small).
 fn element(raw: &RawValue) -> Result<Value, String> {
-    serde_json::from_str(raw.get()).map_err(|e| format!("the answer is not valid JSON ({e})"))
+    serde_json::from_str(raw.get()).map_err(|e| invalid_json(&e))
 }
 
 fn u64_of(v: &Value, keys: &[&str], what: &str) -> Result<u64, String> {
@@ -297,6 +306,22 @@ pub fn parse_client_status(body: &str) -> Result<Vec<ClientProxy>, String> {
 mod tests {
     use super::*;
     use crate::collect::fixture;
+
+    /// Found by the `frp_api` fuzz target (`fuzz/corpus/frp_api/string-quoted-whole`): an answer
+    /// that is one long JSON string came back whole inside serde_json's "invalid type" message.
+    #[test]
+    fn an_answer_of_the_wrong_type_is_not_quoted_at_length() {
+        let body = format!("\"{}\"", "tcp\\\\".repeat(2_000));
+        for e in [
+            parse_v1("tcp", &body).unwrap_err(),
+            parse_v2(&body).unwrap_err(),
+            parse_serverinfo(&body).unwrap_err(),
+            parse_client_status(&body).unwrap_err(),
+        ] {
+            assert!(e.starts_with("the answer is not"), "{e}");
+            assert!(e.chars().count() < 400, "{} characters: {e}", e.len());
+        }
+    }
 
     #[test]
     fn v1_current_shape_with_offline_and_resolved_ports() {

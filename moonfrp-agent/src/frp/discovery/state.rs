@@ -319,13 +319,18 @@ impl Discovery {
                 // Each call gets what is left of the source's deadline, so the calls time out
                 // at the deadline themselves; the outer limit only catches what has no timer.
                 let deadline = Instant::now() + timeout;
-                let result = tokio::time::timeout(
-                    timeout + Duration::from_millis(500),
+                // A panic in the answer's parser costs this source, like an error; the task
+                // must end with a message either way, or the source would stay in flight.
+                let fetching = untrusted::contained_async(
+                    format!("{}'s answer", endpoint.addr),
                     fetch(&endpoint, client, deadline, max),
-                )
-                .await
-                .unwrap_or_else(|_| Err(format!("{} gave no whole answer in time", endpoint.addr)))
-                .map_err(|e| format!("{e} (frp.api_timeout = {timeout:?})"));
+                );
+                let result = tokio::time::timeout(timeout + Duration::from_millis(500), fetching)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("{} gave no whole answer in time", endpoint.addr))
+                    })
+                    .map_err(|e| format!("{e} (frp.api_timeout = {timeout:?})"));
                 let _ = tx.send((path, endpoint, result));
             });
         }
@@ -502,7 +507,11 @@ fn read_config(path: &std::path::Path, max: usize) -> Checked {
         }
         format!("frp config {}: {e}", path.display())
     })?;
-    let mut cfg = config::parse(path, &text).map_err(|e| e.to_string())?;
+    let mut cfg =
+        untrusted::contained(format_args!("frp config {}", untrusted::path(path)), || {
+            config::parse(path, &text)
+        })?
+        .map_err(|e| e.to_string())?;
     let note = match &mut cfg {
         FrpConfig::Client(c) => {
             let renamed = c.proxies.iter().filter(|p| p.renamed).count();
