@@ -172,6 +172,9 @@ pub fn tracefs_format(data: &[u8]) {
     for problem in built.problems.values() {
         error_ok(&problem.to_string(), "");
     }
+    for note in &built.notes {
+        error_ok(note, "");
+    }
 }
 
 /// `/proc/self/mountinfo`, as the agent reads it to find cgroup, tracefs and bpffs mounts.

@@ -291,6 +291,10 @@ pub struct TracepointLayout {
     pub send_reset_port_be: u32,
     /// Value of `SK_RST_REASON_NO_SOCKET` on this kernel, from the format's print fmt.
     pub reason_no_socket: u32,
+    /// `tcp/tcp_send_reset` (6.10+): the address of the segment a reset answers. With the
+    /// `sk_buff` offsets below, a reset sent with no socket is a refusal only if it answers a
+    /// SYN; without them ([`NO_FIELD`] in `skb_head`) every such reset counts as one.
+    pub send_reset_skbaddr: u32,
     /// `skb/kfree_skb` (used on kernels 5.17–6.9, where `tcp_send_reset` has no reason and a
     /// refused connection shows only as a SYN dropped for `NO_SOCKET`): the packet's address.
     pub drop_skbaddr: u32,
@@ -299,7 +303,7 @@ pub struct TracepointLayout {
     /// Value of `SKB_DROP_REASON_NO_SOCKET` on this kernel, from the format's print fmt.
     pub drop_no_socket: u32,
     /// `struct sk_buff` member offsets, from the kernel's BTF: `head`, `network_header`,
-    /// `transport_header`.
+    /// `transport_header` ([`NO_FIELD`] in `skb_head` where the BTF could not be read).
     pub skb_head: u32,
     pub skb_network_header: u32,
     pub skb_transport_header: u32,
@@ -321,6 +325,7 @@ impl TracepointLayout {
         send_reset_port: 34,
         send_reset_port_be: 1,
         reason_no_socket: 1,
+        send_reset_skbaddr: 8,
         drop_skbaddr: 8,
         drop_reason: 36,
         drop_no_socket: 3,
@@ -392,7 +397,7 @@ mod pod {
 
     const _: () = assert!(size_of::<super::TrafficCounters>() == 6 * 8);
     const _: () = assert!(size_of::<super::TcpCounters>() == (8 + super::DURATION_BUCKETS) * 8);
-    const _: () = assert!(size_of::<super::TracepointLayout>() == 18 * 4);
+    const _: () = assert!(size_of::<super::TracepointLayout>() == 19 * 4);
     const _: () = assert!(super::SockStateRecord::matches(
         &super::TracepointLayout::DEFAULT
     ));

@@ -8,6 +8,7 @@ pub mod fake_http;
 pub mod grafana;
 pub mod hostile_http;
 pub mod pki;
+pub mod raw;
 pub mod receiver;
 mod scrape;
 pub mod smtp;

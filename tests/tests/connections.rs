@@ -1,11 +1,12 @@
 //! Connection lifecycle through `sock/inet_sock_set_state` and refused connections through
-//! `tcp/tcp_send_reset`.
+//! `tcp/tcp_send_reset` (a reset with no socket answering a SYN; one answering a stray segment is
+//! a reset sent).
 use std::{
     io::ErrorKind,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
 };
 
-use moonfrp_tests::{Agent, free_port};
+use moonfrp_tests::{Agent, free_port, raw::stray_ack};
 
 #[test]
 fn fifty_connections_open_then_close() {
@@ -151,6 +152,33 @@ fn connect_without_listener_is_one_refusal_and_nothing_else() {
             assert_eq!(s.value, 0.0, "{s:?} moved on a refused connection");
         }
     }
+}
+
+/// The kernel answers any segment to a port nobody has with a reset; only a SYN's is a refused
+/// connection. A stray segment (here a bare ACK) is a reset sent, as other resets are.
+#[test]
+fn a_stray_segment_to_a_port_nobody_has_is_a_reset_not_a_refusal() {
+    let (port, from) = (free_port(), free_port());
+    let agent = Agent::start(&["-t", &format!("gone={port}")]);
+    for _ in 0..3 {
+        stray_ack(Ipv4Addr::LOCALHOST, from, port);
+    }
+    let err = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+    agent.wait_for("the refusal and the three resets", |m| {
+        m.tunnel("gone", "moonfrp_tunnel_connections_refused_total") >= 1.0
+            && m.tunnel("gone", "moonfrp_tunnel_resets_sent_total") >= 3.0
+    });
+    // One more snapshot: nothing else arrives late.
+    let m = agent.wait_snapshots(1);
+    assert_eq!(
+        (
+            m.tunnel("gone", "moonfrp_tunnel_connections_refused_total"),
+            m.tunnel("gone", "moonfrp_tunnel_resets_sent_total"),
+            m.tunnel("gone", "moonfrp_tunnel_resets_received_total"),
+        ),
+        (1.0, 3.0, 0.0)
+    );
 }
 
 #[test]

@@ -135,6 +135,8 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub struct Layouts {
     pub layout: TracepointLayout,
     pub problems: HashMap<&'static str, LayoutError>,
+    /// What works, but less well than it could (for the log).
+    pub notes: Vec<String>,
 }
 
 impl Layouts {
@@ -196,15 +198,16 @@ pub fn build(
             l.send_reset_port = field(f, SEND_RESET, "sport", 2)?;
             l.send_reset_port_be = 0;
         }
-        match (
+        if let (Ok(off), Some(v)) = (
             field(f, SEND_RESET, "reason", 4),
             symbolic_value(&f.print_fmt, "NO_SOCKET"),
         ) {
-            (Ok(off), Some(v)) => {
-                l.send_reset_reason = off;
-                l.reason_no_socket = v;
-            }
-            _ => l.send_reset_reason = NO_FIELD,
+            l.send_reset_reason = off;
+            l.reason_no_socket = v;
+            l.send_reset_skbaddr = field(f, SEND_RESET, "skbaddr", 8).unwrap_or(NO_FIELD);
+        } else {
+            l.send_reset_reason = NO_FIELD;
+            l.send_reset_skbaddr = NO_FIELD;
         }
         Ok(())
     });
@@ -221,34 +224,68 @@ pub fn build(
             Ok(())
         });
     }
-    if refused_from_drops && !problems.contains_key(DROP) {
-        let skb = btf().map_err(|e| e.to_string()).and_then(|data| {
-            super::btf::offsets(
-                &data,
-                "sk_buff",
-                &[("head", 8), ("network_header", 2), ("transport_header", 2)],
-            )
-            .map_err(|e| e.to_string())
-        });
-        match skb {
-            Ok(off) => {
-                layout.skb_head = off[0];
-                layout.skb_network_header = off[1];
-                layout.skb_transport_header = off[2];
-            }
-            Err(reason) => {
-                problems.insert(
-                    DROP,
-                    LayoutError::Btf {
-                        tracepoint: DROP,
-                        path: VMLINUX_BTF.to_owned(),
-                        reason,
-                    },
-                );
-            }
+    let notes = skb_offsets(&mut layout, &mut problems, btf);
+    Layouts {
+        layout,
+        problems,
+        notes,
+    }
+}
+
+/// Fills in `sk_buff`'s offsets from the BTF where a probe uses them: before 6.10 the DROP probe
+/// cannot work without them (a problem of its own); from 6.10 on they let `tcp_send_reset` tell
+/// a refused SYN from a stray segment (without them, a note). What to log.
+fn skb_offsets(
+    layout: &mut TracepointLayout,
+    problems: &mut HashMap<&'static str, LayoutError>,
+    btf: impl FnOnce() -> Result<Vec<u8>, std::io::Error>,
+) -> Vec<String> {
+    let refused_from_drops = layout.send_reset_reason == NO_FIELD;
+    let wanted = if refused_from_drops {
+        !problems.contains_key(DROP)
+    } else {
+        !problems.contains_key(SEND_RESET) && layout.send_reset_skbaddr != NO_FIELD
+    };
+    if !wanted {
+        if !refused_from_drops {
+            layout.skb_head = NO_FIELD;
+        }
+        return Vec::new();
+    }
+    let skb = btf().map_err(|e| e.to_string()).and_then(|data| {
+        super::btf::offsets(
+            &data,
+            "sk_buff",
+            &[("head", 8), ("network_header", 2), ("transport_header", 2)],
+        )
+        .map_err(|e| e.to_string())
+    });
+    match skb {
+        Ok(off) => {
+            layout.skb_head = off[0];
+            layout.skb_network_header = off[1];
+            layout.skb_transport_header = off[2];
+            Vec::new()
+        }
+        Err(reason) if refused_from_drops => {
+            problems.insert(
+                DROP,
+                LayoutError::Btf {
+                    tracepoint: DROP,
+                    path: VMLINUX_BTF.to_owned(),
+                    reason,
+                },
+            );
+            Vec::new()
+        }
+        Err(reason) => {
+            layout.skb_head = NO_FIELD;
+            vec![format!(
+                "{SEND_RESET}: cannot read sk_buff's layout from {VMLINUX_BTF} ({reason}): a reset \
+                 answering a stray segment on a port nobody has counts as a refused connection"
+            )]
         }
     }
-    Layouts { layout, problems }
 }
 
 /// Reads format files under a tracefs mount (`<root>/events/<category>/<name>/format`).
@@ -295,29 +332,38 @@ mod tests {
         std::fs::read(VMLINUX_BTF)
     }
 
+    /// BTF that cannot be read.
+    fn missing_btf() -> Result<Vec<u8>, std::io::Error> {
+        Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+
     #[test]
     fn kernel_6_18_matches_compiled_default() {
-        let l = build(read_fixture("6.18"), no_btf);
+        let l = build(read_fixture("6.18"), host_btf);
         assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert!(l.notes.is_empty(), "{:?}", l.notes);
         assert!(!l.refused_from_drops() && !l.needed(DROP) && l.needed(SEND_RESET));
         // The drop fields are only filled where needed; the default carries 6.18's values.
-        let mut with_drops = build(read_fixture("6.18"), no_btf).layout;
+        let mut with_drops = l.layout;
         let f = parse_format(&read_fixture("6.18")(DROP).unwrap());
         with_drops.drop_skbaddr = f.fields["skbaddr"].offset;
         with_drops.drop_reason = f.fields["reason"].offset;
         with_drops.drop_no_socket = symbolic_value(&f.print_fmt, "NO_SOCKET").unwrap();
-        let off = super::super::btf::offsets(
-            &host_btf().unwrap(),
-            "sk_buff",
-            &[("head", 8), ("network_header", 2), ("transport_header", 2)],
-        )
-        .unwrap();
-        (
-            with_drops.skb_head,
-            with_drops.skb_network_header,
-            with_drops.skb_transport_header,
-        ) = (off[0], off[1], off[2]);
         assert_eq!(with_drops, TracepointLayout::DEFAULT);
+    }
+
+    #[test]
+    fn from_6_10_without_btf_every_reset_with_no_socket_is_a_refusal() {
+        let l = build(read_fixture("6.18"), missing_btf);
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert_eq!(l.layout.skb_head, NO_FIELD);
+        assert_eq!(l.layout.send_reset_skbaddr, 8);
+        assert_eq!(l.notes.len(), 1);
+        assert!(
+            l.notes[0].contains("/sys/kernel/btf/vmlinux") && l.notes[0].contains("stray segment"),
+            "{}",
+            l.notes[0]
+        );
     }
 
     #[test]
@@ -401,7 +447,7 @@ mod tests {
             }
             _ => read_fixture("6.18")(tp),
         };
-        let l = build(read, no_btf);
+        let l = build(read, host_btf);
         assert_eq!(l.problems.len(), 2, "{:?}", l.problems);
         assert!(matches!(
             l.problems[RECV_RESET],
@@ -420,7 +466,7 @@ mod tests {
 
     #[test]
     fn sock_state_fields_out_of_their_usual_order_are_read_one_by_one() {
-        assert_eq!(build(read_fixture("6.18"), no_btf).layout.state_packed, 1);
+        assert_eq!(build(read_fixture("6.18"), host_btf).layout.state_packed, 1);
         // A kernel that put something between newstate and sport.
         let read = |tp: &'static str| {
             let text = read_fixture("6.18")(tp)?;
@@ -430,7 +476,7 @@ mod tests {
                 text
             })
         };
-        let l = build(read, no_btf);
+        let l = build(read, host_btf);
         assert!(l.problems.is_empty(), "{:?}", l.problems);
         assert_eq!(l.layout.state_sport, 26);
         assert_eq!(l.layout.state_packed, 0);

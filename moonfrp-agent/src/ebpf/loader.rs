@@ -195,6 +195,9 @@ pub fn load(
     let layouts = layout::build(layout::read_from(tracefs), || {
         std::fs::read(layout::VMLINUX_BTF)
     });
+    for note in &layouts.notes {
+        warn!("{note}");
+    }
     let mut loader = EbpfLoader::new();
     if let Some(pins) = pins {
         for (name, ..) in super::pins::shapes(cfg) {

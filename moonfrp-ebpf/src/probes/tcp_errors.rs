@@ -1,8 +1,9 @@
-//! TCP trouble per watched local port: `tcp/tcp_send_reset` (on 6.10+ refused connections apart
-//! from other resets sent), `tcp/tcp_receive_reset`, `tcp/tcp_retransmit_skb`, and before 6.10
-//! refused connections as SYNs dropped for want of a socket (`skb/kfree_skb`).
+//! TCP trouble per watched local port: `tcp/tcp_send_reset` (on 6.10+ refused connections — a
+//! reset with no socket answering a SYN — apart from other resets sent), `tcp/tcp_receive_reset`,
+//! `tcp/tcp_retransmit_skb`, and before 6.10 refused connections as SYNs dropped for want of a
+//! socket (`skb/kfree_skb`).
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext};
-use moonfrp_common::{NO_FIELD, Proto, TcpCounters};
+use moonfrp_common::{NO_FIELD, Proto, TcpCounters, TracepointLayout};
 
 use crate::maps::{TCP_STATS, layout, slot_of};
 
@@ -63,9 +64,18 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     // Before sk_rst_reason (6.10) every reset seen here comes from a socket: refusals are
-    // counted by `mf_refused` instead.
-    let refused = l.send_reset_reason != NO_FIELD
+    // counted by `mf_refused` instead. From 6.10 on, a reset sent with no socket answers a
+    // segment to a port nobody has: a SYN is a refused connection, anything else a stray
+    // segment of a connection the host no longer has (a reset sent, like the others). Without
+    // the sk_buff offsets, or if the segment cannot be read, it counts as a refusal.
+    let no_socket = l.send_reset_reason != NO_FIELD
         && unsafe { ctx.read_at::<u32>(l.send_reset_reason as usize)? == l.reason_no_socket };
+    let refused = no_socket
+        && (l.skb_head == NO_FIELD
+            || unsafe { ctx.read_at::<u64>(l.send_reset_skbaddr as usize) }
+                .ok()
+                .and_then(|skb| tcp_segment(skb, &l).ok().flatten())
+                .is_none_or(|(_, flags)| flags & (TCP_SYN | TCP_ACK) == TCP_SYN));
     bump(u32::from(port), |c| {
         if refused {
             c.refused += 1;
@@ -96,6 +106,20 @@ fn try_refused(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let skb = unsafe { ctx.read_at::<u64>(l.drop_skbaddr as usize)? };
+    // A stray segment of an old connection is answered with a reset too, but is no refusal.
+    if let Some((dport, flags)) = tcp_segment(skb, &l)?
+        && flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    {
+        bump(u32::from(dport), |c| c.refused += 1);
+    }
+    Ok(())
+}
+
+/// The destination port (host order) and flags byte of the TCP segment in the `sk_buff` at
+/// `skb`, read through the member offsets from the kernel's BTF; `None` if it is not TCP over
+/// IPv4 or IPv6 (without extension headers) or its headers are not set.
+#[inline(always)]
+fn tcp_segment(skb: u64, l: &TracepointLayout) -> Result<Option<(u16, u8)>, i32> {
     // SAFETY: `sk_buff` member offsets from this kernel's BTF; probe reads fail, not fault.
     let (head, nh, th) = unsafe {
         (
@@ -105,7 +129,7 @@ fn try_refused(ctx: &TracePointContext) -> Result<(), i32> {
         )
     };
     if head == 0 || th == u16::MAX || nh == u16::MAX {
-        return Ok(());
+        return Ok(None);
     }
     let ip = head + u64::from(nh);
     // SAFETY: reads inside the packet's buffer, checked by the helper.
@@ -113,10 +137,10 @@ fn try_refused(ctx: &TracePointContext) -> Result<(), i32> {
     let proto_at = match first >> 4 {
         4 => 9, // IPv4 `protocol`
         6 => 6, // IPv6 `next header` (TCP right after the fixed header: no extension headers)
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
     if unsafe { bpf_probe_read_kernel((ip + proto_at) as *const u8)? } != 6 {
-        return Ok(());
+        return Ok(None);
     }
     let tcp = head + u64::from(th);
     let (dport, flags) = unsafe {
@@ -125,9 +149,5 @@ fn try_refused(ctx: &TracePointContext) -> Result<(), i32> {
             bpf_probe_read_kernel((tcp + 13) as *const u8)?,
         )
     };
-    // A stray segment of an old connection is answered with a reset too, but is no refusal.
-    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        bump(u32::from(u16::from_be(dport)), |c| c.refused += 1);
-    }
-    Ok(())
+    Ok(Some((u16::from_be(dport), flags)))
 }

@@ -1,6 +1,7 @@
-//! The checks `cargo xtask test-kernels` runs inside a VM, next to the agent (std only: it runs in
-//! a busybox initramfs): exact payload bytes over TCP and UDP, v4 and v6, connections held then
-//! closed, refused connects (v4 and v6), resets sent and received, every probe attached, the
+//! The checks `cargo xtask test-kernels` runs inside a VM, next to the agent (std and libc only: it
+//! runs in a busybox initramfs): exact payload bytes over TCP and UDP, v4 and v6, connections held then
+//! closed, refused connects (v4 and v6; two stray segments to the same port are not refusals),
+//! resets sent and received, every probe attached, the
 //! history API's view of the bytes; then it prints one line per check,
 //! `CHECK <name> want=<n> got=<n> ok|FAILED`, and the exposition between `---- metrics ----` and
 //! `---- end metrics ----` (promtool checks it on the host). Exit 0 when every check holds.
@@ -14,6 +15,9 @@
 //! - `kernel_check <agent addr> --without-btf`, against an agent that cannot read the kernel's
 //!   BTF: where refusals need it (5.17–6.9) they are not counted and the probe says why, and
 //!   everything else is.
+#[path = "../raw.rs"]
+mod raw;
+
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -88,6 +92,26 @@ fn reset(addr: SocketAddr, sent: bool) -> std::io::Result<()> {
 }
 
 /// `GET path` with HTTP/1.0: the body.
+/// Two stray segments (bare ACKs) to the refused port: answered with resets, but no refusals.
+/// How many resets the kernel says it sent meanwhile, at most 2 (on a busy host another reset
+/// may fall between the readings).
+fn stray_acks() -> Option<f64> {
+    let before = out_rsts();
+    for from in [REFUSED + 100, REFUSED + 101] {
+        raw::stray_ack(Ipv4Addr::LOCALHOST, from, REFUSED);
+    }
+    out_rsts().zip(before).map(|(b, a)| (b - a).min(2.0))
+}
+
+/// The kernel's count of TCP resets sent (`Tcp: OutRsts` in /proc/net/snmp).
+fn out_rsts() -> Option<f64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let i = names.split_whitespace().position(|n| n == "OutRsts")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
 fn get(agent: &str, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(agent)?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {agent}\r\n\r\n")?;
@@ -246,6 +270,7 @@ fn everything(agent: &str, no_drop_reasons: bool) -> (Vec<Check>, String) {
             (c, l.accept().expect("accept").0)
         })
         .collect();
+    let stray_resets = stray_acks();
     let refused =
         TcpStream::connect(lo4(REFUSED)).is_err() && TcpStream::connect(lo6(REFUSED)).is_err();
     let resets = reset(lo6(RESETS), true)
@@ -293,6 +318,7 @@ fn everything(agent: &str, no_drop_reasons: bool) -> (Vec<Check>, String) {
         (HELD + 1) as f64,
         value(&after, &format!("{m}_closed_total"), "tcp4"),
     ));
+    checks.push(("stray_acks_answered_with_resets".into(), 2.0, stray_resets));
     checks.push((
         "refused_connect_v4_v6".into(),
         if no_drop_reasons { 0.0 } else { 2.0 },
