@@ -510,7 +510,8 @@ fn read_config(path: &std::path::Path, max: usize) -> Checked {
     let mut cfg =
         untrusted::contained(format_args!("frp config {}", untrusted::path(path)), || {
             config::parse(path, &text)
-        })?
+        })
+        .map_err(|bug| untrusted::redact_secrets(&bug, &text))?
         .map_err(|e| e.to_string())?;
     let note = match &mut cfg {
         FrpConfig::Client(c) => {
