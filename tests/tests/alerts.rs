@@ -115,8 +115,13 @@ fn tunnel_down_reaches_a_real_alertmanager_and_resolves() {
     assert_eq!(got["annotations"]["summary"], "tunnel web is down");
     assert_eq!(got["status"]["state"], "active");
     let ours = json_get(agent.addr, "/api/v1/alerts");
-    let a = &ours["data"]["alerts"][0];
-    assert_eq!(a["alertname"], "TunnelDown");
+    // Found by name: on a busy machine HostCpuHigh may be pending beside it.
+    let a = ours["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["alertname"] == "TunnelDown")
+        .unwrap_or_else(|| panic!("no TunnelDown in {ours}"));
     assert_eq!(a["state"], "firing");
     assert_eq!(a["value"], 0.0);
 

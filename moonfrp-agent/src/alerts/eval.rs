@@ -1,6 +1,6 @@
 //! Evaluates every rule against one snapshot's series and advances each alert instance.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, hash_map::Entry},
     sync::Arc,
 };
 
@@ -125,10 +125,12 @@ impl Engine {
             for (labels, value) in self.observe(ri, &by_name, now) {
                 let (rule, timing) = &self.rules[ri];
                 let verdict = rule.judge(value);
-                let t = self
-                    .instances
-                    .entry((ri, labels.clone()))
-                    .or_insert_with(|| Tracked {
+                let t = match self.instances.entry((ri, labels.clone())) {
+                    Entry::Occupied(o) => o.into_mut(),
+                    // A series whose condition does not hold and that has no past to remember
+                    // is not tracked: a thousand healthy tunnels cost no state.
+                    Entry::Vacant(_) if verdict.is_none() => continue,
+                    Entry::Vacant(v) => v.insert(Tracked {
                         instance: Instance::default(),
                         seen: generation,
                         labels: labels
@@ -138,7 +140,8 @@ impl Engine {
                         value,
                         since: now,
                         current: None,
-                    });
+                    }),
+                };
                 t.seen = generation;
                 let before = t.instance;
                 let note = t.instance.step(now, verdict, timing);
@@ -161,19 +164,26 @@ impl Engine {
                 emit(rule, t, note, now, &mut out);
             }
         }
-        self.instances
-            .retain(|_, t| t.seen == generation || t.instance.is_active());
-        self.prev = by_name
-            .iter()
-            .filter(|(name, _)| self.counters.contains(**name))
-            .map(|(name, points)| {
-                let values = points
-                    .iter()
-                    .map(|p| (p.labels.clone(), (now, p.value)))
-                    .collect();
-                ((*name).to_owned(), values)
-            })
-            .collect();
+        // Kept: what is pending or firing, and what a cooldown still holds back; an instance
+        // at rest behaves as a new one would.
+        let rules = &self.rules;
+        self.instances.retain(|(ri, _), t| {
+            t.instance.is_active()
+                || (t.seen == generation && !t.instance.at_rest(now, &rules[*ri].1))
+        });
+        // The counters' values for the next rates, in the maps of the last evaluation (their
+        // room is reused, not allocated again each interval).
+        self.prev
+            .retain(|name, _| by_name.contains_key(name.as_str()));
+        for (name, points) in by_name.iter().filter(|(n, _)| self.counters.contains(**n)) {
+            let values = points.iter().map(|p| (p.labels.clone(), (now, p.value)));
+            if let Some(m) = self.prev.get_mut(*name) {
+                m.clear();
+                m.extend(values);
+            } else {
+                self.prev.insert((*name).to_owned(), values.collect());
+            }
+        }
         out.active
             .sort_by(|a, b| (&a.alertname, &a.labels).cmp(&(&b.alertname, &b.labels)));
         out
@@ -281,6 +291,11 @@ fn build(rule: &Rule, t: &Tracked, now: i64) -> Alert {
 }
 
 fn emit(rule: &Rule, t: &mut Tracked, note: Option<Notify>, now: i64, out: &mut Evaluation) {
+    if note.is_none() && !t.instance.is_active() {
+        // Nothing to show or send: no alert is built.
+        t.current = None;
+        return;
+    }
     if t.current.is_none() {
         t.current = Some(Arc::new(build(rule, t, now)));
     }
@@ -404,5 +419,40 @@ mod tests {
         );
         assert!(r.notifications[0].ended_at == Some(3 * min));
         assert_eq!(r.notifications[0].active_since, min);
+    }
+
+    /// Healthy series leave no state behind; a resolved alert is remembered for its cooldown
+    /// (a flap inside it is not notified), and forgotten after.
+    #[test]
+    fn only_active_or_cooling_instances_are_kept() {
+        let min = 60_000;
+        let mut e = Engine::new(builtin(), 4 * 3_600_000, 10 * min);
+        for k in 0..3 {
+            run(&mut e, k * min, &text(1, 5, 50));
+        }
+        assert_eq!(e.instances.len(), 0, "nothing is wrong: nothing tracked");
+        // b down for two minutes: fires, then comes back: resolves.
+        run(&mut e, 3 * min, &text(0, 5, 50));
+        let r = run(&mut e, 4 * min, &text(0, 5, 50));
+        assert_eq!(
+            names(&r.notifications),
+            [("TunnelDown".into(), "firing", "b".into())]
+        );
+        let r = run(&mut e, 5 * min, &text(1, 5, 50));
+        assert_eq!(
+            names(&r.notifications),
+            [("TunnelDown".into(), "resolved", "b".into())]
+        );
+        assert_eq!(e.instances.len(), 1, "the cooldown is remembered");
+        // Down again inside the cooldown: it fires without a notification.
+        run(&mut e, 6 * min, &text(0, 5, 50));
+        let r = run(&mut e, 7 * min, &text(0, 5, 50));
+        assert!(r.notifications.is_empty(), "{:?}", names(&r.notifications));
+        assert_eq!(r.active.len(), 1);
+        assert_eq!(r.active[0].state, "firing");
+        // Back up, and the cooldown over: nothing left.
+        run(&mut e, 8 * min, &text(1, 5, 50));
+        run(&mut e, 19 * min, &text(1, 5, 50));
+        assert_eq!(e.instances.len(), 0);
     }
 }

@@ -143,6 +143,11 @@ impl Instance {
     pub const fn is_active(&self) -> bool {
         !matches!(self.phase, Phase::Inactive)
     }
+
+    /// Inactive with no cooldown running at `now`: it steps as a new instance would.
+    pub fn at_rest(&self, now: i64, t: &Timing) -> bool {
+        !self.is_active() && self.last_resolved.is_none_or(|r| now - r >= t.cooldown_ms)
+    }
 }
 
 #[cfg(test)]
