@@ -126,6 +126,17 @@ pub struct TcpSample {
 pub trait CounterSource {
     fn traffic(&self, slot: u32) -> Result<TrafficCounters, MapError>;
     fn tcp(&self, slot: u32) -> Result<TcpCounters, MapError>;
+    /// Every slot below `end` at once where the source can; `None`: read them one by one.
+    fn all(&self, _end: u32) -> Option<Slots> {
+        None
+    }
+}
+
+/// The counters of slots `0..n`, by slot.
+#[derive(Debug, Default)]
+pub struct Slots {
+    pub traffic: Vec<TrafficCounters>,
+    pub tcp: Vec<TcpCounters>,
 }
 
 impl CounterSource for crate::ebpf::KernelMaps {
@@ -135,6 +146,10 @@ impl CounterSource for crate::ebpf::KernelMaps {
 
     fn tcp(&self, slot: u32) -> Result<TcpCounters, MapError> {
         Self::tcp(self, slot)
+    }
+
+    fn all(&self, end: u32) -> Option<Slots> {
+        Self::all(self, end)
     }
 }
 
@@ -146,8 +161,17 @@ pub fn read_tunnels(
     failures: &mut u64,
 ) -> Vec<TunnelSample> {
     let mut out = Vec::with_capacity(watch.len());
+    // One read of every slot in use (slots are handed out from 0), else one per slot.
+    let all = source
+        .all(watch.iter().map(|w| w.slot + 1).max().unwrap_or(0))
+        .unwrap_or_default();
     for w in watch.iter() {
-        let traffic = match source.traffic(w.slot) {
+        let slot = w.slot as usize;
+        let traffic = match all
+            .traffic
+            .get(slot)
+            .map_or_else(|| source.traffic(w.slot), |t| Ok(*t))
+        {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(tunnel = %w.spec, error = %e, "cannot read traffic counters");
@@ -156,7 +180,11 @@ pub fn read_tunnels(
             }
         };
         let tcp = if w.spec.proto == Proto::Tcp {
-            match source.tcp(w.slot) {
+            match all
+                .tcp
+                .get(slot)
+                .map_or_else(|| source.tcp(w.slot), |c| Ok(*c))
+            {
                 Ok(c) => Some(TcpSample {
                     active: active(w.seed_active, &c),
                     counters: c,

@@ -3,24 +3,31 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::{Arc, Mutex},
+    os::fd::AsFd as _,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
 };
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
 use moonfrp_common::{
     PeerCounters, PeerKey, Proto, TcpCounters, TrafficCounters, WatchEntry, names,
 };
 
-use super::LoadError;
+use super::{LoadError, syscall::percpu_array_batch};
+use crate::snapshot::Slots;
 
 /// The maps the agent reads and writes every interval.
 pub struct KernelMaps {
     watch: Array<MapData, u32>,
     traffic: PerCpuArray<MapData, TrafficCounters>,
     tcp: PerCpuArray<MapData, TcpCounters>,
+    /// Batch reads still worth trying (cleared, with a warning, when the kernel refuses one).
+    batch: AtomicBool,
     /// Read on request only (the API), never per interval.
     pub peers: Arc<PeerTable>,
 }
@@ -115,6 +122,7 @@ impl KernelMaps {
             watch: take(ebpf, names::WATCH)?,
             traffic: take(ebpf, names::TRAFFIC)?,
             tcp: take(ebpf, names::TCP_STATS)?,
+            batch: AtomicBool::new(true),
             peers: Arc::new(PeerTable(Mutex::new(take(ebpf, names::PEERS)?))),
         })
     }
@@ -140,6 +148,45 @@ impl KernelMaps {
         Ok(per_cpu
             .iter()
             .fold(TrafficCounters::default(), TrafficCounters::merged))
+    }
+
+    /// Traffic and TCP counters of every slot below `end`, summed over CPUs: one system call per
+    /// map. `None` when the kernel refuses batch reads (warned once): read slot by slot then.
+    pub fn all(&self, end: u32) -> Option<Slots> {
+        if !self.batch.load(Relaxed) {
+            return None;
+        }
+        let read = || -> std::io::Result<Slots> {
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+            let traffic = self.traffic.map().fd().as_fd();
+            let tcp = self.tcp.map().fd().as_fd();
+            let sum = |chunk: &[TcpCounters]| {
+                chunk
+                    .iter()
+                    .fold(TcpCounters::default(), TcpCounters::merged)
+            };
+            Ok(Slots {
+                traffic: percpu_array_batch::<TrafficCounters>(traffic, end, cpus)?
+                    .chunks(cpus)
+                    .map(|c| {
+                        c.iter()
+                            .fold(TrafficCounters::default(), TrafficCounters::merged)
+                    })
+                    .collect(),
+                tcp: percpu_array_batch::<TcpCounters>(tcp, end, cpus)?
+                    .chunks(cpus)
+                    .map(sum)
+                    .collect(),
+            })
+        };
+        match read() {
+            Ok(slots) => Some(slots),
+            Err(e) => {
+                self.batch.store(false, Relaxed);
+                tracing::warn!(error = %e, "the kernel refused a batch read of the counters (BPF_MAP_LOOKUP_BATCH, Linux 5.6+): reading them one slot at a time from now on");
+                None
+            }
+        }
     }
 
     /// TCP counters of `slot`, summed over CPUs.

@@ -7,6 +7,7 @@ pub mod loader;
 pub mod maps;
 pub mod pins;
 pub mod stats;
+mod syscall;
 
 pub use config::KernelConfig;
 pub use loader::{Kernel, LoadError, ProbeStatus, ProgramStats, load};

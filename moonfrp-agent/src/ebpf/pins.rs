@@ -17,7 +17,7 @@ use aya::maps::{MapInfo, MapType};
 use moonfrp_common::{PIN_LAYOUT, PeerCounters, PeerKey, TcpCounters, TrafficCounters, names};
 use tracing::{info, warn};
 
-use super::KernelConfig;
+use super::{KernelConfig, syscall::sys_bpf};
 
 /// A pin directory of this layout, ready for the loader.
 #[derive(Debug)]
@@ -227,20 +227,6 @@ pub fn cleanup(cfg: &KernelConfig) -> (u8, String, String) {
     }
 }
 
-/// `bpf(cmd, attr)`: its non-negative result, or the error.
-///
-/// # Safety
-/// `attr` must be the `union bpf_attr` member `cmd` reads, with any pointer in it valid for the
-/// call.
-unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
-    // SAFETY: the caller's promise; the size passed is the attr's own.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_ref(attr), size_of::<T>()) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc)
-}
-
 /// `bpf(BPF_OBJ_GET)`: a new descriptor of the object pinned at `path`.
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt as _;
@@ -252,13 +238,13 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     }
     const BPF_OBJ_GET: libc::c_long = 7;
     let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let attr = ObjGet {
+    let mut attr = ObjGet {
         pathname: c.as_ptr() as u64,
         bpf_fd: 0,
         file_flags: 0,
     };
     // SAFETY: BPF_OBJ_GET's attr; the path outlives the call.
-    let fd = unsafe { sys_bpf(BPF_OBJ_GET, &attr)? };
+    let fd = unsafe { sys_bpf(BPF_OBJ_GET, &mut attr)? };
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -274,14 +260,14 @@ pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<
         old_prog_fd: u32,
     }
     const BPF_LINK_UPDATE: libc::c_long = 29;
-    let attr = LinkUpdate {
+    let mut attr = LinkUpdate {
         link_fd: link.as_raw_fd() as u32,
         new_prog_fd: program.as_raw_fd() as u32,
         flags: 0,
         old_prog_fd: 0,
     };
     // SAFETY: BPF_LINK_UPDATE's attr, no pointers.
-    unsafe { sys_bpf(BPF_LINK_UPDATE, &attr) }.map(|_| ())
+    unsafe { sys_bpf(BPF_LINK_UPDATE, &mut attr) }.map(|_| ())
 }
 
 #[cfg(test)]
