@@ -45,6 +45,9 @@ pub struct Cycle {
     explicit: Vec<TunnelSpec>,
     /// Tunnels FRP told us about in the latest cycle.
     found: Vec<Found>,
+    /// The kernel's watch table may not match the desired tunnels (not applied yet, or the last
+    /// update failed): the next collection applies them even if FRP's ports did not move.
+    watch_stale: bool,
     /// Was each tunnel up last time, how often it went down, and the latest reason.
     health: HashMap<HealthKey, HealthState>,
     /// Refused-connection counters at the previous cycle.
@@ -110,6 +113,7 @@ impl Cycle {
                 .then(|| Discovery::new(config.frp.options.clone())),
             explicit: config.tunnels.clone(),
             found: Vec::new(),
+            watch_stale: true,
             health: HashMap::new(),
             refused: HashMap::new(),
             maps,
@@ -257,6 +261,7 @@ impl Cycle {
     /// Inspections that no longer fit (a tunnel added by a reload needs their slot) end; other
     /// tunnels left without a slot are logged once and counted.
     pub fn apply_tunnels(&mut self) -> Result<(), WatchError> {
+        self.watch_stale = true;
         let mut desired = self.desired();
         let capacity = self.watch.capacity() as usize;
         let over = desired.split_off(capacity.min(desired.len()));
@@ -300,6 +305,7 @@ impl Cycle {
         for t in &changes.renamed {
             info!(tunnel = %t, "tunnel renamed; counters kept");
         }
+        self.watch_stale = false;
         Ok(())
     }
 
@@ -337,8 +343,14 @@ impl Cycle {
         let mut runs = Vec::new();
         if let Some(d) = &mut self.discovery {
             let t = Instant::now();
-            self.found = d.refresh(rt, &mut self.errors);
-            if let Err(e) = self.apply_tunnels() {
+            let found = d.refresh(rt, &mut self.errors);
+            // The watch table follows FRP's tunnels; it is left alone while they stay where
+            // they were (a thousand tunnels compared, not rebuilt and applied, each interval).
+            let moved = !same_ports(&found, &self.found);
+            self.found = found;
+            if (moved || self.watch_stale)
+                && let Err(e) = self.apply_tunnels()
+            {
                 error!("cannot watch every discovered tunnel: {e}");
                 *self.errors.entry("watch").or_default() += 1;
             }
@@ -508,4 +520,13 @@ impl Cycle {
             }
         }
     }
+}
+
+/// Whether two discoveries ask for the same watch table: the same tunnels (name, port, origin)
+/// in the same order. Their status and statistics do not matter here.
+fn same_ports(a: &[Found], b: &[Found]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.port == y.port && x.origin == y.origin && x.name == y.name)
 }
