@@ -97,6 +97,14 @@ struct Acc {
     buckets: Vec<Bucket>,
 }
 
+/// A write's working buffers, kept for the next one.
+#[derive(Default)]
+struct Scratch {
+    order: Vec<(i64, Arc<str>)>,
+    resolved: Vec<(i64, f64, bool)>,
+    values: Vec<(i64, f64)>,
+}
+
 pub struct Store {
     /// First, so that it is dropped (its connection closed) before `conn`: the last connection
     /// to close checkpoints the whole WAL into the file.
@@ -114,6 +122,7 @@ pub struct Store {
     /// in the same order, so each is compared with the key at its position before it is looked
     /// up.
     order: Vec<(i64, Arc<str>)>,
+    scratch: Scratch,
     metrics: HashSet<String>,
     acc: HashMap<i64, Acc, foldhash::fast::RandomState>,
     /// Start of the bucket in progress, per level.
@@ -402,6 +411,7 @@ impl Store {
             metrics: HashSet::new(),
             acc: HashMap::default(),
             order: Vec::new(),
+            scratch: Scratch::default(),
         };
         store.rebuild()?;
         Ok((store, recovery))
@@ -544,9 +554,15 @@ impl Store {
     pub fn write(&mut self, ts_ms: i64, series: &Series) -> Result<WriteStats, StoreError> {
         let mut stats = WriteStats::default();
         let mut new_keys: Vec<Arc<str>> = Vec::new();
-        let mut order: Vec<(i64, Arc<str>)> = Vec::with_capacity(self.order.len());
+        // The buffers of the last write, emptied (a snapshot's size each: allocated anew every
+        // interval they cost page faults).
+        let mut order = std::mem::take(&mut self.scratch.order);
+        let mut resolved = std::mem::take(&mut self.scratch.resolved);
+        let mut values = std::mem::take(&mut self.scratch.values);
+        order.clear();
+        resolved.clear();
+        values.clear();
         let mut new_metrics: Vec<String> = Vec::new();
-        let mut resolved: Vec<(i64, f64, bool)> = Vec::with_capacity(series.len());
         let flushing: Vec<bool> = self
             .settings
             .levels
@@ -563,10 +579,12 @@ impl Store {
             )?;
             let snapshot = tx.last_insert_rowid();
             {
-                for (i, (family, p)) in series.points().enumerate() {
-                    if let Some((id, k)) = self.order.get(i).filter(|(_, k)| key_matches(k, &p)) {
-                        order.push((*id, k.clone()));
-                        resolved.push((*id, p.value, p.counter));
+                // The last write's keys move over (no copy) where they still match.
+                let mut last = self.order.drain(..);
+                for (family, p) in series.points() {
+                    if let Some((id, k)) = last.next().filter(|(_, k)| key_matches(k, &p)) {
+                        order.push((id, k));
+                        resolved.push((id, p.value, p.counter));
                         continue;
                     }
                     series_key(&mut key, &p);
@@ -588,35 +606,12 @@ impl Store {
                 }
             }
             // In id order, one value per series (the last, should a name come twice).
-            let mut values: Vec<(i64, f64)> = resolved.iter().rev().map(|r| (r.0, r.1)).collect();
+            values.extend(resolved.iter().rev().map(|r| (r.0, r.1)));
             values.sort_by_key(|v| v.0);
             values.dedup_by_key(|v| v.0);
             head::write(&tx, snapshot, &values)?;
-            for (level, flush) in self.settings.levels.iter().zip(&flushing) {
-                if !flush {
-                    continue;
-                }
-                let li = self
-                    .settings
-                    .levels
-                    .iter()
-                    .position(|l| l == level)
-                    .unwrap_or(0);
-                let start = self.level_start[li].expect("flushing implies a start");
-                // In id order, so that a bucket's blocks append.
-                let mut ids: Vec<&i64> = self.acc.keys().collect();
-                ids.sort_unstable();
-                stats.rollup_rows += buckets::write(
-                    &tx,
-                    level.step_s(),
-                    start,
-                    ids.into_iter().filter_map(|id| {
-                        let a = &self.acc[id];
-                        let b = &a.buckets[li];
-                        (b.samples > 0).then_some((*id, b, a.counter))
-                    }),
-                )?;
-            }
+            stats.rollup_rows +=
+                flush_levels(&tx, &self.settings, &self.level_start, &self.acc, &flushing)?;
             tx.commit()?;
             Ok(())
         })();
@@ -626,11 +621,13 @@ impl Store {
             }
             return Err(e);
         }
-        self.order = order;
+        self.scratch.order = std::mem::replace(&mut self.order, order);
         self.metrics.extend(new_metrics);
         stats.samples = resolved.len();
         stats.new_series = new_keys.len();
         self.after_commit(ts_ms, &resolved, &flushing);
+        self.scratch.resolved = resolved;
+        self.scratch.values = values;
         stats.pruned = self.prune(ts_ms)?;
         self.checkpointer.poke();
         // A little more than one snapshot's rows per interval: a window (60 snapshots) is done in
@@ -752,6 +749,40 @@ pub const fn sample_key(snapshot: i64, series: i64) -> i64 {
 }
 
 /// The in-memory key of a series for this run: its sample name and labels.
+/// Writes the rollup buckets of every level whose bucket ended (`flushing`), each level's in
+/// series id order so that a bucket's blocks append; the number of rows written.
+fn flush_levels(
+    tx: &Transaction<'_>,
+    settings: &Settings,
+    level_start: &[Option<i64>],
+    acc: &HashMap<i64, Acc, foldhash::fast::RandomState>,
+    flushing: &[bool],
+) -> rusqlite::Result<usize> {
+    if !flushing.contains(&true) {
+        return Ok(0);
+    }
+    let mut ids: Vec<&i64> = acc.keys().collect();
+    ids.sort_unstable();
+    let mut rows = 0;
+    for (li, level) in settings.levels.iter().enumerate() {
+        if !flushing[li] {
+            continue;
+        }
+        let start = level_start[li].expect("flushing implies a start");
+        rows += buckets::write(
+            tx,
+            level.step_s(),
+            start,
+            ids.iter().filter_map(|id| {
+                let a = &acc[*id];
+                let b = &a.buckets[li];
+                (b.samples > 0).then_some((**id, b, a.counter))
+            }),
+        )?;
+    }
+    Ok(rows)
+}
+
 fn series_key(key: &mut String, p: &Point<'_>) {
     key.clear();
     key.push_str(p.name);
