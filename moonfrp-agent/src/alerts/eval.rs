@@ -189,15 +189,18 @@ impl Engine {
         out
     }
 
-    /// Values of a rule's series this evaluation, by exposed label set.
+    /// Values of a rule's series this evaluation, by exposed label set, in the order the series
+    /// come (the same in every snapshot); the values of a label set seen under several metrics
+    /// are added.
     fn observe<'a>(
         &self,
         ri: usize,
         by_name: &Map<&str, Vec<Point<'a>>>,
         now: i64,
-    ) -> BTreeMap<&'a Labels, f64> {
+    ) -> Vec<(&'a Labels, f64)> {
         let rule = &self.rules[ri].0;
-        let mut groups: BTreeMap<&'a Labels, f64> = BTreeMap::new();
+        let mut groups: Vec<(&'a Labels, f64)> = Vec::new();
+        let mut index: Map<&'a Labels, usize> = Map::default();
         for metric in &rule.metrics {
             let prev = self.prev.get(metric.as_str());
             for p in by_name.get(metric.as_str()).into_iter().flatten() {
@@ -231,7 +234,13 @@ impl Engine {
                         }
                     }
                 };
-                *groups.entry(p.labels).or_insert(0.0) += v;
+                match index.entry(p.labels) {
+                    Entry::Occupied(o) => groups[*o.get()].1 += v,
+                    Entry::Vacant(e) => {
+                        e.insert(groups.len());
+                        groups.push((p.labels, v));
+                    }
+                }
             }
         }
         if let Some(div) = &rule.divide_by {
@@ -246,13 +255,15 @@ impl Engine {
                 Some((labels, v)) if divisors.len() == 1 && labels.is_empty() => Some(*v),
                 _ => None,
             };
-            groups.retain(|labels, v| match divisors.get(labels).copied().or(single) {
-                Some(d) if d != 0.0 => {
-                    *v /= d;
-                    true
-                }
-                _ => false,
-            });
+            groups.retain_mut(
+                |(labels, v)| match divisors.get(labels).copied().or(single) {
+                    Some(d) if d != 0.0 => {
+                        *v /= d;
+                        true
+                    }
+                    _ => false,
+                },
+            );
         }
         groups
     }
