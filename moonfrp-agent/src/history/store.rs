@@ -97,10 +97,106 @@ struct Acc {
     buckets: Vec<Bucket>,
 }
 
+/// Series keys in point order, in one buffer: compared in sequence, with no allocation per
+/// series to chase.
+#[derive(Default)]
+struct Order {
+    keys: String,
+    /// Each series' id and where its key ends in `keys` (it starts where the one before ends).
+    ends: Vec<(i64, usize)>,
+}
+
+impl Order {
+    fn push(&mut self, id: i64, key: &str) {
+        self.keys.push_str(key);
+        self.ends.push((id, self.keys.len()));
+    }
+}
+
+/// Walks a write's points against the last write's [`Order`], position by position. While
+/// every point is the series at its position nothing is copied and the last order stays; from
+/// the first that differs, the next order is written out.
+struct Walk<'a> {
+    last: &'a Order,
+    next: &'a mut Order,
+    /// Position, and where its key starts in `last.keys`.
+    pos: usize,
+    start: usize,
+    /// `next` not written: the points so far are `last`'s.
+    same: bool,
+}
+
+impl<'a> Walk<'a> {
+    fn new(last: &'a Order, next: &'a mut Order) -> Self {
+        Self {
+            last,
+            next,
+            pos: 0,
+            start: 0,
+            same: true,
+        }
+    }
+
+    /// The key at this position in the last write, and its series id.
+    fn here(&self) -> Option<(i64, &'a str)> {
+        let last: &'a Order = self.last;
+        let &(id, end) = last.ends.get(self.pos)?;
+        Some((id, &last.keys[self.start..end]))
+    }
+
+    /// The series id if `p` is the last write's series at this position.
+    fn same_as_last(&self, p: &Point<'_>) -> Option<i64> {
+        self.here()
+            .filter(|(_, k)| key_matches(k, p))
+            .map(|(id, _)| id)
+    }
+
+    /// This position holds the last write's series; on to the next.
+    fn keep(&mut self) {
+        if !self.same
+            && let Some((id, key)) = self.here()
+        {
+            self.next.push(id, key);
+        }
+        self.advance();
+    }
+
+    /// This position holds series `id` with `key`, not the last write's; on to the next.
+    fn put(&mut self, id: i64, key: &str) {
+        self.diverge();
+        self.next.push(id, key);
+        self.advance();
+    }
+
+    /// True if the next order is `next` (written out), false if it is `last` unchanged.
+    fn finish(mut self) -> bool {
+        if self.pos != self.last.ends.len() {
+            self.diverge();
+        }
+        !self.same
+    }
+
+    /// Starts `next` with the positions before this one, all the last write's.
+    fn diverge(&mut self) {
+        if self.same {
+            self.same = false;
+            self.next.keys.push_str(&self.last.keys[..self.start]);
+            let n = self.pos.min(self.last.ends.len());
+            self.next.ends.extend_from_slice(&self.last.ends[..n]);
+        }
+    }
+
+    fn advance(&mut self) {
+        if let Some(&(_, end)) = self.last.ends.get(self.pos) {
+            self.start = end;
+        }
+        self.pos += 1;
+    }
+}
+
 /// A write's working buffers, kept for the next one.
 #[derive(Default)]
 struct Scratch {
-    order: Vec<(i64, Arc<str>)>,
     resolved: Vec<(i64, f64, bool)>,
     values: Vec<(i64, f64)>,
 }
@@ -121,7 +217,7 @@ pub struct Store {
     /// The last write's series in point order: the next snapshot's points nearly always come
     /// in the same order, so each is compared with the key at its position before it is looked
     /// up.
-    order: Vec<(i64, Arc<str>)>,
+    order: Order,
     scratch: Scratch,
     metrics: HashSet<String>,
     acc: HashMap<i64, Acc, foldhash::fast::RandomState>,
@@ -410,7 +506,7 @@ impl Store {
             ids: HashMap::default(),
             metrics: HashSet::new(),
             acc: HashMap::default(),
-            order: Vec::new(),
+            order: Order::default(),
             scratch: Scratch::default(),
         };
         store.rebuild()?;
@@ -556,10 +652,12 @@ impl Store {
         let mut new_keys: Vec<Arc<str>> = Vec::new();
         // The buffers of the last write, emptied (a snapshot's size each: allocated anew every
         // interval they cost page faults).
-        let mut order = std::mem::take(&mut self.scratch.order);
+        let last = std::mem::take(&mut self.order);
+        // Written only when the points differ from the last write's (rare: a tunnel added, a
+        // label value changed); not kept, to hold one copy of the keys.
+        let mut next = Order::default();
         let mut resolved = std::mem::take(&mut self.scratch.resolved);
         let mut values = std::mem::take(&mut self.scratch.values);
-        order.clear();
         resolved.clear();
         values.clear();
         let mut new_metrics: Vec<String> = Vec::new();
@@ -571,6 +669,7 @@ impl Store {
             .map(|(l, s)| s.is_some_and(|s| s != rollup::bucket_start(ts_ms, l.step_ms())))
             .collect();
         let mut key = String::with_capacity(256);
+        let mut replaced = false;
         let result = (|| -> Result<(), StoreError> {
             let tx = self.conn.transaction()?;
             tx.execute(
@@ -579,17 +678,16 @@ impl Store {
             )?;
             let snapshot = tx.last_insert_rowid();
             {
-                // The last write's keys move over (no copy) where they still match.
-                let mut last = self.order.drain(..);
+                let mut walk = Walk::new(&last, &mut next);
                 for (family, p) in series.points() {
-                    if let Some((id, k)) = last.next().filter(|(_, k)| key_matches(k, &p)) {
-                        order.push((id, k));
+                    if let Some(id) = walk.same_as_last(&p) {
+                        walk.keep();
                         resolved.push((id, p.value, p.counter));
                         continue;
                     }
                     series_key(&mut key, &p);
-                    let (id, k) = if let Some((k, id)) = self.ids.get_key_value(key.as_str()) {
-                        (*id, k.clone())
+                    let id = if let Some(id) = self.ids.get(key.as_str()) {
+                        *id
                     } else {
                         if !self.metrics.contains(p.name) {
                             upsert_metric(&tx, &p, family)?;
@@ -598,12 +696,13 @@ impl Store {
                         let id = series_id(&tx, &p)?;
                         let k: Arc<str> = Arc::from(key.as_str());
                         self.ids.insert(k.clone(), id);
-                        new_keys.push(k.clone());
-                        (id, k)
+                        new_keys.push(k);
+                        id
                     };
-                    order.push((id, k));
+                    walk.put(id, &key);
                     resolved.push((id, p.value, p.counter));
                 }
+                replaced = walk.finish();
             }
             // In id order, one value per series (the last, should a name come twice).
             values.extend(resolved.iter().rev().map(|r| (r.0, r.1)));
@@ -621,7 +720,14 @@ impl Store {
             }
             return Err(e);
         }
-        self.scratch.order = std::mem::replace(&mut self.order, order);
+        self.order = if replaced {
+            // Kept until the points change again: no room to spare.
+            next.keys.shrink_to_fit();
+            next.ends.shrink_to_fit();
+            next
+        } else {
+            last
+        };
         self.metrics.extend(new_metrics);
         stats.samples = resolved.len();
         stats.new_series = new_keys.len();

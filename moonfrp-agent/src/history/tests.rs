@@ -1031,3 +1031,53 @@ fn chunks_of_version_3_are_moved_into_blocks() {
         assert!(new.last().unwrap().0 > old.last().unwrap().0, "series {id}");
     }
 }
+
+/// Series that come and go between writes — inserted in the middle, removed, the list shorter
+/// and longer — each keep their own points: every write is compared position by position with
+/// the one before, so each of these shapes takes another path through that comparison.
+#[test]
+fn series_that_come_and_go_keep_their_own_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path(), settings(), T0 - 1_000).unwrap();
+    let shapes: [&[&'static str]; 7] = [
+        &["a", "b", "c", "d"],
+        &["a", "b", "c", "d"],
+        &["a", "x", "b", "c", "d"],
+        &["a", "b", "d"],
+        &["a", "b"],
+        &["a", "b", "c", "d", "e"],
+        &["a", "b", "c", "d", "e"],
+    ];
+    let mut written = Written::new();
+    for (i, tunnels) in shapes.iter().enumerate() {
+        let ts = T0 + i as i64 * MIN;
+        let mut b = Builder::default();
+        b.gauges(
+            "g",
+            "A gauge.",
+            None,
+            tunnels.iter().map(|t| {
+                // A value that says which write and which tunnel.
+                let v = i as i64 * 100 + i64::from(t.as_bytes()[0]);
+                ([("tunnel", *t)], v)
+            }),
+        );
+        let series = b.build();
+        store.write(ts, &series).unwrap();
+        record(&mut written, &series, ts, T0 - 1_000);
+    }
+    drop(store);
+    let conn = connect(&dir);
+    let now = T0 + 6 * MIN;
+    for t in ["a", "b", "c", "d", "e", "x"] {
+        let (req, _) =
+            Request::from_query(&format!("metric=g&tunnel={t}&from=now-1h"), now).unwrap();
+        let got = query::run(&conn, &settings(), &req, now).unwrap();
+        assert_eq!(got.series.len(), 1, "{t}");
+        let want: Vec<(f64, f64)> = written[&format!("g{{tunnel=\"{t}\"}}")]
+            .iter()
+            .map(|(ts, v, _)| (*ts as f64 / 1000.0, *v))
+            .collect();
+        assert_eq!(got.series[0].samples, want, "{t}");
+    }
+}
