@@ -157,25 +157,24 @@ impl KernelMaps {
             return None;
         }
         let read = || -> std::io::Result<Slots> {
+            if end == 0 {
+                return Ok(Slots::default());
+            }
             let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-            let traffic = self.traffic.map().fd().as_fd();
-            let tcp = self.tcp.map().fd().as_fd();
-            let sum = |chunk: &[TcpCounters]| {
-                chunk
-                    .iter()
-                    .fold(TcpCounters::default(), TcpCounters::merged)
-            };
+            let traffic =
+                percpu_array_batch::<TrafficCounters>(self.traffic.map().fd().as_fd(), end, cpus)?;
+            let tcp = percpu_array_batch::<TcpCounters>(self.tcp.map().fd().as_fd(), end, cpus)?;
             Ok(Slots {
-                traffic: percpu_array_batch::<TrafficCounters>(traffic, end, cpus)?
+                traffic: traffic
                     .chunks(cpus)
                     .map(|c| {
                         c.iter()
                             .fold(TrafficCounters::default(), TrafficCounters::merged)
                     })
                     .collect(),
-                tcp: percpu_array_batch::<TcpCounters>(tcp, end, cpus)?
+                tcp: tcp
                     .chunks(cpus)
-                    .map(sum)
+                    .map(|c| c.iter().fold(TcpCounters::default(), TcpCounters::merged))
                     .collect(),
             })
         };
