@@ -650,12 +650,14 @@ impl Store {
     pub fn write(&mut self, ts_ms: i64, series: &Series) -> Result<WriteStats, StoreError> {
         let mut stats = WriteStats::default();
         let mut new_keys: Vec<Arc<str>> = Vec::new();
-        // The buffers of the last write, emptied (a snapshot's size each: allocated anew every
-        // interval they cost page faults).
+        // Put back after a successful write; an error leaves no order (the next write looks
+        // every key up).
         let last = std::mem::take(&mut self.order);
         // Written only when the points differ from the last write's (rare: a tunnel added, a
         // label value changed); not kept, to hold one copy of the keys.
         let mut next = Order::default();
+        // The buffers of the last write, emptied (a snapshot's size each: allocated anew every
+        // interval they cost page faults).
         let mut resolved = std::mem::take(&mut self.scratch.resolved);
         let mut values = std::mem::take(&mut self.scratch.values);
         resolved.clear();
