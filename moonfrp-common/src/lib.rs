@@ -17,6 +17,9 @@ pub mod names {
     pub const CONN_START: &str = "CONN_START";
     /// `LruPerCpuHashMap<PeerKey, PeerCounters>`: traffic per (watched port, remote address).
     pub const PEERS: &str = "PEERS";
+    /// `PerCpuArray<PeerCache>` indexed by slot: each slot's current peer, counted here before
+    /// [`PEERS`] (see [`super::PeerCache`]).
+    pub const PEER_CACHE: &str = "PEER_CACHE";
     /// Global [`super::TracepointLayout`], set at load time from tracefs `format` files.
     pub const LAYOUT: &str = "LAYOUT";
     /// Global `u32`: 1 to count peers in [`PEERS`], 0 to skip it (set at load time).
@@ -46,7 +49,7 @@ pub const DEFAULT_TRACKED_CONNECTIONS: u32 = 65_536;
 /// Version of what the kernel maps hold (their types, sizes and meaning). Maps pinned by an
 /// agent of another version are replaced, not reused: bump it with any change to a map's
 /// definition or to what a program writes into it.
-pub const PIN_LAYOUT: u32 = 1;
+pub const PIN_LAYOUT: u32 = 2;
 
 /// Default capacity of the peer table (LRU: the least recently seen peers make room).
 pub const DEFAULT_PEERS: u32 = 16_384;
@@ -84,6 +87,56 @@ impl PeerCounters {
         }
         self.syns = self.syns.wrapping_add(o.syns);
         self
+    }
+}
+
+/// Per slot and CPU, the peer the slot's last packets came from or went to, counted here instead
+/// of in the peer table: a packet of that peer costs no hash lookup. The program moves
+/// (flushes) the counters into the table every [`PEER_CACHE_FLUSH`] packets, which also keeps the
+/// peer's table entry recently used. A packet of another peer is counted in the table, unless it
+/// is the [`PEER_CACHE_MISSES`]th in a row: then the entry is flushed and taken by that peer. A
+/// peer's total is its table entry plus every cache entry holding its key.
+///
+/// `flushes` is a sequence count for readers: odd while a flush is under way, +2 per flush. A
+/// reader that sees the same even count before and after reading the table entry and the cache
+/// has a consistent pair (nothing moved between the two in the meantime).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerCache {
+    /// The cached peer; `family` 0 while the entry is empty.
+    pub key: PeerKey,
+    /// Packets counted in `counters` since the last flush.
+    pub pending: u32,
+    /// Packets in a row of other peers since the last packet of this one.
+    pub misses: u32,
+    _pad: u32,
+    pub counters: PeerCounters,
+    /// After `counters`, so that a copy of the entry (which reads in address order) reads the
+    /// count after the counters.
+    pub flushes: u64,
+}
+
+/// Packets a [`PeerCache`] entry counts before moving them into the peer table.
+pub const PEER_CACHE_FLUSH: u32 = 64;
+/// The packet of another peer, in a row, that makes a [`PeerCache`] entry change hands.
+pub const PEER_CACHE_MISSES: u32 = 4;
+
+impl PeerCounters {
+    /// Adds one packet (`segs` segments, `wire` IP-layer and `payload` transport bytes) in
+    /// direction `dir`; `syn` for a connection attempt.
+    #[inline(always)]
+    pub fn add_packet(&mut self, dir: usize, wire: u64, payload: u64, segs: u64, syn: bool) {
+        let d = &mut self.dir[dir & 1];
+        d.bytes = d.bytes.wrapping_add(wire);
+        d.payload_bytes = d.payload_bytes.wrapping_add(payload);
+        d.packets = d.packets.wrapping_add(segs);
+        self.syns = self.syns.wrapping_add(u64::from(syn));
+    }
+
+    /// Adds `o` in place (the kernel's flush of a cache entry).
+    #[inline(always)]
+    pub fn add(&mut self, o: &Self) {
+        *self = self.merged(o);
     }
 }
 
@@ -394,10 +447,13 @@ mod pod {
     // SAFETY: as above: plain repr(C) integers and byte arrays, no padding.
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::PeerCounters {}
+    unsafe impl aya::Pod for super::PeerCache {}
 
     const _: () = assert!(size_of::<super::TrafficCounters>() == 6 * 8);
     const _: () = assert!(size_of::<super::TcpCounters>() == (8 + super::DURATION_BUCKETS) * 8);
     const _: () = assert!(size_of::<super::TracepointLayout>() == 19 * 4);
+    const _: () = assert!(size_of::<super::PeerKey>() == 20);
+    const _: () = assert!(size_of::<super::PeerCache>() == 20 + 3 * 4 + 8 + 7 * 8);
     const _: () = assert!(super::SockStateRecord::matches(
         &super::TracepointLayout::DEFAULT
     ));

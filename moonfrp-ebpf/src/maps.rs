@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use moonfrp_common::{
-    DEFAULT_PEERS, DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, PeerCounters, PeerKey, Proto,
-    TcpCounters, TracepointLayout, TrafficCounters, WATCH_ENTRIES, WatchEntry,
+    DEFAULT_PEERS, DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, PeerCache, PeerCounters, PeerKey,
+    Proto, TcpCounters, TracepointLayout, TrafficCounters, WATCH_ENTRIES, WatchEntry,
 };
 
 /// Local port → [`WatchEntry`]; written by the agent at run time.
@@ -30,6 +30,11 @@ pub static CONN_START: LruHashMap<u64, u64> =
 #[map(name = "PEERS")]
 pub static PEERS: LruPerCpuHashMap<PeerKey, PeerCounters> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_PEERS, 0);
+
+/// Per slot, this CPU's current peer, counted before PEERS (the agent resizes this at load time
+/// with the other per-slot maps).
+#[map(name = "PEER_CACHE")]
+pub static PEER_CACHE: PerCpuArray<PeerCache> = PerCpuArray::with_max_entries(DEFAULT_SLOTS, 0);
 
 /// 1: count peers in PEERS; 0: skip it (`kernel.peers = 0`). Set by the agent at load time.
 #[unsafe(no_mangle)]

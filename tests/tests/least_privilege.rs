@@ -172,8 +172,14 @@ fn the_unit_capabilities_are_enough_as_an_unprivileged_user() {
     assert_eq!(m.get("moonfrp_history_up", &[]), Some(1.0));
     let (status, _, body) = http_get(agent.addr, "/api/v1/status", None).unwrap();
     assert_eq!(status, 200, "{body}");
-    // Its pins, in its own mount namespace.
-    let pinned = PathBuf::from(format!("/proc/{}/root{pins}/v1/maps/TRAFFIC", agent.pid()));
+    // Its pins, in its own mount namespace (under its layout's `v<N>` directory).
+    let root = PathBuf::from(format!("/proc/{}/root{pins}", agent.pid()));
+    let pinned = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .flatten()
+        .map(|e| e.path().join("maps/TRAFFIC"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| root.join("v?/maps/TRAFFIC"));
     assert!(pinned.exists(), "{} missing", pinned.display());
 }
 

@@ -1,12 +1,18 @@
 //! Per-port peers: three clients (127.0.0.2–4) ranked with exact payload bytes, an ad-hoc port
-//! watched only while `inspect` looks at it, and the peer table staying within its bound when
-//! 100,000 distinct peers send.
+//! watched only while `inspect` looks at it, the peer table staying within its bound when
+//! 100,000 distinct peers send, and a busy peer's counts (kept in front of the table, moved into
+//! it while being read) never going backwards.
 use std::{
+    collections::HashMap,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
     os::fd::FromRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use moonfrp_tests::{Agent, AgentCmd, free_port, http_get, poll};
@@ -235,6 +241,112 @@ fn the_peer_table_stays_within_its_bound_with_100k_peers() {
     assert_eq!(
         m.get("moonfrp_agent_bpf_map_max_entries", &[("map", "PEERS")]),
         Some(1024.0)
+    );
+}
+
+#[test]
+fn a_busy_peers_bytes_never_go_backwards_while_they_move_into_the_table() {
+    // 127.0.0.6 floods a UDP port; 127.0.0.7 cuts in with 5 datagrams after every 200: the slot's
+    // cache entry changes hands both ways (its counts moved into the table each time), and every
+    // 64 datagrams of the flood are moved there too, all while the API is read as fast as it
+    // answers. A read that missed an amount in flight would show a peer's bytes going down.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("moonfrp.toml");
+    std::fs::write(
+        &config,
+        format!("[[tunnels]]\nname = \"flood\"\nport = {port}\nproto = \"udp\"\n"),
+    )
+    .unwrap();
+    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()]).start();
+    let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while !stop.load(Ordering::Relaxed) {
+                let _ = rx.recv(&mut buf);
+            }
+        })
+    };
+    let reader = {
+        let (stop, addr) = (Arc::clone(&stop), agent.addr);
+        thread::spawn(move || {
+            let mut last: HashMap<String, (u64, u64)> = HashMap::new();
+            let (mut reads, mut backwards) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let (status, _, body) =
+                    http_get(addr, "/api/v1/tunnels/flood/peers", None).unwrap();
+                assert_eq!(status, 200, "{body}");
+                let d: Value = serde_json::from_str(&body).unwrap();
+                for p in d["data"]["peers"].as_array().unwrap() {
+                    let now = (
+                        p["receive_bytes"].as_u64().unwrap(),
+                        p["packets"].as_u64().unwrap(),
+                    );
+                    let addr = p["address"].as_str().unwrap().to_owned();
+                    let before = last.insert(addr.clone(), now).unwrap_or_default();
+                    if now.0 < before.0 || now.1 < before.1 {
+                        backwards.push(format!("{addr}: {before:?} -> {now:?}"));
+                    }
+                }
+                reads += 1;
+            }
+            (reads, backwards)
+        })
+    };
+    let a = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 6), 0)).unwrap();
+    let b = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 7), 0)).unwrap();
+    let payload = [7u8; 100];
+    let (mut na, mut nb) = (0u64, 0u64);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        for _ in 0..200 {
+            a.send_to(&payload, (Ipv4Addr::LOCALHOST, port)).unwrap();
+        }
+        for _ in 0..5 {
+            b.send_to(&payload, (Ipv4Addr::LOCALHOST, port)).unwrap();
+        }
+        (na, nb) = (na + 200, nb + 5);
+    }
+    // Let the reader see the last amounts move before it stops.
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (reads, backwards) = reader.join().unwrap();
+    drain.join().unwrap();
+    assert!(
+        backwards.is_empty(),
+        "{} of {reads} reads went backwards: {backwards:?}",
+        backwards.len()
+    );
+    assert!(
+        reads >= 20,
+        "only {reads} reads of the API during the flood"
+    );
+    // Exact at the end: each datagram once, wherever it was counted.
+    let d = peers(&agent, "/api/v1/tunnels/flood/peers");
+    let got: Vec<(String, u64, u64)> = d["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["address"].as_str().unwrap().to_owned(),
+                p["receive_payload_bytes"].as_u64().unwrap(),
+                p["packets"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("127.0.0.6".to_owned(), na * 100, na),
+            ("127.0.0.7".to_owned(), nb * 100, nb)
+        ],
+        "{reads} reads during the flood"
     );
 }
 

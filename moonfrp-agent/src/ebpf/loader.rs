@@ -209,6 +209,7 @@ pub fn load(
         .override_global(names::PEER_TRACKING, &u32::from(cfg.peers > 0), true)
         .map_max_entries(names::TRAFFIC, cfg.slots)
         .map_max_entries(names::TCP_STATS, cfg.slots)
+        .map_max_entries(names::PEER_CACHE, cfg.slots)
         .map_max_entries(names::CONN_START, cfg.tracked_connections)
         .map_max_entries(names::PEERS, cfg.peers.max(1))
         .load(OBJECT)?;
@@ -454,6 +455,7 @@ mod tests {
             names::TCP_STATS,
             names::CONN_START,
             names::PEERS,
+            names::PEER_CACHE,
         ] {
             assert!(obj.maps.contains_key(map), "map {map} missing");
         }

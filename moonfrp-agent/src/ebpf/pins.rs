@@ -14,7 +14,9 @@ use std::{
 };
 
 use aya::maps::{MapInfo, MapType};
-use moonfrp_common::{PIN_LAYOUT, PeerCounters, PeerKey, TcpCounters, TrafficCounters, names};
+use moonfrp_common::{
+    PIN_LAYOUT, PeerCache, PeerCounters, PeerKey, TcpCounters, TrafficCounters, names,
+};
 use tracing::{info, warn};
 
 use super::{KernelConfig, syscall::sys_bpf};
@@ -36,7 +38,7 @@ const fn size<T>() -> u32 {
 }
 
 /// The maps the loader pins, with the shape this configuration gives them.
-pub fn shapes(cfg: &KernelConfig) -> [MapShape; 5] {
+pub fn shapes(cfg: &KernelConfig) -> [MapShape; 6] {
     [
         (
             names::WATCH,
@@ -72,6 +74,13 @@ pub fn shapes(cfg: &KernelConfig) -> [MapShape; 5] {
             size::<PeerKey>(),
             size::<PeerCounters>(),
             cfg.peers.max(1),
+        ),
+        (
+            names::PEER_CACHE,
+            MapType::PerCpuArray,
+            4,
+            size::<PeerCache>(),
+            cfg.slots,
         ),
     ]
 }

@@ -5,9 +5,12 @@
 //! are in the skb's linear part — on every path we know of — and through the load helper
 //! otherwise.
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
-use moonfrp_common::{EGRESS, INGRESS, PeerCounters, PeerKey, Proto, WatchEntry};
+use moonfrp_common::{
+    EGRESS, INGRESS, PEER_CACHE_FLUSH, PEER_CACHE_MISSES, PeerCache, PeerCounters, PeerKey, Proto,
+    WatchEntry,
+};
 
-use crate::maps::{PEERS, TRAFFIC, WATCH};
+use crate::maps::{PEER_CACHE, PEERS, TRAFFIC, WATCH};
 
 /// Every cgroup_skb program must let the packet through: 1 = allow.
 const PASS: i32 = 1;
@@ -190,25 +193,83 @@ fn try_count(ctx: &SkBuffContext, dir: usize) -> Option<()> {
     if !crate::maps::peer_tracking() {
         return Some(());
     }
-    let Some(key) = peer_key(ctx, lin, port, &h, dir) else {
-        return Some(());
-    };
-    let add = |c: &mut PeerCounters| {
-        let d = &mut c.dir[dir & 1];
-        d.bytes += wire;
-        d.payload_bytes += u64::from(payload);
-        d.packets += u64::from(segs);
-        c.syns += u64::from(h.syn);
-    };
-    if let Some(c) = PEERS.get_ptr_mut(&key) {
-        // SAFETY: this CPU's value of an entry that exists; LRU may evict it later, not now.
-        unsafe { add(&mut *c) };
-    } else {
-        let mut c = PeerCounters::default();
-        add(&mut c);
-        let _ = PEERS.insert(&key, &c, 0);
-    }
+    let key = peer_key(ctx, lin, port, &h, dir)?;
+    count_peer(
+        slot,
+        &key,
+        dir,
+        wire,
+        u64::from(payload),
+        u64::from(segs),
+        h.syn,
+    );
     Some(())
+}
+
+/// Counts one packet for its peer: in the slot's cache entry when it holds that peer (no hash
+/// lookup), else in the peer table; see [`moonfrp_common::PeerCache`] for when the entry is
+/// flushed into the table or changes hands.
+#[inline(always)]
+fn count_peer(slot: u32, key: &PeerKey, dir: usize, wire: u64, payload: u64, segs: u64, syn: bool) {
+    let Some(c) = PEER_CACHE.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: this CPU's entry of the slot; programs on one CPU do not run concurrently on it.
+    let c = unsafe { &mut *c };
+    if same_peer(&c.key, key) {
+        c.misses = 0;
+    } else if c.key.family == 0 {
+        c.key = *key;
+    } else if c.misses + 1 < PEER_CACHE_MISSES {
+        c.misses += 1;
+        let mut one = PeerCounters::default();
+        one.add_packet(dir, wire, payload, segs, syn);
+        add_to_table(key, &one);
+        return;
+    } else {
+        flush(c);
+        c.key = *key;
+        c.misses = 0;
+    }
+    c.counters.add_packet(dir, wire, payload, segs, syn);
+    c.pending += 1;
+    if c.pending >= PEER_CACHE_FLUSH {
+        flush(c);
+    }
+}
+
+/// Moves a cache entry's counters into the peer table (sequence count odd meanwhile).
+#[inline(always)]
+fn flush(c: &mut PeerCache) {
+    c.flushes += 1;
+    add_to_table(&c.key, &c.counters);
+    c.counters = PeerCounters::default();
+    c.pending = 0;
+    c.flushes += 1;
+}
+
+#[inline(always)]
+fn add_to_table(key: &PeerKey, add: &PeerCounters) {
+    if let Some(c) = PEERS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of an entry that exists; LRU may evict it later, not now.
+        unsafe { (*c).add(add) };
+    } else {
+        let _ = PEERS.insert(key, add, 0);
+    }
+}
+
+/// Key equality as five 32-bit compares (a byte-wise compare would be a call the BPF target
+/// does not have).
+#[inline(always)]
+fn same_peer(a: &PeerKey, b: &PeerKey) -> bool {
+    // SAFETY: PeerKey is 20 bytes of plain integers (checked in moonfrp-common).
+    let (a, b) = unsafe {
+        (
+            core::mem::transmute::<PeerKey, [u32; 5]>(*a),
+            core::mem::transmute::<PeerKey, [u32; 5]>(*b),
+        )
+    };
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
 }
 
 /// The (port, remote address) key of the peer table. The remote address comes from the IP

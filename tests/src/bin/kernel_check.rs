@@ -140,6 +140,19 @@ fn history_max(csv: &str) -> Option<f64> {
         .reduce(f64::max)
 }
 
+/// The payload bytes the agent's peer view says `tunnel` received from 127.0.0.1 (its table entry
+/// plus its cache entries: the UDP transfer stays in the cache, the TCP one is moved into the
+/// table every 64 packets).
+fn peer_payload(agent: &str, tunnel: &str) -> Option<f64> {
+    let body = get(agent, &format!("/api/v1/tunnels/{tunnel}/peers")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["data"]["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["address"] == "127.0.0.1")?["receive_payload_bytes"]
+        .as_f64()
+}
+
 /// Prints the verdicts; whether all hold.
 fn report(checks: Vec<Check>, off: f64) -> bool {
     let mut ok = true;
@@ -333,6 +346,13 @@ fn everything(agent: &str, no_drop_reasons: bool) -> (Vec<Check>, String) {
             resets
                 .then(|| value(&after, &format!("moonfrp_tunnel_{metric}_total"), "resets"))
                 .flatten(),
+        ));
+    }
+    for (tunnel, bytes) in [("tcp4", TCP_BYTES), ("udp4", DATAGRAMS * DATAGRAM)] {
+        checks.push((
+            format!("peer_{tunnel}_receive_payload_bytes"),
+            bytes as f64,
+            peer_payload(agent, tunnel),
         ));
     }
     checks.push((
