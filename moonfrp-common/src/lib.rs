@@ -93,9 +93,12 @@ impl PeerCounters {
 /// Per slot and CPU, the peer the slot's last packets came from or went to, counted here instead
 /// of in the peer table: a packet of that peer costs no hash lookup. The program moves
 /// (flushes) the counters into the table every [`PEER_CACHE_FLUSH`] packets, which also keeps the
-/// peer's table entry recently used. A packet of another peer is counted in the table, unless it
-/// is the [`PEER_CACHE_MISSES`]th in a row: then the entry is flushed and taken by that peer. A
-/// peer's total is its table entry plus every cache entry holding its key.
+/// peer's table entry recently used. A packet of another peer is counted in the table, unless at
+/// least [`PEER_CACHE_MISSES`] packets of other peers came in a row and this one's peer also sent
+/// the one before it, or [`PEER_CACHE_STALE`] came in a row: then the entry is flushed and taken
+/// by that peer (a new bulk flow takes it over; packets of many peers taking turns leave it where
+/// it is, but not for ever). A peer's total is its table entry plus every cache entry holding its
+/// key.
 ///
 /// `flushes` is a sequence count for readers: odd while a flush is under way, +2 per flush. A
 /// reader that sees the same even count before and after reading the table entry and the cache
@@ -109,7 +112,9 @@ pub struct PeerCache {
     pub pending: u32,
     /// Packets in a row of other peers since the last packet of this one.
     pub misses: u32,
-    _pad: u32,
+    /// Fingerprint of the last other peer's address: the entry changes hands only to a peer whose
+    /// two last packets came in a row (not to every passer-by of a many-peer port).
+    pub other: u32,
     pub counters: PeerCounters,
     /// After `counters`, so that a copy of the entry (which reads in address order) reads the
     /// count after the counters.
@@ -118,8 +123,11 @@ pub struct PeerCache {
 
 /// Packets a [`PeerCache`] entry counts before moving them into the peer table.
 pub const PEER_CACHE_FLUSH: u32 = 64;
-/// The packet of another peer, in a row, that makes a [`PeerCache`] entry change hands.
-pub const PEER_CACHE_MISSES: u32 = 4;
+/// Packets of other peers in a row after which a [`PeerCache`] entry changes hands anyway (its
+/// peer has gone quiet; keeps a one-off sender from holding it on a port of many peers).
+pub const PEER_CACHE_STALE: u32 = 1_024;
+/// Packets of other peers in a row before a [`PeerCache`] entry may change hands.
+pub const PEER_CACHE_MISSES: u32 = 16;
 
 impl PeerCounters {
     /// Adds one packet (`segs` segments, `wire` IP-layer and `payload` transport bytes) in
@@ -453,6 +461,7 @@ mod pod {
     const _: () = assert!(size_of::<super::TcpCounters>() == (8 + super::DURATION_BUCKETS) * 8);
     const _: () = assert!(size_of::<super::TracepointLayout>() == 19 * 4);
     const _: () = assert!(size_of::<super::PeerKey>() == 20);
+    const _: () = assert!(core::mem::offset_of!(super::PeerCache, counters) == 32);
     const _: () = assert!(size_of::<super::PeerCache>() == 20 + 3 * 4 + 8 + 7 * 8);
     const _: () = assert!(super::SockStateRecord::matches(
         &super::TracepointLayout::DEFAULT

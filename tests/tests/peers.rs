@@ -128,7 +128,10 @@ fn three_peers_ranked_with_exact_payload_bytes() {
         assert_eq!(p["transmit_payload_bytes"], 0, "{p}");
     }
     assert_eq!(d["tunnel"], "web");
-    assert_eq!(d["table"]["entries"], 3);
+    assert_eq!(d["peers_total"], 3);
+    // The table's own entries: a peer may still be only in a CPU's cache entry of the tunnel.
+    let entries = d["table"]["entries"].as_u64().unwrap();
+    assert!((1..=3).contains(&entries), "{entries} table entries");
     // Peers never reach /metrics.
     let m = agent.metrics();
     assert!(m.with_label("peer", "127.0.0.2").is_empty());
@@ -246,10 +249,11 @@ fn the_peer_table_stays_within_its_bound_with_100k_peers() {
 
 #[test]
 fn a_busy_peers_bytes_never_go_backwards_while_they_move_into_the_table() {
-    // 127.0.0.6 floods a UDP port; 127.0.0.7 cuts in with 5 datagrams after every 200: the slot's
-    // cache entry changes hands both ways (its counts moved into the table each time), and every
-    // 64 datagrams of the flood are moved there too, all while the API is read as fast as it
-    // answers. A read that missed an amount in flight would show a peer's bytes going down.
+    // 127.0.0.6 floods a UDP port; 127.0.0.7 cuts in with 20 datagrams after every 200: the
+    // slot's cache entry changes hands both ways (16 of another peer's in a row take it, its
+    // counts moved into the table each time), and every 64 datagrams of the flood are moved there
+    // too, all while the API is read as fast as it answers. A read that missed an amount in
+    // flight would show a peer's bytes going down.
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("moonfrp.toml");
@@ -307,10 +311,10 @@ fn a_busy_peers_bytes_never_go_backwards_while_they_move_into_the_table() {
         for _ in 0..200 {
             a.send_to(&payload, (Ipv4Addr::LOCALHOST, port)).unwrap();
         }
-        for _ in 0..5 {
+        for _ in 0..20 {
             b.send_to(&payload, (Ipv4Addr::LOCALHOST, port)).unwrap();
         }
-        (na, nb) = (na + 200, nb + 5);
+        (na, nb) = (na + 200, nb + 20);
     }
     // Let the reader see the last amounts move before it stops.
     thread::sleep(Duration::from_millis(300));

@@ -6,8 +6,8 @@
 //! otherwise.
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 use moonfrp_common::{
-    EGRESS, INGRESS, PEER_CACHE_FLUSH, PEER_CACHE_MISSES, PeerCache, PeerCounters, PeerKey, Proto,
-    WatchEntry,
+    EGRESS, INGRESS, PEER_CACHE_FLUSH, PEER_CACHE_MISSES, PEER_CACHE_STALE, PeerCache,
+    PeerCounters, PeerKey, Proto, WatchEntry,
 };
 
 use crate::maps::{PEER_CACHE, PEERS, TRAFFIC, WATCH};
@@ -216,19 +216,31 @@ fn count_peer(slot: u32, key: &PeerKey, dir: usize, wire: u64, payload: u64, seg
     };
     // SAFETY: this CPU's entry of the slot; programs on one CPU do not run concurrently on it.
     let c = unsafe { &mut *c };
-    if same_peer(&c.key, key) {
+    if !same_peer(&c.key, key) {
+        let held = c.key.family != 0;
+        let other = fingerprint(key);
+        let takes = c.misses + 1 >= PEER_CACHE_STALE
+            || (c.misses + 1 >= PEER_CACHE_MISSES && c.other == other);
+        if held && !takes {
+            // Another peer's packet: the table, as without the cache.
+            c.misses = c.misses.saturating_add(1);
+            c.other = other;
+            if let Some(t) = PEERS.get_ptr_mut(key) {
+                // SAFETY: this CPU's value of an entry that exists; LRU may evict it later, not now.
+                unsafe { (*t).add_packet(dir, wire, payload, segs, syn) };
+            } else {
+                let mut one = PeerCounters::default();
+                one.add_packet(dir, wire, payload, segs, syn);
+                let _ = PEERS.insert(key, &one, 0);
+            }
+            return;
+        }
+        if held {
+            flush(c);
+        }
+        c.key = *key;
         c.misses = 0;
-    } else if c.key.family == 0 {
-        c.key = *key;
-    } else if c.misses + 1 < PEER_CACHE_MISSES {
-        c.misses += 1;
-        let mut one = PeerCounters::default();
-        one.add_packet(dir, wire, payload, segs, syn);
-        add_to_table(key, &one);
-        return;
-    } else {
-        flush(c);
-        c.key = *key;
+    } else if c.misses != 0 {
         c.misses = 0;
     }
     c.counters.add_packet(dir, wire, payload, segs, syn);
@@ -256,6 +268,14 @@ fn add_to_table(key: &PeerKey, add: &PeerCounters) {
     } else {
         let _ = PEERS.insert(key, add, 0);
     }
+}
+
+/// The address words of a key folded into one (equal keys, equal fingerprints).
+#[inline(always)]
+fn fingerprint(k: &PeerKey) -> u32 {
+    // SAFETY: as in `same_peer`.
+    let w = unsafe { core::mem::transmute::<PeerKey, [u32; 5]>(*k) };
+    w[1] ^ w[2] ^ w[3] ^ w[4]
 }
 
 /// Key equality as five 32-bit compares (a byte-wise compare would be a call the BPF target
