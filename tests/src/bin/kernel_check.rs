@@ -153,6 +153,28 @@ fn peer_payload(agent: &str, tunnel: &str) -> Option<f64> {
         .as_f64()
 }
 
+/// What the history and peers APIs say of the transfers.
+fn api_checks(agent: &str) -> Vec<Check> {
+    let history = get(
+        agent,
+        "/api/v1/history?metric=moonfrp_tunnel_receive_payload_bytes_total&tunnel=tcp4&since=10m&format=csv",
+    )
+    .unwrap_or_default();
+    let mut checks = vec![(
+        "history_tcp4_receive_payload_bytes".into(),
+        TCP_BYTES as f64,
+        history_max(&history),
+    )];
+    for (tunnel, bytes) in [("tcp4", TCP_BYTES), ("udp4", DATAGRAMS * DATAGRAM)] {
+        checks.push((
+            format!("peer_{tunnel}_receive_payload_bytes"),
+            bytes as f64,
+            peer_payload(agent, tunnel),
+        ));
+    }
+    checks
+}
+
 /// Prints the verdicts; whether all hold.
 fn report(checks: Vec<Check>, off: f64) -> bool {
     let mut ok = true;
@@ -294,11 +316,6 @@ fn everything(agent: &str, no_drop_reasons: bool) -> (Vec<Check>, String) {
     drop(held);
     thread::sleep(Duration::from_millis(2500));
     let after = get(agent, "/metrics").unwrap_or_default();
-    let history = get(
-        agent,
-        "/api/v1/history?metric=moonfrp_tunnel_receive_payload_bytes_total&tunnel=tcp4&since=10m&format=csv",
-    )
-    .unwrap_or_default();
 
     let mut checks: Vec<Check> = Vec::new();
     for (name, result) in sent.drain(..) {
@@ -348,18 +365,7 @@ fn everything(agent: &str, no_drop_reasons: bool) -> (Vec<Check>, String) {
                 .flatten(),
         ));
     }
-    for (tunnel, bytes) in [("tcp4", TCP_BYTES), ("udp4", DATAGRAMS * DATAGRAM)] {
-        checks.push((
-            format!("peer_{tunnel}_receive_payload_bytes"),
-            bytes as f64,
-            peer_payload(agent, tunnel),
-        ));
-    }
-    checks.push((
-        "history_tcp4_receive_payload_bytes".into(),
-        TCP_BYTES as f64,
-        history_max(&history),
-    ));
+    checks.extend(api_checks(agent));
     let probes = probes(&after);
     checks.push((
         "probes_attached".into(),
