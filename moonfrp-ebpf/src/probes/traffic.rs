@@ -6,7 +6,7 @@
 //! otherwise.
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 use moonfrp_common::{
-    EGRESS, INGRESS, PEER_CACHE_FLUSH, PEER_CACHE_MISSES, PEER_CACHE_STALE, PeerCache,
+    DirCounters, EGRESS, INGRESS, PEER_CACHE_FLUSH, PEER_CACHE_MISSES, PEER_CACHE_STALE, PeerCache,
     PeerCounters, PeerKey, Proto, WatchEntry,
 };
 
@@ -229,9 +229,7 @@ fn count_peer(slot: u32, key: &PeerKey, dir: usize, wire: u64, payload: u64, seg
                 // SAFETY: this CPU's value of an entry that exists; LRU may evict it later, not now.
                 unsafe { (*t).add_packet(dir, wire, payload, segs, syn) };
             } else {
-                let mut one = PeerCounters::default();
-                one.add_packet(dir, wire, payload, segs, syn);
-                let _ = PEERS.insert(key, &one, 0);
+                let _ = PEERS.insert(key, &one_packet(dir, wire, payload, segs, syn), 0);
             }
             return;
         }
@@ -253,11 +251,58 @@ fn count_peer(slot: u32, key: &PeerKey, dir: usize, wire: u64, payload: u64, seg
 /// Moves a cache entry's counters into the peer table (sequence count odd meanwhile).
 #[inline(always)]
 fn flush(c: &mut PeerCache) {
-    c.flushes += 1;
+    bump(&mut c.flushes);
     add_to_table(&c.key, &c.counters);
-    c.counters = PeerCounters::default();
+    clear(&mut c.counters);
     c.pending = 0;
-    c.flushes += 1;
+    bump(&mut c.flushes);
+}
+
+/// Adds one to the sequence count, volatile: the compiler keeps it in order with the volatile
+/// stores of [`clear`] (a reader must not see the count even while the moved amount is still
+/// in the entry).
+#[inline(always)]
+fn bump(n: &mut u64) {
+    // SAFETY: a reference to a field of this CPU's entry.
+    unsafe { core::ptr::write_volatile(n, core::ptr::read_volatile(n) + 1) };
+}
+
+/// Zeroes counters field by field (volatile, so the stores are not merged into a byte-wise
+/// memset call).
+#[inline(always)]
+fn clear(c: &mut PeerCounters) {
+    // SAFETY: writes through references to fields of `c`.
+    unsafe {
+        for d in &mut c.dir {
+            core::ptr::write_volatile(&raw mut d.bytes, 0);
+            core::ptr::write_volatile(&raw mut d.payload_bytes, 0);
+            core::ptr::write_volatile(&raw mut d.packets, 0);
+        }
+        core::ptr::write_volatile(&raw mut c.syns, 0);
+    }
+}
+
+/// Counters of one packet.
+#[inline(always)]
+fn one_packet(dir: usize, wire: u64, payload: u64, segs: u64, syn: bool) -> PeerCounters {
+    let d = DirCounters {
+        bytes: wire,
+        payload_bytes: payload,
+        packets: segs,
+    };
+    let zero = DirCounters {
+        bytes: 0,
+        payload_bytes: 0,
+        packets: 0,
+    };
+    PeerCounters {
+        dir: if dir & 1 == INGRESS {
+            [d, zero]
+        } else {
+            [zero, d]
+        },
+        syns: u64::from(syn),
+    }
 }
 
 #[inline(always)]
@@ -304,31 +349,37 @@ fn peer_key(
     dir: usize,
 ) -> Option<PeerKey> {
     let Linear { data, end } = lin;
-    let mut key = PeerKey {
-        port: port as u16,
-        proto: h.proto as u8,
-        family: if h.v6 { 6 } else { 4 },
-        addr: [0; 16],
-    };
+    // Built as the key's five 32-bit words (port, protocol and family in the first, the address
+    // in the others as its bytes lie in the header): no byte-wise zeroing or copying, which the
+    // BPF target would make a call of.
+    let family: u32 = if h.v6 { 6 } else { 4 };
+    let mut w = [
+        (port & 0xffff) | (u32::from(h.proto as u8) << 16) | (family << 24),
+        0,
+        0,
+        0,
+        0,
+    ];
     let ingress = dir == INGRESS;
     if h.v6 {
         let off = if ingress { 8 } else { 24 };
-        if data + 40 <= end {
-            // SAFETY: the whole IPv6 header is in the linear part (checked above); the address
-            // is 4-byte aligned within it.
-            key.addr = unsafe { core::ptr::read_unaligned((data + off) as *const [u8; 16]) };
+        let a = if data + 40 <= end {
+            // SAFETY: the whole IPv6 header is in the linear part (checked above).
+            unsafe { core::ptr::read_unaligned((data + off) as *const [u32; 4]) }
         } else {
-            key.addr = ctx.load::<[u8; 16]>(off).ok()?;
-        }
+            ctx.load::<[u32; 4]>(off).ok()?
+        };
+        (w[1], w[2], w[3], w[4]) = (a[0], a[1], a[2], a[3]);
     } else {
         let off = if ingress { 12 } else { 16 };
-        let a = if data + 20 <= end {
+        w[1] = if data + 20 <= end {
             // SAFETY: the IPv4 header's fixed part is in the linear part (checked above).
-            unsafe { core::ptr::read_unaligned((data + off) as *const [u8; 4]) }
+            unsafe { core::ptr::read_unaligned((data + off) as *const u32) }
         } else {
-            ctx.load::<[u8; 4]>(off).ok()?
+            ctx.load::<u32>(off).ok()?
         };
-        key.addr[..4].copy_from_slice(&a);
     }
-    Some(key)
+    // SAFETY: PeerKey is 20 bytes of plain integers (checked in moonfrp-common); the first word
+    // is `port`, `proto`, `family` in memory order on this little-endian target.
+    Some(unsafe { core::mem::transmute::<[u32; 5], PeerKey>(w) })
 }

@@ -140,16 +140,16 @@ fn history_max(csv: &str) -> Option<f64> {
         .reduce(f64::max)
 }
 
-/// The payload bytes the agent's peer view says `tunnel` received from 127.0.0.1 (its table entry
+/// The payload bytes the agent's peer view says `tunnel` received from `peer` (its table entry
 /// plus its cache entries: the UDP transfer stays in the cache, the TCP one is moved into the
 /// table every 64 packets).
-fn peer_payload(agent: &str, tunnel: &str) -> Option<f64> {
+fn peer_payload(agent: &str, tunnel: &str, peer: &str) -> Option<f64> {
     let body = get(agent, &format!("/api/v1/tunnels/{tunnel}/peers")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     v["data"]["peers"]
         .as_array()?
         .iter()
-        .find(|p| p["address"] == "127.0.0.1")?["receive_payload_bytes"]
+        .find(|p| p["address"] == peer)?["receive_payload_bytes"]
         .as_f64()
 }
 
@@ -165,11 +165,16 @@ fn api_checks(agent: &str) -> Vec<Check> {
         TCP_BYTES as f64,
         history_max(&history),
     )];
-    for (tunnel, bytes) in [("tcp4", TCP_BYTES), ("udp4", DATAGRAMS * DATAGRAM)] {
+    for (tunnel, bytes, peer) in [
+        ("tcp4", TCP_BYTES, "127.0.0.1"),
+        ("udp4", DATAGRAMS * DATAGRAM, "127.0.0.1"),
+        ("tcp6", TCP_BYTES, "::1"),
+        ("udp6", DATAGRAMS * DATAGRAM, "::1"),
+    ] {
         checks.push((
             format!("peer_{tunnel}_receive_payload_bytes"),
             bytes as f64,
-            peer_payload(agent, tunnel),
+            peer_payload(agent, tunnel, peer),
         ));
     }
     checks
