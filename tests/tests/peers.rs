@@ -95,6 +95,22 @@ fn agent_with_kernel(kernel: &str) -> (tempfile::TempDir, u16, Agent) {
     (dir, port, agent)
 }
 
+/// An agent watching UDP tunnel `name` on a free port, with `[kernel]` settings.
+fn udp_agent(name: &str, kernel: &str) -> (tempfile::TempDir, u16, Agent) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("moonfrp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kernel]\n{kernel}\n[[tunnels]]\nname = \"{name}\"\nport = {port}\nproto = \"udp\"\n"
+        ),
+    )
+    .unwrap();
+    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()]).start();
+    (dir, port, agent)
+}
+
 #[test]
 fn three_peers_ranked_with_exact_payload_bytes() {
     let port = free_port();
@@ -184,17 +200,7 @@ fn an_ad_hoc_port_is_watched_only_while_inspected() {
 
 #[test]
 fn the_peer_table_stays_within_its_bound_with_100k_peers() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("moonfrp.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kernel]\npeers = 1024\n[[tunnels]]\nname = \"dns\"\nport = {port}\nproto = \"udp\"\n"
-        ),
-    )
-    .unwrap();
-    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()]).start();
+    let (_dir, port, agent) = udp_agent("dns", "peers = 1024");
     let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
     rx.set_nonblocking(true).unwrap();
     let mut sent = 0u32;
@@ -254,15 +260,7 @@ fn a_busy_peers_bytes_never_go_backwards_while_they_move_into_the_table() {
     // counts moved into the table each time), and every 64 datagrams of the flood are moved there
     // too, all while the API is read as fast as it answers. A read that missed an amount in
     // flight would show a peer's bytes going down.
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("moonfrp.toml");
-    std::fs::write(
-        &config,
-        format!("[[tunnels]]\nname = \"flood\"\nport = {port}\nproto = \"udp\"\n"),
-    )
-    .unwrap();
-    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()]).start();
+    let (_dir, port, agent) = udp_agent("flood", "");
     let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
