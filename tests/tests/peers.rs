@@ -75,6 +75,22 @@ fn peers(agent: &Agent, path: &str) -> Value {
     serde_json::from_str::<Value>(&body).unwrap()["data"].clone()
 }
 
+/// Each listed peer's (address, receive payload bytes, packets), in the answer's order.
+fn received(d: &Value) -> Vec<(String, u64, u64)> {
+    d["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["address"].as_str().unwrap().to_owned(),
+                p["receive_payload_bytes"].as_u64().unwrap(),
+                p["packets"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 fn inspect(agent: &Agent, args: &[&str]) -> (i32, String, String) {
     let listen = agent.addr.to_string();
     moonfrp_tests::agent_command(&[&["inspect", "--listen", &listen], args].concat())
@@ -121,17 +137,7 @@ fn three_peers_ranked_with_exact_payload_bytes() {
     }
     let d = poll("three peers", moonfrp_tests::TIMEOUT, || {
         let d = peers(&agent, "/api/v1/tunnels/web/peers");
-        let got: Vec<(String, u64)> = d["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["address"].as_str().unwrap().to_owned(),
-                    p["receive_payload_bytes"].as_u64().unwrap(),
-                )
-            })
-            .collect();
+        let got: Vec<(String, u64)> = received(&d).into_iter().map(|(a, b, _)| (a, b)).collect();
         (got == [
             ("127.0.0.2".to_owned(), 30_000),
             ("127.0.0.4".to_owned(), 20_000),
@@ -330,20 +336,8 @@ fn a_busy_peers_bytes_never_go_backwards_while_they_move_into_the_table() {
     );
     // Exact at the end: each datagram once, wherever it was counted.
     let d = peers(&agent, "/api/v1/tunnels/flood/peers");
-    let got: Vec<(String, u64, u64)> = d["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["address"].as_str().unwrap().to_owned(),
-                p["receive_payload_bytes"].as_u64().unwrap(),
-                p["packets"].as_u64().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        got,
+        received(&d),
         [
             ("127.0.0.6".to_owned(), na * 100, na),
             ("127.0.0.7".to_owned(), nb * 100, nb)
