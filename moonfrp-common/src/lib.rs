@@ -140,12 +140,6 @@ impl PeerCounters {
         d.packets = d.packets.wrapping_add(segs);
         self.syns = self.syns.wrapping_add(u64::from(syn));
     }
-
-    /// Adds `o` in place (the kernel's flush of a cache entry).
-    #[inline(always)]
-    pub fn add(&mut self, o: &Self) {
-        *self = self.merged(o);
-    }
 }
 
 /// Transport protocol of a watched port.

@@ -267,6 +267,16 @@ fn bump(n: &mut u64) {
     unsafe { core::ptr::write_volatile(n, core::ptr::read_volatile(n) + 1) };
 }
 
+/// `*p += v`, volatile.
+///
+/// # Safety
+/// `p` is valid for reads and writes.
+#[inline(always)]
+unsafe fn volatile_add(p: *mut u64, v: u64) {
+    // SAFETY: per the contract.
+    unsafe { core::ptr::write_volatile(p, core::ptr::read_volatile(p).wrapping_add(v)) };
+}
+
 /// Zeroes counters field by field (volatile, so the stores are not merged into a byte-wise
 /// memset call).
 #[inline(always)]
@@ -305,11 +315,21 @@ fn one_packet(dir: usize, wire: u64, payload: u64, segs: u64, syn: bool) -> Peer
     }
 }
 
+/// Adds a cache entry's counters to its table entry. The additions are volatile, so the compiler
+/// keeps them before the flush's second (volatile) sequence bump: a reader that sees the count
+/// even again finds the amount in the table.
 #[inline(always)]
 fn add_to_table(key: &PeerKey, add: &PeerCounters) {
     if let Some(c) = PEERS.get_ptr_mut(key) {
         // SAFETY: this CPU's value of an entry that exists; LRU may evict it later, not now.
-        unsafe { (*c).add(add) };
+        unsafe {
+            for (d, a) in (*c).dir.iter_mut().zip(add.dir.iter()) {
+                volatile_add(&raw mut d.bytes, a.bytes);
+                volatile_add(&raw mut d.payload_bytes, a.payload_bytes);
+                volatile_add(&raw mut d.packets, a.packets);
+            }
+            volatile_add(&raw mut (*c).syns, add.syns);
+        }
     } else {
         let _ = PEERS.insert(key, add, 0);
     }
