@@ -11,6 +11,7 @@ pub mod head;
 pub mod query;
 pub mod rollup;
 pub mod schema;
+mod state;
 pub mod store;
 pub mod writer;
 

@@ -5,12 +5,11 @@
 //! as samples arrive and written when a bucket ends; after a restart the bucket in progress is
 //! rebuilt from what is stored. Pruning deletes a bounded number of rows per interval.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fs,
     io::ErrorKind,
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
@@ -18,8 +17,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _, Transac
 
 use super::{
     AlertEvent, Kind, Level, Settings, buckets, compact, head,
-    rollup::{self, Bucket, Obs},
+    rollup::{self, Obs},
     schema::{self, SchemaError},
+    state::{Order, States, Walk, series_key},
 };
 use crate::series::{Family, Point, Series};
 
@@ -89,115 +89,11 @@ pub struct WriteStats {
     pub compacted: u64,
 }
 
-/// Per series: its previous sample and a bucket per rollup level.
-#[derive(Debug)]
-struct Acc {
-    counter: bool,
-    prev: Option<Obs>,
-    buckets: Vec<Bucket>,
-}
-
-/// Series keys in point order, in one buffer: compared in sequence, with no allocation per
-/// series to chase.
-#[derive(Default)]
-struct Order {
-    keys: String,
-    /// Each series' id and where its key ends in `keys` (it starts where the one before ends).
-    ends: Vec<(i64, usize)>,
-}
-
-impl Order {
-    fn push(&mut self, id: i64, key: &str) {
-        self.keys.push_str(key);
-        self.ends.push((id, self.keys.len()));
-    }
-}
-
-/// Walks a write's points against the last write's [`Order`], position by position. While
-/// every point is the series at its position nothing is copied and the last order stays; from
-/// the first that differs, the next order is written out.
-struct Walk<'a> {
-    last: &'a Order,
-    next: &'a mut Order,
-    /// Position, and where its key starts in `last.keys`.
-    pos: usize,
-    start: usize,
-    /// `next` not written: the points so far are `last`'s.
-    same: bool,
-}
-
-impl<'a> Walk<'a> {
-    fn new(last: &'a Order, next: &'a mut Order) -> Self {
-        Self {
-            last,
-            next,
-            pos: 0,
-            start: 0,
-            same: true,
-        }
-    }
-
-    /// The key at this position in the last write, and its series id.
-    fn here(&self) -> Option<(i64, &'a str)> {
-        let last: &'a Order = self.last;
-        let &(id, end) = last.ends.get(self.pos)?;
-        Some((id, &last.keys[self.start..end]))
-    }
-
-    /// The series id if `p` is the last write's series at this position.
-    fn same_as_last(&self, p: &Point<'_>) -> Option<i64> {
-        self.here()
-            .filter(|(_, k)| key_matches(k, p))
-            .map(|(id, _)| id)
-    }
-
-    /// This position holds the last write's series; on to the next.
-    fn keep(&mut self) {
-        if !self.same
-            && let Some((id, key)) = self.here()
-        {
-            self.next.push(id, key);
-        }
-        self.advance();
-    }
-
-    /// This position holds series `id` with `key`, not the last write's; on to the next.
-    fn put(&mut self, id: i64, key: &str) {
-        self.diverge();
-        self.next.push(id, key);
-        self.advance();
-    }
-
-    /// True if the next order is `next` (written out), false if it is `last` unchanged.
-    fn finish(mut self) -> bool {
-        if self.pos != self.last.ends.len() {
-            self.diverge();
-        }
-        !self.same
-    }
-
-    /// Starts `next` with the positions before this one, all the last write's.
-    fn diverge(&mut self) {
-        if self.same {
-            self.same = false;
-            self.next.keys.push_str(&self.last.keys[..self.start]);
-            let n = self.pos.min(self.last.ends.len());
-            self.next.ends.extend_from_slice(&self.last.ends[..n]);
-        }
-    }
-
-    fn advance(&mut self) {
-        if let Some(&(_, end)) = self.last.ends.get(self.pos) {
-            self.start = end;
-        }
-        self.pos += 1;
-    }
-}
-
 /// A write's working buffers, kept for the next one.
 #[derive(Default)]
 struct Scratch {
-    resolved: Vec<(i64, f64, bool)>,
+    /// Slot, value.
+    resolved: Vec<(u32, f64)>,
     values: Vec<(i64, f64)>,
 }
 
@@ -210,17 +106,12 @@ pub struct Store {
     settings: Settings,
     run: i64,
     run_start: i64,
-    /// `name{labels}` as exposed → series id, for this run.
-    /// Series id by the series' key for this run (sample name and labels). A fast hash with a
-    /// per-process random seed: the keys hold names strangers choose.
-    ids: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
-    /// The last write's series in point order: the next snapshot's points nearly always come
-    /// in the same order, so each is compared with the key at its position before it is looked
-    /// up.
+    /// The last write's series in point order.
     order: Order,
     scratch: Scratch,
     metrics: HashSet<String>,
-    acc: HashMap<i64, Acc, foldhash::fast::RandomState>,
+    /// Every series' previous sample and rollup buckets in progress.
+    states: States,
     /// Start of the bucket in progress, per level.
     level_start: Vec<Option<i64>>,
     /// Raw rows move into chunks as they age (off only in tests that compare the two).
@@ -497,16 +388,15 @@ impl Store {
         let mut store = Self {
             checkpointer,
             level_start: vec![None; settings.levels.len()],
+            states: States::new(settings.levels.len()),
             compaction: true,
             conn,
             path,
             settings,
             run,
             run_start: now_ms,
-            ids: HashMap::default(),
             metrics: HashSet::new(),
-            acc: HashMap::default(),
-            order: Order::default(),
+            order: Order::new(foldhash::fast::RandomState::default()),
             scratch: Scratch::default(),
         };
         store.rebuild()?;
@@ -538,8 +428,15 @@ impl Store {
             .sum()
     }
 
+    /// Series whose state is kept (tests).
+    #[cfg(test)]
+    pub(crate) const fn tracked(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Series in the last write.
     pub fn series_count(&self) -> usize {
-        self.ids.len()
+        self.order.len()
     }
 
     /// Refills the rollup buckets in progress from the stored samples and finished finer
@@ -562,22 +459,17 @@ impl Store {
             .collect();
         let counters = self.counter_ids()?;
         // Finished finer buckets inside each coarser bucket in progress.
-        let levels = self.settings.levels.len();
         for k in 1..starts.len() {
             for j in 0..k {
-                let acc = &mut self.acc;
+                let states = &mut self.states;
                 buckets::scan(
                     &self.conn,
                     self.settings.levels[j].step_s(),
                     starts[j + 1],
                     starts[j],
                     |_, id, b, _| {
-                        let acc = acc.entry(id).or_insert_with(|| Acc {
-                            counter: counters.contains(&id),
-                            prev: None,
-                            buckets: vec![Bucket::default(); levels],
-                        });
-                        acc.buckets[k].merge(&b);
+                        let slot = states.slot(id, counters.contains(&id));
+                        states.get_mut(slot).1[k].merge(&b);
                     },
                 )?;
             }
@@ -589,15 +481,12 @@ impl Store {
             [from],
             |r| r.get(0),
         )?;
-        let acc = &mut self.acc;
+        let states = &mut self.states;
         let mut take = |id: i64, obs: Obs| {
-            let acc = acc.entry(id).or_insert_with(|| Acc {
-                counter: counters.contains(&id),
-                prev: None,
-                buckets: vec![Bucket::default(); levels],
-            });
+            let slot = states.slot(id, counters.contains(&id));
+            let (acc, buckets) = states.get_mut(slot);
             if obs.ts >= from {
-                rollup::feed_all(&mut acc.buckets, acc.counter, acc.prev.as_ref(), &obs);
+                rollup::feed_all(buckets, acc.counter, acc.prev.as_ref(), &obs);
             }
             acc.prev = Some(obs);
         };
@@ -649,13 +538,13 @@ impl Store {
     /// bounded batch of expired rows.
     pub fn write(&mut self, ts_ms: i64, series: &Series) -> Result<WriteStats, StoreError> {
         let mut stats = WriteStats::default();
-        let mut new_keys: Vec<Arc<str>> = Vec::new();
-        // Put back after a successful write; an error leaves no order (the next write looks
-        // every key up).
-        let last = std::mem::take(&mut self.order);
+        // Slots from here on are made by this write (forgotten if it fails).
+        let slots_before = self.states.len();
+        let empty = self.order.empty_like();
+        let last = std::mem::replace(&mut self.order, empty);
         // Written only when the points differ from the last write's (rare: a tunnel added, a
         // label value changed); not kept, to hold one copy of the keys.
-        let mut next = Order::default();
+        let mut next = last.empty_like();
         // The buffers of the last write, emptied (a snapshot's size each: allocated anew every
         // interval they cost page faults).
         let mut resolved = std::mem::take(&mut self.scratch.resolved);
@@ -682,57 +571,62 @@ impl Store {
             {
                 let mut walk = Walk::new(&last, &mut next);
                 for (family, p) in series.points() {
-                    if let Some(id) = walk.same_as_last(&p) {
+                    if let Some(slot) = walk.same_as_last(&p) {
                         walk.keep();
-                        resolved.push((id, p.value, p.counter));
+                        resolved.push((slot, p.value));
                         continue;
                     }
                     series_key(&mut key, &p);
-                    let id = if let Some(id) = self.ids.get(key.as_str()) {
-                        *id
+                    let slot = if let Some(slot) = last.find(&key) {
+                        slot
                     } else {
                         if !self.metrics.contains(p.name) {
                             upsert_metric(&tx, &p, family)?;
                             new_metrics.push(p.name.to_owned());
                         }
-                        let id = series_id(&tx, &p)?;
-                        let k: Arc<str> = Arc::from(key.as_str());
-                        self.ids.insert(k.clone(), id);
-                        new_keys.push(k);
-                        id
+                        stats.new_series += 1;
+                        self.states.slot(series_id(&tx, &p)?, p.counter)
                     };
-                    walk.put(id, &key);
-                    resolved.push((id, p.value, p.counter));
+                    walk.put(slot, &key);
+                    resolved.push((slot, p.value));
                 }
                 replaced = walk.finish();
             }
             // In id order, one value per series (the last, should a name come twice).
-            values.extend(resolved.iter().rev().map(|r| (r.0, r.1)));
+            values.extend(
+                resolved
+                    .iter()
+                    .rev()
+                    .map(|&(slot, v)| (self.states.id(slot), v)),
+            );
             values.sort_by_key(|v| v.0);
             values.dedup_by_key(|v| v.0);
             head::write(&tx, snapshot, &values)?;
-            stats.rollup_rows +=
-                flush_levels(&tx, &self.settings, &self.level_start, &self.acc, &flushing)?;
+            stats.rollup_rows += flush_levels(
+                &tx,
+                &self.settings,
+                &self.level_start,
+                &self.states,
+                &flushing,
+            )?;
             tx.commit()?;
             Ok(())
         })();
         if let Err(e) = result {
-            for k in &new_keys {
-                self.ids.remove(k);
-            }
+            // The last order holds only series committed before; the new slots may hold ids
+            // the rolled-back transaction gave out.
+            self.order = last;
+            self.states.truncate(slots_before);
             return Err(e);
         }
         self.order = if replaced {
-            // Kept until the points change again: no room to spare.
-            next.keys.shrink_to_fit();
-            next.ends.shrink_to_fit();
+            next.finish();
             next
         } else {
             last
         };
         self.metrics.extend(new_metrics);
         stats.samples = resolved.len();
-        stats.new_series = new_keys.len();
         self.after_commit(ts_ms, &resolved, &flushing);
         self.scratch.resolved = resolved;
         self.scratch.values = values;
@@ -740,7 +634,7 @@ impl Store {
         self.checkpointer.poke();
         // A little more than one snapshot's rows per interval: a window (60 snapshots) is done in
         // about 48 intervals, before the next one is due, and no interval carries much of it.
-        let budget = (self.ids.len() as u64 * 5 / 4).max(1_000);
+        let budget = (self.states.len() as u64 * 5 / 4).max(1_000);
         // Not while a rollup bucket is written: compaction has slack (a window takes about 48
         // of its 60 intervals), a flush interval has none to spare.
         if self.compaction && !flushing.contains(&true) {
@@ -751,36 +645,37 @@ impl Store {
         Ok(stats)
     }
 
-    fn after_commit(&mut self, ts_ms: i64, points: &[(i64, f64, bool)], flushed: &[bool]) {
-        let levels = self.settings.levels.len();
+    /// Feeds the committed points to their series' buckets, after emptying the buckets that
+    /// were just written. The states are visited in slot order, which is the points' order but
+    /// for series added since the run began.
+    fn after_commit(&mut self, ts_ms: i64, points: &[(u32, f64)], flushed: &[bool]) {
         for (li, level) in self.settings.levels.iter().enumerate() {
             if flushed[li] || self.level_start[li].is_none() {
-                for acc in self.acc.values_mut() {
-                    acc.buckets[li] = Bucket::default();
-                }
+                self.states.clear_level(li);
                 self.level_start[li] = Some(rollup::bucket_start(ts_ms, level.step_ms()));
             }
         }
-        if flushed.first() == Some(&true) {
-            // Forget series not seen for a whole raw retention (removed tunnels).
-            let horizon = ts_ms - self.settings.retention_ms();
-            self.acc
-                .retain(|_, a| a.prev.is_some_and(|p| p.ts >= horizon));
+        let finest_flushed = flushed.first() == Some(&true);
+        if finest_flushed {
+            // A series not seen for a whole raw retention (a removed tunnel) starts anew if
+            // it comes back, and is forgotten once its buckets are written.
+            self.states
+                .forget_before(ts_ms - self.settings.retention_ms());
         }
-        for &(id, value, counter) in points {
-            let obs = Obs {
-                ts: ts_ms,
-                value,
-                run: self.run,
-                run_start: self.run_start,
-            };
-            let acc = self.acc.entry(id).or_insert_with(|| Acc {
-                counter,
-                prev: None,
-                buckets: vec![Bucket::default(); levels],
-            });
-            rollup::feed_all(&mut acc.buckets, acc.counter, acc.prev.as_ref(), &obs);
-            acc.prev = Some(obs);
+        let obs = Obs {
+            ts: ts_ms,
+            value: 0.0,
+            run: self.run,
+            run_start: self.run_start,
+        };
+        for &(slot, value) in points {
+            let (acc, buckets) = self.states.get_mut(slot);
+            let cur = Obs { value, ..obs };
+            rollup::feed_all(buckets, acc.counter, acc.prev.as_ref(), &cur);
+            acc.prev = Some(cur);
+        }
+        if finest_flushed && let Some(remap) = self.states.compact() {
+            self.order.remap(&remap);
         }
     }
 
@@ -822,7 +717,7 @@ impl Store {
     /// expired rollup buckets.
     fn prune(&mut self, now_ms: i64) -> Result<u64, StoreError> {
         let cutoff = now_ms - self.settings.retention_ms();
-        let per_snapshot = self.ids.len().max(1) as u64;
+        let per_snapshot = self.states.len().max(1) as u64;
         let limit = (PRUNE_BUDGET / per_snapshot).max(1);
         let tx = self.conn.transaction()?;
         let ids: Vec<i64> = {
@@ -856,21 +751,19 @@ pub const fn sample_key(snapshot: i64, series: i64) -> i64 {
     snapshot << 24 | series
 }
 
-/// The in-memory key of a series for this run: its sample name and labels.
 /// Writes the rollup buckets of every level whose bucket ended (`flushing`), each level's in
 /// series id order so that a bucket's blocks append; the number of rows written.
 fn flush_levels(
     tx: &Transaction<'_>,
     settings: &Settings,
     level_start: &[Option<i64>],
-    acc: &HashMap<i64, Acc, foldhash::fast::RandomState>,
+    states: &States,
     flushing: &[bool],
 ) -> rusqlite::Result<usize> {
     if !flushing.contains(&true) {
         return Ok(0);
     }
-    let mut ids: Vec<&i64> = acc.keys().collect();
-    ids.sort_unstable();
+    let slots = states.by_id();
     let mut rows = 0;
     for (li, level) in settings.levels.iter().enumerate() {
         if !flushing[li] {
@@ -881,44 +774,14 @@ fn flush_levels(
             tx,
             level.step_s(),
             start,
-            ids.iter().filter_map(|id| {
-                let a = &acc[*id];
-                let b = &a.buckets[li];
-                (b.samples > 0).then_some((**id, b, a.counter))
+            slots.iter().filter_map(|&slot| {
+                let (acc, b) = states.get(slot);
+                let b = &b[li];
+                (b.samples > 0).then_some((acc.id, b, acc.counter))
             }),
         )?;
     }
     Ok(rows)
-}
-
-fn series_key(key: &mut String, p: &Point<'_>) {
-    key.clear();
-    key.push_str(p.name);
-    for (k, v) in p.labels.iter() {
-        key.push('\0');
-        key.push_str(k);
-        key.push('=');
-        key.push_str(v);
-    }
-}
-
-/// True if `key` is [`series_key`] of `p`, without building it.
-fn key_matches(key: &str, p: &Point<'_>) -> bool {
-    let Some(mut rest) = key.strip_prefix(p.name) else {
-        return false;
-    };
-    for (k, v) in p.labels.iter() {
-        let Some(r) = rest
-            .strip_prefix('\0')
-            .and_then(|r| r.strip_prefix(*k))
-            .and_then(|r| r.strip_prefix('='))
-            .and_then(|r| r.strip_prefix(&**v))
-        else {
-            return false;
-        };
-        rest = r;
-    }
-    rest.is_empty()
 }
 
 fn upsert_metric(tx: &Transaction<'_>, p: &Point<'_>, family: &Family) -> rusqlite::Result<()> {

@@ -255,48 +255,59 @@ fn rollups_equal_the_statistics_of_the_raw_samples() {
         ),
         ("t_load", "t_load", "{}", false),
     ] {
-        let id: i64 = conn
-            .query_row(
-                "SELECT id FROM series WHERE metric = ?1 AND labels = ?2",
-                params![metric, labels],
-                |r| r.get(0),
-            )
-            .unwrap();
-        let rows: Vec<RollupRow> = super::buckets::all(&conn)
-            .unwrap()
-            .into_iter()
-            .filter(|r| r.2 == id)
-            .map(|(step, start, _, b, c)| {
-                (
-                    step,
-                    start,
-                    i64::from(b.samples),
-                    b.min,
-                    b.max,
-                    b.mean().unwrap(),
-                    b.last,
-                    c.then_some(b.increase),
-                )
-            })
-            .collect();
+        let rows = rollup_rows(&conn, metric, labels);
         // 24 finished hours (00:30 → the partial first hour included) and one finished day.
         let hours = rows.iter().filter(|r| r.0 == 3600).count();
         assert_eq!(hours, 24, "{key}");
         assert_eq!(rows.iter().filter(|r| r.0 == 86_400).count(), 1, "{key}");
-        for (step, start, samples, min, max, mean, last, increase) in rows {
-            let (e_samples, e_min, e_max, e_mean, e_last, e_inc) =
-                expected(&written[key], start, step * 1000, counter);
-            let what = format!("{key} step {step} start {start}");
-            assert_eq!(samples, i64::try_from(e_samples).unwrap(), "{what}");
-            assert!(close(min, e_min), "{what}: min {min} vs {e_min}");
-            assert!(close(max, e_max), "{what}: max {max} vs {e_max}");
-            assert!(close(mean, e_mean), "{what}: mean {mean} vs {e_mean}");
-            assert!(close(last, e_last), "{what}");
-            if counter {
-                assert!(close(increase.unwrap(), e_inc), "{what}: increase");
-            } else {
-                assert!(increase.is_none());
-            }
+        check_rollups(&rows, &written[key], counter, key);
+    }
+}
+
+/// Series `metric{labels}`'s rollup rows, as (step, start, samples, min, max, mean, last,
+/// counter's increase).
+fn rollup_rows(conn: &rusqlite::Connection, metric: &str, labels: &str) -> Vec<RollupRow> {
+    let id: i64 = conn
+        .query_row(
+            "SELECT id FROM series WHERE metric = ?1 AND labels = ?2",
+            params![metric, labels],
+            |r| r.get(0),
+        )
+        .unwrap();
+    super::buckets::all(conn)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.2 == id)
+        .map(|(step, start, _, b, c)| {
+            (
+                step,
+                start,
+                i64::from(b.samples),
+                b.min,
+                b.max,
+                b.mean().unwrap_or(f64::NAN),
+                b.last,
+                c.then_some(b.increase),
+            )
+        })
+        .collect()
+}
+
+/// Every row equals the statistics of the written values in its bucket.
+fn check_rollups(rows: &[RollupRow], values: &[(i64, f64, i64)], counter: bool, key: &str) {
+    for &(step, start, samples, min, max, mean, last, increase) in rows {
+        let (e_samples, e_min, e_max, e_mean, e_last, e_inc) =
+            expected(values, start, step * 1000, counter);
+        let what = format!("{key} step {step} start {start}");
+        assert_eq!(samples, i64::try_from(e_samples).unwrap(), "{what}");
+        assert!(close(min, e_min), "{what}: min {min} vs {e_min}");
+        assert!(close(max, e_max), "{what}: max {max} vs {e_max}");
+        assert!(close(mean, e_mean), "{what}: mean {mean} vs {e_mean}");
+        assert!(close(last, e_last), "{what}");
+        if counter {
+            assert!(close(increase.unwrap(), e_inc), "{what}: increase");
+        } else {
+            assert!(increase.is_none(), "{what}: a gauge's bucket");
         }
     }
 }
@@ -1079,5 +1090,170 @@ fn series_that_come_and_go_keep_their_own_points() {
             .map(|(ts, v, _)| (*ts as f64 / 1000.0, *v))
             .collect();
         assert_eq!(got.series[0].samples, want, "{t}");
+    }
+}
+
+/// Counters `n_total{tunnel=…}`, each growing by its own step per interval.
+fn tunnels(i: i64, names: &[&'static str]) -> Series {
+    let mut b = Builder::default();
+    b.counters(
+        "n",
+        "N.",
+        None,
+        names.iter().map(|t| {
+            let step = u64::from(t.as_bytes()[0]);
+            ([("tunnel", *t)], u64::try_from(i).unwrap() * step)
+        }),
+    );
+    b.build()
+}
+
+#[test]
+fn a_series_gone_longer_than_retention_is_forgotten_and_the_others_keep_their_rollups() {
+    // Raw samples 2 h; buckets of 1 h and 2 h. Every 10 minutes: tunnels a, b, c for an hour,
+    // then a and c for four, then all three again for two.
+    let settings = Settings {
+        retention: Duration::from_hours(2),
+        levels: vec![
+            super::Level {
+                step: Duration::from_hours(1),
+                keep: Duration::from_hours(48),
+            },
+            super::Level {
+                step: Duration::from_hours(2),
+                keep: Duration::from_hours(48),
+            },
+        ],
+        ..Settings::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run_start = T0 - 1_000;
+    let (mut store, _) = Store::open(dir.path(), settings.clone(), run_start).unwrap();
+    let mut written = Written::new();
+    let step = 10 * MIN;
+    let (back_at, end) = (T0 + 5 * HOUR, T0 + 7 * HOUR);
+    let mut i = 0;
+    while T0 + i * step <= end {
+        let ts = T0 + i * step;
+        let names: &[&str] = if ts < T0 + HOUR || ts >= back_at {
+            &["a", "b", "c"]
+        } else {
+            &["a", "c"]
+        };
+        let series = tunnels(i, names);
+        store.write(ts, &series).unwrap();
+        record(&mut written, &series, ts, run_start);
+        // b's last sample is at 01:20; the first hour's flush after 03:20 (04:00) forgets it,
+        // its buckets being written by then. c moves to b's place.
+        let forgotten = (T0 + 3 * HOUR + 30 * MIN..back_at).contains(&ts);
+        assert_eq!(store.tracked(), if forgotten { 2 } else { 3 }, "at {ts}");
+        i += 1;
+    }
+    drop(store);
+    let conn = connect(&dir);
+    for t in ["a", "b", "c"] {
+        let key = format!("n_total{{tunnel=\"{t}\"}}");
+        let rows = rollup_rows(&conn, "n_total", &format!(r#"{{"tunnel":"{t}"}}"#));
+        // Hours 00:00 → 06:00 and the 2 h buckets from 00:00 and 02:00 and 04:00 (b has
+        // none from 02:00, having no samples then).
+        let hours = rows.iter().filter(|r| r.0 == 3600).count();
+        assert_eq!(hours, if t == "b" { 4 } else { 7 }, "{key}");
+        let values = &written[&key];
+        // Back after the whole retention, b starts anew: its first sample then has no
+        // increase (and no rate).
+        let (before, after): (Vec<_>, Vec<_>) = values.iter().partition(|v| v.0 < back_at);
+        for (row, vals) in [
+            (
+                rows.iter()
+                    .filter(|r| r.1 + r.0 * 1000 <= back_at)
+                    .copied()
+                    .collect::<Vec<_>>(),
+                if t == "b" { &before } else { values },
+            ),
+            (
+                rows.iter()
+                    .filter(|r| r.1 + r.0 * 1000 > back_at)
+                    .copied()
+                    .collect(),
+                if t == "b" { &after } else { values },
+            ),
+        ] {
+            check_rollups(&row, vals, true, &key);
+        }
+    }
+}
+
+#[test]
+fn a_failed_write_leaves_no_series_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_start = T0 - 1_000;
+    let (mut store, _) = Store::open(dir.path(), settings(), run_start).unwrap();
+    let mut written = Written::new();
+    let first = tunnels(0, &["a", "b"]);
+    store.write(T0, &first).unwrap();
+    record(&mut written, &first, T0, run_start);
+    // The next new series takes the last id there is; the one after it cannot be stored.
+    let last_id = super::store::MAX_SERIES;
+    rusqlite::Connection::open(dir.path().join(super::FILE_NAME))
+        .unwrap()
+        .execute(
+            "INSERT INTO series (id, metric, labels) VALUES (?1, 'n_total', '{}')",
+            [last_id - 1],
+        )
+        .unwrap();
+    let mut b = Builder::default();
+    b.counters(
+        "n",
+        "N.",
+        None,
+        [([("tunnel", "a")], 1u64), ([("tunnel", "b")], 1)],
+    );
+    b.gauges(
+        "g",
+        "G.",
+        None,
+        [([("tunnel", "c")], 1u64), ([("tunnel", "d")], 1)],
+    );
+    let e = store.write(T0 + MIN, &b.build()).unwrap_err();
+    assert!(e.to_string().contains("series were ever stored"), "{e}");
+    assert_eq!(
+        store.tracked(),
+        2,
+        "c's state went with its rolled-back row"
+    );
+    // e, a counter, now gets the id c had in the failed write: it must count as a counter.
+    for i in 2..=40 {
+        let ts = T0 + i * MIN;
+        let series = tunnels(i, &["a", "b", "e"]);
+        store.write(ts, &series).unwrap();
+        record(&mut written, &series, ts, run_start);
+    }
+    drop(store);
+    let conn = connect(&dir);
+    let e_id: i64 = conn
+        .query_row(
+            "SELECT id FROM series WHERE labels = '{\"tunnel\":\"e\"}'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(e_id, last_id);
+    for t in ["a", "b", "e"] {
+        let key = format!("n_total{{tunnel=\"{t}\"}}");
+        let rows = rollup_rows(&conn, "n_total", &format!(r#"{{"tunnel":"{t}"}}"#));
+        assert_eq!(rows.len(), 1, "{key}: the hour 00:00 → 01:00");
+        check_rollups(&rows, &written[&key], true, &key);
+        // Every raw sample is the written one.
+        let (req, _) = Request::from_query(
+            &format!("metric=n_total&tunnel={t}&from=now-1h"),
+            T0 + 40 * MIN,
+        )
+        .unwrap();
+        let got = query::run(&conn, &settings(), &req, T0 + 40 * MIN).unwrap();
+        let want: Vec<(f64, f64)> = written[&key]
+            .iter()
+            .map(|(ts, v, _)| (*ts as f64 / 1000.0, *v))
+            .collect();
+        assert_eq!(got.series[0].samples, want, "{key}");
     }
 }

@@ -36,7 +36,7 @@ pub(super) fn build(s: &Stats, b: &mut Builder) {
     );
     b.gauge(
         "moonfrp_history_series",
-        "Series written to history by this run.",
+        "Series in the last snapshot written to history.",
         None,
         i64::try_from(s.series.load(Relaxed)).unwrap_or(i64::MAX),
     );

@@ -1,0 +1,346 @@
+//! What the writer remembers of each series during a run: its previous sample and its rollup
+//! buckets in progress ([`States`]), and the last write's series in point order ([`Order`]).
+//!
+//! A snapshot's points nearly always come in the last one's order, so a write walks them
+//! against that order ([`Walk`]) and finds each series' state by position: no key is hashed
+//! and the states are touched in sequence (kept in one dense vector, not behind a hash map
+//! whose entries a write would visit in random order). Only a point that moved or is new is
+//! looked up, in the last order's hash index and then in the database.
+use std::{collections::HashMap, hash::BuildHasher as _};
+
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+
+use super::rollup::{Bucket, Obs};
+use crate::series::Point;
+
+/// A series' state: which series, how it is counted, its previous sample.
+#[derive(Debug)]
+pub struct Acc {
+    pub id: i64,
+    pub counter: bool,
+    pub prev: Option<Obs>,
+}
+
+/// Every tracked series' state in dense slots, with a bucket per rollup level each.
+#[derive(Debug)]
+pub struct States {
+    accs: Vec<Acc>,
+    /// `levels` buckets per slot, in slot order.
+    buckets: Vec<Bucket>,
+    levels: usize,
+    /// Slot by series id, for points the order does not place and for the rebuild.
+    slot_of: HashMap<i64, u32, RandomState>,
+}
+
+impl States {
+    pub fn new(levels: usize) -> Self {
+        Self {
+            accs: Vec::new(),
+            buckets: Vec::new(),
+            levels,
+            slot_of: HashMap::default(),
+        }
+    }
+
+    pub const fn len(&self) -> usize {
+        self.accs.len()
+    }
+
+    /// Series `id`'s slot, a new one (no sample yet, empty buckets) if it has none.
+    pub fn slot(&mut self, id: i64, counter: bool) -> u32 {
+        let next = u32::try_from(self.accs.len()).expect("series ids have 24 bits");
+        *self.slot_of.entry(id).or_insert_with(|| {
+            self.accs.push(Acc {
+                id,
+                counter,
+                prev: None,
+            });
+            self.buckets
+                .extend(std::iter::repeat_n(Bucket::default(), self.levels));
+            next
+        })
+    }
+
+    pub fn id(&self, slot: u32) -> i64 {
+        self.accs[slot as usize].id
+    }
+
+    /// A slot's state and its buckets, finest level first.
+    pub fn get(&self, slot: u32) -> (&Acc, &[Bucket]) {
+        let s = slot as usize;
+        (
+            &self.accs[s],
+            &self.buckets[s * self.levels..(s + 1) * self.levels],
+        )
+    }
+
+    /// The same, to change.
+    pub fn get_mut(&mut self, slot: u32) -> (&mut Acc, &mut [Bucket]) {
+        let s = slot as usize;
+        (
+            &mut self.accs[s],
+            &mut self.buckets[s * self.levels..(s + 1) * self.levels],
+        )
+    }
+
+    /// Forgets the slots from `len` on (made by a write that failed: their ids may be given
+    /// again).
+    pub fn truncate(&mut self, len: usize) {
+        for acc in self.accs.drain(len..) {
+            self.slot_of.remove(&acc.id);
+        }
+        self.buckets.truncate(len * self.levels);
+    }
+
+    /// Empties every series' bucket of level `level`.
+    pub fn clear_level(&mut self, level: usize) {
+        for b in self.buckets.iter_mut().skip(level).step_by(self.levels) {
+            *b = Bucket::default();
+        }
+    }
+
+    /// Forgets the previous sample of every series last seen before `horizon` (a series back
+    /// after that long starts anew).
+    pub fn forget_before(&mut self, horizon: i64) {
+        for acc in &mut self.accs {
+            if acc.prev.is_some_and(|p| p.ts < horizon) {
+                acc.prev = None;
+            }
+        }
+    }
+
+    /// Drops the series with no previous sample and no bucket in progress. Returns the new
+    /// slot of each old one (`None`: dropped) if any was dropped.
+    pub fn compact(&mut self) -> Option<Vec<Option<u32>>> {
+        let levels = self.levels;
+        let idle: Vec<bool> = self
+            .accs
+            .iter()
+            .enumerate()
+            .map(|(i, acc)| {
+                acc.prev.is_none()
+                    && self.buckets[i * levels..(i + 1) * levels]
+                        .iter()
+                        .all(|b| b.samples == 0)
+            })
+            .collect();
+        if !idle.contains(&true) {
+            return None;
+        }
+        let mut remap = Vec::with_capacity(self.accs.len());
+        let (mut accs, mut buckets) = (Vec::new(), Vec::new());
+        self.slot_of.clear();
+        for (i, acc) in std::mem::take(&mut self.accs).into_iter().enumerate() {
+            if idle[i] {
+                remap.push(None);
+                continue;
+            }
+            let slot = u32::try_from(accs.len()).expect("fewer slots than before");
+            self.slot_of.insert(acc.id, slot);
+            buckets.extend_from_slice(&self.buckets[i * levels..(i + 1) * levels]);
+            accs.push(acc);
+            remap.push(Some(slot));
+        }
+        self.accs = accs;
+        self.buckets = buckets;
+        Some(remap)
+    }
+
+    /// Every slot in series id order (rollup blocks are written so).
+    pub fn by_id(&self) -> Vec<u32> {
+        let mut slots: Vec<u32> = (0..u32::try_from(self.accs.len()).unwrap_or(u32::MAX)).collect();
+        slots.sort_unstable_by_key(|s| self.accs[*s as usize].id);
+        slots
+    }
+}
+
+/// Series keys in point order, in one buffer, with a hash index over them.
+pub struct Order {
+    keys: String,
+    /// Each position's slot and where its key ends in `keys` (it starts where the one before
+    /// ends).
+    ends: Vec<(u32, usize)>,
+    /// Positions by key hash (the first of a key that comes twice).
+    index: HashTable<u32>,
+    /// A per-process random seed: the keys hold names strangers choose.
+    hasher: RandomState,
+}
+
+impl Order {
+    pub fn new(hasher: RandomState) -> Self {
+        Self {
+            keys: String::new(),
+            ends: Vec::new(),
+            index: HashTable::new(),
+            hasher,
+        }
+    }
+
+    /// An empty order hashing as this one.
+    pub fn empty_like(&self) -> Self {
+        Self::new(self.hasher.clone())
+    }
+
+    pub const fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn push(&mut self, slot: u32, key: &str) {
+        self.keys.push_str(key);
+        self.ends.push((slot, self.keys.len()));
+    }
+
+    fn key(&self, pos: usize) -> &str {
+        let start = pos.checked_sub(1).map_or(0, |p| self.ends[p].1);
+        &self.keys[start..self.ends[pos].1]
+    }
+
+    /// The slot of the series with `key`, if this order has it.
+    pub fn find(&self, key: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        self.index
+            .find(hash, |&pos| self.key(pos as usize) == key)
+            .map(|&pos| self.ends[pos as usize].0)
+    }
+
+    /// Builds the index, and gives back spare room (an order is kept until the points change).
+    pub fn finish(&mut self) {
+        self.keys.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        let mut index = HashTable::with_capacity(self.ends.len());
+        for pos in 0..self.ends.len() {
+            let key = self.key(pos);
+            let hash = self.hasher.hash_one(key);
+            if index
+                .find(hash, |&p: &u32| self.key(p as usize) == key)
+                .is_none()
+            {
+                let p = u32::try_from(pos).expect("positions are slots");
+                index.insert_unique(hash, p, |&p| self.hasher.hash_one(self.key(p as usize)));
+            }
+        }
+        self.index = index;
+    }
+
+    /// Moves every position to its series' new slot after [`States::compact`] (the order's
+    /// series were all just written, so none is dropped).
+    pub fn remap(&mut self, remap: &[Option<u32>]) {
+        for (slot, _) in &mut self.ends {
+            *slot = remap[*slot as usize].expect("a series in the last write is kept");
+        }
+    }
+}
+
+/// Walks a write's points against the last write's [`Order`], position by position. While
+/// every point is the series at its position nothing is copied and the last order stays; from
+/// the first that differs, the next order is written out.
+pub struct Walk<'a> {
+    last: &'a Order,
+    next: &'a mut Order,
+    /// Position, and where its key starts in `last.keys`.
+    pos: usize,
+    start: usize,
+    /// `next` not written: the points so far are `last`'s.
+    same: bool,
+}
+
+impl<'a> Walk<'a> {
+    pub const fn new(last: &'a Order, next: &'a mut Order) -> Self {
+        Self {
+            last,
+            next,
+            pos: 0,
+            start: 0,
+            same: true,
+        }
+    }
+
+    /// The key at this position in the last write, and its slot.
+    fn here(&self) -> Option<(u32, &'a str)> {
+        let last: &'a Order = self.last;
+        let &(slot, end) = last.ends.get(self.pos)?;
+        Some((slot, &last.keys[self.start..end]))
+    }
+
+    /// The slot if `p` is the last write's series at this position.
+    pub fn same_as_last(&self, p: &Point<'_>) -> Option<u32> {
+        self.here()
+            .filter(|(_, k)| key_matches(k, p))
+            .map(|(slot, _)| slot)
+    }
+
+    /// This position holds the last write's series; on to the next.
+    pub fn keep(&mut self) {
+        if !self.same
+            && let Some((slot, key)) = self.here()
+        {
+            self.next.push(slot, key);
+        }
+        self.advance();
+    }
+
+    /// This position holds the series of `slot` with `key`, not the last write's; on to the
+    /// next.
+    pub fn put(&mut self, slot: u32, key: &str) {
+        self.diverge();
+        self.next.push(slot, key);
+        self.advance();
+    }
+
+    /// True if the next order is `next` (written out), false if it is `last` unchanged.
+    pub fn finish(mut self) -> bool {
+        if self.pos != self.last.ends.len() {
+            self.diverge();
+        }
+        !self.same
+    }
+
+    /// Starts `next` with the positions before this one, all the last write's.
+    fn diverge(&mut self) {
+        if self.same {
+            self.same = false;
+            self.next.keys.push_str(&self.last.keys[..self.start]);
+            let n = self.pos.min(self.last.ends.len());
+            self.next.ends.extend_from_slice(&self.last.ends[..n]);
+        }
+    }
+
+    fn advance(&mut self) {
+        if let Some(&(_, end)) = self.last.ends.get(self.pos) {
+            self.start = end;
+        }
+        self.pos += 1;
+    }
+}
+
+/// The in-memory key of a series for this run: its sample name and labels.
+pub fn series_key(key: &mut String, p: &Point<'_>) {
+    key.clear();
+    key.push_str(p.name);
+    for (k, v) in p.labels.iter() {
+        key.push('\0');
+        key.push_str(k);
+        key.push('=');
+        key.push_str(v);
+    }
+}
+
+/// True if `key` is [`series_key`] of `p`, without building it.
+fn key_matches(key: &str, p: &Point<'_>) -> bool {
+    let Some(mut rest) = key.strip_prefix(p.name) else {
+        return false;
+    };
+    for (k, v) in p.labels.iter() {
+        let Some(r) = rest
+            .strip_prefix('\0')
+            .and_then(|r| r.strip_prefix(*k))
+            .and_then(|r| r.strip_prefix('='))
+            .and_then(|r| r.strip_prefix(&**v))
+        else {
+            return false;
+        };
+        rest = r;
+    }
+    rest.is_empty()
+}
