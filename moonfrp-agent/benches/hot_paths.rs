@@ -10,6 +10,7 @@ use std::{
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use moonfrp_agent::{
+    alert_engine,
     collect::{self, CollectOptions, Collectors},
     ebpf,
     ebpf::KernelConfig,
@@ -53,7 +54,27 @@ fn userspace(c: &mut Criterion) {
     c.bench_function("series: build from the snapshot, 1000 tunnels", |b| {
         b.iter(|| metrics::series(Some(&snap), &extras, &settings));
     });
+    let mut snap = snap;
+    for t in &mut snap.tunnels {
+        t.meta.health.up = true;
+    }
     let series = metrics::series(Some(&snap), &extras, &settings);
+    // The same snapshot each interval: counters stand still and every tunnel is up, as on a
+    // healthy host (nothing pending or firing).
+    let mut engine = alert_engine::Engine::new(alert_engine::builtin(), 4 * 3_600_000, 0);
+    let mut now = 0;
+    let quiet = engine.evaluate(now, &series);
+    assert!(
+        quiet.active.is_empty(),
+        "a healthy snapshot: {:?}",
+        quiet.active.first()
+    );
+    c.bench_function("alerts: evaluate the built-in rules, 1000 tunnels", |b| {
+        b.iter(|| {
+            now += 1_000;
+            engine.evaluate(now, &series)
+        });
+    });
     c.bench_function("render: OpenMetrics, 1000 tunnels", |b| {
         b.iter(|| exposition::render(&series, Format::OpenMetrics));
     });

@@ -41,3 +41,9 @@ pub(crate) mod tls;
 pub mod tunnel;
 pub(crate) mod untrusted;
 pub mod watch;
+
+/// The alert engine with the built-in rules, for the benches (the rest of the alerts module is the
+/// agent's own).
+pub mod alert_engine {
+    pub use crate::alerts::{eval::Engine, rules::builtin};
+}

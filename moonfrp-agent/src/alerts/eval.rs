@@ -1,5 +1,6 @@
 //! Evaluates every rule against one snapshot's series and advances each alert instance.
 use std::{
+    cell::OnceCell,
     collections::{BTreeMap, HashMap, HashSet, hash_map::Entry},
     sync::Arc,
 };
@@ -63,15 +64,61 @@ struct Tracked {
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
+/// Two label sets are one series' (the same allocation, or the same pairs).
+fn same(a: &Labels, b: &Labels) -> bool {
+    Arc::ptr_eq(a, b) || a[..] == b[..]
+}
+
+/// One counter's values at the last evaluation, in the order its points came. The points come
+/// in the same order every snapshot, so a point's previous value is looked for at its own
+/// position first; by label set (an index built then) only when that misses.
+#[derive(Default)]
+struct Prev {
+    points: Vec<(Labels, i64, f64)>,
+    index: OnceCell<Map<Labels, usize>>,
+}
+
+impl Prev {
+    /// The value at the last evaluation of the series at `pos` with `labels`.
+    fn get(&self, pos: usize, labels: &Labels) -> Option<(i64, f64)> {
+        let at = |i: usize| {
+            let (_, ts, v) = &self.points[i];
+            (*ts, *v)
+        };
+        if self.points.get(pos).is_some_and(|(l, ..)| same(l, labels)) {
+            return Some(at(pos));
+        }
+        let index = self.index.get_or_init(|| {
+            // The last of a label set that came twice, as a map filled in order keeps.
+            let mut m = Map::default();
+            for (i, (l, ..)) in self.points.iter().enumerate() {
+                m.insert(l.clone(), i);
+            }
+            m
+        });
+        index.get(labels).map(|&i| at(i))
+    }
+
+    /// This evaluation's values, for the next (the vector's room is reused).
+    fn refill(&mut self, points: &[Point<'_>], now: i64) {
+        self.points.clear();
+        self.points
+            .extend(points.iter().map(|p| (p.labels.clone(), now, p.value)));
+        self.index = OnceCell::new();
+    }
+}
+
 /// Label sets key instances and counters by content (each snapshot's sets are new allocations):
 /// a key is a reference-counted copy of the series' own set, so an evaluation allocates nothing
 /// per series.
 pub struct Engine {
     rules: Vec<(Rule, Timing)>,
     instances: Map<(usize, Labels), Tracked>,
-    /// Previous value of every counter some rule takes a rate or increase of, by sample name
-    /// and label set.
-    prev: Map<String, Map<Labels, (i64, f64)>>,
+    /// Instances kept per rule: a rule with none looks up no series whose condition does not
+    /// hold (the healthy ones, nearly all).
+    tracked: Vec<usize>,
+    /// Previous value of every counter some rule takes a rate or increase of, by sample name.
+    prev: Map<String, Prev>,
     counters: Set<String>,
     /// Every sample name a rule reads (metrics and divisors).
     used: Set<String>,
@@ -90,7 +137,7 @@ impl Engine {
             .iter()
             .flat_map(|r| r.metrics.iter().chain(&r.divide_by).cloned())
             .collect();
-        let rules = rules
+        let rules: Vec<(Rule, Timing)> = rules
             .into_iter()
             .map(|r| {
                 let t = Timing {
@@ -102,6 +149,7 @@ impl Engine {
             })
             .collect();
         Self {
+            tracked: vec![0; rules.len()],
             rules,
             instances: Map::default(),
             prev: Map::default(),
@@ -125,6 +173,9 @@ impl Engine {
             for (labels, value) in self.observe(ri, &by_name, now) {
                 let (rule, timing) = &self.rules[ri];
                 let verdict = rule.judge(value);
+                if verdict.is_none() && self.tracked[ri] == 0 {
+                    continue;
+                }
                 let t = match self.instances.entry((ri, labels.clone())) {
                     Entry::Occupied(o) => o.into_mut(),
                     // A series whose condition does not hold and that has no past to remember
@@ -171,17 +222,20 @@ impl Engine {
             t.instance.is_active()
                 || (t.seen == generation && !t.instance.at_rest(now, &rules[*ri].1))
         });
-        // The counters' values for the next rates, in the maps of the last evaluation (their
-        // room is reused, not allocated again each interval).
+        self.tracked.fill(0);
+        for (ri, _) in self.instances.keys() {
+            self.tracked[*ri] += 1;
+        }
+        // The counters' values for the next rates.
         self.prev
             .retain(|name, _| by_name.contains_key(name.as_str()));
         for (name, points) in by_name.iter().filter(|(n, _)| self.counters.contains(**n)) {
-            let values = points.iter().map(|p| (p.labels.clone(), (now, p.value)));
-            if let Some(m) = self.prev.get_mut(*name) {
-                m.clear();
-                m.extend(values);
+            if let Some(prev) = self.prev.get_mut(*name) {
+                prev.refill(points, now);
             } else {
-                self.prev.insert((*name).to_owned(), values.collect());
+                let mut prev = Prev::default();
+                prev.refill(points, now);
+                self.prev.insert((*name).to_owned(), prev);
             }
         }
         out.active
@@ -200,10 +254,18 @@ impl Engine {
     ) -> Vec<(&'a Labels, f64)> {
         let rule = &self.rules[ri].0;
         let mut groups: Vec<(&'a Labels, f64)> = Vec::new();
-        let mut index: Map<&'a Labels, usize> = Map::default();
-        for metric in &rule.metrics {
+        // The first metric's points are groups of their own (a family's label sets are unique,
+        // as the exposition requires); a later metric's point is added to the group at its
+        // position if that is its label set, else found through an index built then.
+        let mut index: Option<Map<&'a Labels, usize>> = None;
+        for (mi, metric) in rule.metrics.iter().enumerate() {
             let prev = self.prev.get(metric.as_str());
-            for p in by_name.get(metric.as_str()).into_iter().flatten() {
+            for (pos, p) in by_name
+                .get(metric.as_str())
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 if !rule.matchers.iter().all(|(k, v)| {
                     p.labels
                         .iter()
@@ -214,7 +276,7 @@ impl Engine {
                 let v = match rule.func {
                     Func::Value => p.value,
                     Func::Rate | Func::Increase => {
-                        let Some(&(ts, before)) = prev.and_then(|m| m.get(p.labels)) else {
+                        let Some((ts, before)) = prev.and_then(|m| m.get(pos, p.labels)) else {
                             continue;
                         };
                         let obs = |ts, value| Obs {
@@ -234,6 +296,22 @@ impl Engine {
                         }
                     }
                 };
+                if mi == 0 {
+                    groups.push((p.labels, v));
+                    continue;
+                }
+                if index.is_none() {
+                    if let Some(g) = groups.get_mut(pos).filter(|g| same(g.0, p.labels)) {
+                        g.1 += v;
+                        continue;
+                    }
+                    let mut m = Map::default();
+                    for (i, (l, _)) in groups.iter().enumerate() {
+                        m.entry(*l).or_insert(i);
+                    }
+                    index = Some(m);
+                }
+                let index = index.as_mut().expect("built above");
                 match index.entry(p.labels) {
                     Entry::Occupied(o) => groups[*o.get()].1 += v,
                     Entry::Vacant(e) => {
@@ -371,6 +449,62 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// TunnelErrorRate's three counters, each family's tunnels in the order given.
+    fn errors(
+        sent: &[(&'static str, u64)],
+        received: &[(&'static str, u64)],
+        retransmits: &[(&'static str, u64)],
+    ) -> Series {
+        use crate::series::Builder;
+        let mut b = Builder::default();
+        for (name, rows) in [
+            ("moonfrp_tunnel_resets_sent", sent),
+            ("moonfrp_tunnel_resets_received", received),
+            ("moonfrp_tunnel_retransmits", retransmits),
+        ] {
+            b.counters(
+                name,
+                "h",
+                None,
+                rows.iter()
+                    .map(|(t, v)| ([("tunnel", *t), ("port", "1"), ("proto", "tcp")], *v)),
+            );
+        }
+        b.build()
+    }
+
+    #[test]
+    fn rates_follow_each_series_when_the_order_changes() {
+        let mut e = Engine::new(builtin(), 4 * 3_600_000, 0);
+        let first = errors(
+            &[("a", 0), ("b", 0), ("c", 0)],
+            &[("b", 0)],
+            &[("c", 0), ("a", 0), ("b", 0)],
+        );
+        assert!(run(&mut e, 0, &first).active.is_empty());
+        // Ten seconds on: a new tunnel d comes first (no previous value: no rate), and the
+        // others moved. a: 10/s, b: 5/s (not above 5), c: 60/s.
+        let second = errors(
+            &[("d", 500), ("c", 0), ("a", 100), ("b", 20)],
+            &[("b", 30)],
+            &[("b", 0), ("a", 0), ("c", 600)],
+        );
+        let r = run(&mut e, 10_000, &second);
+        let mut got: Vec<(String, f64, Severity)> = r
+            .active
+            .iter()
+            .map(|a| (a.labels["tunnel"].clone(), a.value, a.severity))
+            .collect();
+        got.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            got,
+            [
+                ("a".to_owned(), 10.0, Severity::Warning),
+                ("c".to_owned(), 60.0, Severity::Critical)
+            ]
+        );
     }
 
     #[test]
