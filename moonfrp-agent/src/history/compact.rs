@@ -11,7 +11,6 @@
 //!
 //! A sample is in exactly one place at any moment: readers take the chunks of a series and its
 //! raw rows and merge them by snapshot.
-use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 
@@ -101,14 +100,30 @@ fn next_window(conn: &Connection) -> rusqlite::Result<bool> {
 
 /// Moves the raw rows of series `lo..hi` in snapshots `first..=last` into chunks.
 fn slice(tx: &Transaction<'_>, first: i64, last: i64, lo: i64, hi: i64) -> rusqlite::Result<u64> {
-    let mut open: BTreeMap<i64, Encoder> = BTreeMap::new();
+    // The chunks being built, in series id order. Each snapshot's samples come in id order,
+    // nearly always the same series as the snapshot before: a sample is first looked for just
+    // after the last one's chunk, and by binary search only when it is not there.
+    let mut open: Vec<(i64, Encoder)> = Vec::new();
     let mut rows = 0;
     let reader = head::Reader::new(tx)?;
     for snapshot in first..=last {
+        let mut next = 0;
         reader.read(snapshot, lo, hi - 1, |series, value| {
-            open.entry(series)
-                .and_modify(|e| e.push(snapshot, value))
-                .or_insert_with(|| Encoder::new(snapshot, value));
+            let at = if open.get(next).is_some_and(|(id, _)| *id == series) {
+                Ok(next)
+            } else {
+                open.binary_search_by_key(&series, |(id, _)| *id)
+            };
+            next = match at {
+                Ok(i) => {
+                    open[i].1.push(snapshot, value);
+                    i + 1
+                }
+                Err(i) => {
+                    open.insert(i, (series, Encoder::new(snapshot, value)));
+                    i + 1
+                }
+            };
             rows += 1;
         })?;
     }
