@@ -6,7 +6,7 @@
 //! otherwise.
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 use moonfrp_common::{
-    DirCounters, EGRESS, INGRESS, PEER_CACHE_FLUSH, PEER_CACHE_MISSES, PEER_CACHE_STALE, PeerCache,
+    EGRESS, INGRESS, PEER_CACHE_FLUSH, PEER_CACHE_MISSES, PEER_CACHE_STALE, PeerCache,
     PeerCounters, PeerKey, Proto, WatchEntry,
 };
 
@@ -229,7 +229,9 @@ fn count_peer(slot: u32, key: &PeerKey, dir: usize, wire: u64, payload: u64, seg
                 // SAFETY: this CPU's value of an entry that exists; LRU may evict it later, not now.
                 unsafe { (*t).add_packet(dir, wire, payload, segs, syn) };
             } else {
-                let _ = PEERS.insert(key, &one_packet(dir, wire, payload, segs, syn), 0);
+                let mut one = PeerCounters::default();
+                one.add_packet(dir, wire, payload, segs, syn);
+                let _ = PEERS.insert(key, &one, 0);
             }
             return;
         }
@@ -264,7 +266,7 @@ fn flush(c: &mut PeerCache) {
 #[inline(always)]
 fn bump(n: &mut u64) {
     // SAFETY: a reference to a field of this CPU's entry.
-    unsafe { core::ptr::write_volatile(n, core::ptr::read_volatile(n) + 1) };
+    unsafe { volatile_add(n, 1) };
 }
 
 /// `*p += v`, volatile.
@@ -289,29 +291,6 @@ fn clear(c: &mut PeerCounters) {
             core::ptr::write_volatile(&raw mut d.packets, 0);
         }
         core::ptr::write_volatile(&raw mut c.syns, 0);
-    }
-}
-
-/// Counters of one packet.
-#[inline(always)]
-fn one_packet(dir: usize, wire: u64, payload: u64, segs: u64, syn: bool) -> PeerCounters {
-    let d = DirCounters {
-        bytes: wire,
-        payload_bytes: payload,
-        packets: segs,
-    };
-    let zero = DirCounters {
-        bytes: 0,
-        payload_bytes: 0,
-        packets: 0,
-    };
-    PeerCounters {
-        dir: if dir & 1 == INGRESS {
-            [d, zero]
-        } else {
-            [zero, d]
-        },
-        syns: u64::from(syn),
     }
 }
 
