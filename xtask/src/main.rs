@@ -6,6 +6,7 @@ mod bench_page;
 mod dist;
 mod fuzz;
 mod kernels;
+mod link_order;
 mod run;
 mod setup;
 mod smoke;
@@ -50,6 +51,10 @@ enum Command {
     /// Build the Debian package and a tarball (target/dist): the release agent, its hardened
     /// systemd unit, its default config.
     Dist(dist::Opts),
+    /// Record which functions a running agent executes (uprobes on a copy of the release
+    /// binary under a production-like workload) into moonfrp-agent/link-order.txt, which the
+    /// release link places first and together (root).
+    LinkOrder(link_order::Opts),
     /// The floor process of bench-overhead's CPU table (not for direct use).
     #[command(hide = true)]
     BenchFloor {
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
         Command::BenchFloor { interval_ms } => {
             bench::floor::run(std::time::Duration::from_millis(interval_ms))
         }
+        Command::LinkOrder(opts) => link_order::run(&opts),
         Command::Fuzz(opts) => setup::toolchain().and_then(|()| fuzz::run(&opts)).map(drop),
         Command::TestKernels(opts) => {
             setup::toolchain().and_then(|()| kernels::run(&opts).map(drop))
