@@ -114,17 +114,11 @@ impl Probes {
                 .write_all(format!("p:{GROUP}/f{i} {}:{offset:#x}\n", bin.display()).as_bytes())
                 .with_context(|| format!("registering the uprobe at {offset:#x}"))?;
         }
-        // One event at a time: the kernel refuses a probe on an instruction it cannot step
-        // over, and a group-wide enable would then undo every probe, one RCU wait each.
-        let group = Path::new(TRACEFS).join("events").join(GROUP);
-        let refused = (0..funcs.len())
-            .filter(|i| fs::write(group.join(format!("f{i}")).join("enable"), "1").is_err())
-            .count();
-        if refused > 0 {
-            eprintln!(
-                "xtask: link-order: {refused} functions could not be probed (left unordered)"
-            );
-        }
+        fs::write(
+            Path::new(TRACEFS).join("events").join(GROUP).join("enable"),
+            "1",
+        )
+        .context("enabling the probes")?;
         Ok(probes)
     }
 
@@ -292,4 +286,37 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// Whether `bin` was linked with the order: how many of the functions the order names it has,
+/// and whether they open its code (every function below the last of them is named, give or take
+/// the few that share a section with one). Fails when the order names functions and the binary
+/// does not place most of them first: the build did not apply it, or it is stale (regenerate it
+/// with `cargo xtask link-order`).
+pub fn check(bin: &Path) -> anyhow::Result<String> {
+    let path = run::root().join("moonfrp-agent/link-order.txt");
+    let order = fs::read_to_string(&path).unwrap_or_default();
+    let named: std::collections::HashSet<&str> = order.lines().collect();
+    if named.is_empty() {
+        return Ok("no link order".into());
+    }
+    let funcs = functions(bin)?;
+    let is_named = |names: &[String]| names.iter().any(|n| named.contains(n.as_str()));
+    let found = funcs.iter().filter(|(_, n)| is_named(n)).count();
+    let last = funcs
+        .iter()
+        .rposition(|(_, n)| is_named(n))
+        .map_or(0, |i| i + 1);
+    let among = funcs[..last].iter().filter(|(_, n)| !is_named(n)).count();
+    let summary = format!(
+        "link order: the {} names in {} are {found} of the binary's {} functions, its first {last} ({among} unnamed among those)",
+        named.len(),
+        path.display(),
+        funcs.len()
+    );
+    ensure!(
+        found * 2 >= named.len() && among * 10 <= last,
+        "{summary}: the release link did not place them first, or the order is stale; run `cargo xtask link-order`"
+    );
+    Ok(summary)
 }

@@ -172,6 +172,7 @@ pub fn run(opts: &Opts) -> anyhow::Result<Report> {
     );
     setup::toolchain()?;
     let bin = run::build_release()?;
+    eprintln!("bench: {}", crate::link_order::check(&bin)?);
     let out = opts
         .out
         .clone()
