@@ -38,6 +38,8 @@ const GROUP: &str = "moonfrp_link_order";
 
 /// The functions of an ELF file: each address's file offset and the symbol names there.
 fn functions(bin: &Path) -> anyhow::Result<Vec<(u64, Vec<String>)>> {
+    // nm and readelf.
+    setup::debian_packages(&["binutils"])?;
     let out = tool("readelf", &["-lW"], bin)?;
     // The executable LOAD segment: file offset, virtual address, file size.
     let (offset, vaddr, size) = out
