@@ -64,25 +64,24 @@ fn damaged_block(e: block::BlockError) -> rusqlite::Error {
 }
 
 /// Writes snapshot `snapshot`'s samples, (series id, value) in increasing id order.
-pub fn write(tx: &Transaction<'_>, snapshot: i64, samples: &[(i64, f64)]) -> rusqlite::Result<()> {
+pub fn write(
+    tx: &Transaction<'_>,
+    snapshot: i64,
+    samples: impl IntoIterator<Item = (i64, f64)>,
+) -> rusqlite::Result<()> {
     let mut insert =
         tx.prepare_cached("INSERT OR REPLACE INTO head_blocks (key, data) VALUES (?1, ?2)")?;
     let mut value = Vec::with_capacity(9);
-    let mut rest = samples;
-    while let Some(&(first, _)) = rest.first() {
+    let mut samples = samples.into_iter().peekable();
+    while let Some(&(first, _)) = samples.peek() {
         let grp = HEAD.group(first);
-        let n = rest
-            .iter()
-            .position(|(id, _)| HEAD.group(*id) != grp)
-            .unwrap_or(rest.len());
         let mut b = HEAD.builder();
-        for (id, v) in &rest[..n] {
+        while let Some((id, v)) = samples.next_if(|(id, _)| HEAD.group(*id) == grp) {
             value.clear();
-            encode(*v, &mut value);
-            b.push(*id, &value);
+            encode(v, &mut value);
+            b.push(id, &value);
         }
         insert.execute(params![key(snapshot, grp), b.finish()])?;
-        rest = &rest[n..];
     }
     Ok(())
 }

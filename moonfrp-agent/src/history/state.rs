@@ -31,6 +31,8 @@ pub struct States {
     levels: usize,
     /// Slot by series id, for points the order does not place and for the rebuild.
     slot_of: HashMap<i64, u32, RandomState>,
+    /// Every slot in series id order (empty when the slots changed since it was made).
+    by_id: Vec<u32>,
 }
 
 impl States {
@@ -40,6 +42,7 @@ impl States {
             buckets: Vec::new(),
             levels,
             slot_of: HashMap::default(),
+            by_id: Vec::new(),
         }
     }
 
@@ -58,6 +61,7 @@ impl States {
             });
             self.buckets
                 .extend(std::iter::repeat_n(Bucket::default(), self.levels));
+            self.by_id.clear();
             next
         })
     }
@@ -90,6 +94,7 @@ impl States {
         for acc in self.accs.drain(len..) {
             self.slot_of.remove(&acc.id);
         }
+        self.by_id.clear();
         self.buckets.truncate(len * self.levels);
     }
 
@@ -144,14 +149,26 @@ impl States {
         }
         self.accs = accs;
         self.buckets = buckets;
+        self.by_id.clear();
         Some(remap)
     }
 
-    /// Every slot in series id order (rollup blocks are written so).
-    pub fn by_id(&self) -> Vec<u32> {
-        let mut slots: Vec<u32> = (0..u32::try_from(self.accs.len()).unwrap_or(u32::MAX)).collect();
-        slots.sort_unstable_by_key(|s| self.accs[*s as usize].id);
-        slots
+    /// Puts the slots in series id order again if they changed, for [`Self::by_id`].
+    pub fn sort_by_id(&mut self) {
+        if self.by_id.len() != self.accs.len() {
+            let accs = &self.accs;
+            self.by_id.clear();
+            self.by_id
+                .extend(0..u32::try_from(accs.len()).expect("series ids have 24 bits"));
+            self.by_id.sort_unstable_by_key(|s| accs[*s as usize].id);
+        }
+    }
+
+    /// Every slot in series id order (head and rollup blocks are written so), as of the last
+    /// [`Self::sort_by_id`].
+    pub fn by_id(&self) -> &[u32] {
+        debug_assert_eq!(self.by_id.len(), self.accs.len(), "sort_by_id first");
+        &self.by_id
     }
 }
 

@@ -89,12 +89,55 @@ pub struct WriteStats {
     pub compacted: u64,
 }
 
-/// A write's working buffers, kept for the next one.
+/// A write's values, by slot (kept for the next write: a snapshot's size, allocated anew every
+/// interval it would cost page faults). A series that comes twice in a snapshot keeps its last
+/// value.
 #[derive(Default)]
 struct Scratch {
-    /// Slot, value.
-    resolved: Vec<(u32, f64)>,
-    values: Vec<(i64, f64)>,
+    values: Vec<f64>,
+    present: Vec<bool>,
+    /// Points written, duplicates included.
+    points: usize,
+}
+
+impl Scratch {
+    /// Empties it for a write over `slots` slots (more may be added during it).
+    fn begin(&mut self, slots: usize) {
+        self.present.clear();
+        self.present.resize(slots, false);
+        self.values.resize(slots, 0.0);
+        self.points = 0;
+    }
+
+    fn set(&mut self, slot: u32, value: f64) {
+        let s = slot as usize;
+        if s >= self.present.len() {
+            self.present.resize(s + 1, false);
+            self.values.resize(s + 1, 0.0);
+        }
+        self.present[s] = true;
+        self.values[s] = value;
+        self.points += 1;
+    }
+
+    fn get(&self, slot: u32) -> Option<f64> {
+        let s = slot as usize;
+        self.present
+            .get(s)
+            .copied()
+            .unwrap_or(false)
+            .then(|| self.values[s])
+    }
+
+    /// The slots with a value, in slot order.
+    fn iter(&self) -> impl Iterator<Item = (u32, f64)> + '_ {
+        self.present
+            .iter()
+            .zip(&self.values)
+            .zip(0u32..)
+            .filter(|((p, _), _)| **p)
+            .map(|((_, v), slot)| (slot, *v))
+    }
 }
 
 pub struct Store {
@@ -377,6 +420,10 @@ impl Store {
             params![now_ms, env!("CARGO_PKG_VERSION")],
         )?;
         let run = conn.last_insert_rowid();
+        // A write appends at the right edge of its tables and compaction reads a window in key
+        // order: a quarter of SQLite's default page cache (2 MiB, the largest block of the
+        // writer's memory at 1,000 tunnels) serves them as well.
+        conn.pragma_update(None, "cache_size", -512)?;
         // Checkpoints run on their own thread: the writer's commits never copy the WAL back
         // nor wait for its fsync.
         let checkpointer = Checkpointer::start(&path)?;
@@ -545,12 +592,8 @@ impl Store {
         // Written only when the points differ from the last write's (rare: a tunnel added, a
         // label value changed); not kept, to hold one copy of the keys.
         let mut next = last.empty_like();
-        // The buffers of the last write, emptied (a snapshot's size each: allocated anew every
-        // interval they cost page faults).
-        let mut resolved = std::mem::take(&mut self.scratch.resolved);
-        let mut values = std::mem::take(&mut self.scratch.values);
-        resolved.clear();
-        values.clear();
+        let mut cur = std::mem::take(&mut self.scratch);
+        cur.begin(self.states.len());
         let mut new_metrics: Vec<String> = Vec::new();
         let flushing: Vec<bool> = self
             .settings
@@ -573,7 +616,7 @@ impl Store {
                 for (family, p) in series.points() {
                     if let Some(slot) = walk.same_as_last(&p) {
                         walk.keep();
-                        resolved.push((slot, p.value));
+                        cur.set(slot, p.value);
                         continue;
                     }
                     series_key(&mut key, &p);
@@ -588,20 +631,21 @@ impl Store {
                         self.states.slot(series_id(&tx, &p)?, p.counter)
                     };
                     walk.put(slot, &key);
-                    resolved.push((slot, p.value));
+                    cur.set(slot, p.value);
                 }
                 replaced = walk.finish();
             }
-            // In id order, one value per series (the last, should a name come twice).
-            values.extend(
-                resolved
+            // In id order (head blocks and rollup rows append so).
+            let tracked = &mut self.states;
+            tracked.sort_by_id();
+            head::write(
+                &tx,
+                snapshot,
+                tracked
+                    .by_id()
                     .iter()
-                    .rev()
-                    .map(|&(slot, v)| (self.states.id(slot), v)),
-            );
-            values.sort_by_key(|v| v.0);
-            values.dedup_by_key(|v| v.0);
-            head::write(&tx, snapshot, &values)?;
+                    .filter_map(|&slot| cur.get(slot).map(|v| (tracked.id(slot), v))),
+            )?;
             stats.rollup_rows += flush_levels(
                 &tx,
                 &self.settings,
@@ -626,10 +670,9 @@ impl Store {
             last
         };
         self.metrics.extend(new_metrics);
-        stats.samples = resolved.len();
-        self.after_commit(ts_ms, &resolved, &flushing);
-        self.scratch.resolved = resolved;
-        self.scratch.values = values;
+        stats.samples = cur.points;
+        self.after_commit(ts_ms, &cur, &flushing);
+        self.scratch = cur;
         stats.pruned = self.prune(ts_ms)?;
         self.checkpointer.poke();
         // A little more than one snapshot's rows per interval: a window (60 snapshots) is done in
@@ -646,9 +689,8 @@ impl Store {
     }
 
     /// Feeds the committed points to their series' buckets, after emptying the buckets that
-    /// were just written. The states are visited in slot order, which is the points' order but
-    /// for series added since the run began.
-    fn after_commit(&mut self, ts_ms: i64, points: &[(u32, f64)], flushed: &[bool]) {
+    /// were just written. The states are visited in slot order.
+    fn after_commit(&mut self, ts_ms: i64, points: &Scratch, flushed: &[bool]) {
         for (li, level) in self.settings.levels.iter().enumerate() {
             if flushed[li] || self.level_start[li].is_none() {
                 self.states.clear_level(li);
@@ -668,7 +710,7 @@ impl Store {
             run: self.run,
             run_start: self.run_start,
         };
-        for &(slot, value) in points {
+        for (slot, value) in points.iter() {
             let (acc, buckets) = self.states.get_mut(slot);
             let cur = Obs { value, ..obs };
             rollup::feed_all(buckets, acc.counter, acc.prev.as_ref(), &cur);
