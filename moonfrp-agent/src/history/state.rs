@@ -6,21 +6,28 @@
 //! and the states are touched in sequence (kept in one dense vector, not behind a hash map
 //! whose entries a write would visit in random order). Only a point that moved or is new is
 //! looked up, in the last order's hash index and then in the database.
-use std::{collections::HashMap, hash::BuildHasher as _};
+use std::hash::BuildHasher as _;
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
-use super::rollup::{Bucket, Obs};
+use super::rollup::{self, Bucket, Obs};
 use crate::series::Point;
 
-/// A series' state: which series, how it is counted, its previous sample.
-#[derive(Debug)]
-pub struct Acc {
-    pub id: i64,
-    pub counter: bool,
-    pub prev: Option<Obs>,
+/// A series' state: which series, how it is counted, its previous sample. 24 bytes: there are
+/// tens of thousands of them.
+#[derive(Clone, Copy, Debug)]
+struct Acc {
+    prev_ts: i64,
+    prev_value: f64,
+    /// Series ids have 24 bits.
+    id: u32,
+    /// The previous sample's run, an index into [`States::runs`]; [`NO_PREV`] if there is none.
+    prev_run: u16,
+    counter: bool,
 }
+
+const NO_PREV: u16 = u16::MAX;
 
 /// Every tracked series' state in dense slots, with a bucket per rollup level each.
 #[derive(Debug)]
@@ -29,20 +36,21 @@ pub struct States {
     /// `levels` buckets per slot, in slot order.
     buckets: Vec<Bucket>,
     levels: usize,
-    /// Slot by series id, for points the order does not place and for the rebuild.
-    slot_of: HashMap<i64, u32, RandomState>,
-    /// Every slot in series id order (empty when the slots changed since it was made).
+    /// Every slot in series id order: how a series id finds its slot (points the order does
+    /// not place, the rebuild), and the order head and rollup blocks are written in.
     by_id: Vec<u32>,
+    /// The runs (id, start) of the previous samples: this one, and at most a few before it.
+    runs: Vec<(i64, i64)>,
 }
 
 impl States {
-    pub fn new(levels: usize) -> Self {
+    pub const fn new(levels: usize) -> Self {
         Self {
             accs: Vec::new(),
             buckets: Vec::new(),
             levels,
-            slot_of: HashMap::default(),
             by_id: Vec::new(),
+            runs: Vec::new(),
         }
     }
 
@@ -52,50 +60,101 @@ impl States {
 
     /// Series `id`'s slot, a new one (no sample yet, empty buckets) if it has none.
     pub fn slot(&mut self, id: i64, counter: bool) -> u32 {
-        let next = u32::try_from(self.accs.len()).expect("series ids have 24 bits");
-        *self.slot_of.entry(id).or_insert_with(|| {
-            self.accs.push(Acc {
-                id,
-                counter,
-                prev: None,
-            });
-            self.buckets
-                .extend(std::iter::repeat_n(Bucket::default(), self.levels));
-            self.by_id.clear();
-            next
-        })
+        let id = u32::try_from(id).expect("series ids have 24 bits");
+        let accs = &self.accs;
+        match self
+            .by_id
+            .binary_search_by_key(&id, |&s| accs[s as usize].id)
+        {
+            Ok(pos) => self.by_id[pos],
+            Err(pos) => {
+                let slot = u32::try_from(self.accs.len()).expect("series ids have 24 bits");
+                self.accs.push(Acc {
+                    prev_ts: 0,
+                    prev_value: 0.0,
+                    id,
+                    prev_run: NO_PREV,
+                    counter,
+                });
+                self.buckets
+                    .extend(std::iter::repeat_n(Bucket::default(), self.levels));
+                // Ids come in increasing order but for series of earlier runs: nearly always
+                // at the end.
+                self.by_id.insert(pos, slot);
+                slot
+            }
+        }
     }
 
     pub fn id(&self, slot: u32) -> i64 {
-        self.accs[slot as usize].id
+        i64::from(self.accs[slot as usize].id)
     }
 
-    /// A slot's state and its buckets, finest level first.
-    pub fn get(&self, slot: u32) -> (&Acc, &[Bucket]) {
+    /// A slot's id, whether it is a counter, and its buckets, finest level first.
+    pub fn get(&self, slot: u32) -> (i64, bool, &[Bucket]) {
         let s = slot as usize;
+        let acc = &self.accs[s];
         (
-            &self.accs[s],
+            i64::from(acc.id),
+            acc.counter,
             &self.buckets[s * self.levels..(s + 1) * self.levels],
         )
     }
 
-    /// The same, to change.
-    pub fn get_mut(&mut self, slot: u32) -> (&mut Acc, &mut [Bucket]) {
+    /// A slot's buckets, to change.
+    pub fn buckets_mut(&mut self, slot: u32) -> &mut [Bucket] {
         let s = slot as usize;
-        (
-            &mut self.accs[s],
-            &mut self.buckets[s * self.levels..(s + 1) * self.levels],
-        )
+        &mut self.buckets[s * self.levels..(s + 1) * self.levels]
+    }
+
+    /// The previous sample of a slot.
+    pub fn prev(&self, slot: u32) -> Option<Obs> {
+        let acc = &self.accs[slot as usize];
+        let &(run, run_start) = self.runs.get(usize::from(acc.prev_run))?;
+        Some(Obs {
+            ts: acc.prev_ts,
+            value: acc.prev_value,
+            run,
+            run_start,
+        })
+    }
+
+    /// Takes sample `cur` as the slot's previous one, after adding it to its buckets if `fill`.
+    pub fn feed(&mut self, slot: u32, cur: &Obs, fill: bool) {
+        let run = self.run_index(cur.run, cur.run_start);
+        let s = slot as usize;
+        if fill {
+            let prev = self.prev(slot);
+            let counter = self.accs[s].counter;
+            rollup::feed_all(
+                &mut self.buckets[s * self.levels..(s + 1) * self.levels],
+                counter,
+                prev.as_ref(),
+                cur,
+            );
+        }
+        let acc = &mut self.accs[s];
+        acc.prev_ts = cur.ts;
+        acc.prev_value = cur.value;
+        acc.prev_run = run;
+    }
+
+    /// The index of a run in `runs` (added if new). Past `NO_PREV` runs (never: only the runs of
+    /// the last few minutes' samples are met) a sample is kept as none.
+    fn run_index(&mut self, run: i64, run_start: i64) -> u16 {
+        if let Some(i) = self.runs.iter().position(|&r| r == (run, run_start)) {
+            return u16::try_from(i).unwrap_or(NO_PREV);
+        }
+        self.runs.push((run, run_start));
+        u16::try_from(self.runs.len() - 1).unwrap_or(NO_PREV)
     }
 
     /// Forgets the slots from `len` on (made by a write that failed: their ids may be given
     /// again).
     pub fn truncate(&mut self, len: usize) {
-        for acc in self.accs.drain(len..) {
-            self.slot_of.remove(&acc.id);
-        }
-        self.by_id.clear();
+        self.accs.truncate(len);
         self.buckets.truncate(len * self.levels);
+        self.by_id.retain(|&s| (s as usize) < len);
     }
 
     /// Empties every series' bucket of level `level`.
@@ -109,8 +168,8 @@ impl States {
     /// after that long starts anew).
     pub fn forget_before(&mut self, horizon: i64) {
         for acc in &mut self.accs {
-            if acc.prev.is_some_and(|p| p.ts < horizon) {
-                acc.prev = None;
+            if acc.prev_run != NO_PREV && acc.prev_ts < horizon {
+                acc.prev_run = NO_PREV;
             }
         }
     }
@@ -119,55 +178,41 @@ impl States {
     /// slot of each old one (`None`: dropped) if any was dropped.
     pub fn compact(&mut self) -> Option<Vec<Option<u32>>> {
         let levels = self.levels;
-        let idle: Vec<bool> = self
-            .accs
-            .iter()
-            .enumerate()
-            .map(|(i, acc)| {
-                acc.prev.is_none()
-                    && self.buckets[i * levels..(i + 1) * levels]
-                        .iter()
-                        .all(|b| b.samples == 0)
-            })
-            .collect();
-        if !idle.contains(&true) {
+        let idle = |i: usize, acc: &Acc| {
+            acc.prev_run == NO_PREV
+                && self.buckets[i * levels..(i + 1) * levels]
+                    .iter()
+                    .all(|b| b.samples == 0)
+        };
+        if !self.accs.iter().enumerate().any(|(i, acc)| idle(i, acc)) {
             return None;
         }
         let mut remap = Vec::with_capacity(self.accs.len());
         let (mut accs, mut buckets) = (Vec::new(), Vec::new());
-        self.slot_of.clear();
-        for (i, acc) in std::mem::take(&mut self.accs).into_iter().enumerate() {
-            if idle[i] {
+        for (i, acc) in self.accs.iter().enumerate() {
+            if idle(i, acc) {
                 remap.push(None);
                 continue;
             }
             let slot = u32::try_from(accs.len()).expect("fewer slots than before");
-            self.slot_of.insert(acc.id, slot);
             buckets.extend_from_slice(&self.buckets[i * levels..(i + 1) * levels]);
-            accs.push(acc);
+            accs.push(*acc);
             remap.push(Some(slot));
         }
         self.accs = accs;
         self.buckets = buckets;
-        self.by_id.clear();
+        self.by_id.retain_mut(|s| match remap[*s as usize] {
+            Some(new) => {
+                *s = new;
+                true
+            }
+            None => false,
+        });
         Some(remap)
     }
 
-    /// Puts the slots in series id order again if they changed, for [`Self::by_id`].
-    pub fn sort_by_id(&mut self) {
-        if self.by_id.len() != self.accs.len() {
-            let accs = &self.accs;
-            self.by_id.clear();
-            self.by_id
-                .extend(0..u32::try_from(accs.len()).expect("series ids have 24 bits"));
-            self.by_id.sort_unstable_by_key(|s| accs[*s as usize].id);
-        }
-    }
-
-    /// Every slot in series id order (head and rollup blocks are written so), as of the last
-    /// [`Self::sort_by_id`].
+    /// Every slot in series id order (head and rollup blocks are written so).
     pub fn by_id(&self) -> &[u32] {
-        debug_assert_eq!(self.by_id.len(), self.accs.len(), "sort_by_id first");
         &self.by_id
     }
 }
@@ -177,7 +222,7 @@ pub struct Order {
     keys: String,
     /// Each position's slot and where its key ends in `keys` (it starts where the one before
     /// ends).
-    ends: Vec<(u32, usize)>,
+    ends: Vec<(u32, u32)>,
     /// Positions by key hash (the first of a key that comes twice).
     index: HashTable<u32>,
     /// A per-process random seed: the keys hold names strangers choose.
@@ -205,12 +250,14 @@ impl Order {
 
     fn push(&mut self, slot: u32, key: &str) {
         self.keys.push_str(key);
-        self.ends.push((slot, self.keys.len()));
+        // A snapshot's series and their label sizes are bounded far below 4 GiB of keys.
+        let end = u32::try_from(self.keys.len()).expect("keys take less than 4 GiB");
+        self.ends.push((slot, end));
     }
 
     fn key(&self, pos: usize) -> &str {
-        let start = pos.checked_sub(1).map_or(0, |p| self.ends[p].1);
-        &self.keys[start..self.ends[pos].1]
+        let start = pos.checked_sub(1).map_or(0, |p| self.ends[p].1 as usize);
+        &self.keys[start..self.ends[pos].1 as usize]
     }
 
     /// The slot of the series with `key`, if this order has it.
@@ -277,7 +324,7 @@ impl<'a> Walk<'a> {
     fn here(&self) -> Option<(u32, &'a str)> {
         let last: &'a Order = self.last;
         let &(slot, end) = last.ends.get(self.pos)?;
-        Some((slot, &last.keys[self.start..end]))
+        Some((slot, &last.keys[self.start..end as usize]))
     }
 
     /// The slot if `p` is the last write's series at this position.
@@ -325,7 +372,7 @@ impl<'a> Walk<'a> {
 
     fn advance(&mut self) {
         if let Some(&(_, end)) = self.last.ends.get(self.pos) {
-            self.start = end;
+            self.start = end as usize;
         }
         self.pos += 1;
     }

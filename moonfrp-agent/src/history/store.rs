@@ -516,7 +516,7 @@ impl Store {
                     starts[j],
                     |_, id, b, _| {
                         let slot = states.slot(id, counters.contains(&id));
-                        states.get_mut(slot).1[k].merge(&b);
+                        states.buckets_mut(slot)[k].merge(&b);
                     },
                 )?;
             }
@@ -531,11 +531,7 @@ impl Store {
         let states = &mut self.states;
         let mut take = |id: i64, obs: Obs| {
             let slot = states.slot(id, counters.contains(&id));
-            let (acc, buckets) = states.get_mut(slot);
-            if obs.ts >= from {
-                rollup::feed_all(buckets, acc.counter, acc.prev.as_ref(), &obs);
-            }
-            acc.prev = Some(obs);
+            states.feed(slot, &obs, obs.ts >= from);
         };
         // Compressed windows first (older), then the raw head: each series in time order.
         compact::since(&self.conn, prev_ts, &mut take)?;
@@ -636,8 +632,7 @@ impl Store {
                 replaced = walk.finish();
             }
             // In id order (head blocks and rollup rows append so).
-            let tracked = &mut self.states;
-            tracked.sort_by_id();
+            let tracked = &self.states;
             head::write(
                 &tx,
                 snapshot,
@@ -711,10 +706,7 @@ impl Store {
             run_start: self.run_start,
         };
         for (slot, value) in points.iter() {
-            let (acc, buckets) = self.states.get_mut(slot);
-            let cur = Obs { value, ..obs };
-            rollup::feed_all(buckets, acc.counter, acc.prev.as_ref(), &cur);
-            acc.prev = Some(cur);
+            self.states.feed(slot, &Obs { value, ..obs }, true);
         }
         if finest_flushed && let Some(remap) = self.states.compact() {
             self.order.remap(&remap);
@@ -817,9 +809,9 @@ fn flush_levels(
             level.step_s(),
             start,
             slots.iter().filter_map(|&slot| {
-                let (acc, b) = states.get(slot);
+                let (id, counter, b) = states.get(slot);
                 let b = &b[li];
-                (b.samples > 0).then_some((acc.id, b, acc.counter))
+                (b.samples > 0).then_some((id, b, counter))
             }),
         )?;
     }
