@@ -315,12 +315,18 @@ impl Agent {
 
     /// SIGTERM, then waits for the exit status.
     pub fn stop(self) -> ExitStatus {
+        self.stop_within(TIMEOUT)
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit status (an agent slowed down on
+    /// purpose finishes its last history write late).
+    pub fn stop_within(self, timeout: Duration) -> ExitStatus {
         self.signal(libc::SIGTERM);
         let mut child = self.child.lock().unwrap().take().expect("agent running");
-        wait_timeout(&mut child, TIMEOUT).unwrap_or_else(|| {
+        wait_timeout(&mut child, timeout).unwrap_or_else(|| {
             let _ = child.kill();
             panic!(
-                "agent did not exit within {TIMEOUT:?} of SIGTERM:\n{}",
+                "agent did not exit within {timeout:?} of SIGTERM:\n{}",
                 self.log()
             )
         })
