@@ -81,6 +81,15 @@ fn userspace(c: &mut Criterion) {
     c.bench_function("render: text 0.0.4, 1000 tunnels", |b| {
         b.iter(|| exposition::render(&series, Format::Text004));
     });
+    c.bench_function("render: OpenMetrics + gzip, 1000 tunnels", |b| {
+        b.iter(|| {
+            exposition::Published::new(Arc::new(series.clone())).bytes(Format::OpenMetrics, true)
+        });
+    });
+    c.bench_function("gzip: OpenMetrics rendering, 1000 tunnels", |b| {
+        let raw = exposition::render(&series, Format::OpenMetrics);
+        b.iter(|| exposition::compress(raw.as_bytes()));
+    });
     c.bench_function("render: text 0.0.4 + gzip, 1000 tunnels", |b| {
         b.iter(|| {
             exposition::Published::new(Arc::new(series.clone())).bytes(Format::Text004, true)

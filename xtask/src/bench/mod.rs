@@ -56,7 +56,10 @@ pub struct AgentCpu {
     pub cpu_pct_stat: f64,
     /// Process CPU clock over the window, % of one core (nanosecond resolution).
     pub cpu_pct_ns: f64,
+    /// RSS after a scrape as Prometheus makes it (OpenMetrics, gzip).
     pub rss_bytes: u64,
+    /// RSS after a further scrape of plain text without gzip, whose rendering is kept too.
+    pub rss_plain_bytes: u64,
     pub window_s: f64,
     pub collections_in_window: u64,
     /// "measured", or "estimated" (idle rate + cost of one collection / interval).

@@ -290,7 +290,9 @@ pub fn targets(r: &Report) -> Vec<Verdict> {
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
         if let Some(rss) = rss {
             target(
-                format!("agent RSS, {tunnels} tunnels (MiB, largest of the intervals)"),
+                format!(
+                    "agent RSS, {tunnels} tunnels, scraped by Prometheus (MiB, largest of the intervals)"
+                ),
                 rss,
                 limit,
             );
@@ -324,22 +326,26 @@ pub fn print(r: &Report, took: Duration) {
         "\nAgent CPU under background load (tcp 200 Mbit/s, udp 2,000/s, 100 conn/s on watched ports)"
     );
     println!(
-        "{:>8} {:>9} {:>12} {:>13} {:>8} {:>12}  method",
-        "tunnels", "interval", "cpu % stat", "cpu % ns", "RSS MiB", "collections"
+        "{:>8} {:>9} {:>12} {:>13} {:>8} {:>10} {:>12}  method",
+        "tunnels", "interval", "cpu % stat", "cpu % ns", "RSS MiB", "+plain MiB", "collections"
     );
     for a in &r.agent_cpu {
         println!(
-            "{:>8} {:>8}s {:>12.4} {:>13.4} {:>8.1} {:>12}  {} over {:.0} s",
+            "{:>8} {:>8}s {:>12.4} {:>13.4} {:>8.1} {:>10.1} {:>12}  {} over {:.0} s",
             a.tunnels,
             a.interval_s,
             a.cpu_pct_stat,
             a.cpu_pct_ns,
             mib(a.rss_bytes),
+            mib(a.rss_plain_bytes),
             a.collections_in_window,
             a.method,
             a.window_s
         );
     }
+    println!(
+        "RSS: after a scrape as Prometheus makes it (OpenMetrics, gzip: the agent keeps that rendering until the next snapshot); +plain: after a further scrape without gzip, whose text is kept too"
+    );
     println!(
         "floor: a process waking every interval to read the host's /proc files (what the host collectors read), no tunnels"
     );

@@ -248,6 +248,10 @@ pub(super) fn agent_cpu(
     let mut rows = Vec::new();
     for ((n, iv, a), (b, s0)) in agents.iter().zip(&before) {
         let after = measure::cpu(a.pid())?;
+        // Memory as Prometheus leaves the agent (it keeps the gzip rendering of the snapshot),
+        // then with the plain text rendering kept too (what a scrape without gzip adds).
+        get(a.addr, PROMETHEUS_HEADERS)?;
+        let rss_bytes = measure::rss(a.pid())?;
         let collections = snapshots(a).saturating_sub(*s0);
         rows.push(AgentCpu {
             tunnels: *n,
@@ -257,7 +261,8 @@ pub(super) fn agent_cpu(
                 / wall
                 * 100.0,
             cpu_pct_ns: after.ns.saturating_sub(b.ns) as f64 / 1e9 / wall * 100.0,
-            rss_bytes: measure::rss(a.pid())?,
+            rss_bytes,
+            rss_plain_bytes: measure::rss(a.pid())?,
             window_s: wall,
             collections_in_window: collections,
             method: "measured",
