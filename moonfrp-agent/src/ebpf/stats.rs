@@ -3,9 +3,9 @@
 //! While statistics are on (`BPF_ENABLE_STATS`, a static key for the whole host), the kernel
 //! reads the clock twice around every run of every BPF program — moonfrp's and every other
 //! tool's — and adds the time and one run to the program's totals. moonfrp turns them on only
-//! for a short window after each collection (`sampled`, the default): the totals then grow only
-//! inside windows, and `moonfrp_agent_bpf_stats_window_seconds_total` says for how long they were
-//! on, so `rate(runs) / rate(window seconds)` estimates the run rate and `rate(run time) /
+//! for a short window after a collection (`sampled`, the default), then leaves them off for at
+//! least nine window lengths ([`REST`]): the totals then grow only inside windows, and
+//! `moonfrp_agent_bpf_stats_window_seconds_total` says for how long they were on, so `rate(runs) / rate(window seconds)` estimates the run rate and `rate(run time) /
 //! rate(runs)` the cost of one run. Outside the windows no program pays anything for them.
 use std::{
     os::fd::OwnedFd,
@@ -26,7 +26,7 @@ use tracing::warn;
 pub enum BpfStats {
     /// Never: `moonfrp_agent_bpf_runs_total` and `…_run_time_seconds_total` are not exported.
     Off,
-    /// For `bpf_stats_window` after each collection.
+    /// For `bpf_stats_window` after a collection, then off for nine windows at least.
     #[default]
     Sampled,
     /// All the time the agent runs (every BPF program on the host pays for it all that time).
@@ -120,8 +120,8 @@ impl StatsWindow {
         self.mode != BpfStats::Off
     }
 
-    /// Opens a sampling window now (sampled mode). Asked while one is open, the next opens when
-    /// it closes; further asks meanwhile are dropped.
+    /// Opens a sampling window now (sampled mode), unless one is open or resting: then the ask is
+    /// dropped.
     pub fn sample(&self) {
         if let Some(tx) = &self.open
             && let Err(TrySendError::Disconnected(())) = tx.try_send(())
@@ -146,7 +146,14 @@ fn enable() -> Result<OwnedFd, aya::sys::SyscallError> {
     aya::sys::enable_stats(aya::sys::Stats::RunTime)
 }
 
-/// The window thread: one window per request, until the switch is dropped.
+/// After a window the statistics stay off for at least this many window lengths: on at most a
+/// tenth of the time whatever the interval (at 1 s with the 1 s default window they were on all
+/// the time, and every BPF program on the host paid for it), and the host-wide switch, which
+/// patches kernel code on every CPU each time it flips, flips at most twice per ten windows.
+const REST: u32 = 9;
+
+/// The window thread: a window for the first request after the previous window's rest, until
+/// the switch is dropped.
 fn windows(rx: &mpsc::Receiver<()>, window: Duration, on_ns: &AtomicU64) {
     let mut failed = false;
     while rx.recv().is_ok() {
@@ -165,6 +172,9 @@ fn windows(rx: &mpsc::Receiver<()>, window: Duration, on_ns: &AtomicU64) {
             }
             Err(_) => {}
         }
+        thread::sleep(window * REST);
+        // Asks made during the rest are dropped: the next window follows the next collection.
+        while rx.try_recv().is_ok() {}
     }
 }
 
