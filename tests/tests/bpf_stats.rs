@@ -1,7 +1,8 @@
 //! BPF run-time statistics are sampled: on for a short window after a collection, then off for
 //! at least nine window lengths however short the interval, while no program on the host —
 //! moonfrp's or anyone's — pays for them. A bystander program (empty, not moonfrp's) shows it:
-//! the kernel counts its runs only while the statistics are on. Alone in its file: other agents would open windows of their own.
+//! the kernel counts its runs only while the statistics are on. Alone in its file: other agents
+//! would open windows of their own.
 use std::{
     net::{Ipv4Addr, UdpSocket},
     sync::{
