@@ -155,13 +155,12 @@ pub fn any_before(conn: &Connection, step_s: i64, ts: i64) -> rusqlite::Result<b
 pub fn prune(tx: &Transaction<'_>, step_s: i64, before: i64, limit: i64) -> rusqlite::Result<u64> {
     let mut pruned = 0;
     for table in ["rollup_blocks", "rollups"] {
-        pruned += tx.execute(
-            &format!(
+        pruned += tx
+            .prepare_cached(&format!(
                 "DELETE FROM {table} WHERE step = ?1 AND start IN
                    (SELECT DISTINCT start FROM {table} WHERE step = ?1 AND start < ?2 ORDER BY start LIMIT ?3)"
-            ),
-            params![step_s, before, limit],
-        )? as u64;
+            ))?
+            .execute(params![step_s, before, limit])? as u64;
     }
     Ok(pruned)
 }

@@ -41,14 +41,15 @@ pub fn step(conn: &mut Connection, budget: u64) -> rusqlite::Result<u64> {
     // Rows moved, and the budget spent: rows, and one for each slice (so that a run of
     // slices of an empty window ends).
     let (mut moved, mut spent) = (0, 0);
-    let top: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM series", [], |r| r.get(0))?;
+    let top: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM series")?
+        .query_row([], |r| r.get(0))?;
     while spent < budget {
         let open: Option<(i64, i64, i64)> = conn
-            .query_row(
+            .prepare_cached(
                 "SELECT first, last, cursor FROM windows WHERE cursor <= ?1 ORDER BY first LIMIT 1",
-                [MAX_SERIES],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            )?
+            .query_row([MAX_SERIES], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         let Some((first, last, cursor)) = open else {
             if !next_window(conn)? {
@@ -65,10 +66,8 @@ pub fn step(conn: &mut Connection, budget: u64) -> rusqlite::Result<u64> {
         let end = if end > top { MAX_SERIES + 1 } else { end };
         let tx = conn.transaction()?;
         let rows = slice(&tx, first, last, cursor, end.min(MAX_SERIES + 1))?;
-        tx.execute(
-            "UPDATE windows SET cursor = ?1 WHERE first = ?2",
-            params![end, first],
-        )?;
+        tx.prepare_cached("UPDATE windows SET cursor = ?1 WHERE first = ?2")?
+            .execute(params![end, first])?;
         tx.commit()?;
         moved += rows;
         spent += rows + 1;
@@ -78,9 +77,9 @@ pub fn step(conn: &mut Connection, budget: u64) -> rusqlite::Result<u64> {
 
 /// Opens the next window if [`WINDOW`] snapshots follow the last one.
 fn next_window(conn: &Connection) -> rusqlite::Result<bool> {
-    let after: i64 = conn.query_row("SELECT COALESCE(MAX(last), 0) FROM windows", [], |r| {
-        r.get(0)
-    })?;
+    let after: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(last), 0) FROM windows")?
+        .query_row([], |r| r.get(0))?;
     let ids: Vec<(i64, i64)> = conn
         .prepare_cached("SELECT id, ts FROM snapshots WHERE id > ?1 ORDER BY id LIMIT ?2")?
         .query_map(params![after, WINDOW], |r| Ok((r.get(0)?, r.get(1)?)))?
