@@ -1,9 +1,9 @@
 //! Running frps/frpc processes (procfs): CPU, memory, threads, FDs, start time, and restarts (a
 //! new PID for the same name and config file). Labels: `process`, and `config` when the command
 //! line names one (`-c`, `--config`).
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use procfs::process::Process;
+use procfs::process::{Process, Stat};
 
 use super::CollectError;
 use crate::untrusted::Limit;
@@ -66,6 +66,17 @@ pub const MAX_IDENTITIES: usize = 64;
 pub struct Tracker {
     names: Vec<String>,
     seen: BTreeMap<Key, (BTreeSet<i32>, u64)>,
+    /// Every running process's executable file name, by PID, from the last scan.
+    exes: HashMap<i32, Exe>,
+}
+
+/// A process's executable file name, read once: the same PID with the same start time and
+/// command name is the same program (an exec changes the command name).
+#[derive(Debug)]
+struct Exe {
+    start: u64,
+    comm: String,
+    name: Option<String>,
 }
 
 impl Tracker {
@@ -73,6 +84,7 @@ impl Tracker {
         Self {
             names,
             seen: BTreeMap::new(),
+            exes: HashMap::new(),
         }
     }
 
@@ -132,30 +144,48 @@ impl Tracker {
             procfs::boot_time_secs().map_err(|e| CollectError::parse("/proc/stat", e))? as f64;
         let page = procfs::page_size();
         let mut now: BTreeMap<Key, Vec<(i32, ProcStats)>> = BTreeMap::new();
+        let mut exes = HashMap::with_capacity(self.exes.len());
         // Processes come and go while we read: one that vanished is simply not counted.
         for p in all.flatten() {
-            let Some((key, stats)) = inspect(&p, &self.names, tps, boot, page) else {
-                continue;
-            };
-            now.entry(key).or_default().push((p.pid, stats));
+            let Ok(stat) = p.stat() else { continue };
+            let exe = exe_name(&p, &stat, &mut self.exes);
+            let found = inspect(&p, &stat, exe.name.as_deref(), &self.names, tps, boot, page);
+            exes.insert(p.pid, exe);
+            if let Some((key, stats)) = found {
+                now.entry(key).or_default().push((p.pid, stats));
+            }
         }
+        // Only the processes running now are kept.
+        self.exes = exes;
         Ok(self.observe(&now))
+    }
+}
+
+/// The executable's file name of `p`: from the last scan if it is the same program, else read
+/// (a link in /proc that every process would otherwise cost each interval).
+fn exe_name(p: &Process, stat: &Stat, last: &mut HashMap<i32, Exe>) -> Exe {
+    match last.remove(&p.pid) {
+        Some(e) if e.start == stat.starttime && e.comm == stat.comm => e,
+        _ => Exe {
+            start: stat.starttime,
+            comm: stat.comm.clone(),
+            name: p
+                .exe()
+                .ok()
+                .and_then(|e| e.file_name().and_then(|n| n.to_str()).map(str::to_owned)),
+        },
     }
 }
 
 fn inspect(
     p: &Process,
+    stat: &Stat,
+    exe_name: Option<&str>,
     names: &[String],
     tps: f64,
     boot: f64,
     page: u64,
 ) -> Option<(Key, ProcStats)> {
-    let stat = p.stat().ok()?;
-    let exe = p.exe().ok();
-    let exe_name = exe
-        .as_ref()
-        .and_then(|e| e.file_name())
-        .and_then(|n| n.to_str());
     let name = matches(names, &stat.comm, exe_name)?;
     // The path comes from whoever started the process: escaped and bounded like a name.
     let config = config_from_args(&p.cmdline().unwrap_or_default())
@@ -209,6 +239,34 @@ mod tests {
             Some("frpc")
         );
         assert_eq!(matches(&names, "frps-helper", Some("frps-helper")), None);
+    }
+
+    #[test]
+    fn an_executable_is_read_once_per_program() {
+        let me = Process::myself().unwrap();
+        let stat = me.stat().unwrap();
+        let mut last = HashMap::new();
+        let read = exe_name(&me, &stat, &mut last);
+        let real = std::env::current_exe().unwrap();
+        assert_eq!(read.name.as_deref(), real.file_name().unwrap().to_str());
+        // The same PID, start time and command name: the name from the last scan, not read.
+        let kept = |comm: &str, start: u64| Exe {
+            start,
+            comm: comm.into(),
+            name: Some("from-the-last-scan".into()),
+        };
+        last.insert(me.pid, kept(&stat.comm, stat.starttime));
+        let again = exe_name(&me, &stat, &mut last);
+        assert_eq!(again.name.as_deref(), Some("from-the-last-scan"));
+        assert!(last.is_empty(), "taken out of the last scan's map");
+        // Another command name (an exec) or start time (a reused PID): read again.
+        for other in [
+            kept("sh", stat.starttime),
+            kept(&stat.comm, stat.starttime + 1),
+        ] {
+            last.insert(me.pid, other);
+            assert_eq!(exe_name(&me, &stat, &mut last).name, read.name);
+        }
     }
 
     #[test]
