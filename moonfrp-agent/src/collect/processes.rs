@@ -247,8 +247,8 @@ mod tests {
         let stat = me.stat().unwrap();
         let mut last = HashMap::new();
         let read = exe_name(&me, &stat, &mut last);
-        let real = std::env::current_exe().unwrap();
-        assert_eq!(read.name.as_deref(), real.file_name().unwrap().to_str());
+        let binary = std::env::current_exe().unwrap();
+        assert_eq!(read.name.as_deref(), binary.file_name().unwrap().to_str());
         // The same PID, start time and command name: the name from the last scan, not read.
         let kept = |comm: &str, start: u64| Exe {
             start,
