@@ -5,8 +5,9 @@
 //! tool's — and adds the time and one run to the program's totals. moonfrp turns them on only
 //! for a short window after a collection (`sampled`, the default), then leaves them off for at
 //! least nine window lengths ([`REST`]): the totals then grow only inside windows, and
-//! `moonfrp_agent_bpf_stats_window_seconds_total` says for how long they were on, so `rate(runs) / rate(window seconds)` estimates the run rate and `rate(run time) /
-//! rate(runs)` the cost of one run. Outside the windows no program pays anything for them.
+//! `moonfrp_agent_bpf_stats_window_seconds_total` says for how long they were on, so
+//! `rate(runs) / rate(window seconds)` estimates the run rate and `rate(run time) / rate(runs)`
+//! the cost of one run. Outside the windows no program pays anything for them.
 use std::{
     os::fd::OwnedFd,
     sync::{
