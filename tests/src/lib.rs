@@ -49,20 +49,17 @@ pub fn agent_bin() -> PathBuf {
 
 /// A port that is free for TCP and UDP on both IPv4 and IPv6 right now.
 ///
-/// Taken from below the kernel's ephemeral range (`ip_local_port_range`), counting up from a
-/// per-process start: a port the kernel handed out for `bind(0)` could be given, between our
-/// check and the test's bind, to another test's outgoing connection as its source port (a CI run
-/// failed with `AddrInUse` that way); ports below the range are never handed out by the kernel.
+/// Taken from outside the kernel's ephemeral range (`ip_local_port_range`: below it, or above
+/// it when it starts too low to leave room), counting up from a per-process start: a port the
+/// kernel may hand out as some outgoing connection's source port could be taken between our
+/// check and the test's bind (CI runs failed with `AddrInUse` that way, once on a machine whose
+/// range was not this one's). Where the range leaves no room, tests bind through [`bind_tcp`]
+/// and [`bind_udp`], which wait for such a connection to end.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 10_000;
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .filter(|&p| p > LOW + 1_000)
-        .unwrap_or(32_768);
-    let span = high - LOW;
+    let (from, to) = unhanded_ports();
+    let span = to - from;
     let _ = NEXT.compare_exchange(
         u32::MAX,
         std::process::id().wrapping_mul(7_919) % span,
@@ -71,14 +68,73 @@ pub fn free_port() -> u16 {
     );
     for _ in 0..span {
         let port =
-            u16::try_from(LOW + NEXT.fetch_add(1, Ordering::Relaxed) % span).expect("below 65536");
+            u16::try_from(from + NEXT.fetch_add(1, Ordering::Relaxed) % span).expect("below 65536");
         if TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).is_ok()
             && std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).is_ok()
         {
             return port;
         }
     }
-    panic!("no free port in {LOW}..{high}");
+    panic!("no free port in {from}..{to}");
+}
+
+/// The widest span of ports (`from..to`) the kernel does not hand out as source ports: below
+/// `ip_local_port_range` from 10,000 up, else above it; 10,000..65,536 when it covers both.
+fn unhanded_ports() -> (u32, u32) {
+    unhanded_ports_of(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .as_deref(),
+    )
+}
+
+fn unhanded_ports_of(range: Option<&str>) -> (u32, u32) {
+    const LOW: u32 = 10_000;
+    const ROOM: u32 = 1_000;
+    let mut ends = range
+        .iter()
+        .flat_map(|s| s.split_whitespace())
+        .filter_map(|w| w.parse::<u32>().ok());
+    let (low, high) = match (ends.next(), ends.next()) {
+        (Some(low), Some(high)) => (low, high),
+        _ => (32_768, 60_999),
+    };
+    let below = low.saturating_sub(LOW);
+    let above = 65_535u32.saturating_sub(high);
+    if below >= ROOM && below >= above {
+        (LOW, low)
+    } else if above >= ROOM {
+        (high + 1, 65_536)
+    } else {
+        (LOW, 65_536)
+    }
+}
+
+/// Binds a TCP listener on 127.0.0.1:`port` (from [`free_port`]), waiting up to [`TIMEOUT`] while
+/// the port is in use: an outgoing connection may hold it as its source port for a moment where
+/// the kernel's ephemeral range covers every port.
+pub fn bind_tcp(port: u16) -> TcpListener {
+    retry_bind(port, || TcpListener::bind((Ipv4Addr::LOCALHOST, port)))
+}
+
+/// [`bind_tcp`] for a UDP socket.
+pub fn bind_udp(port: u16) -> std::net::UdpSocket {
+    retry_bind(port, || {
+        std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port))
+    })
+}
+
+fn retry_bind<S>(port: u16, bind: impl Fn() -> std::io::Result<S>) -> S {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match bind() {
+            Ok(s) => return s,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot bind 127.0.0.1:{port}: {e}"),
+        }
+    }
 }
 
 /// A TCP listener on 127.0.0.1 and its port, which the kernel chose: for a test that serves a
@@ -221,7 +277,7 @@ pub fn http_get_raw(
 /// Accepts one connection on 127.0.0.1:`port` and sends it `bytes` bytes from a client;
 /// returns once the server has read them all.
 pub fn send_tcp(port: u16, bytes: usize) {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let listener = bind_tcp(port);
     let server = thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut sink = Vec::new();
@@ -397,4 +453,18 @@ pub fn workspace() -> PathBuf {
         || Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
         PathBuf::from,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unhanded_ports_of;
+
+    #[test]
+    fn free_ports_come_from_outside_the_ephemeral_range() {
+        assert_eq!(unhanded_ports_of(Some("32768\t60999\n")), (10_000, 32_768));
+        assert_eq!(unhanded_ports_of(Some("1024 50000")), (50_001, 65_536));
+        assert_eq!(unhanded_ports_of(Some("11500 64000")), (64_001, 65_536));
+        assert_eq!(unhanded_ports_of(Some("1024 65535")), (10_000, 65_536));
+        assert_eq!(unhanded_ports_of(None), (10_000, 32_768));
+    }
 }

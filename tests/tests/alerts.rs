@@ -45,7 +45,7 @@ fn notes(m: &moonfrp_tests::Metrics, channel: &str, result: &str) -> Option<f64>
 }
 
 fn listen(port: u16) -> TcpListener {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap()
+    moonfrp_tests::bind_tcp(port)
 }
 
 #[test]

@@ -23,7 +23,7 @@ fn bystander_runs(b: &EmptyPrograms) -> u64 {
 /// Datagrams to `port` until `stop`, so that programs on the hooks run all the time.
 fn traffic(port: u16, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
     thread::spawn(move || {
-        let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let rx = moonfrp_tests::bind_udp(port);
         let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         rx.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 64];

@@ -1,7 +1,7 @@
 //! What an operator sees when something is wrong: bad configuration, missing privileges, a probe
 //! that cannot attach; and that a clean stop leaves nothing attached.
 use std::{
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    net::{Ipv4Addr, TcpStream},
     os::unix::fs::PermissionsExt as _,
     process::{Command, Output},
     time::{Duration, Instant},
@@ -156,7 +156,7 @@ fn a_probe_that_cannot_attach_is_skipped_and_the_rest_work() {
     );
     assert_eq!(agent.get("/readyz", None).unwrap().0, 200);
 
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let l = moonfrp_tests::bind_tcp(port);
     let c = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
     let _s = l.accept().unwrap();
     let m = agent.wait_snapshots(2);

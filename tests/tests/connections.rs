@@ -75,7 +75,7 @@ fn fifty_connections_open_then_close() {
 fn connection_from_a_watched_port_is_outbound() {
     let (local, remote) = (free_port(), free_port());
     let agent = Agent::start(&["-t", &format!("client={local}")]);
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, remote)).unwrap();
+    let listener = moonfrp_tests::bind_tcp(remote);
     // A socket bound to the watched port connects out (an active open from that port).
     let s = socket_bound_to(local);
     connect_from(s, remote);

@@ -64,7 +64,7 @@ fn inbound_opened(m: &Metrics, tunnel: &str) -> Option<f64> {
 #[test]
 fn a_long_lived_connections_bytes_appear_while_it_stays_open() {
     let port = free_port();
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let listener = moonfrp_tests::bind_tcp(port);
     let read = sink(listener);
     let agent = Agent::start(&["-t", &format!("web={port}")]);
     let before = host_retrans_segs();
@@ -170,7 +170,7 @@ fn a_thousand_connections_inside_one_interval_are_counted_exactly() {
 #[test]
 fn a_connection_open_before_the_agent_counts_only_what_flows_after() {
     let port = free_port();
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let listener = moonfrp_tests::bind_tcp(port);
     let read = sink(listener);
     let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
     c.write_all(&vec![1u8; 400_000]).unwrap();
@@ -343,7 +343,7 @@ fn a_tunnel_served_from_another_network_namespace_is_counted() {
             std::io::Error::last_os_error()
         );
         loopback_up();
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let listener = moonfrp_tests::bind_tcp(port);
         let before = host_retrans_segs();
         let server = thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();

@@ -3,11 +3,7 @@
 //! STARTTLS with a test CA and AUTH; wrong credentials are counted as failed and logged without
 //! the password; `alert-test` and `POST /api/v1/alerts/test` report what the server answered;
 //! `status --alerts` shows the alert log.
-use std::{
-    net::{Ipv4Addr, TcpListener},
-    path::Path,
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use moonfrp_tests::{
     Agent, AgentCmd, agent_bin, free_port, http_request,
@@ -144,7 +140,7 @@ fn a_firing_and_a_resolved_alert_arrive_by_email_over_starttls() {
         "{text}"
     );
 
-    let _back = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let _back = moonfrp_tests::bind_tcp(port);
     let resolved = server.wait_message(2);
     assert_eq!(
         header(&resolved, "subject"),

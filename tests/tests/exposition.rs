@@ -2,7 +2,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write},
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    net::{Ipv4Addr, TcpStream},
 };
 
 use moonfrp_tests::{Agent, AgentCmd, Metrics, free_port, http_get_raw, poll, promtool_check};
@@ -11,7 +11,7 @@ use moonfrp_tests::{Agent, AgentCmd, Metrics, free_port, http_get_raw, poll, pro
 fn metrics_pass_promtool_and_scrapes_are_stable() {
     let (tcp, udp) = (free_port(), free_port());
     let agent = Agent::start(&["-t", &format!("web={tcp}"), "-t", &format!("dns={udp}/udp")]);
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, tcp)).unwrap();
+    let listener = moonfrp_tests::bind_tcp(tcp);
     let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, tcp)).unwrap();
     let (server, _) = listener.accept().unwrap();
     client.write_all(b"hello").unwrap();

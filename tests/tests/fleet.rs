@@ -3,7 +3,7 @@
 //! Grafana dashboard `deploy/grafana/moonfrp.json`, its variables substituted, returns data.
 use std::{
     io::Write as _,
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering::Relaxed},
@@ -21,7 +21,7 @@ struct Traffic(Arc<AtomicBool>);
 
 impl Traffic {
     fn start(port: u16) -> Self {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let listener = moonfrp_tests::bind_tcp(port);
         thread::spawn(move || {
             for c in listener.incoming() {
                 let Ok(mut c) = c else { break };

@@ -171,7 +171,7 @@ fn tunnels_are_discovered_counted_and_judged() {
         Some(1.0)
     );
     // frps listens on its remote ports: the tunnel is up while something does.
-    let ssh_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, r_ssh)).unwrap();
+    let ssh_listener = moonfrp_tests::bind_tcp(r_ssh);
     agent.wait_for("home.ssh up", |m| up(m, "home.ssh", r_ssh) == Some(1.0));
 
     // frps says offline → down, with its word as the reason.
@@ -205,7 +205,7 @@ fn tunnels_are_discovered_counted_and_judged() {
         ),
         Some(1.0)
     );
-    let ssh_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, r_ssh)).unwrap();
+    let ssh_listener = moonfrp_tests::bind_tcp(r_ssh);
 
     // The API fails: its error is counted, the tunnel stays (grace) and the kernel signals decide.
     for kind in ["tcp", "udp", "http"] {
@@ -237,7 +237,7 @@ fn tunnels_are_discovered_counted_and_judged() {
     drop(ssh_listener);
 
     // Editing the frpc config adds and removes a tunnel within an interval or two, no restart.
-    let _extra = TcpListener::bind((Ipv4Addr::LOCALHOST, l_extra)).unwrap();
+    let _extra = moonfrp_tests::bind_tcp(l_extra);
     write(
         &frpc_path,
         &frpc_toml(

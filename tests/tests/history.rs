@@ -321,7 +321,7 @@ struct Stream {
 impl Stream {
     fn start(port: u16) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let rx = moonfrp_tests::bind_udp(port);
         rx.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let s = stop.clone();

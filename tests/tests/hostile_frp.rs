@@ -2,11 +2,7 @@
 //! sequences, 100,000 proxies, answers of 100 MB, without end, a byte a second or never. The
 //! agent keeps its memory, its interval and its other sources; its log gets one line per
 //! problem and no forged ones; `/metrics` stays valid.
-use std::{
-    net::{Ipv4Addr, TcpListener},
-    path::Path,
-    sync::Arc,
-};
+use std::{net::TcpListener, path::Path, sync::Arc};
 
 use moonfrp_tests::{
     Agent, AgentCmd, agent_command, free_port,
@@ -151,7 +147,7 @@ fn proxy_names_are_escaped_and_bounded_and_the_log_stays_one_line_per_problem() 
     let (p_long, p_evil, p_ok) = (free_port(), free_port(), free_port());
     let _listeners: Vec<TcpListener> = [p_long, p_evil, p_ok]
         .iter()
-        .map(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, *p)).unwrap())
+        .map(|p| moonfrp_tests::bind_tcp(*p))
         .collect();
     let megabyte = "x".repeat(1_000_000);
     let forged = "2026-11-29T00:00:00.000000Z ERROR moonfrp_agent: forged line";
@@ -267,7 +263,7 @@ fn huge_endless_dripping_and_hung_answers_cost_their_source_only() {
     // And one that works, whose tunnel must stay counted and judged.
     let good = HostileHttp::start();
     let p_good = free_port();
-    let _listener = TcpListener::bind((Ipv4Addr::LOCALHOST, p_good)).unwrap();
+    let _listener = moonfrp_tests::bind_tcp(p_good);
     v1(
         &good,
         Behavior::Json(Arc::new(format!(

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, TcpStream, UdpSocket},
     os::fd::FromRawFd as _,
     sync::{
         Arc,
@@ -20,7 +20,7 @@ use serde_json::Value;
 
 /// Accepts connections on 127.0.0.1:`port` and reads them to the end, in the background.
 fn sink(port: u16) {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let listener = moonfrp_tests::bind_tcp(port);
     thread::spawn(move || {
         for s in listener.incoming().flatten() {
             thread::spawn(move || {
@@ -207,7 +207,7 @@ fn an_ad_hoc_port_is_watched_only_while_inspected() {
 #[test]
 fn the_peer_table_stays_within_its_bound_with_100k_peers() {
     let (_dir, port, agent) = udp_agent("dns", "peers = 1024");
-    let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let rx = moonfrp_tests::bind_udp(port);
     rx.set_nonblocking(true).unwrap();
     let mut sent = 0u32;
     for i in 0..100_000u32 {
@@ -267,7 +267,7 @@ fn a_busy_peers_bytes_never_go_backwards_while_they_move_into_the_table() {
     // too, all while the API is read as fast as it answers. A read that missed an amount in
     // flight would show a peer's bytes going down.
     let (_dir, port, agent) = udp_agent("flood", "");
-    let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let rx = moonfrp_tests::bind_udp(port);
     rx.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));

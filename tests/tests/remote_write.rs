@@ -279,7 +279,7 @@ struct Stream {
 impl Stream {
     fn start(port: u16) -> Self {
         use std::sync::atomic::Ordering::SeqCst;
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let listener = moonfrp_tests::bind_tcp(port);
         std::thread::spawn(move || {
             for c in listener.incoming() {
                 let Ok(mut c) = c else { break };

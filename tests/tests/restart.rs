@@ -4,7 +4,7 @@
 //! longer fits is replaced, and `cleanup` leaves nothing behind.
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -57,7 +57,7 @@ struct Stream {
 
 impl Stream {
     fn start(port: u16) -> Self {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let listener = moonfrp_tests::bind_tcp(port);
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicU64::new(0));

@@ -2,7 +2,7 @@
 //! and with data; `top` driven in tmux with real traffic.
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    net::{Ipv4Addr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -28,7 +28,7 @@ struct Traffic(Arc<AtomicBool>);
 impl Traffic {
     fn start(port: u16) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let listener = moonfrp_tests::bind_tcp(port);
         thread::spawn(move || {
             for s in listener.incoming().flatten() {
                 thread::spawn(move || {
