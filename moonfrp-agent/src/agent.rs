@@ -14,7 +14,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     alerts::Alerts,
@@ -374,6 +374,8 @@ async fn run_loop(
         .then(|| watch_frp_configs(&config.frp.options.configs))
         .flatten();
 
+    // Start-up's pages (and a reload's) are let go after the interval that follows it.
+    let mut settle = true;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -381,8 +383,13 @@ async fn run_loop(
                 if now != stamp {
                     stamp = now;
                     reload_on(jobs, args, config, &mut ticker).await?;
+                    settle = true;
                 }
                 on_collector(jobs, Pipeline::interval).await?;
+                if std::mem::take(&mut settle) {
+                    let bytes = crate::residency::release_read_only_pages();
+                    debug!(kib = bytes / 1024, "start-up pages of the executable released");
+                }
             }
             Some(()) = next_frp_event(&mut frp_events) => {
                 // Let the editor finish its write-and-rename, then take every change at once.
@@ -398,6 +405,7 @@ async fn run_loop(
                 info!("SIGHUP: reloading the configuration");
                 stamp = file_stamp(args.config.as_deref());
                 reload_on(jobs, args, config, &mut ticker).await?;
+                settle = true;
             }
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); return Ok(()); }

@@ -29,6 +29,7 @@ pub mod metrics;
 pub(crate) mod privileges;
 pub(crate) mod process;
 pub(crate) mod remote_write;
+pub(crate) mod residency;
 pub mod series;
 pub(crate) mod server;
 pub mod snapshot;

@@ -25,26 +25,6 @@ use crate::ebpf::KernelConfig;
 /// The compiled kernel programs (built by build.rs through aya-build).
 pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moonfrp"));
 
-/// The embedded object is read when the programs load and not again until a reload: its pages
-/// (a third of a MiB of the binary) go back to the page cache instead of staying in the agent's
-/// resident memory. A later read faults the same bytes in again from the file.
-fn release_object_pages() {
-    // SAFETY: sysconf has no preconditions.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    let start = OBJECT.as_ptr() as usize;
-    // Only the pages wholly inside the object.
-    let (lo, hi) = (
-        start.next_multiple_of(page),
-        (start + OBJECT.len()) / page * page,
-    );
-    if hi > lo {
-        // SAFETY: the range is whole pages of the object, part of the binary's read-only data,
-        // a private file mapping nothing ever writes: dropping its page table entries loses
-        // nothing, and the next read maps the file's same bytes back.
-        unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
-    }
-}
-
 /// Where a program attaches.
 #[derive(Clone, Copy, Debug)]
 pub enum Hook {
@@ -233,7 +213,6 @@ pub fn load(
         .map_max_entries(names::CONN_START, cfg.tracked_connections)
         .map_max_entries(names::PEERS, cfg.peers.max(1))
         .load(OBJECT)?;
-    release_object_pages();
     let maps = KernelMaps::take(&mut ebpf)?;
     let cgroup = File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
         path: cgroup_root.display().to_string(),
