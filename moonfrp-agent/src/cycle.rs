@@ -96,7 +96,7 @@ impl Cycle {
             (names::WATCH, moonfrp_common::WATCH_ENTRIES),
             (names::TRAFFIC, kernel.maps.slots()),
             (names::TCP_STATS, kernel.maps.slots()),
-            (names::CONN_START, config.start.kernel.tracked_connections),
+            (names::CONN_START, config.start.kernel.connection_entries()),
             (names::PEERS, config.start.kernel.peers),
         ];
         let mut watch = WatchTable::new(kernel.maps.slots());

@@ -1,11 +1,12 @@
 //! Maps and load-time globals shared by every program.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray},
 };
 use moonfrp_common::{
-    DEFAULT_PEERS, DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, PeerCache, PeerCounters, PeerKey,
-    Proto, TcpCounters, TracepointLayout, TrafficCounters, WATCH_ENTRIES, WatchEntry,
+    CONN_WAYS, ConnStart, DEFAULT_PEERS, DEFAULT_SLOTS, DEFAULT_TRACKED_CONNECTIONS, PeerCache,
+    PeerCounters, PeerKey, Proto, TcpCounters, TracepointLayout, TrafficCounters, WATCH_ENTRIES,
+    WatchEntry,
 };
 
 /// Local port → [`WatchEntry`]; written by the agent at run time.
@@ -20,10 +21,22 @@ pub static TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries
 #[map(name = "TCP_STATS")]
 pub static TCP_STATS: PerCpuArray<TcpCounters> = PerCpuArray::with_max_entries(DEFAULT_SLOTS, 0);
 
-/// Socket address → open time (ns since boot) of established connections on watched ports.
+/// Open times of established connections on watched ports, in sets of [`CONN_WAYS`] entries (the
+/// agent sizes it at load time: [`CONN_SETS`] sets).
 #[map(name = "CONN_START")]
-pub static CONN_START: LruHashMap<u64, u64> =
-    LruHashMap::with_max_entries(DEFAULT_TRACKED_CONNECTIONS, 0);
+pub static CONN_START: Array<ConnStart> = Array::with_max_entries(DEFAULT_TRACKED_CONNECTIONS, 0);
+
+/// How many sets [`CONN_START`] has. Set by the agent at load time.
+#[unsafe(no_mangle)]
+static CONN_SETS: u32 = DEFAULT_TRACKED_CONNECTIONS / CONN_WAYS;
+
+/// The first entry of socket address `sk`'s set in [`CONN_START`].
+#[inline(always)]
+pub fn conn_set(sk: u64) -> u32 {
+    // SAFETY: a plain static the loader rewrites before load; reading it is always valid.
+    let sets = unsafe { core::ptr::read_volatile(&raw const CONN_SETS) };
+    moonfrp_common::conn_set(sk, sets)
+}
 
 /// (watched port, remote address) → traffic; least recently used entries make room (the agent
 /// sizes it at load time).

@@ -11,7 +11,7 @@ use crate::untrusted::{duration_in, in_range};
 pub const MAX_EXPORTED_PEERS: u32 = 10;
 /// Largest `kernel.peers`: the per-CPU LRU table takes ≈ 56 B per entry and CPU.
 pub const MAX_PEERS: u32 = 262_144;
-/// Largest `kernel.tracked_connections` (≈ 80 B per entry).
+/// Largest `kernel.tracked_connections` (16 B per entry).
 pub const MAX_TRACKED_CONNECTIONS: u32 = 1 << 20;
 
 /// Default length of a statistics sampling window.
@@ -29,7 +29,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/moonfrp";
 pub struct KernelConfig {
     /// Counter slots: how many (port, protocol) pairs can be watched at once.
     pub slots: u32,
-    /// Open connections tracked for the duration histogram (LRU beyond that).
+    /// Open connections tracked for the duration histogram (in sets of four by socket address;
+    /// a full set gives up its oldest).
     pub tracked_connections: u32,
     /// Peer table capacity: (port, remote address) pairs with their traffic (LRU beyond);
     /// 0 turns peer counting off (it roughly doubles the per-packet cost on watched ports).
@@ -63,6 +64,18 @@ impl Default for KernelConfig {
 }
 
 impl KernelConfig {
+    /// Sets of the open-connection table: `tracked_connections` rounded up to whole sets.
+    pub fn connection_sets(&self) -> u32 {
+        self.tracked_connections
+            .div_ceil(moonfrp_common::CONN_WAYS)
+            .max(1)
+    }
+
+    /// Entries of the open-connection table (whole sets).
+    pub fn connection_entries(&self) -> u32 {
+        self.connection_sets() * moonfrp_common::CONN_WAYS
+    }
+
     /// Checks every size against its range; the error names the key.
     pub fn validate(self) -> Result<Self, String> {
         in_range("kernel.slots", self.slots, 1, MAX_SLOTS)?;

@@ -210,7 +210,8 @@ pub fn load(
         .map_max_entries(names::TRAFFIC, cfg.slots)
         .map_max_entries(names::TCP_STATS, cfg.slots)
         .map_max_entries(names::PEER_CACHE, cfg.slots)
-        .map_max_entries(names::CONN_START, cfg.tracked_connections)
+        .override_global(names::CONN_SETS, &cfg.connection_sets(), true)
+        .map_max_entries(names::CONN_START, cfg.connection_entries())
         .map_max_entries(names::PEERS, cfg.peers.max(1))
         .load(OBJECT)?;
     let maps = KernelMaps::take(&mut ebpf)?;
@@ -459,11 +460,13 @@ mod tests {
         ] {
             assert!(obj.maps.contains_key(map), "map {map} missing");
         }
-        // The global is found by name when the loader overrides it (`must_exist = true`).
-        let symbol = format!("{}\0", names::LAYOUT);
-        assert!(
-            OBJECT.windows(symbol.len()).any(|w| w == symbol.as_bytes()),
-            "global LAYOUT missing"
-        );
+        // The globals are found by name when the loader overrides them (`must_exist = true`).
+        for global in [names::LAYOUT, names::PEER_TRACKING, names::CONN_SETS] {
+            let symbol = format!("{global}\0");
+            assert!(
+                OBJECT.windows(symbol.len()).any(|w| w == symbol.as_bytes()),
+                "global {global} missing"
+            );
+        }
     }
 }

@@ -63,10 +63,10 @@ pub fn shapes(cfg: &KernelConfig) -> [MapShape; 6] {
         ),
         (
             names::CONN_START,
-            MapType::LruHash,
-            8,
-            8,
-            cfg.tracked_connections,
+            MapType::Array,
+            4,
+            size::<moonfrp_common::ConnStart>(),
+            cfg.connection_entries(),
         ),
         (
             names::PEERS,
