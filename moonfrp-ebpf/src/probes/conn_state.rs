@@ -118,24 +118,26 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
 #[inline(always)]
 fn opened(sk: u64) {
     let first = conn_set(sk);
+    // The way to take, kept as an index and looked up again below: a pointer carried out of the
+    // loop loses its type in older verifiers (5.10 rejects the store as to a scalar).
     let mut take = None;
     let mut oldest = u64::MAX;
     for way in 0..CONN_WAYS {
-        let Some(e) = CONN_START.get_ptr_mut(first + way) else {
+        let Some(e) = CONN_START.get_ptr(first + way) else {
             continue;
         };
         // SAFETY: an entry of the array; entries are plain integers.
         let (held, since) = unsafe { ((*e).sk, (*e).start_ns) };
         if held == 0 || held == sk {
-            take = Some(e);
+            take = Some(way);
             break;
         }
         if since < oldest {
             oldest = since;
-            take = Some(e);
+            take = Some(way);
         }
     }
-    if let Some(e) = take {
+    if let Some(e) = take.and_then(|way| CONN_START.get_ptr_mut(first + way)) {
         // SAFETY: as above. The time goes in before the address: a reader that finds the address
         // finds its time (two sockets open at once never share an address).
         unsafe {
