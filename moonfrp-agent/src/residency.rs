@@ -3,7 +3,7 @@
 //! and configuration parsing, loading the kernel programs, opening the history — stay mapped in
 //! the process for its whole life unless it lets them go. After the first interval it hands all
 //! of them to reclaim (`MADV_PAGEOUT`, what the kernel does to cold file pages under memory
-//! pressure: pages other processes map stay as they are); what the intervals run is read back
+//! pressure; `mm/madvise.c` skips pages another process maps too); what the intervals run is read back
 //! from the file a page at a time (`MADV_RANDOM`: no read-around, so neighbouring cold pages are
 //! not read back with it), what only start-up ran is not. Dropping the mappings alone
 //! (`MADV_DONTNEED`) is not enough: the pages stay in the page cache, and every fault maps the
