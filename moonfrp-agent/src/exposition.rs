@@ -3,6 +3,7 @@
 //! Both are written straight from the typed series; numbers are formatted as the Prometheus
 //! client libraries do (integers as integers, floats shortest-exact).
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     io::Write as _,
     sync::{Arc, OnceLock, PoisonError, RwLock},
@@ -47,17 +48,10 @@ fn help(out: &mut String, s: &str, format: Format) {
     }
 }
 
-/// `{a="x",b="y"}`, or nothing without labels; `first` goes before the others (a bucket's `le`).
-fn labels(out: &mut String, first: Option<(&str, &str)>, labels: &Labels) {
-    if first.is_none() && labels.is_empty() {
-        return;
-    }
-    out.push('{');
+/// `a="x",b="y"`: a label set without its braces.
+fn label_pairs(out: &mut String, labels: &Labels) {
     let mut sep = "";
-    for (k, v) in first
-        .into_iter()
-        .chain(labels.iter().map(|(k, v)| (*k, &**v)))
-    {
+    for (k, v) in labels.iter() {
         out.push_str(sep);
         out.push_str(k);
         out.push_str("=\"");
@@ -65,7 +59,64 @@ fn labels(out: &mut String, first: Option<(&str, &str)>, labels: &Labels) {
         out.push('"');
         sep = ",";
     }
-    out.push('}');
+}
+
+/// The label sets one rendering has written already. A tunnel's series share one [`Labels`]
+/// (one `Arc`, made per snapshot), so its set is escaped and written once and copied for each
+/// of its ≈ 20 lines; the key is the `Arc`'s address, which stays the set's own while the
+/// series are borrowed for the rendering. A set held once (a host series) is written in place.
+#[derive(Default)]
+struct Blocks {
+    text: String,
+    at: HashMap<usize, (u32, u32), foldhash::fast::RandomState>,
+    /// The `le` values of the last histogram's bounds, by bucket index.
+    les: Vec<(f64, String)>,
+}
+
+impl Blocks {
+    /// `{a="x",b="y"}`, or nothing without labels.
+    fn write(&mut self, out: &mut String, labels: &Labels) {
+        if !labels.is_empty() {
+            out.push('{');
+            self.pairs(out, labels);
+            out.push('}');
+        }
+    }
+
+    /// `{le="…",a="x"}` for bucket `i` of a histogram, bounded above by `upper`.
+    fn write_bucket(&mut self, out: &mut String, i: usize, upper: f64, labels: &Labels) {
+        if self
+            .les
+            .get(i)
+            .is_none_or(|(u, _)| u.to_bits() != upper.to_bits())
+        {
+            let le = crate::series::le_label(upper, &mut dtoa::Buffer::new()).to_owned();
+            self.les.truncate(i);
+            self.les.push((upper, le));
+        }
+        out.push_str("{le=\"");
+        out.push_str(&self.les[i].1);
+        out.push('"');
+        if !labels.is_empty() {
+            out.push(',');
+            self.pairs(out, labels);
+        }
+        out.push('}');
+    }
+
+    fn pairs(&mut self, out: &mut String, labels: &Labels) {
+        if Arc::strong_count(labels) == 1 {
+            return label_pairs(out, labels);
+        }
+        let key = Arc::as_ptr(labels).cast::<()>() as usize;
+        let text = &mut self.text;
+        let (start, end) = *self.at.entry(key).or_insert_with(|| {
+            let start = text.len();
+            label_pairs(text, labels);
+            (start as u32, text.len() as u32)
+        });
+        out.push_str(&self.text[start as usize..end as usize]);
+    }
 }
 
 fn float(out: &mut String, v: f64) {
@@ -89,27 +140,22 @@ fn value(out: &mut String, v: &Value) {
     }
 }
 
-fn line(out: &mut String, name: &str, suffix: &str, l: &Labels, v: &Value) {
+fn line(out: &mut String, blocks: &mut Blocks, name: &str, suffix: &str, l: &Labels, v: &Value) {
     out.push_str(name);
     out.push_str(suffix);
-    labels(out, None, l);
+    blocks.write(out, l);
     out.push(' ');
     value(out, v);
     out.push('\n');
 }
 
-fn histogram(out: &mut String, name: &str, l: &Labels, h: &Histogram) {
-    line(out, name, "_sum", l, &Value::Float(h.sum));
-    line(out, name, "_count", l, &Value::Uint(h.count));
-    let mut le = dtoa::Buffer::new();
-    for (upper, cumulative) in &h.buckets {
+fn histogram(out: &mut String, blocks: &mut Blocks, name: &str, l: &Labels, h: &Histogram) {
+    line(out, blocks, name, "_sum", l, &Value::Float(h.sum));
+    line(out, blocks, name, "_count", l, &Value::Uint(h.count));
+    for (i, (upper, cumulative)) in h.buckets.iter().enumerate() {
         out.push_str(name);
         out.push_str("_bucket");
-        labels(
-            out,
-            Some(("le", crate::series::le_label(*upper, &mut le))),
-            l,
-        );
+        blocks.write_bucket(out, i, *upper, l);
         out.push(' ');
         out.push_str(itoa::Buffer::new().format(*cumulative));
         out.push('\n');
@@ -170,6 +216,7 @@ fn render_with(
     out: &mut String,
     mut spill: impl FnMut(&mut String),
 ) {
+    let mut blocks = Blocks::default();
     for f in &series.families {
         metadata(out, f, format);
         let suffix = match f.kind {
@@ -179,8 +226,8 @@ fn render_with(
         };
         for s in &f.samples {
             match &s.value {
-                Value::Histogram(h) => histogram(out, &f.name, &s.labels, h),
-                v => line(out, &f.name, suffix, &s.labels, v),
+                Value::Histogram(h) => histogram(out, &mut blocks, &f.name, &s.labels, h),
+                v => line(out, &mut blocks, &f.name, suffix, &s.labels, v),
             }
             if out.len() >= PIECE {
                 spill(out);
@@ -297,6 +344,56 @@ mod tests {
              c_bytes_total{tunnel=\"a\\\"b\\\\c\\nd\"} 3\n# HELP g G.\n# TYPE g gauge\ng 0.5\n\
              # HELP n N.\n# TYPE n gauge\nn NaN\n# HELP i_info I.\n# TYPE i_info gauge\ni_info{version=\"1\"} 1\n"
         );
+    }
+
+    #[test]
+    fn a_label_set_shared_by_many_series_renders_as_one_made_for_each() {
+        // One `Arc` per tunnel shared by every family (as the metrics builder makes them), with
+        // values that need escaping, against the same sets made afresh for every series.
+        let names = ["a", "b\"q", "c\\d\ne"];
+        let set = |n: &str| -> Labels {
+            Labels::from([
+                ("tunnel", Text::from(n.to_owned())),
+                ("proto", Text::Static("tcp")),
+            ])
+        };
+        let build = |labels: &dyn Fn(usize) -> Labels| {
+            let mut b = Builder::default();
+            b.counters("c", "C.", None, (0..3).map(|i| (labels(i), i as u64)));
+            b.gauges("g", "G.", None, (0..3).map(|i| (labels(i), 0.5)));
+            b.histograms(
+                "h",
+                "H.",
+                None,
+                (0..3).map(|i| {
+                    let buckets = vec![(0.25, i as u64), (4.0, 2), (f64::INFINITY, 3)];
+                    (
+                        labels(i),
+                        Histogram {
+                            sum: 1.5,
+                            count: 3,
+                            buckets,
+                        },
+                    )
+                }),
+            );
+            b.build()
+        };
+        let shared: Vec<Labels> = names.iter().map(|n| set(n)).collect();
+        let once = build(&|i| shared[i].clone());
+        let afresh = build(&|i| set(names[i]));
+        for format in [Format::OpenMetrics, Format::Text004] {
+            let text = render(&once, format);
+            assert_eq!(text, render(&afresh, format), "{format:?}");
+            assert!(
+                text.contains("h_bucket{le=\"0.25\",tunnel=\"b\\\"q\",proto=\"tcp\"} 1\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains("c_total{tunnel=\"c\\\\d\\ne\",proto=\"tcp\"} 2\n"),
+                "{text}"
+            );
+        }
     }
 
     #[test]
