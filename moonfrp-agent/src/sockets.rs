@@ -10,12 +10,13 @@ use std::{
 
 use moonfrp_common::{Proto, tcp_state};
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    Parseable,
 };
 use netlink_packet_sock_diag::{
-    SockDiagMessage,
+    SOCK_DIAG_BY_FAMILY, SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
 };
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
@@ -78,32 +79,38 @@ fn diag(family: u8, protocol: u8, states: StateFlags) -> std::io::Result<Vec<Soc
     }
 }
 
-/// Adds the sockets of one `recv` of a dump to `out`; true when the dump is done.
+/// Adds the sockets of one `recv` of a dump to `out`; true when the dump is done. A socket's
+/// message is read as its fixed header only: the attributes after it (which the full parse
+/// would copy into a list, one allocation for each unknown one) are skipped.
 pub(crate) fn parse_dump(buf: &[u8], out: &mut Vec<Sock>) -> std::io::Result<bool> {
     let mut offset = 0;
     while offset < buf.len() {
-        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..])
-            .map_err(std::io::Error::other)?;
-        let len = msg.header.length as usize;
-        match msg.payload {
-            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                let id = &r.header.socket_id;
-                out.push(Sock {
-                    local: SocketAddr::new(id.source_address, id.source_port),
-                    remote: SocketAddr::new(id.destination_address, id.destination_port),
-                    state: r.header.state,
-                });
+        let msg = NetlinkBuffer::new_checked(&buf[offset..]).map_err(std::io::Error::other)?;
+        let len = msg.length() as usize;
+        if msg.message_type() == SOCK_DIAG_BY_FAMILY {
+            let r = InetResponseHeader::parse(msg.payload()).map_err(std::io::Error::other)?;
+            let id = &r.socket_id;
+            out.push(Sock {
+                local: SocketAddr::new(id.source_address, id.source_port),
+                remote: SocketAddr::new(id.destination_address, id.destination_port),
+                state: r.state,
+            });
+        } else {
+            match NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..])
+                .map_err(std::io::Error::other)?
+                .payload
+            {
+                NetlinkPayload::Done(_) => return Ok(true),
+                NetlinkPayload::Error(e) => {
+                    return Err(std::io::Error::other(format!("sock_diag: {e:?}")));
+                }
+                _ => {}
             }
-            NetlinkPayload::Done(_) => return Ok(true),
-            NetlinkPayload::Error(e) => {
-                return Err(std::io::Error::other(format!("sock_diag: {e:?}")));
-            }
-            _ => {}
         }
         if len == 0 {
             break;
         }
-        offset += len;
+        offset += len.next_multiple_of(4);
     }
     Ok(false)
 }
@@ -223,6 +230,81 @@ mod tests {
         assert_eq!(counts[&7000], 0);
         // The client side (local 0xD431) counts for its own port, not for 6000.
         assert_eq!(counts[&54321], 1);
+    }
+
+    /// A dump as the kernel sends it, made with the library's own emitters.
+    fn dump_message(payload: SockDiagMessage) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.flags = netlink_packet_core::NLM_F_MULTIPART;
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::from(payload));
+        m.finalize();
+        let mut buf = vec![0; m.buffer_len()];
+        m.serialize(&mut buf);
+        buf
+    }
+
+    fn response(local: SocketAddr, state: u8) -> SockDiagMessage {
+        use netlink_packet_sock_diag::inet::{InetResponse, nlas::Nla};
+        let mut socket_id = if local.is_ipv4() {
+            SocketId::new_v4()
+        } else {
+            SocketId::new_v6()
+        };
+        socket_id.source_port = local.port();
+        socket_id.source_address = local.ip();
+        SockDiagMessage::InetResponse(Box::new(InetResponse {
+            header: InetResponseHeader {
+                family: if local.is_ipv4() { AF_INET } else { AF_INET6 },
+                state,
+                timer: None,
+                socket_id,
+                recv_queue: 0,
+                send_queue: 128,
+                uid: 0,
+                inode: 7,
+            },
+            // Attributes after the header (the kernel adds several): skipped, not misread.
+            nlas: [Nla::Shutdown(0), Nla::Congestion("cubic".into())]
+                .into_iter()
+                .collect(),
+        }))
+    }
+
+    #[test]
+    fn a_dump_is_read_header_by_header_to_its_end_or_its_error() {
+        let v4: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let v6: SocketAddr = "[::1]:7001".parse().unwrap();
+        let mut buf = dump_message(response(v4, 10));
+        buf.extend(dump_message(response(v6, 7)));
+        let mut out = Vec::new();
+        assert!(!parse_dump(&buf, &mut out).unwrap(), "no end yet");
+        let mut done = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::<SockDiagMessage>::Done(netlink_packet_core::DoneMessage::default()),
+        );
+        done.finalize();
+        let mut end = vec![0; done.buffer_len()];
+        done.serialize(&mut end);
+        assert!(parse_dump(&end, &mut out).unwrap(), "the end");
+        assert_eq!(
+            out.iter().map(|s| (s.local, s.state)).collect::<Vec<_>>(),
+            [(v4, 10), (v6, 7)]
+        );
+        let mut err = netlink_packet_core::ErrorMessage::default();
+        err.code = std::num::NonZeroI32::new(-1);
+        let mut e = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::<SockDiagMessage>::Error(err),
+        );
+        e.finalize();
+        let mut ebuf = vec![0; e.buffer_len()];
+        e.serialize(&mut ebuf);
+        let message = parse_dump(&ebuf, &mut out).unwrap_err().to_string();
+        assert!(message.starts_with("sock_diag: "), "{message}");
+        // Cut short: an error, not a panic or a socket made up.
+        let before = out.len();
+        assert!(parse_dump(&buf[..buf.len() - 30], &mut out).is_err());
+        assert_eq!(out.len(), before + 1, "the whole first message only");
     }
 
     #[test]
