@@ -171,15 +171,24 @@ pub fn seed_active(ports: &[u16]) -> Result<HashMap<u16, u64>, SocketsError> {
     Ok(count_open(&table(IPPROTO_TCP, open)?, ports))
 }
 
-/// Local (port, protocol) pairs something listens on: TCP sockets in LISTEN, bound UDP sockets.
+/// Local (port, protocol) pairs something listens on: TCP sockets in LISTEN, bound UDP sockets
+/// that are not connected (a UDP socket's state is CLOSE until `connect` makes it ESTABLISHED:
+/// a connected one takes datagrams from its one peer only, as a client's does, and the kernel
+/// skips those in the dump instead of describing each).
 pub fn listening() -> Result<HashSet<(u16, Proto)>, SocketsError> {
     let tcp = table(IPPROTO_TCP, StateFlags::LISTEN)?;
-    let udp = table(IPPROTO_UDP, StateFlags::all())?;
+    let udp = table(IPPROTO_UDP, StateFlags::CLOSE)?;
+    // The /proc fallback lists every state.
+    let state = |s: &&Sock, wanted: i32| i32::from(s.state) == wanted;
     Ok(tcp
         .iter()
-        .filter(|s| i32::from(s.state) == tcp_state::LISTEN)
+        .filter(|s| state(s, tcp_state::LISTEN))
         .map(|s| (s.local.port(), Proto::Tcp))
-        .chain(udp.iter().map(|s| (s.local.port(), Proto::Udp)))
+        .chain(
+            udp.iter()
+                .filter(|s| state(s, tcp_state::CLOSE))
+                .map(|s| (s.local.port(), Proto::Udp)),
+        )
         .collect())
 }
 
@@ -314,6 +323,17 @@ mod tests {
         let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let _s = l.accept().unwrap();
         assert!(listening().unwrap().contains(&(port, Proto::Tcp)));
+        // UDP: a bound socket listens; a connected one (a client's) does not.
+        let bound = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.connect(bound.local_addr().unwrap()).unwrap();
+        let (b, c) = (
+            bound.local_addr().unwrap().port(),
+            client.local_addr().unwrap().port(),
+        );
+        let now = listening().unwrap();
+        assert!(now.contains(&(b, Proto::Udp)), "bound");
+        assert!(!now.contains(&(c, Proto::Udp)), "connected");
         assert_eq!(seed_active(&[port]).unwrap()[&port], 1);
         // The /proc fallback sees the same sockets.
         let proc = from_proc(true).unwrap();
