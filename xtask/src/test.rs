@@ -88,6 +88,7 @@ pub fn all() -> anyhow::Result<()> {
             .args([
                 "test",
                 "--lib",
+                "--bins",
                 "--tests",
                 "-p",
                 "moonfrp-tests",

@@ -1,9 +1,10 @@
 //! The checks `cargo xtask test-kernels` runs inside a VM, next to the agent (std and libc only: it
-//! runs in a busybox initramfs): exact payload bytes over TCP and UDP, v4 and v6, connections held then
-//! closed, refused connects (v4 and v6; two stray segments to the same port are not refusals),
-//! resets sent and received, every probe attached, the
-//! history API's view of the bytes; then it prints one line per check,
-//! `CHECK <name> want=<n> got=<n> ok|FAILED`, and the exposition between `---- metrics ----` and
+//! runs in a busybox initramfs): exact payload bytes over TCP and UDP, v4 and v6 (for TCP, when
+//! the sender sent something twice: between what was read and what was sent), connections held
+//! then closed, refused connects (v4 and v6; two stray segments to the same port are not
+//! refusals), resets sent and received, every probe attached, the history API's view of the
+//! bytes; then it prints one line per check, `CHECK <name> want=<n>|<low>..<high> got=<n>
+//! ok|FAILED`, and the exposition between `---- metrics ----` and
 //! `---- end metrics ----` (promtool checks it on the host). Exit 0 when every check holds.
 //!
 //! Usage:
@@ -48,7 +49,30 @@ const DATAGRAMS: usize = 10;
 const DATAGRAM: usize = 100;
 const HELD: usize = 5;
 
-fn tcp_transfer(addr: SocketAddr) -> std::io::Result<usize> {
+/// A TCP transfer as its two ends saw it: the bytes the reader read, and the data bytes the
+/// sender's TCP put on the wire, retransmissions included (`tcpi_bytes_sent`). A segment sent
+/// again after it had arrived (a retransmission timer firing early, as on a slow emulated CPU)
+/// arrives twice and is counted twice, as the README says; so a watched port's payload count is
+/// exact when nothing was sent twice, and between the two otherwise.
+#[derive(Clone, Copy)]
+struct Transfer {
+    read: usize,
+    sent: Option<u64>,
+}
+
+impl Transfer {
+    fn want(self) -> Want {
+        let read = self.read as f64;
+        Want {
+            low: read,
+            high: self.sent.map_or(read, |s| (s as f64).max(read)),
+        }
+    }
+}
+
+/// Writes `TCP_BYTES` to `addr`, then waits for the reader's close (by then every byte was
+/// acknowledged) and asks the sender's TCP what it sent.
+fn tcp_transfer(addr: SocketAddr) -> std::io::Result<Transfer> {
     let l = TcpListener::bind(addr)?;
     let reader = thread::spawn(move || -> std::io::Result<usize> {
         let (mut c, _) = l.accept()?;
@@ -58,8 +82,40 @@ fn tcp_transfer(addr: SocketAddr) -> std::io::Result<usize> {
     });
     let mut c = TcpStream::connect(addr)?;
     c.write_all(&vec![7u8; TCP_BYTES])?;
-    drop(c);
-    reader.join().expect("reader")
+    c.shutdown(std::net::Shutdown::Write)?;
+    c.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let _ = c.read(&mut [0u8; 1])?;
+    let sent = bytes_sent(&c);
+    Ok(Transfer {
+        read: reader.join().expect("reader")?,
+        sent,
+    })
+}
+
+/// `tcpi_bytes_sent` of a TCP socket (Linux 4.19 and later; `None` before, or on error).
+fn bytes_sent(s: &TcpStream) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    /// Offset of `tcpi_bytes_sent` in `struct tcp_info` (include/uapi/linux/tcp.h).
+    const BYTES_SENT: usize = 200;
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: a buffer we own and its length; the kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0 && len as usize >= BYTES_SENT + 8).then(|| {
+        u64::from_ne_bytes(
+            info[BYTES_SENT..BYTES_SENT + 8]
+                .try_into()
+                .expect("8 bytes"),
+        )
+    })
 }
 
 fn udp_transfer(addr: SocketAddr, from: SocketAddr) -> std::io::Result<usize> {
@@ -153,8 +209,8 @@ fn peer_payload(agent: &str, tunnel: &str, peer: &str) -> Option<f64> {
         .as_f64()
 }
 
-/// What the history and peers APIs say of the transfers.
-fn api_checks(agent: &str) -> Vec<Check> {
+/// What the history and peers APIs say of the transfers (`tcp`: the v4 and v6 ones).
+fn api_checks(agent: &str, tcp: [Want; 2]) -> Vec<Check> {
     let history = get(
         agent,
         "/api/v1/history?metric=moonfrp_tunnel_receive_payload_bytes_total&tunnel=tcp4&since=10m&format=csv",
@@ -162,18 +218,19 @@ fn api_checks(agent: &str) -> Vec<Check> {
     .unwrap_or_default();
     let mut checks = vec![(
         "history_tcp4_receive_payload_bytes".into(),
-        TCP_BYTES as f64,
+        tcp[0],
         history_max(&history),
     )];
-    for (tunnel, bytes, peer) in [
-        ("tcp4", TCP_BYTES, "127.0.0.1"),
-        ("udp4", DATAGRAMS * DATAGRAM, "127.0.0.1"),
-        ("tcp6", TCP_BYTES, "::1"),
-        ("udp6", DATAGRAMS * DATAGRAM, "::1"),
+    let udp = Want::from((DATAGRAMS * DATAGRAM) as f64);
+    for (tunnel, want, peer) in [
+        ("tcp4", tcp[0], "127.0.0.1"),
+        ("udp4", udp, "127.0.0.1"),
+        ("tcp6", tcp[1], "::1"),
+        ("udp6", udp, "::1"),
     ] {
         checks.push((
             format!("peer_{tunnel}_receive_payload_bytes"),
-            bytes as f64,
+            want,
             peer_payload(agent, tunnel, peer),
         ));
     }
@@ -184,8 +241,11 @@ fn api_checks(agent: &str) -> Vec<Check> {
 fn report(checks: Vec<Check>, off: f64) -> bool {
     let mut ok = true;
     for (name, want, got) in checks {
-        let want = want + off;
-        let pass = got == Some(want);
+        let want = Want {
+            low: want.low + off,
+            high: want.high + off,
+        };
+        let pass = got.is_some_and(|g| want.low <= g && g <= want.high);
         ok &= pass;
         println!(
             "CHECK {name} want={want} got={} {}",
@@ -223,14 +283,14 @@ fn without_btf(agent: &str) -> bool {
         vec![
             (
                 "nobtf_refused_connect".into(),
-                if needs_btf { 0.0 } else { 1.0 },
+                Want::from(if needs_btf { 0.0 } else { 1.0 }),
                 refused
                     .then(|| value(&m, "moonfrp_tunnel_connections_refused_total", "refused"))
                     .flatten(),
             ),
             (
                 "nobtf_tcp_refused_attached".into(),
-                0.0,
+                0.0.into(),
                 Some(
                     probes
                         .iter()
@@ -240,12 +300,12 @@ fn without_btf(agent: &str) -> bool {
             ),
             (
                 "nobtf_other_probes_attached".into(),
-                (probes.len() - usize::from(needs_btf)) as f64,
+                ((probes.len() - usize::from(needs_btf)) as f64).into(),
                 Some(attached as f64),
             ),
             (
                 "nobtf_tcp4_receive_payload_bytes".into(),
-                tcp.map_or(-1.0, |n| n as f64),
+                tcp.map_or(Want::from(-1.0), Transfer::want),
                 value(&m, "moonfrp_tunnel_receive_payload_bytes_total", "tcp4"),
             ),
         ],
@@ -289,19 +349,79 @@ fn main() {
 }
 
 /// One expectation: name, wanted value, what the agent said.
-type Check = (String, f64, Option<f64>);
+type Check = (String, Want, Option<f64>);
+
+/// A wanted value: exact, or a range where the traffic itself allows one (see `Transfer`).
+#[derive(Clone, Copy)]
+struct Want {
+    low: f64,
+    high: f64,
+}
+
+impl From<f64> for Want {
+    fn from(v: f64) -> Self {
+        Self { low: v, high: v }
+    }
+}
+
+impl std::fmt::Display for Want {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.low == self.high {
+            write!(f, "{}", self.low)
+        } else {
+            write!(f, "{}..{}", self.low, self.high)
+        }
+    }
+}
+
+/// The payload transfers, v4 and v6, TCP and UDP: what each tunnel must have received.
+fn transfers() -> [(&'static str, std::io::Result<Want>); 4] {
+    let lo4 = |p| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+    let lo6 = |p| SocketAddr::from((Ipv6Addr::LOCALHOST, p));
+    let udp = |r: std::io::Result<usize>| r.map(|n| Want::from(n as f64));
+    [
+        ("tcp4", tcp_transfer(lo4(TCP4)).map(Transfer::want)),
+        ("udp4", udp(udp_transfer(lo4(UDP4), lo4(0)))),
+        ("tcp6", tcp_transfer(lo6(TCP6)).map(Transfer::want)),
+        ("udp6", udp(udp_transfer(lo6(UDP6), lo6(0)))),
+    ]
+}
+
+/// The tunnels' payload counts in `after` against the transfers; the TCP v4 and v6 wants.
+fn payload_checks(
+    sent: [(&'static str, std::io::Result<Want>); 4],
+    after: &str,
+) -> (Vec<Check>, [Want; 2]) {
+    let mut checks: Vec<Check> = Vec::new();
+    let mut tcp = [Want::from(-1.0); 2];
+    for (name, result) in sent {
+        let want = match result {
+            Ok(w) => w,
+            Err(e) => {
+                println!("CHECK {name}_transfer want=ok got=error:{e} FAILED");
+                Want::from(-1.0)
+            }
+        };
+        match name {
+            "tcp4" => tcp[0] = want,
+            "tcp6" => tcp[1] = want,
+            _ => {}
+        }
+        checks.push((
+            format!("{name}_receive_payload_bytes"),
+            want,
+            value(after, "moonfrp_tunnel_receive_payload_bytes_total", name),
+        ));
+    }
+    (checks, tcp)
+}
 
 /// Makes the traffic, then reads the agent: the checks, and the last exposition. On a kernel
 /// without drop reasons (before 5.17) refusals are not counted and `tcp_refused` says why.
 fn everything(agent: &str, no_drop_reasons: bool) -> (Vec<Check>, String) {
     let lo4 = |p| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
     let lo6 = |p| SocketAddr::from((Ipv6Addr::LOCALHOST, p));
-    let mut sent = vec![
-        ("tcp4", tcp_transfer(lo4(TCP4))),
-        ("udp4", udp_transfer(lo4(UDP4), lo4(0))),
-        ("tcp6", tcp_transfer(lo6(TCP6))),
-        ("udp6", udp_transfer(lo6(UDP6), lo6(0))),
-    ];
+    let sent = transfers();
     // Connections held open on the TCP v4 port, then closed.
     let l = TcpListener::bind(lo4(TCP4)).expect("bind the held port");
     let held: Vec<(TcpStream, TcpStream)> = (0..HELD)
@@ -322,41 +442,31 @@ fn everything(agent: &str, no_drop_reasons: bool) -> (Vec<Check>, String) {
     thread::sleep(Duration::from_millis(2500));
     let after = get(agent, "/metrics").unwrap_or_default();
 
-    let mut checks: Vec<Check> = Vec::new();
-    for (name, result) in sent.drain(..) {
-        let want = match result {
-            Ok(n) => n as f64,
-            Err(e) => {
-                println!("CHECK {name}_transfer want=ok got=error:{e} FAILED");
-                -1.0
-            }
-        };
-        checks.push((
-            format!("{name}_receive_payload_bytes"),
-            want,
-            value(&after, "moonfrp_tunnel_receive_payload_bytes_total", name),
-        ));
-    }
+    let (mut checks, tcp) = payload_checks(sent, &after);
     let m = "moonfrp_tunnel_connections";
     checks.push((
         "tcp4_connections_active_held".into(),
-        HELD as f64,
+        (HELD as f64).into(),
         value(&during, &format!("{m}_active"), "tcp4"),
     ));
     checks.push((
         "tcp4_connections_active_after".into(),
-        0.0,
+        0.0.into(),
         value(&after, &format!("{m}_active"), "tcp4"),
     ));
     checks.push((
         "tcp4_connections_closed".into(),
-        (HELD + 1) as f64,
+        ((HELD + 1) as f64).into(),
         value(&after, &format!("{m}_closed_total"), "tcp4"),
     ));
-    checks.push(("stray_acks_answered_with_resets".into(), 2.0, stray_resets));
+    checks.push((
+        "stray_acks_answered_with_resets".into(),
+        2.0.into(),
+        stray_resets,
+    ));
     checks.push((
         "refused_connect_v4_v6".into(),
-        if no_drop_reasons { 0.0 } else { 2.0 },
+        Want::from(if no_drop_reasons { 0.0 } else { 2.0 }),
         refused
             .then(|| value(&after, &format!("{m}_refused_total"), "refused"))
             .flatten(),
@@ -364,27 +474,52 @@ fn everything(agent: &str, no_drop_reasons: bool) -> (Vec<Check>, String) {
     for (name, metric) in [("sent", "resets_sent"), ("received", "resets_received")] {
         checks.push((
             format!("tcp6_resets_{name}"),
-            1.0,
+            1.0.into(),
             resets
                 .then(|| value(&after, &format!("moonfrp_tunnel_{metric}_total"), "resets"))
                 .flatten(),
         ));
     }
-    checks.extend(api_checks(agent));
+    checks.extend(api_checks(agent, tcp));
     let probes = probes(&after);
     checks.push((
         "probes_attached".into(),
-        (probes.len().max(6) - usize::from(no_drop_reasons)) as f64,
+        ((probes.len().max(6) - usize::from(no_drop_reasons)) as f64).into(),
         Some(probes.iter().filter(|(_, v)| *v == 1.0).count() as f64),
     ));
     if no_drop_reasons {
         checks.push((
             "tcp_refused_listed_not_attached".into(),
-            1.0,
+            1.0.into(),
             Some(f64::from(u8::from(
                 probes.iter().any(|(p, v)| p == "tcp_refused" && *v == 0.0),
             ))),
         ));
     }
     (checks, after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_passes_inside_its_range_and_fails_outside() {
+        let t = Transfer {
+            read: 100,
+            sent: Some(150),
+        };
+        let check = |got: f64, off: f64| report(vec![("t".into(), t.want(), Some(got))], off);
+        assert!(check(100.0, 0.0) && check(150.0, 0.0) && check(120.0, 0.0));
+        assert!(!check(99.0, 0.0) && !check(151.0, 0.0));
+        // --off-by shifts the whole range.
+        assert!(!check(100.0, 1.0) && check(151.0, 1.0));
+        // Nothing sent twice (or a kernel without the counter): exact.
+        for sent in [Some(100), Some(0), None] {
+            let w = Transfer { read: 100, sent }.want();
+            assert_eq!((w.low, w.high, w.to_string()), (100.0, 100.0, "100".into()));
+        }
+        assert_eq!(t.want().to_string(), "100..150");
+        assert!(!report(vec![("none".into(), 1.0.into(), None)], 0.0));
+    }
 }
