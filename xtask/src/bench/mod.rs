@@ -142,6 +142,11 @@ pub struct ScrapeCpu {
 pub struct Report {
     pub mode: &'static str,
     pub cpus: usize,
+    /// `model name` of /proc/cpuinfo: runs on two CPU models do not compare.
+    pub cpu_model: String,
+    /// The kernel's Spectre v2 mitigation: retpolines make every indirect call, BPF's
+    /// included, several times dearer.
+    pub spectre_v2: String,
     pub kernel: String,
     pub agent_cpu: Vec<AgentCpu>,
     pub floor: Vec<FloorCpu>,
@@ -227,10 +232,13 @@ pub fn run(opts: &Opts) -> anyhow::Result<Report> {
     let mut r = Report {
         mode: if opts.quick { "quick" } else { "full" },
         cpus: thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        cpu_model: std::fs::read_to_string("/proc/cpuinfo")
             .unwrap_or_default()
-            .trim()
-            .to_owned(),
+            .lines()
+            .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+            .map_or_else(|| "unknown".into(), |(_, m)| m.trim().to_owned()),
+        spectre_v2: read_trimmed("/sys/devices/system/cpu/vulnerabilities/spectre_v2"),
+        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
         agent_cpu,
         floor,
         kernel_cost,
@@ -369,4 +377,9 @@ impl Report {
         );
         Ok(())
     }
+}
+
+/// A one-line file of the kernel's, trimmed; "unknown" where it cannot be read.
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).map_or_else(|_| "unknown".into(), |s| s.trim().to_owned())
 }

@@ -316,9 +316,11 @@ fn mib(b: u64) -> f64 {
 
 pub fn print(r: &Report, took: Duration) {
     println!(
-        "\nmoonfrp bench-overhead ({}) — {} CPUs, kernel {}, {:.0} s",
+        "\nmoonfrp bench-overhead ({}) — {} CPUs ({}; Spectre v2: {}), kernel {}, {:.0} s",
         r.mode,
         r.cpus,
+        r.cpu_model,
+        r.spectre_v2,
         r.kernel,
         took.as_secs_f64()
     );
