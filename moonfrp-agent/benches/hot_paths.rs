@@ -81,11 +81,16 @@ fn userspace(c: &mut Criterion) {
     c.bench_function("render: text 0.0.4, 1000 tunnels", |b| {
         b.iter(|| exposition::render(&series, Format::Text004));
     });
-    c.bench_function("render: OpenMetrics + gzip, 1000 tunnels", |b| {
-        b.iter(|| {
-            exposition::Published::new(Arc::new(series.clone())).bytes(Format::OpenMetrics, true)
-        });
-    });
+    c.bench_function(
+        "render: OpenMetrics + gzip, 1000 tunnels (first rendering: one stream)",
+        |b| {
+            b.iter(|| {
+                exposition::Published::new(Arc::new(series.clone()))
+                    .bytes(Format::OpenMetrics, true)
+            });
+        },
+    );
+    gzip_after_a_previous_snapshot(c, &snap, &extras, &settings);
     c.bench_function("gzip: OpenMetrics rendering, 1000 tunnels", |b| {
         let raw = exposition::render(&series, Format::OpenMetrics);
         b.iter(|| exposition::compress(raw.as_bytes()));
@@ -95,6 +100,64 @@ fn userspace(c: &mut Criterion) {
             exposition::Published::new(Arc::new(series.clone())).bytes(Format::Text004, true)
         });
     });
+}
+
+/// Renderings as the agent makes them for Prometheus, after the previous snapshot's.
+fn gzip_after_a_previous_snapshot(
+    c: &mut Criterion,
+    snap: &Snapshot,
+    extras: &metrics::Extras,
+    settings: &metrics::Settings,
+) {
+    // As the agent renders for Prometheus, after the previous snapshot's rendering: whose runs
+    // are taken where nothing changed (an idle host), or where every tunnel moved (each
+    // snapshot alternates between two sets of values; too few runs to take: one stream). Each
+    // set is built on its own, as each snapshot's are: equal label sets, other allocations.
+    let current = exposition::Current::default();
+    let same = [(); 2].map(|()| Arc::new(metrics::series(Some(snap), extras, settings)));
+    let mut turn = 0;
+    c.bench_function(
+        "render: OpenMetrics + gzip, 1000 tunnels, after a snapshot with the same values (runs taken)",
+        |b| {
+            b.iter(|| {
+                turn ^= 1;
+                current
+                    .publish(same[turn].clone())
+                    .bytes(Format::OpenMetrics, true)
+            });
+        },
+    );
+    // A connection opened and closed on every tunnel: traffic, connections and the duration
+    // histogram move.
+    let mut busy = snap.clone();
+    for t in &mut busy.tunnels {
+        for d in &mut t.traffic.dir {
+            d.bytes += 1_500;
+            d.payload_bytes += 1_000;
+            d.packets += 1;
+        }
+        if let Some(tcp) = &mut t.tcp {
+            tcp.counters.opened_passive += 1;
+            tcp.counters.closed += 1;
+            tcp.counters.duration_sum_ns += 5_000_000;
+            tcp.counters.duration_buckets[3] += 1;
+        }
+    }
+    let moved = [
+        same[0].clone(),
+        Arc::new(metrics::series(Some(&busy), extras, settings)),
+    ];
+    c.bench_function(
+        "render: OpenMetrics + gzip, 1000 tunnels, after a snapshot where every tunnel moved (one stream)",
+        |b| {
+            b.iter(|| {
+                turn ^= 1;
+                current
+                    .publish(moved[turn].clone())
+                    .bytes(Format::OpenMetrics, true)
+            });
+        },
+    );
 }
 
 fn host(c: &mut Criterion) {

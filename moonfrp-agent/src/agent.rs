@@ -23,7 +23,7 @@ use crate::{
     config::Config,
     cycle::Cycle,
     ebpf,
-    exposition::{self, Format, Published},
+    exposition::{self, Format},
     history::writer::{self, Writer},
     metrics, privileges,
     remote_write::RemoteWrite,
@@ -157,9 +157,8 @@ impl Pipeline {
     fn interval(&mut self) {
         let snap = Arc::new(self.collector().collect(&self.rt));
         let series = Arc::new(metrics::series(Some(&snap), &self.extras, &self.settings));
-        let published = Arc::new(Published::new(series.clone()));
         self.latest.publish_arc(snap.clone());
-        self.state.exposition.publish(published.clone());
+        let published = self.state.exposition.publish(series.clone());
         let ts = crate::time::unix_ms(snap.taken_at);
         let notes = self
             .alerts

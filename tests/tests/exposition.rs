@@ -126,6 +126,83 @@ fn gzip_scrapes_decode_to_the_same_bytes_of_one_snapshot() {
     );
 }
 
+/// `gzip -dc`: the system's decoder, which checks the trailer's CRC and length.
+fn gunzip_with_the_gzip_tool(gz: &[u8]) -> String {
+    let mut child = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip (Debian package gzip)");
+    child.stdin.take().unwrap().write_all(gz).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "gzip -dc failed: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn gzip_scrapes_of_successive_snapshots_take_the_unchanged_runs_and_decode_to_their_text() {
+    // 600 tunnels named so that their labels need escaping (several runs of each family), a
+    // snapshot a second, traffic on one tunnel between snapshots: from the second gzip
+    // rendering on, most of a scrape is the previous rendering's compressed runs.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("moonfrp.toml");
+    let ports: Vec<u16> = (0..600).map(|_| free_port()).collect();
+    let mut text = String::from("[frp]\nenabled = false\n");
+    for (i, port) in ports.iter().enumerate() {
+        let _ = std::fmt::Write::write_fmt(
+            &mut text,
+            format_args!("[[tunnels]]\nname = 't\"{i}\\x'\nport = {port}\n"),
+        );
+    }
+    std::fs::write(&config, text).unwrap();
+    let agent = AgentCmd::new(&["--config", config.to_str().unwrap()])
+        .interval("1s")
+        .start();
+    let listener = moonfrp_tests::bind_tcp(ports[0]);
+    let om = "Accept: application/openmetrics-text;version=1.0.0";
+    let snapshot = |text: &str| {
+        Metrics::parse(text)
+            .get("moonfrp_agent_snapshots_total", &[])
+            .expect("the snapshot count")
+    };
+    let mut checked = 0;
+    while checked < 5 {
+        let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, ports[0])).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.write_all(b"moved").unwrap();
+        drop((client, server));
+        agent.wait_snapshots(1);
+        let (head, gz) =
+            http_get_raw(agent.addr, "/metrics", &[om, "Accept-Encoding: gzip"]).unwrap();
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        let (_, plain) = http_get_raw(agent.addr, "/metrics", &[om]).unwrap();
+        let plain = String::from_utf8(plain).unwrap();
+        let decoded = gunzip_with_the_gzip_tool(&gz);
+        if snapshot(&decoded) != snapshot(&plain) {
+            continue; // a snapshot between the two scrapes
+        }
+        assert_eq!(decoded, plain, "the gzip scrape decodes to the plain one");
+        assert!(plain.contains("tunnel=\"t\\\"7\\\\x\""), "escaped names");
+        checked += 1;
+    }
+    // The agent says what each rendering took: the later ones took most of their runs.
+    let log = agent.log();
+    let taken: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("gzip rendering"))
+        .filter_map(|l| {
+            let v = l.split("runs_taken=").nth(1)?;
+            v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        })
+        .collect();
+    assert!(taken.len() >= 5, "one line a rendering: {taken:?}\n{log}");
+    assert!(
+        taken.iter().filter(|&&n| n > 20).count() >= 3,
+        "runs taken from the previous rendering: {taken:?}"
+    );
+}
+
 /// (sample name, labels) → value, for every sample of an exposition history keeps (no
 /// histogram buckets, no NaN).
 fn samples_of(text: &str) -> BTreeMap<(String, BTreeMap<String, String>), f64> {

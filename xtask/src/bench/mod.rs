@@ -117,8 +117,10 @@ pub struct Scrape {
     pub openmetrics_ms_median: f64,
     pub openmetrics_bytes: usize,
     pub snapshot_ms_median: f64,
-    /// CPU per scrape as Prometheus asks (OpenMetrics, gzip).
+    /// CPU per scrape as Prometheus asks (OpenMetrics, gzip), the tunnels idle.
     pub prometheus: ScrapeCpu,
+    /// The same with every tunnel's counters moving between snapshots.
+    pub prometheus_busy: ScrapeCpu,
     /// CPU per scrape of plain text 0.0.4 without compression.
     pub plain: ScrapeCpu,
     /// node_exporter (default collectors) CPU per scrape on this machine, as Prometheus asks.
@@ -357,6 +359,10 @@ impl Report {
         finite("snapshot time", self.scrape.snapshot_ms_median)?;
         for (what, c) in [
             ("prometheus", &self.scrape.prometheus),
+            (
+                "prometheus (every tunnel moving)",
+                &self.scrape.prometheus_busy,
+            ),
             ("plain", &self.scrape.plain),
         ] {
             finite(&format!("{what} first-scrape CPU"), c.first_ms)?;

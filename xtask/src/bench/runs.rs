@@ -480,7 +480,7 @@ pub(super) fn scrape(
 ) -> anyhow::Result<Scrape> {
     let base = port_block(22_000, n)?;
     let config = tunnels_config(dir, n, base)?;
-    let _up = listeners(base, n, &[])?;
+    let up = listeners(base, n, &[])?;
     // 2 s: new snapshots often enough to measure the first scrape of each a few times, far
     // enough apart for a burst of scrapes to see one snapshot only.
     let agent = AgentCmd::new(&["--config", config.to_str().context("utf-8 path")?])
@@ -515,6 +515,15 @@ pub(super) fn scrape(
     let (samples, burst) = if quick { (3, 10) } else { (10, 40) };
     let prometheus = scrape_cpu(&agent, PROMETHEUS_HEADERS, samples, burst)?;
     let plain = scrape_cpu(&agent, &[], samples, burst)?;
+    // Then with a connection to every tunnel between two snapshots: no tunnel's series are
+    // the previous snapshot's, so none of the previous rendering can be taken.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let touch = touch_every_tunnel(up, std::sync::Arc::clone(&stop))?;
+    let prometheus_busy = scrape_cpu(&agent, PROMETHEUS_HEADERS, samples, burst);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let touched = touch.join().expect("the touching thread does not panic")?;
+    let prometheus_busy = prometheus_busy?;
+    ensure!(touched > 0, "no tunnel was touched");
     drop(agent);
     let (node_exporter_cpu_ms, node_exporter_bytes) =
         node_exporter_cpu(if quick { 10 } else { 40 })?;
@@ -526,10 +535,37 @@ pub(super) fn scrape(
         openmetrics_bytes: om_bytes,
         snapshot_ms_median: median(&mut snaps),
         prometheus,
+        prometheus_busy,
         plain,
         node_exporter_cpu_ms,
         node_exporter_bytes,
     })
+}
+
+/// Opens, writes to and closes a connection to every listener in turn, accepting on each, a
+/// round every 0.5 s until `stop`: every tunnel's counters move between two snapshots (2 s).
+/// Returns the rounds made.
+fn touch_every_tunnel(
+    listeners: Vec<std::net::TcpListener>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<thread::JoinHandle<anyhow::Result<u64>>> {
+    for l in &listeners {
+        l.set_nonblocking(true)?;
+    }
+    Ok(thread::spawn(move || {
+        let mut rounds = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for l in &listeners {
+                let mut c = std::net::TcpStream::connect(l.local_addr()?)?;
+                std::io::Write::write_all(&mut c, b"moonfrp bench\n")?;
+                drop(c);
+                while l.accept().is_ok() {}
+            }
+            rounds += 1;
+            thread::sleep(Duration::from_millis(500));
+        }
+        Ok(rounds)
+    }))
 }
 
 /// What Prometheus sends (its default scrape protocols and gzip).
@@ -571,6 +607,16 @@ fn scrape_cpu(
     let workers = || measure::threads_ns(pid, "moonfrp");
     let (mut first, mut cached, mut bytes) = (Vec::new(), Vec::new(), 0);
     let deadline = Instant::now() + Duration::from_secs(60 + 6 * samples as u64);
+    // Two snapshots' scrapes before measuring: a gzip rendering is made from the previous one
+    // where it can, and the first two (one stream, then the runs the next ones take) are not
+    // what a scraper sees after them.
+    for _ in 0..2 {
+        let seen = snapshot_time(agent)?;
+        while snapshot_time(agent)? == seen {
+            thread::sleep(Duration::from_millis(20));
+        }
+        get(agent.addr, headers)?;
+    }
     while first.len() < samples {
         ensure!(
             Instant::now() < deadline,

@@ -2,16 +2,18 @@
 //! the Prometheus text format 0.0.4 (everything else, and node_exporter's textfile collector).
 //! Both are written straight from the typed series; numbers are formatted as the Prometheus
 //! client libraries do (integers as integers, floats shortest-exact).
+mod gzip;
+
 use std::{
     collections::HashMap,
     fmt::Write as _,
     io::Write as _,
-    sync::{Arc, OnceLock, PoisonError, RwLock},
+    sync::{Arc, Mutex, OnceLock, PoisonError, RwLock},
 };
 
 use bytes::Bytes;
 
-use crate::series::{Family, Histogram, Kind, Labels, Series, Value};
+use crate::series::{Family, Histogram, Kind, Labels, Sample, Series, Value};
 
 /// The two formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +164,19 @@ fn histogram(out: &mut String, blocks: &mut Blocks, name: &str, l: &Labels, h: &
     }
 }
 
+/// One sample of `f`: a line, or a histogram's lines.
+fn sample(out: &mut String, blocks: &mut Blocks, f: &Family, s: &Sample) {
+    let suffix = match f.kind {
+        Kind::Counter => "_total",
+        Kind::Info => "_info",
+        Kind::Gauge | Kind::Histogram => "",
+    };
+    match &s.value {
+        Value::Histogram(h) => histogram(out, blocks, &f.name, &s.labels, h),
+        v => line(out, blocks, &f.name, suffix, &s.labels, v),
+    }
+}
+
 /// The family's metadata lines. In 0.0.4 counters and infos are described under their sample
 /// names (`…_total`, `…_info`, the latter as a gauge) and there is no `# UNIT`.
 fn metadata(out: &mut String, f: &Family, format: Format) {
@@ -184,78 +199,46 @@ fn metadata(out: &mut String, f: &Family, format: Format) {
 /// The series in `format`.
 pub fn render(series: &Series, format: Format) -> String {
     let mut out = String::with_capacity(series.len() * 96 + 64);
-    render_with(series, format, &mut out, |_| {});
-    out
-}
-
-/// A gzip rendering hands its text to the compressor in pieces of about this size, so the
-/// whole text (2 MiB at 1,000 tunnels) is never held for it.
-const PIECE: usize = 64 * 1024;
-
-/// The series in `format`, gzip-compressed, without holding the whole text.
-fn render_gzip(series: &Series, format: Format) -> Bytes {
-    // Exposition compresses about twelvefold: 9 bytes a sample is most of it.
-    let mut gz = flate2::write::GzEncoder::new(
-        Vec::with_capacity(series.len() * 9 + 64),
-        flate2::Compression::fast(),
-    );
-    let mut piece = String::with_capacity(PIECE + 4096);
-    render_with(series, format, &mut piece, |piece| {
-        gz.write_all(piece.as_bytes())
-            .expect("writing to memory cannot fail");
-        piece.clear();
-    });
-    Bytes::from(gz.finish().expect("writing to memory cannot fail"))
-}
-
-/// Renders into `out`, calling `spill` whenever `out` holds [`PIECE`] bytes or more, and at the
-/// end; `spill` may take the text out (the gzip rendering does) or leave it (the plain one).
-fn render_with(
-    series: &Series,
-    format: Format,
-    out: &mut String,
-    mut spill: impl FnMut(&mut String),
-) {
     let mut blocks = Blocks::default();
     for f in &series.families {
-        metadata(out, f, format);
-        let suffix = match f.kind {
-            Kind::Counter => "_total",
-            Kind::Info => "_info",
-            Kind::Gauge | Kind::Histogram => "",
-        };
+        metadata(&mut out, f, format);
         for s in &f.samples {
-            match &s.value {
-                Value::Histogram(h) => histogram(out, &mut blocks, &f.name, &s.labels, h),
-                v => line(out, &mut blocks, &f.name, suffix, &s.labels, v),
-            }
-            if out.len() >= PIECE {
-                spill(out);
-            }
+            sample(&mut out, &mut blocks, f, s);
         }
     }
     if format == Format::OpenMetrics {
         out.push_str("# EOF\n");
     }
-    spill(out);
+    out
 }
+
+/// The latest gzip rendering in each format, shared by the snapshots of one agent: the next
+/// snapshot's takes from it what did not change.
+#[derive(Debug, Default)]
+pub struct Reuse([Mutex<Option<gzip::Rendering>>; 2]);
 
 /// One snapshot's series with their renderings, each made the first time it is asked for and
 /// kept: every scrape of one snapshot gets the same bytes, and a snapshot nobody scrapes is
-/// never rendered. A gzip rendering is compressed as it is written (from the plain one if that
-/// was asked for already): an agent scraped by Prometheus, which always asks for gzip, keeps
-/// the compressed bytes only.
+/// never rendered. A gzip rendering (what Prometheus always asks for) is made from the previous
+/// snapshot's where that one's runs still hold ([`gzip`]), never from the plain text.
 #[derive(Debug, Default)]
 pub struct Published {
     pub series: Arc<Series>,
     rendered: [OnceLock<Bytes>; 4],
+    reuse: Arc<Reuse>,
 }
 
 impl Published {
+    /// A snapshot's series rendered on their own (nothing to take from a previous one).
     pub fn new(series: Arc<Series>) -> Self {
+        Self::with_reuse(series, Arc::default())
+    }
+
+    fn with_reuse(series: Arc<Series>, reuse: Arc<Reuse>) -> Self {
         Self {
             series,
             rendered: Default::default(),
+            reuse,
         }
     }
 
@@ -265,15 +248,30 @@ impl Published {
         self.rendered[slot]
             .get_or_init(|| {
                 if gzip {
-                    match self.rendered[slot - 1].get() {
-                        Some(plain) => compress(plain),
-                        None => render_gzip(&self.series, format),
-                    }
+                    self.gzip(format)
                 } else {
                     Bytes::from(render(&self.series, format))
                 }
             })
             .clone()
+    }
+
+    fn gzip(&self, format: Format) -> Bytes {
+        // One gzip rendering at a time per format: the lock is held while it is made.
+        let mut latest = self.reuse.0[usize::from(format == Format::Text004)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let r = gzip::render(&self.series, format, latest.as_ref());
+        tracing::debug!(
+            ?format,
+            runs_taken = r.reused,
+            runs_made = r.made,
+            bytes = r.body.len(),
+            "gzip rendering"
+        );
+        let body = r.body.clone();
+        *latest = Some(r);
+        body
     }
 }
 
@@ -292,20 +290,31 @@ pub fn compress(raw: &[u8]) -> Bytes {
 
 /// The latest snapshot's [`Published`], for `/metrics` and the textfile.
 #[derive(Debug, Default)]
-pub struct Current(RwLock<Arc<Published>>);
+pub struct Current {
+    latest: RwLock<Arc<Published>>,
+    reuse: Arc<Reuse>,
+}
 
 impl Current {
     /// Starts with the series there are before the first snapshot.
     pub fn new(series: Series) -> Self {
-        Self(RwLock::new(Arc::new(Published::new(Arc::new(series)))))
+        let reuse = Arc::<Reuse>::default();
+        let first = Published::with_reuse(Arc::new(series), reuse.clone());
+        Self {
+            latest: RwLock::new(Arc::new(first)),
+            reuse,
+        }
     }
 
-    pub fn publish(&self, p: Arc<Published>) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = p;
+    /// Makes `series` the latest, and returns them as published.
+    pub fn publish(&self, series: Arc<Series>) -> Arc<Published> {
+        let p = Arc::new(Published::with_reuse(series, self.reuse.clone()));
+        *self.latest.write().unwrap_or_else(PoisonError::into_inner) = p.clone();
+        p
     }
 
     pub fn get(&self) -> Arc<Published> {
-        self.0
+        self.latest
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -398,7 +407,7 @@ mod tests {
 
     #[test]
     fn renderings_are_made_once_and_gzip_decodes_to_the_text() {
-        // Several pieces' worth of text, so the streamed gzip rendering spills more than once.
+        // Many runs' worth of text, and a family without samples (its metadata only).
         let build = || {
             let mut b = Builder::default();
             b.counters(
@@ -407,18 +416,17 @@ mod tests {
                 None,
                 (0..5_000u64).map(|i| ([("tunnel", Text::from(format!("t{i}")))], i * 7)),
             );
+            b.gauges(
+                "none",
+                "No samples.",
+                None,
+                std::iter::empty::<([(&str, Text); 0], i64)>(),
+            );
             b.gauge("g", "G.", None, 1i64);
             Arc::new(b.build())
         };
-        let gunzip = |gz: &[u8]| {
-            let mut back = Vec::new();
-            flate2::read::GzDecoder::new(gz)
-                .read_to_end(&mut back)
-                .unwrap();
-            back
-        };
         for format in [Format::OpenMetrics, Format::Text004] {
-            // gzip asked for first: compressed as it is rendered, the text is never kept.
+            // gzip asked for first: the text is never kept.
             let streamed = Published::new(build());
             let gz = streamed.bytes(format, true);
             assert_eq!(gz.as_ptr(), streamed.bytes(format, true).as_ptr(), "cached");
@@ -427,19 +435,125 @@ mod tests {
                     .get()
                     .is_none()
             );
-            // The text asked for first: the gzip copy is compressed from it.
             let p = Published::new(build());
             let text = p.bytes(format, false);
-            assert!(text.len() > 2 * PIECE, "{}", text.len());
+            assert!(text.len() > 100_000, "{}", text.len());
             assert_eq!(text.as_ptr(), p.bytes(format, false).as_ptr(), "cached");
             assert_eq!(gunzip(&p.bytes(format, true)), text);
             assert_eq!(gunzip(&gz), text, "{format:?}");
             assert_eq!(streamed.bytes(format, false), text);
+            assert!(String::from_utf8_lossy(&text).contains("# TYPE none gauge\n"));
         }
         assert!(
             Published::new(build())
                 .bytes(Format::OpenMetrics, false)
                 .ends_with(b"# EOF\n")
         );
+    }
+
+    /// gzip, checked as a client checks it: flate2's decoder compares the trailer's CRC-32 and
+    /// length with what it decoded.
+    fn gunzip(gz: &[u8]) -> Vec<u8> {
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_end(&mut back)
+            .expect("a whole gzip member with a matching trailer");
+        back
+    }
+
+    /// Tunnels `0..n` with a counter and a histogram each, and a gauge.
+    fn tunnels(n: u64, bytes: impl Fn(u64) -> u64, sum: f64, zero: f64) -> Arc<Series> {
+        let labels: Vec<Labels> = (0..n)
+            .map(|i| {
+                Labels::from([
+                    ("tunnel", Text::from(format!("t\"{i}"))),
+                    ("proto", Text::Static("tcp")),
+                ])
+            })
+            .collect();
+        let mut b = Builder::default();
+        b.counters(
+            "bytes",
+            "B.",
+            Some(Unit::Bytes),
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.clone(), bytes(i as u64))),
+        );
+        b.histograms(
+            "d",
+            "D.",
+            Some(Unit::Seconds),
+            labels.iter().enumerate().map(|(i, l)| {
+                let i = i as u64;
+                let buckets = vec![(0.5, i % 3), (2.0, i % 3 + 1), (f64::INFINITY, i % 3 + 2)];
+                (
+                    l.clone(),
+                    Histogram {
+                        sum,
+                        count: i % 3 + 2,
+                        buckets,
+                    },
+                )
+            }),
+        );
+        b.gauge("zero", "Z.", None, zero);
+        Arc::new(b.build())
+    }
+
+    #[test]
+    fn a_snapshot_rendered_after_another_takes_its_unchanged_runs_and_decodes_to_its_text() {
+        let base = |i: u64| i * 1_000;
+        for format in [Format::OpenMetrics, Format::Text004] {
+            let slot = usize::from(format == Format::Text004);
+            let current = Current::default();
+            // Taken and made runs of the latest gzip rendering; both 0 when it was streamed.
+            let counts = |c: &Current| {
+                let r = c.reuse.0[slot].lock().unwrap();
+                let r = r.as_ref().unwrap();
+                (r.reused, r.made)
+            };
+            let check = |p: &Published| {
+                let text = p.bytes(format, false);
+                assert_eq!(gunzip(&p.bytes(format, true)), text, "{format:?}");
+                text
+            };
+            // The first rendering has nothing before it: one stream.
+            check(&current.publish(tunnels(1_000, base, 1.25, 0.0)));
+            assert_eq!(counts(&current), (0, 0));
+            // The same values (other allocations): made of runs, so the next can take them;
+            // 4 runs of counters, 32 of histograms, the gauge's.
+            let seeded = current.publish(tunnels(1_000, base, 1.25, 0.0));
+            check(&seeded);
+            assert_eq!(counts(&current), (0, 37), "{format:?}");
+            // Once more: every run is taken, and the bytes are the same.
+            let same = current.publish(tunnels(1_000, base, 1.25, 0.0));
+            assert_eq!(same.bytes(format, true), seeded.bytes(format, true));
+            assert_eq!(counts(&current), (37, 0));
+
+            // One tunnel's bytes moved, and the gauge went from 0 to -0 (which prints
+            // differently though the two compare equal): their runs only are made anew.
+            let moved = |i| base(i) + u64::from(i == 700);
+            let next = current.publish(tunnels(1_000, moved, 1.25, -0.0));
+            let text = check(&next);
+            assert!(
+                String::from_utf8_lossy(&text).contains("zero -0"),
+                "{format:?}"
+            );
+            assert_eq!(counts(&current), (35, 2), "{format:?}");
+
+            // A tunnel more, and tunnel 700 back: the counters' last run and the run with
+            // tunnel 700 are made anew, and the histograms' last run.
+            check(&current.publish(tunnels(1_001, base, 1.25, -0.0)));
+            assert_eq!(counts(&current), (34, 3), "{format:?}");
+
+            // Every tunnel moved: fewer than 2 runs in 5 are the previous ones, one stream.
+            check(&current.publish(tunnels(1_001, |i| base(i) + 5, 2.5, -0.0)));
+            assert_eq!(counts(&current), (0, 0), "{format:?}");
+            // And with the host quiet again, runs are made for the next snapshot to take.
+            check(&current.publish(tunnels(1_001, |i| base(i) + 5, 2.5, -0.0)));
+            assert_eq!(counts(&current), (0, 37), "{format:?}");
+        }
     }
 }
