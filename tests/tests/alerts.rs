@@ -138,9 +138,16 @@ fn tunnel_down_reaches_a_real_alertmanager_and_resolves() {
         None
     );
     assert!(notes(&m, "am", "sent").unwrap() >= 2.0);
-    assert_eq!(
-        json_get(agent.addr, "/api/v1/alerts")["data"]["alerts"],
-        Value::Array(vec![])
+    // The tunnel's alert is gone (a host rule may be pending on a busy test machine: not this
+    // test's concern, as Alertmanager's view above is filtered the same way).
+    let active = json_get(agent.addr, "/api/v1/alerts");
+    assert!(
+        !active["data"]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["alertname"] == "TunnelDown"),
+        "{active}"
     );
     alert_log_has_firing_then_resolved(&agent.data_dir);
 }

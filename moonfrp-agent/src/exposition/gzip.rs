@@ -275,8 +275,10 @@ pub(super) fn render(
     if previous.is_none() || same * KEEP_RUNS.1 < planned.len() * KEEP_RUNS.0 {
         return streamed(series, format);
     }
-    let mut body = Vec::with_capacity(previous.map_or(series.len() * 9, |p| p.body.len()) + 64);
-    body.extend_from_slice(&HEADER);
+    // Runs made anew are compressed into `fresh`; the body is then laid out at its exact size
+    // (a body grown by doubling past 256 KiB would be mapped and unmapped at every snapshot).
+    let mut fresh = Vec::new();
+    let mut pieces: Vec<(bool, Range<usize>)> = Vec::with_capacity(planned.len() + 1);
     let mut crc = crc32fast::Hasher::new();
     let mut runs = Vec::with_capacity(planned.len());
     let (mut reused, mut made) = (0, 0);
@@ -284,9 +286,8 @@ pub(super) fn render(
     let mut text = String::new();
     let mut blocks = Blocks::default();
     for p in planned {
-        let at = body.len();
-        let (run_crc, len) = if let (Some(r), Some(prev)) = (p.kept, previous) {
-            body.extend_from_slice(&prev.body[r.at.clone()]);
+        let (run_crc, len) = if let Some(r) = p.kept {
+            pieces.push((true, r.at.clone()));
             reused += 1;
             (r.crc, r.len)
         } else {
@@ -300,7 +301,9 @@ pub(super) fn render(
                     sample(&mut text, &mut blocks, f, s);
                 }
             }
-            deflate(&mut c, text.as_bytes(), &mut body, FlushCompress::Full);
+            let at = fresh.len();
+            deflate(&mut c, text.as_bytes(), &mut fresh, FlushCompress::Full);
+            pieces.push((false, at..fresh.len()));
             made += 1;
             (
                 crc32fast::hash(text.as_bytes()),
@@ -315,16 +318,30 @@ pub(super) fn render(
             segments: p.segments,
             crc: run_crc,
             len,
-            at: at..body.len(),
+            at: 0..0,
         });
     }
     let tail = tail(format);
-    deflate(&mut c, tail, &mut body, FlushCompress::Finish);
+    let at = fresh.len();
+    deflate(&mut c, tail, &mut fresh, FlushCompress::Finish);
+    pieces.push((false, at..fresh.len()));
     crc.update(tail);
+    let size = HEADER.len() + pieces.iter().map(|(_, r)| r.len()).sum::<usize>() + 8;
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(&HEADER);
+    let kept = previous.map_or(&[][..], |p| &p.body[..]);
+    for (i, (taken, r)) in pieces.into_iter().enumerate() {
+        let at = body.len();
+        body.extend_from_slice(if taken { &kept[r] } else { &fresh[r] });
+        if let Some(run) = runs.get_mut(i) {
+            run.at = at..body.len();
+        }
+    }
     let total = crc.total_len();
     body.extend_from_slice(&crc.finalize().to_le_bytes());
     // ISIZE: the text's length modulo 2^32.
     body.extend_from_slice(&(total as u32).to_le_bytes());
+    debug_assert_eq!(body.len(), size);
     Rendering {
         series: series.clone(),
         format,

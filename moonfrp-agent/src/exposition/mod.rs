@@ -261,12 +261,14 @@ impl Published {
         let mut latest = self.reuse.0[usize::from(format == Format::Text004)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let started = std::time::Instant::now();
         let r = gzip::render(&self.series, format, latest.as_ref());
         tracing::debug!(
             ?format,
             runs_taken = r.reused,
             runs_made = r.made,
             bytes = r.body.len(),
+            took = ?started.elapsed(),
             "gzip rendering"
         );
         let body = r.body.clone();
