@@ -8,9 +8,9 @@
 //!
 //! Runs compress slower than one stream (each starts with an empty window, and each is a block
 //! of its own): made from nothing they cost ≈ 1.6× the stream. So a rendering is made of runs
-//! only when at least [`KEEP_RUNS`] of them are the previous snapshot's; otherwise (the first
-//! rendering, a busy host, tunnels added or removed in the middle) it is one stream, 64 KiB of
-//! text at a time, and the next snapshot decides again against its series.
+//! only when at least 2 in 5 of them ([`KEEP_RUNS`]) are the previous snapshot's; otherwise
+//! (the first rendering, a busy host, tunnels added or removed in the middle) it is one stream,
+//! 64 KiB of text at a time, and the next snapshot decides again against its series.
 use std::{collections::HashMap, io::Write as _, ops::Range, sync::Arc};
 
 use bytes::Bytes;
