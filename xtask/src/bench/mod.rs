@@ -58,6 +58,9 @@ pub struct AgentCpu {
     pub cpu_pct_ns: f64,
     /// RSS after a scrape as Prometheus makes it (OpenMetrics, gzip).
     pub rss_bytes: u64,
+    /// The file-backed part of it (`RssFile`: the executable's code and read-only data, the
+    /// libraries): what the release link's ordering keeps small.
+    pub rss_file_bytes: u64,
     /// RSS after a further scrape of plain text without gzip, whose rendering is kept too.
     pub rss_plain_bytes: u64,
     pub window_s: f64,

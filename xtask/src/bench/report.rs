@@ -336,17 +336,25 @@ pub fn print(r: &Report, took: Duration) {
         "\nAgent CPU under background load (tcp 200 Mbit/s, udp 2,000/s, 100 conn/s on watched ports)"
     );
     println!(
-        "{:>8} {:>9} {:>12} {:>13} {:>8} {:>10} {:>12}  method",
-        "tunnels", "interval", "cpu % stat", "cpu % ns", "RSS MiB", "+plain MiB", "collections"
+        "{:>8} {:>9} {:>12} {:>13} {:>8} {:>9} {:>10} {:>12}  method",
+        "tunnels",
+        "interval",
+        "cpu % stat",
+        "cpu % ns",
+        "RSS MiB",
+        "file MiB",
+        "+plain MiB",
+        "collections"
     );
     for a in &r.agent_cpu {
         println!(
-            "{:>8} {:>8}s {:>12.4} {:>13.4} {:>8.1} {:>10.1} {:>12}  {} over {:.0} s",
+            "{:>8} {:>8}s {:>12.4} {:>13.4} {:>8.1} {:>9.1} {:>10.1} {:>12}  {} over {:.0} s",
             a.tunnels,
             a.interval_s,
             a.cpu_pct_stat,
             a.cpu_pct_ns,
             mib(a.rss_bytes),
+            mib(a.rss_file_bytes),
             mib(a.rss_plain_bytes),
             a.collections_in_window,
             a.method,
@@ -354,7 +362,7 @@ pub fn print(r: &Report, took: Duration) {
         );
     }
     println!(
-        "RSS: after a scrape as Prometheus makes it (OpenMetrics, gzip: the agent keeps that rendering until the next snapshot); +plain: after a further scrape without gzip, whose text is kept too"
+        "RSS: after a scrape as Prometheus makes it (OpenMetrics, gzip: the agent keeps that rendering until the next snapshot); file: the file-backed part of it (code and read-only data: a stale link-order.txt shows here); +plain: after a further scrape without gzip, whose text is kept too"
     );
     println!(
         "floor: a process waking every interval to read the host's /proc files (what the host collectors read), no tunnels"

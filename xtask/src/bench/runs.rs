@@ -252,6 +252,8 @@ pub(super) fn agent_cpu(
         // then with the plain text rendering kept too (what a scrape without gzip adds).
         get(a.addr, PROMETHEUS_HEADERS)?;
         let rss_bytes = measure::rss(a.pid())?;
+        let rss_file_bytes = measure::status_bytes(a.pid(), "RssFile:")?;
+        // Reads the agent's counter with a scrape without gzip.
         let collections = snapshots(a).saturating_sub(*s0);
         rows.push(AgentCpu {
             tunnels: *n,
@@ -262,6 +264,7 @@ pub(super) fn agent_cpu(
                 * 100.0,
             cpu_pct_ns: after.ns.saturating_sub(b.ns) as f64 / 1e9 / wall * 100.0,
             rss_bytes,
+            rss_file_bytes,
             rss_plain_bytes: measure::rss(a.pid())?,
             window_s: wall,
             collections_in_window: collections,
