@@ -352,6 +352,13 @@ impl Report {
             finite("agent cpu % (stat)", a.cpu_pct_stat)?;
             finite("agent cpu % (ns)", a.cpu_pct_ns)?;
             ensure!(a.rss_bytes > 0, "no RSS for {} tunnels", a.tunnels);
+            ensure!(
+                a.rss_file_bytes > 0 && a.rss_file_bytes <= a.rss_bytes,
+                "file-backed RSS {} B out of 1..={} B for {} tunnels",
+                a.rss_file_bytes,
+                a.rss_bytes,
+                a.tunnels
+            );
         }
         self.check_kernel()?;
         ensure!(
